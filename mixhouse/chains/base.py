@@ -1,0 +1,260 @@
+"""The chain adapter interface and its typed records.
+
+An adapter hides one chain kind (an account ledger, an EVM chain, later Bitcoin) behind a
+small async interface. The mixer only ever calls these methods. Every amount is an ``int``
+in the asset's base unit. Every method documents what it raises; network trouble surfaces as
+:class:`~mixhouse.errors.ChainError` (or its subclasses), never as a raw httpx/web3 error.
+
+A send goes through three calls, so that it can be stored before it leaves:
+
+1. :meth:`ChainAdapter.prepare_send` signs (or, on a ledger without signatures, fully
+   describes) the send. The caller stores the returned :class:`PreparedSend` in the same DB
+   transaction that moves the send to ``signed``.
+2. :meth:`ChainAdapter.broadcast` sends those stored bytes. Calling it again with the same
+   :class:`PreparedSend` is safe on chains with an idempotent send (EVM: same raw tx, same
+   txid); on Jobcoin the caller first asks :meth:`ChainAdapter.check_send`.
+3. :meth:`ChainAdapter.check_send` says whether the send is on chain and how deep.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mixhouse.money import Asset
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """An incoming transfer to one of our watched addresses, as seen on chain.
+
+    Attributes:
+        to_address: the watched address that received it (normalised form).
+        from_addresses: the sending addresses (empty for minted coins), normalised.
+        amount: base units received, ``> 0``.
+        ref: unique per asset and stable across scans (EVM: the txid; Jobcoin:
+            ``"<address>#<n>"``, the n-th incoming transfer of that address in ledger order).
+        block_number: height of the block that holds it, ``None`` if unconfirmed.
+        confirmations: ``0`` if unconfirmed, else ``head - block_number + 1``.
+    """
+
+    to_address: str
+    from_addresses: tuple[str, ...]
+    amount: int
+    ref: str
+    block_number: int | None
+    confirmations: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What a scan found and where the next scan starts.
+
+    Attributes:
+        transfers: every transfer to a watched address seen since ``cursor`` (may repeat
+            earlier ones; the caller deduplicates by ``ref``).
+        cursor: opaque text to pass to the next scan (EVM: the next block to read).
+    """
+
+    transfers: tuple[Transfer, ...]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeeQuote:
+    """The network fee of one simple send, as the user is charged it.
+
+    Attributes:
+        per_send: base units reserved for one send (EVM: ``gas_limit * max_fee_per_gas``).
+        detail: human-readable breakdown for the README and the API ("21000 gas x 2 gwei").
+    """
+
+    per_send: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSend:
+    """A send ready to broadcast, stored before it leaves.
+
+    Attributes:
+        from_address: the paying address.
+        to_address: the receiving address.
+        amount: base units the receiver gets.
+        network_fee_max: the most this send can cost the sender on top of ``amount``
+            (EVM: ``gas_limit * max_fee_per_gas``; Jobcoin: 0).
+        raw_tx: the signed transaction bytes (EVM), ``None`` where the chain has none.
+        txid: the transaction hash known before broadcast (EVM), else ``None``.
+        nonce: the account nonce used (EVM), else ``None``.
+    """
+
+    from_address: str
+    to_address: str
+    amount: int
+    network_fee_max: int
+    raw_tx: bytes | None
+    txid: str | None
+    nonce: int | None
+
+
+class SendState(enum.Enum):
+    """Where a send stands on chain."""
+
+    NOT_FOUND = "not_found"  # not in the mempool nor in a block (never arrived, or dropped)
+    PENDING = "pending"  # in the mempool, or mined with fewer confirmations than required
+    CONFIRMED = "confirmed"  # mined with at least the required confirmations
+    FAILED = "failed"  # mined but reverted (EVM status 0): the amount did not move
+
+
+@dataclass(frozen=True, slots=True)
+class SendCheck:
+    """The answer of :meth:`ChainAdapter.check_send`.
+
+    Attributes:
+        state: see :class:`SendState`.
+        confirmations: ``0`` unless mined.
+        network_fee_paid: base units the sender actually paid in fees, once mined
+            (EVM: ``gas_used * effective_gas_price``); ``None`` before that.
+    """
+
+    state: SendState
+    confirmations: int
+    network_fee_paid: int | None
+
+
+class ChainAdapter(abc.ABC):
+    """One chain, seen by the mixer.
+
+    Attributes:
+        asset: the asset this adapter moves.
+        confirmations_required: depth at which a deposit or a send counts as final.
+        pool_address: the address payouts leave from.
+        has_idempotent_send: ``True`` where broadcasting the same :class:`PreparedSend` twice
+            cannot move coins twice (signed transactions with a nonce). ``False`` on Jobcoin:
+            the caller must check the ledger history before sending again.
+    """
+
+    asset: Asset
+    confirmations_required: int
+    pool_address: str
+    has_idempotent_send: bool
+
+    @abc.abstractmethod
+    def normalize_address(self, text: str) -> str:
+        """Validate an address for this chain and return its canonical form.
+
+        EVM: must be 0x + 40 hex; mixed case must pass the EIP-55 checksum; returns the
+        checksummed form. Jobcoin: a non-empty name of printable characters, at most 128.
+
+        Raises:
+            InvalidAddress: malformed, bad checksum, or of another network.
+        """
+
+    @abc.abstractmethod
+    def deposit_address(self, index: int) -> str:
+        """The deposit address with HD index ``index`` (EVM: BIP-44 m/44'/60'/0'/0/index).
+
+        Deterministic: the same index always gives the same address.
+        """
+
+    @abc.abstractmethod
+    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
+        """Find transfers to the ``watched`` addresses since ``cursor`` (``None``: from the start
+        that matters, e.g. a recent block). Returns unconfirmed ones too, with 0 confirmations.
+
+        Raises:
+            ChainError: the node or API failed.
+        """
+
+    @abc.abstractmethod
+    async def transfer_confirmations(self, transfer: Transfer) -> int | None:
+        """Current confirmations of a transfer seen earlier; ``None`` if it is no longer on the
+        chain nor in the mempool (a reorg removed it).
+
+        Raises:
+            ChainError: the node or API failed.
+        """
+
+    @abc.abstractmethod
+    async def balance(self, address: str) -> int:
+        """Confirmed balance of ``address`` in base units.
+
+        Raises:
+            ChainError: the node or API failed.
+        """
+
+    @abc.abstractmethod
+    async def quote_network_fee(self) -> FeeQuote:
+        """The fee one simple send costs now, as reserved from the user's amount.
+
+        Raises:
+            ChainError: the node failed, or the fee is above the configured cap.
+        """
+
+    @abc.abstractmethod
+    async def prepare_send(
+        self,
+        *,
+        from_address: str,
+        from_key_index: int | None,
+        to_address: str,
+        amount: int,
+        fee: FeeQuote,
+        nonce: int | None,
+    ) -> PreparedSend:
+        """Sign (or describe) a send of ``amount`` base units; nothing leaves yet.
+
+        Args:
+            from_address: the paying address (a deposit address or the pool).
+            from_key_index: HD index of the deposit key, ``None`` for the pool key.
+            to_address: the receiver, already normalised.
+            amount: base units the receiver gets, ``> 0``.
+            fee: the quote this send was planned with; the send never pays more than
+                ``fee.per_send``.
+            nonce: the account nonce to sign with (allocated by the caller in the DB) where
+                the chain uses nonces, else ``None``.
+
+        Raises:
+            ChainError: signing failed.
+        """
+
+    @abc.abstractmethod
+    async def next_nonce(self, address: str) -> int | None:
+        """The chain's next nonce for ``address`` (pending transaction count), or ``None`` on
+        chains without nonces. Used only to seed the DB nonce counter.
+
+        Raises:
+            ChainError: the node failed.
+        """
+
+    @abc.abstractmethod
+    async def broadcast(self, prepared: PreparedSend) -> None:
+        """Send a prepared send to the chain.
+
+        Raises:
+            BroadcastRejected: the chain definitely refused it (insufficient funds, invalid).
+                On EVM, "already known" and "nonce too low" for our own txid are not errors.
+            SendOutcomeUnknown: timeout or dropped connection: it may have landed.
+            ChainError: any other failure that certainly sent nothing.
+        """
+
+    @abc.abstractmethod
+    async def check_send(self, prepared: PreparedSend, *, earlier_sends: int) -> SendCheck:
+        """Is this send on chain?
+
+        Args:
+            prepared: the stored send.
+            earlier_sends: how many sends with the same from/to pair the caller already knows
+                landed (Jobcoin uses it to count transfers in the ledger history: the
+                ``earlier_sends``-th matching transfer, 0-based, is this one). Ignored on EVM,
+                which looks the txid up.
+
+        Raises:
+            ChainError: the node or API failed.
+        """
+
+    async def aclose(self) -> None:
+        """Release network resources (HTTP clients). Default: nothing to release."""
+        return None

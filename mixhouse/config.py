@@ -1,0 +1,100 @@
+"""Settings, read once from the environment (prefix ``MIXHOUSE_``) and passed in.
+
+No module reads settings from a global: every process builds one :class:`Settings` and hands
+it down. Unsafe defaults (the development admin key, the well-known development mnemonic)
+are refused outside ``environment=development``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mixhouse.errors import ConfigError
+
+DEV_ADMIN_KEY = "dev-admin-key-change-me"
+# The mnemonic anvil and Hardhat derive their dev accounts from: public, for development only.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+class Settings(BaseSettings):
+    """Every setting of every Mixhouse process.
+
+    Amounts are integers in base units (jobcoin base unit = 1e-8 jobcoin, wei for ETH).
+    Durations are seconds.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MIXHOUSE_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".mixhouse")
+    # Unset: an embedded PostgreSQL runs in ``data_dir/pg``. Set: an external server,
+    # e.g. ``postgresql://user@host:5432/mixhouse``.
+    database_url: str | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    admin_api_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
+
+    # Fees: a fee in basis points is drawn uniformly from this range when a mix is created
+    # and quoted to the user; it is charged only on deposits that are paid out.
+    fee_min_bps: int = Field(default=100, ge=0, le=5_000)
+    fee_max_bps: int = Field(default=300, ge=0, le=5_000)
+    # Payout delays are drawn inside [delay_min, delay_max] chosen per mix within these bounds.
+    default_delay_min_seconds: int = Field(default=60, ge=0)
+    default_delay_max_seconds: int = Field(default=6 * 3600, ge=0)
+    max_delay_seconds: int = Field(default=72 * 3600, ge=0)
+    mix_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+    # Deposits that arrive after expiry are still mixed during this grace period (the
+    # address stays watched); later ones are held for the operator.
+    late_deposit_grace_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    max_withdrawal_addresses: int = Field(default=10, ge=1, le=50)
+
+    # Jobcoin
+    jobcoin_enabled: bool = True
+    jobcoin_api_url: str = "http://127.0.0.1:8111/api"
+    jobcoin_pool_address: str = "mixhouse-pool"
+    jobcoin_min_deposit: int = 100_000_000  # 1 jobcoin
+    jobcoin_max_deposit: int = 1_000_000 * 100_000_000
+    # A Jobcoin send whose outcome is unknown is looked up in the ledger history only after
+    # this long, so that a request still in flight has landed or died.
+    jobcoin_send_settle_seconds: float = Field(default=10.0, ge=0)
+    ledger_host: str = "127.0.0.1"
+    ledger_port: int = 8111
+
+    # Ethereum (any JSON-RPC node; anvil in development)
+    evm_enabled: bool = False
+    evm_rpc_url: str = "http://127.0.0.1:8545"
+    evm_chain_id: int = 31337
+    evm_confirmations: int = Field(default=12, ge=1)
+    evm_mnemonic: SecretStr = SecretStr(DEV_MNEMONIC)
+    evm_min_deposit: int = 10**16  # 0.01 ETH
+    evm_max_deposit: int = 1_000 * 10**18
+    evm_max_fee_per_gas_cap: int = 500 * 10**9  # refuse to pay more than 500 gwei
+
+    # Workers
+    scan_interval_seconds: int = Field(default=5, ge=1)
+    reconcile_interval_seconds: int = Field(default=30, ge=1)
+    worker_concurrency: int = Field(default=8, ge=1)
+    job_polling_interval_seconds: float = Field(default=1.0, gt=0)
+
+    # Screening: extra newline-separated addresses to refuse, on top of the OFAC lists.
+    denylist_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.fee_min_bps > self.fee_max_bps:
+            raise ConfigError("fee_min_bps must not exceed fee_max_bps")
+        if self.default_delay_min_seconds > self.default_delay_max_seconds:
+            raise ConfigError("default_delay_min_seconds must not exceed default_delay_max_seconds")
+        if self.environment == "production":
+            if self.admin_api_key.get_secret_value() == DEV_ADMIN_KEY:
+                raise ConfigError("set MIXHOUSE_ADMIN_API_KEY: the development key is refused in production")
+            if self.evm_enabled and self.evm_mnemonic.get_secret_value() == DEV_MNEMONIC:
+                raise ConfigError("set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production")
+            if self.database_url is None:
+                raise ConfigError("set MIXHOUSE_DATABASE_URL: production runs on a managed PostgreSQL server")
+        return self

@@ -1,0 +1,1 @@
+"""Storage: the PostgreSQL engine (external or embedded), tables and migrations."""

@@ -1,0 +1,224 @@
+"""The database schema, as SQLAlchemy Core tables.
+
+Amounts are ``NUMERIC(78,0)`` (enough for any uint256) and come back as ``int`` through
+:data:`Amount`. States are stored by name as text; the allowed transitions live in
+``mixhouse.mixer.states``. The migration in ``migrations/versions`` creates exactly this.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class Amount(TypeDecorator[int]):
+    """``NUMERIC(78,0)`` in the database, ``int`` in Python: base units never pass through float."""
+
+    impl = Numeric(78, 0)
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: Any) -> Decimal | None:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"amounts are int base units, got {type(value).__name__}")
+        return Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> int | None:
+        if value is None:
+            return None
+        return int(value)
+
+
+metadata = MetaData()
+
+
+def _timestamps() -> list[Column[Any]]:
+    return [
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    ]
+
+
+mixes = Table(
+    "mixes",
+    metadata,
+    Column("id", Text, primary_key=True),  # unguessable token, the user's only handle
+    Column("asset", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("deposit_address", Text, nullable=False),
+    Column("deposit_key_index", BigInteger, nullable=True),
+    Column("withdrawal_addresses", JSONB, nullable=False),
+    Column("fee_bps", Integer, nullable=False),
+    Column("min_deposit", Amount, nullable=False),
+    Column("max_deposit", Amount, nullable=False),
+    Column("delay_min_seconds", Integer, nullable=False),
+    Column("delay_max_seconds", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("watch_until", DateTime(timezone=True), nullable=False),
+    *_timestamps(),
+    UniqueConstraint("asset", "deposit_address", name="uq_mixes_deposit_address"),
+)
+Index("ix_mixes_watch", mixes.c.asset, mixes.c.watch_until)
+
+deposits = Table(
+    "deposits",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("mix_id", Text, ForeignKey("mixes.id"), nullable=False),
+    Column("asset", Text, nullable=False),
+    Column("chain_ref", Text, nullable=False),  # txid, or the ledger's position of the transfer
+    Column("deposit_address", Text, nullable=False),
+    Column("from_addresses", JSONB, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("confirmations", Integer, nullable=False, server_default="0"),
+    Column("block_number", BigInteger, nullable=True),
+    Column("reason", Text, nullable=True),  # why frozen or held
+    Column("fee_amount", Amount, nullable=True),
+    Column("network_fee_amount", Amount, nullable=True),
+    Column("payout_total", Amount, nullable=True),
+    *_timestamps(),
+    UniqueConstraint("asset", "chain_ref", name="uq_deposits_chain_ref"),
+)
+Index("ix_deposits_mix", deposits.c.mix_id)
+Index("ix_deposits_state", deposits.c.asset, deposits.c.state)
+
+sends = Table(
+    "sends",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),  # 'sweep' (deposit -> pool) or 'payout' (pool -> user)
+    Column("asset", Text, nullable=False),
+    Column("mix_id", Text, ForeignKey("mixes.id"), nullable=False),
+    Column("deposit_id", BigInteger, ForeignKey("deposits.id"), nullable=False),
+    Column("from_address", Text, nullable=False),
+    Column("from_key_index", BigInteger, nullable=True),  # HD index of the signing key; NULL = pool
+    Column("to_address", Text, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("network_fee_reserved", Amount, nullable=False, server_default="0"),
+    Column("network_fee_paid", Amount, nullable=True),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("raw_tx", LargeBinary, nullable=True),
+    Column("txid", Text, nullable=True),
+    Column("nonce", BigInteger, nullable=True),
+    # Set where the chain has no idempotent send (Jobcoin): at most one send per key may be
+    # in flight, so that the ledger history can tell whether *this* send landed.
+    Column("serial_key", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("signed_at", DateTime(timezone=True), nullable=True),
+    Column("broadcast_at", DateTime(timezone=True), nullable=True),
+    Column("confirmed_at", DateTime(timezone=True), nullable=True),
+    *_timestamps(),
+)
+Index("ix_sends_deposit", sends.c.deposit_id)
+Index("ix_sends_mix", sends.c.mix_id)
+Index("ix_sends_state", sends.c.asset, sends.c.state)
+Index(
+    "uq_sends_one_in_flight",
+    sends.c.serial_key,
+    unique=True,
+    postgresql_where=text("state = 'signed' AND serial_key IS NOT NULL"),
+)
+
+account_nonces = Table(
+    "account_nonces",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("address", Text, primary_key=True),
+    Column("next_nonce", BigInteger, nullable=False),
+)
+
+chain_cursors = Table(
+    "chain_cursors",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("cursor", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+key_counters = Table(
+    "key_counters",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("next_index", BigInteger, nullable=False),
+)
+
+reconciliations = Table(
+    "reconciliations",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("pool_address", Text, nullable=False),
+    Column("expected", Amount, nullable=False),
+    Column("actual", Amount, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+sanctioned_addresses = Table(
+    "sanctioned_addresses",
+    metadata,
+    Column("address_norm", Text, primary_key=True),  # lower-cased for EVM, as-is otherwise
+    Column("source", Text, primary_key=True),  # 'ofac:ETH', 'operator', ...
+    Column("added_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("entity_type", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    Column("asset", Text, nullable=True),
+    Column("amount", Amount, nullable=True),
+    Column("details", JSONB, nullable=False),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+Index("ix_audit_entity", audit_log.c.entity_type, audit_log.c.entity_id)
+
+# The local Jobcoin ledger (a development chain served by ``mixhouse ledger serve``).
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("from_address", Text, nullable=True),  # NULL for minted coins
+    Column("to_address", Text, nullable=False),
+    Column("amount", Amount, nullable=False),
+)
+Index("ix_ledger_transfers_from", ledger_transfers.c.from_address, ledger_transfers.c.id)
+Index("ix_ledger_transfers_to", ledger_transfers.c.to_address, ledger_transfers.c.id)
+
+ledger_balances = Table(
+    "ledger_balances",
+    metadata,
+    Column("address", Text, primary_key=True),
+    Column("balance", Amount, nullable=False),
+)
