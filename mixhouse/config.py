@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mixhouse.errors import ConfigError
 
 DEV_ADMIN_KEY = "dev-admin-key-change-me"
+DEV_ADDRESS_SECRET = "dev-address-secret-change-me"
 # The mnemonic anvil and Hardhat derive their dev accounts from: public, for development only.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
@@ -57,6 +58,8 @@ class Settings(BaseSettings):
     jobcoin_enabled: bool = True
     jobcoin_api_url: str = "http://127.0.0.1:8111/api"
     jobcoin_pool_address: str = "mixhouse-pool"
+    # Keys the derivation of Jobcoin deposit addresses, so outsiders cannot enumerate them.
+    jobcoin_address_secret: SecretStr = SecretStr(DEV_ADDRESS_SECRET)
     jobcoin_min_deposit: int = 100_000_000  # 1 jobcoin
     jobcoin_max_deposit: int = 1_000_000 * 100_000_000
     # A Jobcoin send whose outcome is unknown is looked up in the ledger history only after
@@ -80,6 +83,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = Field(default=30, ge=1)
     worker_concurrency: int = Field(default=8, ge=1)
     job_polling_interval_seconds: float = Field(default=1.0, gt=0)
+    # A worker that sent no heartbeat for this long is dead: its jobs are retried elsewhere.
+    worker_heartbeat_seconds: float = Field(default=2.0, gt=0)
+    worker_stalled_after_seconds: float = Field(default=30.0, gt=0)
 
     # Screening: extra newline-separated addresses to refuse, on top of the OFAC lists.
     denylist_file: Path | None = None
@@ -93,6 +99,8 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if self.admin_api_key.get_secret_value() == DEV_ADMIN_KEY:
                 raise ConfigError("set MIXHOUSE_ADMIN_API_KEY: the development key is refused in production")
+            if self.jobcoin_enabled and self.jobcoin_address_secret.get_secret_value() == DEV_ADDRESS_SECRET:
+                raise ConfigError("set MIXHOUSE_JOBCOIN_ADDRESS_SECRET: the development secret is refused in production")
             if self.evm_enabled and self.evm_mnemonic.get_secret_value() == DEV_MNEMONIC:
                 raise ConfigError("set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production")
             if self.database_url is None:

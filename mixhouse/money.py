@@ -30,18 +30,21 @@ class AssetInfo:
         asset: the asset.
         decimals: base units per coin as a power of ten (8 for jobcoin, 18 for ETH).
         unit: the name of the base unit, for messages ("wei").
+        dust: the smallest payout in base units: below it a payout would cost more to move
+            than it is worth (or a chain would refuse it).
     """
 
     asset: Asset
     decimals: int
     unit: str
+    dust: int
 
 
 ASSETS: dict[Asset, AssetInfo] = {
     # The Jobcoin API speaks decimal strings ("49.5") without a declared precision; we fix
     # 8 decimals (like satoshi) and reject anything finer instead of rounding it away.
-    Asset.JOBCOIN: AssetInfo(Asset.JOBCOIN, 8, "jobcoin base unit"),
-    Asset.ETH: AssetInfo(Asset.ETH, 18, "wei"),
+    Asset.JOBCOIN: AssetInfo(Asset.JOBCOIN, 8, "jobcoin base unit", dust=10_000),
+    Asset.ETH: AssetInfo(Asset.ETH, 18, "wei", dust=10**12),
 }
 
 # Largest value a NUMERIC(78,0) column holds comfortably and far above any real supply;

@@ -1,0 +1,385 @@
+"""The Jobcoin chain adapter: any server speaking the Jobcoin HTTP API (ours or the original).
+
+Jobcoin is a bare account ledger: no signatures, no blocks, no fees, no txids. Hence:
+
+* a transfer is final once the ledger lists it (``confirmations_required = 1``);
+* a deposit's ref is its position: ``"<address>#<n>"`` is the n-th (0-based) incoming
+  transfer of that address in ledger order;
+* a send cannot be made idempotent (``has_idempotent_send = False``): whether it landed is
+  read from the sender's history by counting transfers of the same from/to pair
+  (:meth:`JobcoinAdapter.check_send`);
+* deposit addresses are plain names derived from a secret, so that outsiders cannot link a
+  name to its index nor guess the next one.
+
+Amounts on the wire are decimal strings in whole jobcoins (8 decimals); inside, ``int`` base
+units. Every network failure is a :class:`~mixhouse.errors.ChainError` (or a subclass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from mixhouse.chains.base import (
+    ChainAdapter,
+    FeeQuote,
+    PreparedSend,
+    ScanResult,
+    SendCheck,
+    SendState,
+    Transfer,
+)
+from mixhouse.chains.jobcoin.ledger import validate_address
+from mixhouse.errors import (
+    BroadcastRejected,
+    ChainError,
+    ConfigError,
+    InvalidAmount,
+    SendOutcomeUnknown,
+)
+from mixhouse.money import ASSETS, Asset, format_amount
+
+DECIMALS = ASSETS[Asset.JOBCOIN].decimals
+SCAN_CONCURRENCY = 16
+MIN_SECRET_BYTES = 16
+DEPOSIT_PREFIX = "mix-"
+_DEPOSIT_HEX_CHARS = 24  # 96 bits: unguessable, and short enough to type
+
+# Failures raised before a single byte of the request left: retrying cannot double-send.
+_NOTHING_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _LedgerTx:
+    """One item of a Jobcoin history; ``from_address`` is ``None`` for minted coins."""
+
+    from_address: str | None
+    to_address: str
+    amount: int
+
+
+def _parse_wire_amount(value: object) -> int:
+    """A wire amount (decimal string in jobcoins, ``"0"`` allowed) as base units, exactly.
+
+    Raises:
+        ChainError: not a plain non-negative decimal string with at most 8 decimals.
+    """
+    if not isinstance(value, str) or not value or any(ch not in "0123456789." for ch in value):
+        raise ChainError(f"the ledger sent an amount we cannot read: {value!r}")
+    try:
+        scaled = Decimal(value).scaleb(DECIMALS)
+    except InvalidOperation as exc:
+        raise ChainError(f"the ledger sent an amount we cannot read: {value!r}") from exc
+    if scaled != scaled.to_integral_value():
+        raise ChainError(f"the ledger sent an amount finer than {DECIMALS} decimals: {value!r}")
+    return int(scaled)
+
+
+def _parse_history(body: Any) -> tuple[int, list[_LedgerTx]]:
+    """``(balance, transactions)`` from a ``GET /addresses/{a}`` answer.
+
+    Raises:
+        ChainError: the answer does not have the documented shape.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("transactions"), list):
+        raise ChainError("the ledger's address answer has no transactions list")
+    balance = _parse_wire_amount(body.get("balance"))
+    txs: list[_LedgerTx] = []
+    for item in body["transactions"]:
+        if not isinstance(item, dict):
+            raise ChainError("the ledger sent a transaction that is not an object")
+        from_address = item.get("fromAddress")
+        to_address = item.get("toAddress")
+        if not isinstance(to_address, str) or not (from_address is None or isinstance(from_address, str)):
+            raise ChainError(f"the ledger sent a transaction with unreadable addresses: {item!r}")
+        txs.append(_LedgerTx(from_address, to_address, _parse_wire_amount(item.get("amount"))))
+    return balance, txs
+
+
+def _address_path(address: str) -> str:
+    # Names may hold "/", "?", "#" or be "..": encode everything, dots included, so that
+    # neither httpx's dot-segment removal nor the router reads them as URL structure.
+    return quote(address, safe="").replace(".", "%2E")
+
+
+class JobcoinAdapter(ChainAdapter):
+    """:class:`~mixhouse.chains.base.ChainAdapter` for a Jobcoin API at ``api_url``.
+
+    Args:
+        api_url: the API root, e.g. ``"http://127.0.0.1:8111/api"`` (routes are appended).
+        pool_address: the address payouts leave from; must be a valid Jobcoin address.
+        address_secret: key of the HMAC that derives deposit addresses; at least 16 bytes,
+            kept secret and stable (changing it changes every deposit address).
+        client: an HTTP client to use (not closed by :meth:`aclose`); by default the
+            adapter makes and owns one with ``timeout`` seconds per request.
+        timeout: per-request timeout in seconds for the client the adapter creates.
+
+    Raises:
+        ConfigError: ``address_secret`` is shorter than 16 bytes.
+        InvalidAddress: ``pool_address`` is not a valid Jobcoin address.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        pool_address: str,
+        *,
+        address_secret: bytes,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if len(address_secret) < MIN_SECRET_BYTES:
+            raise ConfigError(f"the Jobcoin address secret must be at least {MIN_SECRET_BYTES} bytes")
+        self.asset = Asset.JOBCOIN
+        self.confirmations_required = 1
+        self.has_idempotent_send = False
+        self.pool_address = validate_address(pool_address)
+        self._api_url = api_url.rstrip("/")
+        self._secret = address_secret
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def normalize_address(self, text: str) -> str:
+        """Return ``text`` unchanged if it is a valid Jobcoin address (nothing is stripped).
+
+        Raises:
+            InvalidAddress: empty, longer than 128, non-printable characters, or surrounded
+                by whitespace.
+        """
+        return validate_address(text)
+
+    def deposit_address(self, index: int) -> str:
+        """``"mix-"`` + the first 24 hex digits of HMAC-SHA256(secret, index as 8 bytes BE).
+
+        Deterministic for one secret; without the secret an address reveals nothing about its
+        index and the next address cannot be guessed.
+
+        Raises:
+            ValueError: ``index`` is negative or does not fit in 64 bits.
+        """
+        if not 0 <= index < 2**64:
+            raise ValueError(f"deposit index out of range: {index}")
+        digest = hmac.new(self._secret, index.to_bytes(8, "big"), hashlib.sha256).hexdigest()
+        return DEPOSIT_PREFIX + digest[:_DEPOSIT_HEX_CHARS]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _history(self, address: str) -> tuple[int, list[_LedgerTx]]:
+        """``(balance, transactions)`` of ``address``, oldest first.
+
+        Raises:
+            ChainError: network failure, non-200 answer or unreadable body.
+        """
+        url = f"{self._api_url}/addresses/{_address_path(address)}"
+        try:
+            response = await self._client.get(url)
+        except httpx.HTTPError as exc:
+            raise ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})") from exc
+        if response.status_code != 200:
+            raise ChainError(
+                f"Jobcoin API answered {response.status_code} for {address!r}: {response.text[:200]}"
+            )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ChainError("Jobcoin API sent a body that is not JSON") from exc
+        return _parse_history(body)
+
+    async def _incoming(self, address: str) -> list[_LedgerTx]:
+        _, txs = await self._history(address)
+        return [tx for tx in txs if tx.to_address == address]
+
+    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:  # noqa: ARG002
+        """Every incoming transfer of every watched address (the whole history each time).
+
+        The ledger has no blocks to resume from, so ``cursor`` is ignored and stays ``None``;
+        the caller deduplicates by ``ref``. Addresses are read concurrently, at most 16 at once.
+
+        Raises:
+            ChainError: the API failed for any watched address (no partial result).
+        """
+        addresses = list(dict.fromkeys(watched))
+        gate = asyncio.Semaphore(SCAN_CONCURRENCY)
+
+        async def read(address: str) -> list[_LedgerTx]:
+            async with gate:
+                return await self._incoming(address)
+
+        # return_exceptions: let every request finish instead of leaving orphans running.
+        results = await asyncio.gather(*(read(a) for a in addresses), return_exceptions=True)
+        transfers: list[Transfer] = []
+        for address, result in zip(addresses, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            for n, tx in enumerate(result):
+                transfers.append(
+                    Transfer(
+                        to_address=address,
+                        from_addresses=() if tx.from_address is None else (tx.from_address,),
+                        amount=tx.amount,
+                        ref=f"{address}#{n}",
+                        block_number=None,
+                        confirmations=1,
+                    )
+                )
+        return ScanResult(transfers=tuple(transfers), cursor=None)
+
+    async def transfer_confirmations(self, transfer: Transfer) -> int | None:
+        """``1`` if the ledger still lists the transfer at its position with the same amount,
+        else ``None``.
+
+        Raises:
+            ChainError: the API failed, or ``transfer.ref`` is not a Jobcoin ref.
+        """
+        address, _, position = transfer.ref.rpartition("#")
+        if not address or not position.isdigit():
+            raise ChainError(f"not a Jobcoin transfer ref: {transfer.ref!r}")
+        n = int(position)
+        incoming = await self._incoming(address)
+        if n < len(incoming) and incoming[n].amount == transfer.amount:
+            return 1
+        return None
+
+    async def balance(self, address: str) -> int:
+        """Balance of ``address`` in base units (``0`` for an unused address).
+
+        Raises:
+            ChainError: the API failed.
+        """
+        balance, _ = await self._history(address)
+        return balance
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def quote_network_fee(self) -> FeeQuote:
+        """Always zero: Jobcoin has no network fee."""
+        return FeeQuote(0, "Jobcoin transfers have no network fee")
+
+    async def next_nonce(self, address: str) -> int | None:  # noqa: ARG002
+        """Always ``None``: Jobcoin has no nonces."""
+        return None
+
+    async def prepare_send(
+        self,
+        *,
+        from_address: str,
+        from_key_index: int | None,  # noqa: ARG002
+        to_address: str,
+        amount: int,
+        fee: FeeQuote,  # noqa: ARG002
+        nonce: int | None,  # noqa: ARG002
+    ) -> PreparedSend:
+        """Describe the send; nothing to sign on Jobcoin. Makes no network call.
+
+        ``from_key_index``, ``fee`` and ``nonce`` are ignored: the ledger has no keys, fees
+        or nonces (``network_fee_max`` is 0, within any quote).
+
+        Raises:
+            InvalidAddress: an address is not a valid Jobcoin address (a caller bug).
+            InvalidAmount: ``amount`` is not positive (a caller bug).
+        """
+        validate_address(from_address)
+        validate_address(to_address)
+        if amount <= 0:
+            raise InvalidAmount(f"a send must move a positive amount, got {amount}")
+        return PreparedSend(
+            from_address=from_address,
+            to_address=to_address,
+            amount=amount,
+            network_fee_max=0,
+            raw_tx=None,
+            txid=None,
+            nonce=None,
+        )
+
+    async def broadcast(self, prepared: PreparedSend) -> None:
+        """``POST /transactions`` once. Not idempotent: ask :meth:`check_send` before a retry.
+
+        Raises:
+            BroadcastRejected: a 4xx answer (422 "Insufficient Funds" included): nothing moved.
+            SendOutcomeUnknown: a timeout or broken connection after the request may have
+                left, or a 5xx answer: the transfer may have landed.
+            ChainError: the connection could not be opened: nothing was sent.
+        """
+        payload = {
+            "fromAddress": prepared.from_address,
+            "toAddress": prepared.to_address,
+            "amount": format_amount(prepared.amount, DECIMALS),
+        }
+        try:
+            response = await self._client.post(f"{self._api_url}/transactions", json=payload)
+        except _NOTHING_SENT as exc:
+            raise ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})") from exc
+        except httpx.HTTPError as exc:
+            raise SendOutcomeUnknown(
+                f"Jobcoin send {prepared.from_address!r} -> {prepared.to_address!r} may have landed "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if 400 <= status < 500:
+            raise BroadcastRejected(f"Jobcoin API refused the send ({status}): {_error_message(response)}")
+        raise SendOutcomeUnknown(f"Jobcoin API answered {status}; the send may have landed")
+
+    async def check_send(self, prepared: PreparedSend, *, earlier_sends: int) -> SendCheck:
+        """Find the send in the sender's history: the ``earlier_sends``-th (0-based) transfer
+        from ``prepared.from_address`` to ``prepared.to_address`` is this one.
+
+        Returns:
+            ``CONFIRMED`` with 1 confirmation and fee 0 if present, else ``NOT_FOUND``.
+
+        Raises:
+            ChainError: the API failed, or the matching transfer's amount differs from
+                ``prepared.amount`` (the caller's count of earlier sends is wrong).
+        """
+        if earlier_sends < 0:
+            raise ValueError(f"earlier_sends must not be negative, got {earlier_sends}")
+        _, txs = await self._history(prepared.from_address)
+        matching = [
+            tx
+            for tx in txs
+            if tx.from_address == prepared.from_address and tx.to_address == prepared.to_address
+        ]
+        if len(matching) <= earlier_sends:
+            return SendCheck(state=SendState.NOT_FOUND, confirmations=0, network_fee_paid=None)
+        found = matching[earlier_sends]
+        if found.amount != prepared.amount:
+            raise ChainError(
+                f"transfer #{earlier_sends} from {prepared.from_address!r} to {prepared.to_address!r} "
+                f"moved {found.amount} base units, the send expected {prepared.amount}"
+            )
+        return SendCheck(state=SendState.CONFIRMED, confirmations=1, network_fee_paid=0)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this adapter created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The ``error`` text of a Jobcoin error body, or the start of the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str):
+        return error
+    return response.text[:200]

@@ -1,0 +1,193 @@
+"""The core of the local Jobcoin ledger: balances and transfers in PostgreSQL.
+
+A development chain: coins appear by :func:`mint` and move by :func:`transfer`; a transfer
+is final as soon as its transaction commits. Amounts are ``int`` base units
+(1 jobcoin = 10**8). Writers own their transaction (they take the engine); readers take an
+``AsyncConnection`` and never commit.
+
+Ordering guarantee the adapter relies on: transfers *into* one address become visible in
+``id`` order. Jobcoin deposit refs are positions ("the n-th incoming transfer of X"), so a
+reader must never see transfer 7 into X before transfer 6 into X has committed, or the
+positions would shift under it. Each writer therefore takes the receiver's balance row
+lock *before* it allocates the transfer id, and holds it until commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mixhouse.db.tables import ledger_balances, ledger_transfers
+from mixhouse.errors import InsufficientFunds, InvalidAddress, InvalidAmount, InvalidInput
+from mixhouse.money import MAX_BASE_UNITS
+
+MAX_ADDRESS_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTransfer:
+    """One row of the ledger history.
+
+    Attributes:
+        id: position in the whole ledger (ascending = older first).
+        created_at: when it was recorded (timezone-aware, UTC from the database).
+        from_address: the sender, ``None`` for minted coins.
+        to_address: the receiver.
+        amount: base units moved, ``> 0``.
+    """
+
+    id: int
+    created_at: datetime
+    from_address: str | None
+    to_address: str
+    amount: int
+
+
+def validate_address(text: str) -> str:
+    """Check a Jobcoin address and return it unchanged.
+
+    A Jobcoin address is any name: non-empty, at most 128 characters, all printable
+    (:meth:`str.isprintable`), with no leading or trailing whitespace. Nothing is stripped:
+    ``" Alice"`` is refused rather than silently read as ``"Alice"``, since it would name a
+    different account.
+
+    Raises:
+        InvalidAddress: the text breaks one of those rules (or is not a ``str``).
+    """
+    if not isinstance(text, str):
+        raise InvalidAddress("an address must be a string")
+    if not text:
+        raise InvalidAddress("the address is empty")
+    if len(text) > MAX_ADDRESS_LENGTH:
+        raise InvalidAddress(f"the address is longer than {MAX_ADDRESS_LENGTH} characters")
+    if not text.isprintable():
+        raise InvalidAddress("the address contains non-printable characters")
+    if text != text.strip():
+        raise InvalidAddress("the address has leading or trailing whitespace")
+    return text
+
+
+def _check_amount(amount: int) -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise InvalidAmount(f"amounts are int base units, got {type(amount).__name__}")
+    if amount <= 0:
+        raise InvalidAmount("the amount must be greater than zero")
+    if amount > MAX_BASE_UNITS:
+        raise InvalidAmount("the amount is too large")
+
+
+async def _credit(conn: AsyncConnection, address: str, amount: int) -> None:
+    """Add ``amount`` to ``address``, creating its balance row if needed.
+
+    On a new address a concurrent writer to the same address blocks here on our uncommitted
+    insert, before it allocates its transfer id: that keeps the ordering guarantee above.
+    """
+    stmt = pg_insert(ledger_balances).values(address=address, balance=amount)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[ledger_balances.c.address],
+        set_={"balance": ledger_balances.c.balance + stmt.excluded.balance},
+    )
+    await conn.execute(stmt)
+
+
+async def mint(engine: AsyncEngine, address: str, amount: int) -> None:
+    """Create ``amount`` base units out of nothing at ``address`` (one transaction).
+
+    Recorded as a transfer without sender.
+
+    Raises:
+        InvalidAddress: ``address`` is not a valid Jobcoin address.
+        InvalidAmount: ``amount`` is not an ``int`` in ``1..MAX_BASE_UNITS``.
+    """
+    validate_address(address)
+    _check_amount(amount)
+    async with engine.begin() as conn:
+        await _credit(conn, address, amount)
+        await conn.execute(
+            ledger_transfers.insert().values(from_address=None, to_address=address, amount=amount)
+        )
+
+
+async def transfer(engine: AsyncEngine, from_address: str, to_address: str, amount: int) -> None:
+    """Move ``amount`` base units from one address to another, atomically (one transaction).
+
+    Both balance rows that exist are locked ``FOR UPDATE`` in address order, so that two
+    opposite transfers (A->B, B->A) cannot deadlock and two sends from one address cannot
+    both spend the same coins.
+
+    Raises:
+        InvalidAddress: either address is not a valid Jobcoin address.
+        InvalidInput: ``from_address == to_address`` (a send to oneself is refused: it
+            would only add noise to the history and confuse position-based refs).
+        InvalidAmount: ``amount`` is not an ``int`` in ``1..MAX_BASE_UNITS``.
+        InsufficientFunds: the sender's balance is below ``amount``; nothing changed.
+    """
+    validate_address(from_address)
+    validate_address(to_address)
+    if from_address == to_address:
+        raise InvalidInput("the sender and the receiver are the same address")
+    _check_amount(amount)
+    async with engine.begin() as conn:
+        # LockRows sits above the Sort in the plan, so the rows are locked in address order.
+        locked = await conn.execute(
+            select(ledger_balances.c.address, ledger_balances.c.balance)
+            .where(ledger_balances.c.address.in_([from_address, to_address]))
+            .order_by(ledger_balances.c.address)
+            .with_for_update()
+        )
+        balances = {row.address: row.balance for row in locked}
+        available = balances.get(from_address, 0)
+        if available < amount:
+            raise InsufficientFunds(f"{from_address!r} holds {available} base units, {amount} are needed")
+        await conn.execute(
+            ledger_balances.update()
+            .where(ledger_balances.c.address == from_address)
+            .values(balance=ledger_balances.c.balance - amount)
+        )
+        await _credit(conn, to_address, amount)
+        await conn.execute(
+            ledger_transfers.insert().values(from_address=from_address, to_address=to_address, amount=amount)
+        )
+
+
+def _to_transfer(row: Row[Any]) -> LedgerTransfer:
+    return LedgerTransfer(
+        id=row.id,
+        created_at=row.created_at,
+        from_address=row.from_address,
+        to_address=row.to_address,
+        amount=row.amount,
+    )
+
+
+async def address_info(conn: AsyncConnection, address: str) -> tuple[int, list[LedgerTransfer]]:
+    """The balance of ``address`` and every transfer it sent or received, oldest first.
+
+    An address never used has balance ``0`` and no transfers. For a consistent pair, run it
+    in a ``REPEATABLE READ`` transaction (two statements are issued).
+
+    Returns:
+        ``(balance in base units, transfers in id order)``.
+
+    Raises:
+        InvalidAddress: ``address`` is not a valid Jobcoin address.
+    """
+    validate_address(address)
+    balance = await conn.scalar(select(ledger_balances.c.balance).where(ledger_balances.c.address == address))
+    rows = await conn.execute(
+        select(ledger_transfers)
+        .where(or_(ledger_transfers.c.from_address == address, ledger_transfers.c.to_address == address))
+        .order_by(ledger_transfers.c.id)
+    )
+    return (balance or 0, [_to_transfer(row) for row in rows])
+
+
+async def all_transfers(conn: AsyncConnection) -> list[LedgerTransfer]:
+    """Every transfer in the ledger, oldest first (id order)."""
+    rows = await conn.execute(select(ledger_transfers).order_by(ledger_transfers.c.id))
+    return [_to_transfer(row) for row in rows]

@@ -1,0 +1,213 @@
+"""The ``mixhouse`` command line (Typer).
+
+Every command builds one :class:`~mixhouse.config.Settings` from the environment
+(``MIXHOUSE_*``), applies the migrations, and passes the settings down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from mixhouse.config import Settings
+from mixhouse.db.engine import make_engine, resolve_database_url
+from mixhouse.db.migrate import upgrade
+from mixhouse.errors import MixhouseError
+from mixhouse.logs import configure_logging
+
+app = typer.Typer(help="Mixhouse: a self-hosted cryptocurrency operations platform.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The local Jobcoin-compatible ledger (a development chain).", no_args_is_help=True)
+mix_app = typer.Typer(help="Create and inspect mixes.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+sanctions_app = typer.Typer(help="Sanctions lists used to screen deposits.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(mix_app, name="mix")
+app.add_typer(audit_app, name="audit")
+app.add_typer(sanctions_app, name="sanctions")
+
+console = Console()
+
+
+def _prepare() -> tuple[Settings, str]:
+    settings = Settings()
+    configure_logging(settings)
+    url = resolve_database_url(settings)
+    upgrade(url)
+    return settings, url
+
+
+def _fail(exc: MixhouseError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 180.0,
+) -> None:
+    """Mix 50 jobcoins end to end on embedded PostgreSQL and a local ledger, and show it."""
+    from mixhouse.demo import run_demo  # noqa: PLC0415 - keeps `mixhouse --help` fast
+
+    settings, url = _prepare()
+    code = asyncio.run(run_demo(settings, url, timeout=timeout, console=console))
+    raise typer.Exit(code=code)
+
+
+@app.command()
+def serve() -> None:
+    """Serve the HTTP API (and the OpenAPI docs at /docs)."""
+    from mixhouse.api.app import create_app  # noqa: PLC0415
+    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
+
+    settings, url = _prepare()
+    rt = build_runtime(settings, url)
+    uvicorn.run(create_app(rt), host=settings.api_host, port=settings.api_port)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once by this worker.")] = None,
+) -> None:
+    """Run a worker: chain scans, deposits, sweeps, payouts, reconciliation."""
+    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
+    from mixhouse.worker import run_worker  # noqa: PLC0415
+
+    settings, url = _prepare()
+    rt = build_runtime(settings, url)
+    options: dict[str, Any] = {}
+    if concurrency is not None:
+        options["concurrency"] = concurrency
+    try:
+        asyncio.run(run_worker(rt, url, **options))
+    except KeyboardInterrupt:
+        console.print("worker stopped")
+
+
+@ledger_app.command("serve")
+def ledger_serve() -> None:
+    """Serve the Jobcoin API on MIXHOUSE_LEDGER_HOST:MIXHOUSE_LEDGER_PORT."""
+    from mixhouse.chains.jobcoin.ledger_app import serve_ledger  # noqa: PLC0415
+
+    settings, url = _prepare()
+    console.print(f"Jobcoin ledger on http://{settings.ledger_host}:{settings.ledger_port}/api")
+    asyncio.run(serve_ledger(make_engine(url), settings.ledger_host, settings.ledger_port))
+
+
+@mix_app.command("create")
+def mix_create(
+    asset: Annotated[str, typer.Argument(help="JOBCOIN or ETH")],
+    addresses: Annotated[list[str], typer.Argument(help="1 to 10 withdrawal addresses")],
+    delay_min: Annotated[int | None, typer.Option(help="Earliest payout, seconds after pooling")] = None,
+    delay_max: Annotated[int | None, typer.Option(help="Latest payout, seconds after pooling")] = None,
+) -> None:
+    """Create a mix and print its deposit address."""
+    from mixhouse.mixer.mixes import MixRequest, create_mix  # noqa: PLC0415
+    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
+
+    settings, url = _prepare()
+
+    async def _run() -> dict[str, Any]:
+        rt = build_runtime(settings, url, pool_size=1)
+        try:
+            return await create_mix(rt, MixRequest(asset.upper(), addresses, delay_min, delay_max), actor="cli")
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+    try:
+        mix = asyncio.run(_run())
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    console.print(f"mix id:          {mix['id']}")
+    console.print(f"deposit address: {mix['deposit_address']}")
+    console.print(f"fee:             {mix['fee_bps'] / 100:.2f}%")
+    console.print(f"expires at:      {mix['expires_at'].isoformat()}")
+
+
+@mix_app.command("status")
+def mix_status(mix_id: str) -> None:
+    """Show a mix with its deposits and payouts."""
+    from mixhouse.mixer.mixes import get_mix  # noqa: PLC0415
+    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
+
+    settings, url = _prepare()
+
+    async def _run() -> dict[str, Any]:
+        rt = build_runtime(settings, url, pool_size=1)
+        try:
+            return await get_mix(rt, mix_id)
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+    try:
+        view = asyncio.run(_run())
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    mix = view["mix"]
+    console.print(f"mix {mix['id']} [{mix['asset']}] state={mix['state']} deposit={mix['deposit_address']}")
+    table = Table("kind", "id", "state", "to", "amount (base units)", "due/at", "txid")
+    for dep in view["deposits"]:
+        table.add_row("deposit", str(dep["id"]), dep["state"], dep["deposit_address"], str(dep["amount"]), "", "")
+    for snd in view["sends"]:
+        table.add_row(
+            snd["kind"], str(snd["id"]), snd["state"], snd["to_address"], str(snd["amount"]),
+            snd["due_at"].isoformat(timespec="seconds"), snd["txid"] or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit log's hash chain; exit 1 if it is broken."""
+    from mixhouse import audit  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _run() -> int:
+        engine = make_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await audit.verify(conn)
+        finally:
+            await engine.dispose()
+
+    try:
+        count = asyncio.run(_run())
+    except MixhouseError as exc:
+        console.print(f"[red]audit log BROKEN:[/red] {exc}")
+        raise typer.Exit(code=1) from exc
+    console.print(f"audit log OK: {count} entries verified")
+
+
+@sanctions_app.command("refresh")
+def sanctions_refresh(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SDN XML, JSON list or text list")],
+    source: Annotated[str, typer.Option(help="Name of the list in the database")] = "ofac-refresh",
+) -> None:
+    """Load a newer OFAC SDN file (or an operator denylist) into the database."""
+    from mixhouse.mixer.screening import parse_list_file, store_list  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _run() -> tuple[int, int]:
+        addresses = parse_list_file(file)
+        engine = make_engine(url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                return len(addresses), await store_list(conn, addresses, source)
+        finally:
+            await engine.dispose()
+
+    try:
+        total, new = asyncio.run(_run())
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    console.print(json.dumps({"addresses": total, "new": new, "source": source}))

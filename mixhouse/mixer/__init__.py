@@ -1,0 +1,1 @@
+"""The mixing engine: mix lifecycle, payout planner, pool, screening, reconciliation."""

@@ -1,0 +1,264 @@
+"""Watching deposit addresses: recording deposits, confirming and screening them.
+
+A scan records every transfer to a watched deposit address as a ``seen`` deposit. Once it
+has the chain's required confirmations it is screened and, in the same transaction, frozen
+(a sanctions match), held (outside the mix's limits), or accepted: moved to ``sweeping`` with
+its sweep into the pool scheduled. A deposit that vanishes before it confirms (a reorg) goes
+to ``dropped`` and comes back to ``seen`` if it reappears.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, select
+from sqlalchemy.dialects.postgresql import insert
+
+from mixhouse.audit import AuditEntry
+from mixhouse.chains.base import FeeQuote, Transfer
+from mixhouse.db.tables import chain_cursors, deposits, mixes, sends
+from mixhouse.jobs import send_job
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.sends import serial_key_for
+from mixhouse.mixer.states import DepositState, SendState, now, transition
+from mixhouse.money import ASSETS, Asset
+from mixhouse.unit import unit
+
+log = structlog.get_logger(__name__)
+
+
+async def scan_asset(rt: Runtime, asset: Asset) -> int:
+    """Scan the chain of ``asset`` once and advance every ``seen`` deposit.
+
+    Returns:
+        How many new deposits were recorded.
+
+    Raises:
+        ChainError: the node or API failed (the job is retried at the next tick).
+    """
+    adapter = rt.adapter(asset)
+    async with rt.engine.connect() as conn:
+        watched_rows = (
+            await conn.execute(
+                select(mixes.c.id, mixes.c.deposit_address).where(
+                    mixes.c.asset == asset.value, mixes.c.watch_until > now()
+                )
+            )
+        ).all()
+        cursor = (
+            await conn.execute(select(chain_cursors.c.cursor).where(chain_cursors.c.asset == asset.value))
+        ).scalar_one_or_none()
+    mix_by_address = {r.deposit_address: r.id for r in watched_rows}
+    if not mix_by_address:
+        return 0
+    result = await adapter.scan(list(mix_by_address), cursor)
+    seen_now = {t.ref: t for t in result.transfers}
+    new = 0
+    async with unit(rt.engine) as work:
+        if result.transfers:
+            rows = [
+                {
+                    "mix_id": mix_by_address[t.to_address],
+                    "asset": asset.value,
+                    "chain_ref": t.ref,
+                    "deposit_address": t.to_address,
+                    "from_addresses": list(t.from_addresses),
+                    "amount": t.amount,
+                    "state": DepositState.SEEN,
+                    "confirmations": t.confirmations,
+                    "block_number": t.block_number,
+                }
+                for t in result.transfers
+                if t.to_address in mix_by_address
+            ]
+            inserted = (
+                await work.conn.execute(
+                    insert(deposits)
+                    .values(rows)
+                    .on_conflict_do_nothing(constraint="uq_deposits_chain_ref")
+                    .returning(deposits.c.id, deposits.c.mix_id, deposits.c.amount, deposits.c.chain_ref)
+                )
+            ).all()
+            for row in inserted:
+                work.audit(
+                    AuditEntry(
+                        "deposit.seen",
+                        "deposit",
+                        str(row.id),
+                        asset=asset.value,
+                        amount=row.amount,
+                        details={"mix_id": row.mix_id, "chain_ref": row.chain_ref},
+                    )
+                )
+            new = len(inserted)
+        if result.cursor is not None:
+            await work.conn.execute(
+                insert(chain_cursors)
+                .values(asset=asset.value, cursor=result.cursor, updated_at=now())
+                .on_conflict_do_update(
+                    index_elements=[chain_cursors.c.asset], set_={"cursor": result.cursor, "updated_at": now()}
+                )
+            )
+    await advance_seen_deposits(rt, asset, seen_now)
+    return new
+
+
+async def advance_seen_deposits(rt: Runtime, asset: Asset, fresh: dict[str, Transfer]) -> None:
+    """Re-check every ``seen`` (and ``dropped``) deposit of ``asset``: confirm, drop or revive it.
+
+    ``fresh`` holds transfers the scan just returned, by ref, to save a lookup.
+    """
+    adapter = rt.adapter(asset)
+    async with rt.engine.connect() as conn:
+        pending = (
+            await conn.execute(
+                select(deposits).where(
+                    deposits.c.asset == asset.value,
+                    deposits.c.state.in_([DepositState.SEEN, DepositState.DROPPED]),
+                )
+            )
+        ).all()
+    if not pending:
+        return
+    quote: FeeQuote | None = None
+    for dep in pending:
+        transfer = fresh.get(dep.chain_ref) or _transfer_of(dep)
+        confirmations = (
+            transfer.confirmations if dep.chain_ref in fresh else await adapter.transfer_confirmations(transfer)
+        )
+        if dep.state == DepositState.DROPPED:
+            if confirmations is not None:
+                async with unit(rt.engine) as work:
+                    await transition(work.conn, deposits, dep.id, DepositState.DROPPED, DepositState.SEEN)
+                    work.audit(AuditEntry("deposit.reappeared", "deposit", str(dep.id), asset=asset.value))
+            continue
+        if confirmations is None:
+            async with unit(rt.engine) as work:
+                await transition(work.conn, deposits, dep.id, DepositState.SEEN, DepositState.DROPPED)
+                work.audit(
+                    AuditEntry(
+                        "deposit.dropped",
+                        "deposit",
+                        str(dep.id),
+                        asset=asset.value,
+                        amount=dep.amount,
+                        details={"reason": "transfer no longer on chain (reorg)"},
+                    )
+                )
+            continue
+        if confirmations < adapter.confirmations_required:
+            if confirmations != dep.confirmations:
+                async with rt.engine.begin() as conn:
+                    await conn.execute(
+                        deposits.update().where(deposits.c.id == dep.id).values(confirmations=confirmations)
+                    )
+            continue
+        if quote is None:
+            quote = await adapter.quote_network_fee()
+        await confirm_deposit(rt, dep, confirmations, quote)
+
+
+def _transfer_of(dep: Row[Any]) -> Transfer:
+    return Transfer(
+        to_address=dep.deposit_address,
+        from_addresses=tuple(dep.from_addresses),
+        amount=dep.amount,
+        ref=dep.chain_ref,
+        block_number=dep.block_number,
+        confirmations=dep.confirmations,
+    )
+
+
+async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote: FeeQuote) -> DepositState:
+    """Screen a confirmed deposit and freeze, hold, or accept it, in one transaction.
+
+    Accepting schedules the sweep (deposit address -> pool) and enqueues its job. The sweep's
+    network fee is taken from the deposit (``quote.per_send``).
+
+    Returns:
+        The deposit's new state.
+    """
+    adapter = rt.adapter(dep.asset)
+    async with unit(rt.engine) as work:
+        mix = (await work.conn.execute(select(mixes).where(mixes.c.id == dep.mix_id))).one()
+        verdict = await rt.screener.screen(work.conn, dep.from_addresses)
+        base: dict[str, Any] = {"confirmations": confirmations}
+        if not verdict.clear:
+            await transition(
+                work.conn, deposits, dep.id, DepositState.SEEN, DepositState.FROZEN, reason=verdict.reason(), **base
+            )
+            work.audit(
+                AuditEntry(
+                    "deposit.frozen",
+                    "deposit",
+                    str(dep.id),
+                    asset=dep.asset,
+                    amount=dep.amount,
+                    details={"mix_id": dep.mix_id, "hits": [list(h) for h in verdict.hits]},
+                )
+            )
+            log.warning("deposit frozen by sanctions screening", deposit_id=dep.id, reason=verdict.reason())
+            return DepositState.FROZEN
+        reason = _hold_reason(dep, mix, quote)
+        if reason is not None:
+            await transition(work.conn, deposits, dep.id, DepositState.SEEN, DepositState.HELD, reason=reason, **base)
+            work.audit(
+                AuditEntry(
+                    "deposit.held", "deposit", str(dep.id), asset=dep.asset, amount=dep.amount, details={"reason": reason}
+                )
+            )
+            return DepositState.HELD
+        await transition(
+            work.conn, deposits, dep.id, DepositState.SEEN, DepositState.SWEEPING, network_fee_amount=quote.per_send, **base
+        )
+        sweep_amount = dep.amount - quote.per_send
+        send_id = (
+            await work.conn.execute(
+                sends.insert()
+                .values(
+                    kind="sweep",
+                    asset=dep.asset,
+                    mix_id=dep.mix_id,
+                    deposit_id=dep.id,
+                    from_address=dep.deposit_address,
+                    from_key_index=mix.deposit_key_index,
+                    to_address=adapter.pool_address,
+                    amount=sweep_amount,
+                    network_fee_reserved=quote.per_send,
+                    due_at=now(),
+                    state=SendState.SCHEDULED,
+                    serial_key=serial_key_for(rt, dep.asset, dep.deposit_address, adapter.pool_address),
+                )
+                .returning(sends.c.id)
+            )
+        ).scalar_one()
+        work.defer(send_job(send_id))
+        work.audit(
+            AuditEntry(
+                "deposit.accepted",
+                "deposit",
+                str(dep.id),
+                asset=dep.asset,
+                amount=dep.amount,
+                details={"mix_id": dep.mix_id, "screening": "clear", "sweep_send_id": send_id},
+            )
+        )
+        return DepositState.SWEEPING
+
+
+def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote) -> str | None:
+    """Why a clean deposit cannot be mixed as it is, or ``None``."""
+    if dep.amount < mix.min_deposit:
+        return f"below the mix minimum of {mix.min_deposit} base units"
+    if dep.amount > mix.max_deposit:
+        return f"above the mix maximum of {mix.max_deposit} base units"
+    dust = ASSETS[Asset(dep.asset)].dust
+    n = len(mix.withdrawal_addresses)
+    after_sweep = dep.amount - quote.per_send
+    fee = after_sweep * mix.fee_bps // 10_000
+    if after_sweep - fee - n * quote.per_send < n * dust:
+        return "network fees would consume the deposit"
+    if dep.created_at > mix.watch_until:  # pragma: no cover - unwatched addresses are not scanned
+        return "arrived after the late-deposit grace period"
+    return None

@@ -1,0 +1,188 @@
+"""Creating mixes and reading their status."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from mixhouse.audit import AuditEntry
+from mixhouse.db.tables import deposits, key_counters, mixes, sends
+from mixhouse.errors import InvalidAddress, InvalidInput, NotFound
+from mixhouse.mixer.planner import draw_fee_bps
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import MixState, now, transition
+from mixhouse.money import ASSETS, Asset
+from mixhouse.unit import Unit, unit
+
+
+@dataclass(frozen=True, slots=True)
+class MixRequest:
+    """What a user asks for.
+
+    Attributes:
+        asset: ``"JOBCOIN"`` or ``"ETH"``.
+        withdrawal_addresses: 1 to ``max_withdrawal_addresses`` distinct addresses of the asset.
+        delay_min_seconds, delay_max_seconds: the payout window after the deposit is pooled;
+            ``None`` takes the operator's defaults.
+    """
+
+    asset: str
+    withdrawal_addresses: list[str]
+    delay_min_seconds: int | None = None
+    delay_max_seconds: int | None = None
+
+
+async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") -> dict[str, Any]:
+    """Create a mix and give it a fresh deposit address.
+
+    Returns:
+        The mix row as a dict (see :func:`get_mix` for the shape).
+
+    Raises:
+        InvalidInput: unknown asset, bad address count, duplicate addresses, empty or too
+            long delay window.
+        InvalidAddress: an address is invalid for the chain, or is one of ours (the pool or a
+            deposit address).
+    """
+    settings = rt.settings
+    adapter = rt.adapter(request.asset)
+    asset = adapter.asset
+    count = len(request.withdrawal_addresses)
+    if not 1 <= count <= settings.max_withdrawal_addresses:
+        raise InvalidInput(f"give between 1 and {settings.max_withdrawal_addresses} withdrawal addresses")
+    normalized = [adapter.normalize_address(a) for a in request.withdrawal_addresses]
+    if len({a.lower() for a in normalized}) != count:
+        raise InvalidInput("withdrawal addresses must be distinct")
+    if adapter.pool_address.lower() in {a.lower() for a in normalized}:
+        raise InvalidAddress("a withdrawal address cannot be the pool address")
+    delay_min = settings.default_delay_min_seconds if request.delay_min_seconds is None else request.delay_min_seconds
+    delay_max = settings.default_delay_max_seconds if request.delay_max_seconds is None else request.delay_max_seconds
+    if not 0 <= delay_min <= delay_max <= settings.max_delay_seconds:
+        raise InvalidInput(
+            f"the delay window must satisfy 0 <= delay_min_seconds <= delay_max_seconds <= {settings.max_delay_seconds}"
+        )
+    min_deposit, max_deposit = _limits(rt, asset)
+    mix_id = secrets.token_urlsafe(24)
+    created = now()
+    expires_at = created + timedelta(seconds=settings.mix_ttl_seconds)
+    async with unit(rt.engine) as work:
+        ours = await work.conn.execute(
+            select(mixes.c.id).where(mixes.c.asset == asset.value, mixes.c.deposit_address.in_(normalized)).limit(1)
+        )
+        if ours.first() is not None:
+            raise InvalidAddress("a withdrawal address cannot be a deposit address of this service")
+        index = await _next_key_index(work, asset)
+        deposit_address = adapter.deposit_address(index)
+        row = (
+            await work.conn.execute(
+                mixes.insert()
+                .values(
+                    id=mix_id,
+                    asset=asset.value,
+                    state=MixState.AWAITING_DEPOSIT,
+                    deposit_address=deposit_address,
+                    deposit_key_index=index,
+                    withdrawal_addresses=normalized,
+                    fee_bps=draw_fee_bps(settings.fee_min_bps, settings.fee_max_bps, rt.rng),
+                    min_deposit=min_deposit,
+                    max_deposit=max_deposit,
+                    delay_min_seconds=delay_min,
+                    delay_max_seconds=delay_max,
+                    expires_at=expires_at,
+                    watch_until=expires_at + timedelta(seconds=settings.late_deposit_grace_seconds),
+                    created_at=created,
+                    updated_at=created,
+                )
+                .returning(*mixes.c)
+            )
+        ).one()
+        # The audit entry names the mix but not its withdrawal addresses in clear text beyond
+        # the DB row: the operator answers lawful requests from the row itself.
+        work.audit(
+            AuditEntry(
+                "mix.created",
+                "mix",
+                mix_id,
+                actor=actor,
+                asset=asset.value,
+                details={"deposit_address": deposit_address, "withdrawals": count, "fee_bps": row.fee_bps},
+            )
+        )
+    return dict(row._mapping)
+
+
+def _limits(rt: Runtime, asset: Asset) -> tuple[int, int]:
+    if asset is Asset.ETH:
+        return rt.settings.evm_min_deposit, rt.settings.evm_max_deposit
+    return rt.settings.jobcoin_min_deposit, rt.settings.jobcoin_max_deposit
+
+
+async def _next_key_index(work: Unit, asset: Asset) -> int:
+    stmt = insert(key_counters).values(asset=asset.value, next_index=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[key_counters.c.asset], set_={"next_index": key_counters.c.next_index + 1}
+    ).returning(key_counters.c.next_index)
+    return int((await work.conn.execute(stmt)).scalar_one()) - 1
+
+
+async def get_mix(rt: Runtime, mix_id: str) -> dict[str, Any]:
+    """The mix with its deposits and sends.
+
+    Returns:
+        ``{"mix": {...}, "deposits": [{...}], "sends": [{...}]}`` with amounts as int base units.
+
+    Raises:
+        NotFound: no mix has this id.
+    """
+    async with rt.engine.connect() as conn:
+        mix = (await conn.execute(select(mixes).where(mixes.c.id == mix_id))).first()
+        if mix is None:
+            raise NotFound("no mix with this id")
+        deps = (await conn.execute(select(deposits).where(deposits.c.mix_id == mix_id).order_by(deposits.c.id))).all()
+        snd = (await conn.execute(select(sends).where(sends.c.mix_id == mix_id).order_by(sends.c.id))).all()
+    return {
+        "mix": dict(mix._mapping),
+        "deposits": [dict(d._mapping) for d in deps],
+        "sends": [dict(s._mapping) for s in snd],
+    }
+
+
+async def expire_mixes(rt: Runtime, at: datetime | None = None) -> int:
+    """Move mixes still awaiting a deposit past their expiry to ``expired``.
+
+    Returns:
+        How many mixes expired.
+    """
+    moment = at or now()
+    async with rt.engine.connect() as conn:
+        due = (
+            await conn.execute(
+                select(mixes.c.id).where(mixes.c.state == MixState.AWAITING_DEPOSIT, mixes.c.expires_at < moment)
+            )
+        ).all()
+    expired = 0
+    for (mix_id,) in due:
+        async with unit(rt.engine) as work:
+            # A deposit may have just been seen: then the mix is not expired after all.
+            seen = await work.conn.execute(select(deposits.c.id).where(deposits.c.mix_id == mix_id).limit(1))
+            if seen.first() is not None:
+                continue
+            await transition(work.conn, mixes, mix_id, MixState.AWAITING_DEPOSIT, MixState.EXPIRED)
+            work.audit(AuditEntry("mix.expired", "mix", mix_id))
+            expired += 1
+    return expired
+
+
+async def touch_mix(work: Unit, mix_id: str) -> None:
+    """Bump ``updated_at`` of a mix (used when its deposits or sends change)."""
+    await work.conn.execute(update(mixes).where(mixes.c.id == mix_id).values(updated_at=now()))
+
+
+def asset_decimals(asset: str) -> int:
+    """Decimals of ``asset`` (8 for JOBCOIN, 18 for ETH)."""
+    return ASSETS[Asset(asset)].decimals

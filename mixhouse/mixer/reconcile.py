@@ -1,0 +1,158 @@
+"""Reconciliation: does the pool hold on chain what the books say it holds?
+
+For each asset the books give ``credits - debits``: confirmed sweeps into the pool minus
+confirmed payouts and the network fees the pool paid for them. Sends in flight make the
+chain's balance legitimately differ, so the check is a range:
+
+* ``low  = books - (amount + reserved fee of every pool send in flight)``
+* ``high = books + (amount of every sweep into the pool in flight)``
+
+where "in flight" is ``signed`` or ``broadcast`` when the books were read, plus anything signed
+after that read (it may have landed before the balance was read). A balance outside the range
+is a mismatch: it is logged, recorded in ``reconciliations`` (shown by the admin API) and
+pauses new payouts of that asset until a later check finds the books and the chain agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from mixhouse.audit import AuditEntry
+from mixhouse.db.tables import reconciliations, sends
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import SendState, now
+from mixhouse.money import Asset
+from mixhouse.unit import unit
+
+log = structlog.get_logger(__name__)
+
+_IN_FLIGHT = [SendState.SIGNED, SendState.BROADCAST]
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """One check's outcome; amounts in base units.
+
+    Attributes:
+        asset: the asset checked.
+        pool_address: the pool's address.
+        books: ``credits - debits`` of confirmed sends.
+        low, high: the range the on-chain balance may legitimately be in.
+        actual: the on-chain balance of the pool.
+    """
+
+    asset: str
+    pool_address: str
+    books: int
+    low: int
+    high: int
+    actual: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the chain's balance is inside the books' range."""
+        return self.low <= self.actual <= self.high
+
+    def detail(self) -> str:
+        """A one-line explanation."""
+        if self.ok:
+            return f"balance {self.actual} within [{self.low}, {self.high}]"
+        side = "deficit" if self.actual < self.low else "surplus"
+        gap = self.low - self.actual if self.actual < self.low else self.actual - self.high
+        return f"{side} of {gap} base units: balance {self.actual} outside [{self.low}, {self.high}]"
+
+
+async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
+    """Check the pool of ``asset`` and record the outcome (one transaction with its audit entry).
+
+    Raises:
+        ChainError: the node or API failed; nothing is recorded.
+    """
+    adapter = rt.adapter(asset)
+    pool = adapter.pool_address
+    into_pool = and_(sends.c.kind == "sweep", sends.c.to_address == pool)
+    out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address == pool)
+    confirmed = sends.c.state == SendState.CONFIRMED
+    in_flight = sends.c.state.in_(_IN_FLIGHT)
+    out_cost = sends.c.amount + sends.c.network_fee_reserved
+    async with rt.engine.connect() as conn:
+        books_row = (
+            await conn.execute(
+                select(
+                    func.now().label("read_at"),
+                    func.coalesce(func.sum(case((and_(into_pool, confirmed), sends.c.amount), else_=0)), 0).label(
+                        "credits"
+                    ),
+                    func.coalesce(
+                        func.sum(
+                            case(
+                                (
+                                    and_(out_of_pool, confirmed),
+                                    sends.c.amount + func.coalesce(sends.c.network_fee_paid, 0),
+                                ),
+                                else_=0,
+                            )
+                        ),
+                        0,
+                    ).label("debits"),
+                    func.coalesce(func.sum(case((and_(out_of_pool, in_flight), out_cost), else_=0)), 0).label(
+                        "out_flight"
+                    ),
+                    func.coalesce(func.sum(case((and_(into_pool, in_flight), sends.c.amount), else_=0)), 0).label(
+                        "in_flight"
+                    ),
+                ).where(sends.c.asset == asset.value)
+            )
+        ).one()
+    actual = await adapter.balance(pool)
+    async with rt.engine.connect() as conn:
+        late = (
+            await conn.execute(
+                select(
+                    func.coalesce(func.sum(case((out_of_pool, out_cost), else_=0)), 0).label("out"),
+                    func.coalesce(func.sum(case((into_pool, sends.c.amount), else_=0)), 0).label("in_"),
+                ).where(
+                    sends.c.asset == asset.value,
+                    sends.c.signed_at >= books_row.read_at,
+                )
+            )
+        ).one()
+    books = int(books_row.credits) - int(books_row.debits)
+    result = Reconciliation(
+        asset=asset.value,
+        pool_address=pool,
+        books=books,
+        low=books - int(books_row.out_flight) - int(late.out),
+        high=books + int(books_row.in_flight) + int(late.in_),
+        actual=actual,
+    )
+    async with unit(rt.engine) as work:
+        previous = (
+            await work.conn.execute(select(reconciliations.c.ok).where(reconciliations.c.asset == asset.value))
+        ).scalar_one_or_none()
+        values = {
+            "checked_at": now(),
+            "pool_address": pool,
+            "expected": books,
+            "actual": actual,
+            "ok": result.ok,
+            "detail": result.detail(),
+        }
+        await work.conn.execute(
+            insert(reconciliations)
+            .values(asset=asset.value, **values)
+            .on_conflict_do_update(index_elements=[reconciliations.c.asset], set_=values)
+        )
+        if previous is not result.ok:
+            # Only changes of verdict are audited; a steady state is not news.
+            action = "reconciliation.ok" if result.ok else "reconciliation.mismatch"
+            work.audit(
+                AuditEntry(action, "reconciliation", asset.value, asset=asset.value, details={"detail": result.detail()})
+            )
+    if not result.ok:
+        log.error("pool reconciliation mismatch: payouts paused", asset=asset.value, detail=result.detail())
+    return result

@@ -1,0 +1,51 @@
+"""What a mixer process holds: settings, the engine, the chain adapters, the screener."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse.chains.base import ChainAdapter
+from mixhouse.config import Settings
+from mixhouse.errors import InvalidInput
+from mixhouse.mixer.screening import Screener
+from mixhouse.money import Asset
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The dependencies of every mixer service function, built once per process.
+
+    Attributes:
+        settings: the process's settings.
+        engine: the async engine; service functions open their own transactions on it.
+        adapters: one chain adapter per enabled asset.
+        screener: the sanctions screener.
+        rng: the random source of fees, splits and delays. ``SystemRandom`` unless a test
+            passes a seeded generator.
+    """
+
+    settings: Settings
+    engine: AsyncEngine
+    adapters: dict[Asset, ChainAdapter]
+    screener: Screener
+    rng: random.Random = field(default_factory=random.SystemRandom)
+
+    def adapter(self, asset: Asset | str) -> ChainAdapter:
+        """The adapter of ``asset``.
+
+        Raises:
+            InvalidInput: the asset is unknown or not enabled in this deployment.
+        """
+        try:
+            return self.adapters[Asset(asset)]
+        except (KeyError, ValueError):
+            enabled = ", ".join(sorted(a.value for a in self.adapters)) or "none"
+            raise InvalidInput(f"asset {asset!r} is not enabled here (enabled: {enabled})") from None
+
+    async def aclose(self) -> None:
+        """Close the adapters' network clients."""
+        for adapter in self.adapters.values():
+            await adapter.aclose()

@@ -1,0 +1,398 @@
+"""The send state machine: sweeps (deposit -> pool) and payouts (pool -> user).
+
+``scheduled -> signed -> broadcast -> confirmed``. The rules that keep a send from ever being
+paid twice or lost, even if the process dies at any line:
+
+* A send is signed and stored (raw tx, txid, nonce) in the transaction that moves it to
+  ``signed``; the nonce is allocated in that same transaction. Nothing leaves before COMMIT.
+* ``attempts`` is incremented and committed *before* each broadcast. A send found in
+  ``signed`` with ``attempts > 0`` may have left: on chains with an idempotent send (EVM) the
+  same bytes are broadcast again; on Jobcoin, which has no txid, the ledger history is searched
+  first (see ``has_idempotent_send``) and the send is repeated only if it is certainly absent,
+  after a settle time that lets any request still in flight land.
+* On Jobcoin at most one send per (from, to) pair is ``signed`` at a time (a partial unique
+  index), so the n-th transfer of that pair in the ledger is the n-th send we recorded.
+* A timeout is "unknown", never "failed": it is reconciled by the same check, never repeated.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+
+from mixhouse.audit import AuditEntry
+from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, SendState as ChainSendState
+from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends
+from mixhouse.errors import BroadcastRejected, SendOutcomeUnknown
+from mixhouse.jobs import send_job
+from mixhouse.mixer.planner import plan_payouts
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import DepositState, MixState, SendState, now, transition
+from mixhouse.money import ASSETS, Asset
+from mixhouse.unit import Unit, unit
+
+log = structlog.get_logger(__name__)
+
+PENDING_RECHECK_SECONDS = 2.0
+PAUSED_RECHECK_SECONDS = 15.0
+BUSY_RECHECK_SECONDS = 0.5
+
+
+def prepared_of(row: Row[Any]) -> PreparedSend:
+    """The stored :class:`PreparedSend` of a ``sends`` row."""
+    return PreparedSend(
+        from_address=row.from_address,
+        to_address=row.to_address,
+        amount=row.amount,
+        network_fee_max=row.network_fee_reserved,
+        raw_tx=None if row.raw_tx is None else bytes(row.raw_tx),
+        txid=row.txid,
+        nonce=row.nonce,
+    )
+
+
+async def _load(rt: Runtime, send_id: int) -> Row[Any]:
+    async with rt.engine.connect() as conn:
+        return (await conn.execute(select(sends).where(sends.c.id == send_id))).one()
+
+
+def _retry(work: Unit, send_id: int, seconds: float) -> None:
+    work.defer(send_job(send_id, now() + timedelta(seconds=seconds)))
+
+
+async def _retry_later(rt: Runtime, send_id: int, seconds: float) -> None:
+    async with unit(rt.engine) as work:
+        _retry(work, send_id, seconds)
+
+
+async def execute_send(rt: Runtime, send_id: int) -> str:
+    """Advance send ``send_id`` as far as it can go now; re-enqueue itself where it must wait.
+
+    Safe to run any number of times, concurrently or after a crash: every step is a
+    conditional transition, and the job lock ``send:<id>`` keeps two runs apart.
+
+    Returns:
+        The send's state when this run stops.
+    """
+    row = await _load(rt, send_id)
+    adapter = rt.adapter(row.asset)
+    if row.state == SendState.SCHEDULED:
+        signed = await _sign(rt, adapter, row)
+        if signed is None:
+            return SendState.SCHEDULED
+        row = signed
+    if row.state == SendState.SIGNED:
+        after = await _broadcast(rt, adapter, row)
+        if after is None:
+            return SendState.SIGNED
+        row = after
+    if row.state == SendState.BROADCAST:
+        return await _await_confirmation(rt, adapter, row)
+    return str(row.state)
+
+
+async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] | None:
+    if row.due_at > now():
+        await _retry_later(rt, row.id, (row.due_at - now()).total_seconds())
+        return None
+    if row.kind == "payout" and await payouts_paused(rt, row.asset):
+        log.warning("payouts paused by reconciliation", send_id=row.id, asset=row.asset)
+        await _retry_later(rt, row.id, PAUSED_RECHECK_SECONDS)
+        return None
+    fee = FeeQuote(per_send=row.network_fee_reserved, detail="as planned")
+    try:
+        async with unit(rt.engine) as work:
+            nonce = await _allocate_nonce(rt, work, adapter, row.from_address)
+            prepared = await adapter.prepare_send(
+                from_address=row.from_address,
+                from_key_index=row.from_key_index,
+                to_address=row.to_address,
+                amount=row.amount,
+                fee=fee,
+                nonce=nonce,
+            )
+            signed = await transition(
+                work.conn,
+                sends,
+                row.id,
+                SendState.SCHEDULED,
+                SendState.SIGNED,
+                raw_tx=prepared.raw_tx,
+                txid=prepared.txid,
+                nonce=prepared.nonce,
+                signed_at=now(),
+            )
+            work.audit(_send_entry("send.signed", signed))
+            return signed
+    except IntegrityError:
+        # Another send of the same (from, to) pair is in flight on a chain without txids:
+        # wait for it, so the ledger history stays unambiguous.
+        await _retry_later(rt, row.id, BUSY_RECHECK_SECONDS)
+        return None
+
+
+async def _allocate_nonce(rt: Runtime, work: Unit, adapter: ChainAdapter, address: str) -> int | None:
+    """Next nonce of ``address`` from the DB counter (seeded from the chain the first time).
+
+    Row-locked for the rest of the transaction, so two sends never share a nonce, and rolled
+    back with it, so a crash before COMMIT leaves no gap.
+    """
+    existing = (
+        await work.conn.execute(
+            select(account_nonces.c.next_nonce)
+            .where(account_nonces.c.asset == adapter.asset.value, account_nonces.c.address == address)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if existing is None:
+        chain_nonce = await adapter.next_nonce(address)
+        if chain_nonce is None:
+            return None
+        await work.conn.execute(
+            insert(account_nonces)
+            .values(asset=adapter.asset.value, address=address, next_nonce=chain_nonce)
+            .on_conflict_do_nothing()
+        )
+        existing = (
+            await work.conn.execute(
+                select(account_nonces.c.next_nonce)
+                .where(account_nonces.c.asset == adapter.asset.value, account_nonces.c.address == address)
+                .with_for_update()
+            )
+        ).scalar_one()
+    await work.conn.execute(
+        account_nonces.update()
+        .where(account_nonces.c.asset == adapter.asset.value, account_nonces.c.address == address)
+        .values(next_nonce=existing + 1)
+    )
+    return int(existing)
+
+
+async def _landed_before(rt: Runtime, row: Row[Any]) -> int:
+    """How many earlier sends of the same pair we recorded as landed (Jobcoin's history index)."""
+    async with rt.engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(sends)
+                    .where(
+                        sends.c.asset == row.asset,
+                        sends.c.from_address == row.from_address,
+                        sends.c.to_address == row.to_address,
+                        sends.c.state.in_([SendState.BROADCAST, SendState.CONFIRMED]),
+                        sends.c.id != row.id,
+                    )
+                )
+            ).scalar_one()
+        )
+
+
+async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] | None:
+    prepared = prepared_of(row)
+    if row.attempts > 0 and not adapter.has_idempotent_send:
+        # A previous attempt may have landed. Let any request still in flight settle, then
+        # look for it in the ledger before sending again.
+        settle = rt.settings.jobcoin_send_settle_seconds
+        last_try = row.updated_at
+        if (now() - last_try).total_seconds() < settle:
+            await _retry_later(rt, row.id, settle)
+            return None
+        check = await adapter.check_send(prepared, earlier_sends=await _landed_before(rt, row))
+        if check.state is ChainSendState.CONFIRMED:
+            return await _mark_confirmed(rt, row, SendState.SIGNED, check.network_fee_paid, found_by_recovery=True)
+    async with rt.engine.begin() as conn:
+        await conn.execute(
+            sends.update().where(sends.c.id == row.id).values(attempts=sends.c.attempts + 1, updated_at=now())
+        )
+    try:
+        await adapter.broadcast(prepared)
+    except SendOutcomeUnknown as exc:
+        log.warning("send outcome unknown; will reconcile", send_id=row.id, error=str(exc))
+        await _record_error(rt, row.id, f"outcome unknown: {exc}", retry_in=rt.settings.jobcoin_send_settle_seconds)
+        return None
+    except BroadcastRejected as exc:
+        log.error("send rejected by the chain", send_id=row.id, error=str(exc))
+        await _record_error(rt, row.id, f"rejected: {exc}", retry_in=30.0)
+        return None
+    async with unit(rt.engine) as work:
+        broadcast = await transition(
+            work.conn, sends, row.id, SendState.SIGNED, SendState.BROADCAST, broadcast_at=now(), last_error=None
+        )
+        work.audit(_send_entry("send.broadcast", broadcast))
+        return broadcast
+
+
+async def _record_error(rt: Runtime, send_id: int, message: str, *, retry_in: float) -> None:
+    async with unit(rt.engine) as work:
+        await work.conn.execute(sends.update().where(sends.c.id == send_id).values(last_error=message[:500]))
+        _retry(work, send_id, retry_in)
+
+
+async def _await_confirmation(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> str:
+    check = await adapter.check_send(prepared_of(row), earlier_sends=await _landed_before(rt, row))
+    if check.state is ChainSendState.CONFIRMED:
+        await _mark_confirmed(rt, row, SendState.BROADCAST, check.network_fee_paid, found_by_recovery=False)
+        return SendState.CONFIRMED
+    if check.state is ChainSendState.NOT_FOUND and adapter.has_idempotent_send:
+        # Dropped from the mempool: rebroadcast the very same signed bytes.
+        async with unit(rt.engine) as work:
+            again = await transition(work.conn, sends, row.id, SendState.BROADCAST, SendState.SIGNED)
+            work.audit(_send_entry("send.dropped", again))
+            _retry(work, row.id, 0)
+        return SendState.SIGNED
+    if check.state is ChainSendState.FAILED:
+        log.error("send reverted on chain; operator attention needed", send_id=row.id, txid=row.txid)
+        await _record_error(rt, row.id, "reverted on chain", retry_in=300.0)
+        return SendState.BROADCAST
+    await _retry_later(rt, row.id, PENDING_RECHECK_SECONDS)
+    return SendState.BROADCAST
+
+
+async def _mark_confirmed(
+    rt: Runtime, row: Row[Any], from_state: SendState, fee_paid: int | None, *, found_by_recovery: bool
+) -> Row[Any]:
+    quote: FeeQuote | None = None
+    if row.kind == "sweep":
+        # Quote the payouts' network fee before the transaction: no network I/O inside it.
+        quote = await rt.adapter(row.asset).quote_network_fee()
+    async with unit(rt.engine) as work:
+        done = await transition(
+            work.conn,
+            sends,
+            row.id,
+            from_state,
+            SendState.CONFIRMED,
+            confirmed_at=now(),
+            network_fee_paid=fee_paid,
+            last_error=None,
+        )
+        work.audit(_send_entry("send.confirmed", done, recovered=found_by_recovery))
+        if quote is not None:
+            await _pool_deposit(rt, work, done, quote)
+        else:
+            await _maybe_complete_mix(work, done.mix_id)
+        return done
+
+
+async def _pool_deposit(rt: Runtime, work: Unit, sweep: Row[Any], quote: FeeQuote) -> None:
+    """The sweep landed: the deposit is pooled and its payouts are planned and scheduled."""
+    dep = (await work.conn.execute(select(deposits).where(deposits.c.id == sweep.deposit_id))).one()
+    mix = (await work.conn.execute(select(mixes).where(mixes.c.id == sweep.mix_id).with_for_update())).one()
+    plan = plan_payouts(
+        deposit=sweep.amount,
+        fee_bps=mix.fee_bps,
+        withdrawal_addresses=list(mix.withdrawal_addresses),
+        network_fee_per_payout=quote.per_send,
+        min_payout=ASSETS[Asset(sweep.asset)].dust,
+        delay_min_seconds=mix.delay_min_seconds,
+        delay_max_seconds=mix.delay_max_seconds,
+        rng=rt.rng,
+    )
+    pooled_at = now()
+    await transition(
+        work.conn,
+        deposits,
+        dep.id,
+        DepositState.SWEEPING,
+        DepositState.POOLED,
+        fee_amount=plan.fee,
+        network_fee_amount=(dep.network_fee_amount or 0) + plan.network_fee,
+        payout_total=plan.payout_total,
+    )
+    rows = [
+        {
+            "kind": "payout",
+            "asset": sweep.asset,
+            "mix_id": sweep.mix_id,
+            "deposit_id": dep.id,
+            "from_address": sweep.to_address,
+            "from_key_index": None,
+            "to_address": p.to_address,
+            "amount": p.amount,
+            "network_fee_reserved": quote.per_send,
+            "due_at": pooled_at + timedelta(seconds=p.delay_seconds),
+            "state": SendState.SCHEDULED,
+            "serial_key": serial_key_for(rt, sweep.asset, sweep.to_address, p.to_address),
+        }
+        for p in plan.payouts
+    ]
+    created = (await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.due_at))).all()
+    for send_id, due_at in created:
+        work.defer(send_job(send_id, due_at))
+    if mix.state != MixState.MIXING:
+        await transition(work.conn, mixes, mix.id, mix.state, MixState.MIXING)
+        work.audit(AuditEntry("mix.mixing", "mix", mix.id, asset=mix.asset))
+    work.audit(
+        AuditEntry(
+            "deposit.pooled",
+            "deposit",
+            str(dep.id),
+            asset=dep.asset,
+            amount=sweep.amount,
+            details={
+                "mix_id": mix.id,
+                "fee": str(plan.fee),
+                "network_fee": str((dep.network_fee_amount or 0) + plan.network_fee),
+                "payouts": len(plan.payouts),
+                "payout_total": str(plan.payout_total),
+            },
+        )
+    )
+
+
+def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) -> str | None:
+    """The in-flight key of a send on a chain without idempotent sends (``sends.serial_key``),
+    ``None`` where the chain has txids."""
+    adapter = rt.adapter(asset)
+    return None if adapter.has_idempotent_send else f"{adapter.asset.value}:{from_address}->{to_address}"
+
+
+async def _maybe_complete_mix(work: Unit, mix_id: str) -> None:
+    open_sends = (
+        await work.conn.execute(
+            select(func.count()).select_from(sends).where(sends.c.mix_id == mix_id, sends.c.state != SendState.CONFIRMED)
+        )
+    ).scalar_one()
+    open_deposits = (
+        await work.conn.execute(
+            select(func.count())
+            .select_from(deposits)
+            .where(deposits.c.mix_id == mix_id, deposits.c.state.in_([DepositState.SEEN, DepositState.SWEEPING]))
+        )
+    ).scalar_one()
+    if open_sends == 0 and open_deposits == 0:
+        mix = (await work.conn.execute(select(mixes.c.state).where(mixes.c.id == mix_id).with_for_update())).one()
+        if mix.state == MixState.MIXING:
+            await transition(work.conn, mixes, mix_id, MixState.MIXING, MixState.COMPLETED)
+            work.audit(AuditEntry("mix.completed", "mix", mix_id))
+
+
+async def payouts_paused(rt: Runtime, asset: str) -> bool:
+    """True when the last reconciliation of ``asset`` found a mismatch."""
+    async with rt.engine.connect() as conn:
+        ok = (
+            await conn.execute(select(reconciliations.c.ok).where(reconciliations.c.asset == asset))
+        ).scalar_one_or_none()
+    return ok is False
+
+
+def _send_entry(action: str, row: Row[Any], **extra: Any) -> AuditEntry:
+    details: dict[str, Any] = {
+        "kind": row.kind,
+        "mix_id": row.mix_id,
+        "deposit_id": row.deposit_id,
+        "from": row.from_address,
+        "to": row.to_address,
+        "txid": row.txid,
+        "nonce": row.nonce,
+    }
+    if row.network_fee_paid is not None:
+        details["network_fee_paid"] = str(row.network_fee_paid)
+    details.update(extra)
+    return AuditEntry(action, "send", str(row.id), asset=row.asset, amount=row.amount, details=details)

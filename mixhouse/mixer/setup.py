@@ -1,0 +1,46 @@
+"""Building a :class:`Runtime` from settings: the engine, the adapters, the screener."""
+
+from __future__ import annotations
+
+from mixhouse.chains.base import ChainAdapter
+from mixhouse.chains.evm.adapter import EvmAdapter
+from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
+from mixhouse.config import Settings
+from mixhouse.db.engine import make_engine
+from mixhouse.keys.hd import HdKeyring
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.screening import Screener
+from mixhouse.money import Asset
+
+
+def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
+    """One adapter per enabled asset, configured from ``settings``."""
+    adapters: dict[Asset, ChainAdapter] = {}
+    if settings.jobcoin_enabled:
+        adapters[Asset.JOBCOIN] = JobcoinAdapter(
+            settings.jobcoin_api_url,
+            settings.jobcoin_pool_address,
+            address_secret=settings.jobcoin_address_secret.get_secret_value().encode(),
+        )
+    if settings.evm_enabled:
+        adapters[Asset.ETH] = EvmAdapter(
+            settings.evm_rpc_url,
+            chain_id=settings.evm_chain_id,
+            keyring=HdKeyring(settings.evm_mnemonic.get_secret_value()),
+            confirmations=settings.evm_confirmations,
+            max_fee_per_gas_cap=settings.evm_max_fee_per_gas_cap,
+        )
+    return adapters
+
+
+def build_runtime(settings: Settings, database_url: str, *, pool_size: int = 10) -> Runtime:
+    """The runtime of a process: engine on ``database_url`` (libpq URI), adapters, screener."""
+    denylist: list[str] = []
+    if settings.denylist_file is not None:
+        denylist = settings.denylist_file.read_text(encoding="utf-8").split()
+    return Runtime(
+        settings=settings,
+        engine=make_engine(database_url, pool_size=pool_size),
+        adapters=build_adapters(settings),
+        screener=Screener(denylist),
+    )

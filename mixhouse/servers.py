@@ -1,0 +1,58 @@
+"""Running the HTTP services (API, ledger) and the worker inside one asyncio process.
+
+Used by ``mixhouse demo`` and the end-to-end tests; the production commands (``serve``,
+``worker``, ``ledger serve``) run one service each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+
+import uvicorn
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def running_server(server: uvicorn.Server) -> AsyncIterator[uvicorn.Server]:
+    """Start ``server`` in a task, wait until it listens, stop it on exit.
+
+    Raises:
+        RuntimeError: the server stopped before it started listening (port taken...).
+    """
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            raise RuntimeError("the HTTP server stopped before it started listening")
+        await asyncio.sleep(0.02)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def background(coro: Awaitable[None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``coro`` in a task for the duration of the block, then cancel it."""
+
+    async def _wrap() -> None:
+        await coro
+
+    task = asyncio.create_task(_wrap())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass

@@ -1,0 +1,131 @@
+"""The worker process: procrastinate tasks that scan chains, move sends and reconcile.
+
+Workers coordinate only through PostgreSQL (procrastinate fetches jobs with
+``SELECT ... FOR UPDATE SKIP LOCKED``), so running more of them, on more machines, is adding
+processes pointed at the same database. Jobs for one send share the lock ``send:<id>`` and
+never run concurrently.
+
+Recovery: a worker killed mid-job leaves its job ``doing``; the ``recover`` task retries jobs
+of workers whose heartbeat stopped, and re-enqueues any unfinished send that has no job
+waiting (belt and braces: a send is never forgotten).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import procrastinate
+import structlog
+from sqlalchemy import text
+
+from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
+from mixhouse.mixer.deposits import scan_asset
+from mixhouse.mixer.mixes import expire_mixes
+from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.sends import execute_send
+from mixhouse.unit import unit
+
+log = structlog.get_logger(__name__)
+
+
+_ORPHAN_SENDS_SQL = text(
+    """
+    SELECT s.id FROM sends s
+    WHERE s.state <> 'confirmed'
+      AND s.updated_at < now() - make_interval(secs => :idle)
+      AND s.due_at < now()
+      AND NOT EXISTS (
+          SELECT 1 FROM procrastinate_jobs j
+          WHERE j.task_name = :task AND j.status IN ('todo', 'doing')
+            AND j.args ->> 'send_id' = s.id::text
+      )
+    ORDER BY s.id
+    LIMIT 1000
+    """
+)
+
+
+def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
+    """A procrastinate App whose tasks close over ``rt`` (no module-level state).
+
+    Args:
+        rt: the process's runtime.
+        conninfo: libpq URI of the database (the same one ``rt.engine`` uses).
+    """
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    scan_every = rt.settings.scan_interval_seconds
+    reconcile_every = rt.settings.reconcile_interval_seconds
+
+    @app.task(
+        name=TASK_EXECUTE_SEND,
+        queue=QUEUE,
+        retry=procrastinate.RetryStrategy(max_attempts=100, linear_wait=2),
+    )
+    async def execute_send_task(send_id: int) -> None:
+        await execute_send(rt, send_id)
+
+    @app.periodic(cron=f"*/{scan_every} * * * * *", periodic_id="scan")
+    @app.task(name=TASK_SCAN_CHAIN, queue=QUEUE, queueing_lock="scan", lock="scan")
+    async def scan_task(timestamp: int) -> None:
+        for asset in rt.adapters:
+            await scan_asset(rt, asset)
+        await expire_mixes(rt)
+
+    @app.periodic(cron=f"*/{reconcile_every} * * * * *", periodic_id="reconcile")
+    @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile", lock="reconcile")
+    async def reconcile_task(timestamp: int) -> None:
+        for asset in rt.adapters:
+            await reconcile(rt, asset)
+
+    @app.periodic(cron="* * * * * *", periodic_id="recover")
+    @app.task(name="recover", queue=QUEUE, queueing_lock="recover", lock="recover")
+    async def recover_task(timestamp: int) -> None:
+        await recover(app, rt)
+
+    return app
+
+
+async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 10.0) -> int:
+    """Retry jobs of dead workers and re-enqueue sends that have no job.
+
+    Returns:
+        How many jobs were retried or enqueued.
+    """
+    count = 0
+    stalled = await app.job_manager.get_stalled_jobs(
+        seconds_since_heartbeat=rt.settings.worker_stalled_after_seconds
+    )
+    for job in stalled:
+        log.warning("retrying a job of a dead worker", job_id=job.id, task=job.task_name)
+        await app.job_manager.retry_job(job)
+        count += 1
+    async with unit(rt.engine) as work:
+        orphans = (await work.conn.execute(_ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND})).all()
+        for (send_id,) in orphans:
+            work.defer(send_job(send_id))
+        count += len(orphans)
+    return count
+
+
+async def run_worker(rt: Runtime, conninfo: str, **options: Any) -> None:
+    """Run a worker until cancelled.
+
+    Args:
+        rt: the process's runtime.
+        conninfo: libpq URI of the database.
+        options: overrides of procrastinate's worker options (``concurrency``, ``name``...).
+    """
+    app = create_job_app(rt, conninfo)
+    worker_options: dict[str, Any] = {
+        "queues": [QUEUE],
+        "concurrency": rt.settings.worker_concurrency,
+        "wait": True,
+        "fetch_job_polling_interval": rt.settings.job_polling_interval_seconds,
+        "update_heartbeat_interval": rt.settings.worker_heartbeat_seconds,
+        "stalled_worker_timeout": rt.settings.worker_stalled_after_seconds,
+        "delete_jobs": "successful",
+    }
+    worker_options.update(options)
+    async with app.open_async():
+        await app.run_worker_async(**worker_options)

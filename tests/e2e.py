@@ -1,0 +1,72 @@
+"""Helpers shared by the end-to-end tests: a local ledger, a runtime, waiting for mixes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse.chains.jobcoin.ledger_app import ledger_server
+from mixhouse.config import Settings
+from mixhouse.db.tables import sends
+from mixhouse.mixer.mixes import get_mix
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.servers import free_port, running_server
+
+
+@dataclass
+class Ledger:
+    """A running local Jobcoin ledger."""
+
+    api_url: str
+    port: int
+
+
+@asynccontextmanager
+async def local_ledger(engine: AsyncEngine) -> AsyncIterator[Ledger]:
+    """Serve the Jobcoin ledger on a free port for the duration of the block."""
+    port = free_port()
+    async with running_server(ledger_server(engine, "127.0.0.1", port, log_level="warning")):
+        yield Ledger(f"http://127.0.0.1:{port}/api", port)
+
+
+def fast_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings for tests: short delays and fast polling."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "scan_interval_seconds": 1,
+        "reconcile_interval_seconds": 2,
+        "job_polling_interval_seconds": 0.1,
+        "jobcoin_send_settle_seconds": 1.0,
+        "worker_heartbeat_seconds": 0.5,
+        "worker_stalled_after_seconds": 3.0,
+        "evm_enabled": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def wait_for_payouts(rt: Runtime, mix_id: str, *, timeout: float) -> dict[str, Any]:
+    """Wait until the mix has payouts and every one is confirmed; returns the mix view."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = await get_mix(rt, mix_id)
+        payouts = [s for s in view["sends"] if s["kind"] == "payout"]
+        if payouts and all(s["state"] == "confirmed" for s in view["sends"]):
+            return view
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"mix {mix_id} did not finish in {timeout} s: {await get_mix(rt, mix_id)}")
+
+
+async def unfinished_sends(engine: AsyncEngine) -> int:
+    """How many sends are not confirmed."""
+    async with engine.connect() as conn:
+        return int(
+            (await conn.execute(select(func.count()).select_from(sends).where(sends.c.state != "confirmed"))).scalar_one()
+        )

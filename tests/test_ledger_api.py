@@ -1,0 +1,341 @@
+"""The local Jobcoin ledger: its HTTP API (through ASGI) and its core, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse.chains.jobcoin import ledger
+from mixhouse.chains.jobcoin.ledger_app import create_ledger_app
+from mixhouse.errors import InsufficientFunds, InvalidAddress, InvalidAmount, InvalidInput
+
+COIN = 10**8
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture
+async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_ledger_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as http:
+        yield http
+
+
+async def _address(client: httpx.AsyncClient, address: str) -> dict[str, Any]:
+    response = await client.get(f"/api/addresses/{address}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _snapshot(client: httpx.AsyncClient) -> tuple[Any, ...]:
+    """Everything a refused request must leave unchanged."""
+    history = (await client.get("/api/transactions")).json()
+    alice = await _address(client, "Alice")
+    bob = await _address(client, "Bob")
+    return (history, alice, bob)
+
+
+def _multipart(fields: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body with plain fields only (httpx adds files to force it)."""
+    boundary = "mixhouse-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    body = ("".join(parts) + f"--{boundary}--\r\n").encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+async def test_unused_address_is_empty_not_404(client: httpx.AsyncClient) -> None:
+    assert await _address(client, "Nobody") == {"balance": "0", "transactions": []}
+    assert (await client.get("/api/transactions")).json() == []
+
+
+async def test_mint_defaults_to_50_and_has_no_from_address(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/mint", json={"address": "Alice"})
+    assert response.status_code == 200
+    assert response.json() == {"status": "OK"}
+
+    body = await _address(client, "Alice")
+    assert body["balance"] == "50"
+    [item] = body["transactions"]
+    assert list(item) == ["timestamp", "toAddress", "amount"]
+    assert item["toAddress"] == "Alice"
+    assert item["amount"] == "50"
+    assert TIMESTAMP.match(item["timestamp"])
+    moment = datetime.strptime(item["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - moment) < timedelta(minutes=1)
+
+
+async def test_mint_accepts_an_amount_as_form_and_multipart(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/api/mint", data={"address": "Alice", "amount": "12.5"})).status_code == 200
+    body, headers = _multipart({"address": "Alice", "amount": "0.00000001"})
+    assert (await client.post("/api/mint", content=body, headers=headers)).status_code == 200
+    assert (await _address(client, "Alice"))["balance"] == "12.50000001"
+
+
+async def test_send_json_form_and_multipart(client: httpx.AsyncClient) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "100"})
+
+    response = await client.post(
+        "/api/transactions", json={"fromAddress": "Alice", "toAddress": "Bob", "amount": "49.5"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"status": "OK"}
+    response = await client.post(
+        "/api/transactions", data={"fromAddress": "Alice", "toAddress": "Bob", "amount": "0.5"}
+    )
+    assert response.status_code == 200
+    body, headers = _multipart({"fromAddress": "Bob", "toAddress": "Carol", "amount": "10"})
+    response = await client.post("/api/transactions", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+
+    assert (await _address(client, "Alice"))["balance"] == "50"
+    assert (await _address(client, "Carol"))["balance"] == "10"
+    bob = await _address(client, "Bob")
+    assert bob["balance"] == "40"
+    assert [{k: v for k, v in item.items() if k != "timestamp"} for item in bob["transactions"]] == [
+        {"fromAddress": "Alice", "toAddress": "Bob", "amount": "49.5"},
+        {"fromAddress": "Alice", "toAddress": "Bob", "amount": "0.5"},
+        {"fromAddress": "Bob", "toAddress": "Carol", "amount": "10"},
+    ]
+    assert list(bob["transactions"][0]) == ["timestamp", "fromAddress", "toAddress", "amount"]
+
+    history = (await client.get("/api/transactions")).json()
+    assert [(item.get("fromAddress"), item["toAddress"], item["amount"]) for item in history] == [
+        (None, "Alice", "100"),
+        ("Alice", "Bob", "49.5"),
+        ("Alice", "Bob", "0.5"),
+        ("Bob", "Carol", "10"),
+    ]
+    assert all(TIMESTAMP.match(item["timestamp"]) for item in history)
+
+
+async def test_insufficient_funds_is_422_and_changes_nothing(client: httpx.AsyncClient) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "5"})
+    before = await _snapshot(client)
+    response = await client.post(
+        "/api/transactions", json={"fromAddress": "Alice", "toAddress": "Bob", "amount": "5.00000001"}
+    )
+    assert response.status_code == 422
+    assert response.json() == {"error": "Insufficient Funds"}
+    # An address never seen has nothing to spend either.
+    response = await client.post(
+        "/api/transactions", json={"fromAddress": "Nobody", "toAddress": "Bob", "amount": "1"}
+    )
+    assert response.status_code == 422
+    assert response.json() == {"error": "Insufficient Funds"}
+    assert await _snapshot(client) == before
+
+
+_GOOD = {"fromAddress": "Alice", "toAddress": "Bob", "amount": "1"}
+_JSON = {"content-type": "application/json"}
+
+BAD_SENDS: list[Any] = [
+    pytest.param({"json": {**_GOOD, "amount": "-1"}}, id="negative"),
+    pytest.param({"json": {**_GOOD, "amount": "0"}}, id="zero"),
+    pytest.param({"json": {**_GOOD, "amount": "0.000"}}, id="zero-with-decimals"),
+    pytest.param({"json": {**_GOOD, "amount": "1e3"}}, id="exponent"),
+    pytest.param({"json": {**_GOOD, "amount": "0.000000001"}}, id="over-precise"),
+    pytest.param({"json": {**_GOOD, "amount": "abc"}}, id="not-a-number"),
+    pytest.param({"json": {**_GOOD, "amount": ""}}, id="empty-amount"),
+    pytest.param({"json": {**_GOOD, "amount": " 1"}}, id="padded-amount"),
+    pytest.param({"json": {**_GOOD, "amount": "1.2.3"}}, id="two-dots"),
+    pytest.param({"json": {**_GOOD, "amount": "NaN"}}, id="nan"),
+    pytest.param({"json": {**_GOOD, "amount": 1}}, id="amount-json-number"),
+    pytest.param({"json": {**_GOOD, "amount": 1.5}}, id="amount-json-float"),
+    pytest.param({"json": {**_GOOD, "amount": None}}, id="amount-null"),
+    pytest.param({"json": {**_GOOD, "amount": ["1"]}}, id="amount-list"),
+    pytest.param({"json": {k: v for k, v in _GOOD.items() if k != "amount"}}, id="missing-amount"),
+    pytest.param({"json": {k: v for k, v in _GOOD.items() if k != "fromAddress"}}, id="missing-from"),
+    pytest.param({"json": {k: v for k, v in _GOOD.items() if k != "toAddress"}}, id="missing-to"),
+    pytest.param({"json": {}}, id="empty-object"),
+    pytest.param({"content": b'{"fromAddress": "Alice",', "headers": _JSON}, id="malformed-json"),
+    pytest.param({"content": b"", "headers": _JSON}, id="empty-json-body"),
+    pytest.param({"content": b'["Alice", "Bob", "1"]', "headers": _JSON}, id="json-array"),
+    pytest.param({"content": b"\xff\xfe", "headers": _JSON}, id="json-not-utf8"),
+    pytest.param({"content": b"fromAddress=Alice", "headers": {"content-type": "text/plain"}}, id="text-plain"),
+    pytest.param({"content": b"", "headers": {}}, id="no-body"),
+    pytest.param({"json": {**_GOOD, "fromAddress": ""}}, id="empty-from"),
+    pytest.param({"json": {**_GOOD, "toAddress": ""}}, id="empty-to"),
+    pytest.param({"json": {**_GOOD, "toAddress": "x" * 200}}, id="200-char-address"),
+    pytest.param({"json": {**_GOOD, "toAddress": " Bob"}}, id="padded-address"),
+    pytest.param({"json": {**_GOOD, "toAddress": "Bo\nb"}}, id="control-char-address"),
+    pytest.param({"json": {**_GOOD, "toAddress": 7}}, id="address-number"),
+    pytest.param({"json": {**_GOOD, "toAddress": "Alice"}}, id="same-from-and-to"),
+    pytest.param({"data": {**_GOOD, "amount": "-1"}}, id="form-negative"),
+    pytest.param({"data": {"fromAddress": "Alice", "toAddress": "Bob"}}, id="form-missing-amount"),
+    pytest.param({"data": {**_GOOD, "amount": "1e3"}}, id="form-exponent"),
+    pytest.param({"data": {**_GOOD, "toAddress": ""}}, id="form-empty-to"),
+    pytest.param({"data": {**_GOOD, "amount": ["1", "2"]}}, id="form-repeated-field"),
+    pytest.param(
+        {"data": {"fromAddress": "Alice", "toAddress": "Bob"}, "files": {"amount": ("a.txt", b"1")}},
+        id="multipart-amount-as-file",
+    ),
+    pytest.param(
+        {"content": b"--nope\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=xyz"}},
+        id="broken-multipart",
+    ),
+]
+
+
+@pytest.mark.parametrize("request_kwargs", BAD_SENDS)
+async def test_bad_send_is_4xx_and_changes_nothing(
+    client: httpx.AsyncClient, request_kwargs: dict[str, Any]
+) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "50"})
+    before = await _snapshot(client)
+
+    response = await client.post("/api/transactions", **request_kwargs)
+
+    assert response.status_code in {400, 415, 422}, response.text
+    body = response.json()
+    assert list(body) == ["error"]
+    assert isinstance(body["error"], str)
+    assert body["error"]
+    assert body["error"] != "Insufficient Funds"
+    assert await _snapshot(client) == before
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"amount": "5"}, id="missing-address"),
+        pytest.param({"address": "Alice", "amount": "0"}, id="zero"),
+        pytest.param({"address": "Alice", "amount": "-5"}, id="negative"),
+        pytest.param({"address": "Alice", "amount": 5}, id="number"),
+        pytest.param({"address": "", "amount": "5"}, id="empty-address"),
+        pytest.param({"address": "x" * 129, "amount": "5"}, id="long-address"),
+    ],
+)
+async def test_bad_mint_is_4xx_and_changes_nothing(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
+    before = await _snapshot(client)
+    response = await client.post("/api/mint", json=payload)
+    assert response.status_code == 422, response.text
+    assert list(response.json()) == ["error"]
+    assert await _snapshot(client) == before
+
+
+async def test_invalid_address_lookup_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/addresses/" + "x" * 200)
+    assert response.status_code == 422
+    assert list(response.json()) == ["error"]
+
+
+async def test_unknown_route_answers_with_error_body(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert list(response.json()) == ["error"]
+
+
+async def test_index_page_has_mint_and_send_forms(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert 'action="api/mint"' in response.text
+    assert 'action="api/transactions"' in response.text
+
+
+async def test_concurrent_sends_never_overspend(client: httpx.AsyncClient) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "50"})
+    seen_balances: list[str] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            seen_balances.append((await _address(client, "Alice"))["balance"])
+            await asyncio.sleep(0)
+
+    async def send(i: int) -> httpx.Response:
+        return await client.post(
+            "/api/transactions", json={"fromAddress": "Alice", "toAddress": f"Bob{i % 3}", "amount": "10"}
+        )
+
+    watcher = asyncio.create_task(watch())
+    responses = await asyncio.gather(*(send(i) for i in range(20)))
+    done.set()
+    await watcher
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 5 + [422] * 15
+    assert all(r.json() == {"error": "Insufficient Funds"} for r in responses if r.status_code == 422)
+    assert (await _address(client, "Alice"))["balance"] == "0"
+    bobs = [(await _address(client, f"Bob{i}"))["balance"] for i in range(3)]
+    assert sum(int(b) for b in bobs) == 50
+    assert seen_balances
+    assert all(not b.startswith("-") for b in seen_balances)
+    assert len((await client.get("/api/transactions")).json()) == 1 + 5
+
+
+async def test_opposite_concurrent_sends_do_not_deadlock(client: httpx.AsyncClient) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "100"})
+    await client.post("/api/mint", json={"address": "Bob", "amount": "100"})
+
+    async def send(i: int) -> int:
+        sender, receiver = ("Alice", "Bob") if i % 2 else ("Bob", "Alice")
+        response = await client.post(
+            "/api/transactions", json={"fromAddress": sender, "toAddress": receiver, "amount": "1"}
+        )
+        return response.status_code
+
+    assert await asyncio.gather(*(send(i) for i in range(30))) == [200] * 30
+    assert (await _address(client, "Alice"))["balance"] == "100"
+    assert (await _address(client, "Bob"))["balance"] == "100"
+
+
+# -- the core, without HTTP ---------------------------------------------------------------
+
+
+async def test_core_transfer_and_address_info(engine: AsyncEngine) -> None:
+    await ledger.mint(engine, "Alice", 3 * COIN)
+    await ledger.transfer(engine, "Alice", "Bob", COIN + 1)
+    async with engine.connect() as conn:
+        alice_balance, alice_history = await ledger.address_info(conn, "Alice")
+        bob_balance, bob_history = await ledger.address_info(conn, "Bob")
+        everything = await ledger.all_transfers(conn)
+    assert alice_balance == 2 * COIN - 1
+    assert bob_balance == COIN + 1
+    assert [(t.from_address, t.to_address, t.amount) for t in alice_history] == [
+        (None, "Alice", 3 * COIN),
+        ("Alice", "Bob", COIN + 1),
+    ]
+    assert bob_history == alice_history[1:]
+    assert everything == alice_history
+    assert all(isinstance(t.amount, int) for t in everything)
+
+
+async def test_core_refusals(engine: AsyncEngine) -> None:
+    await ledger.mint(engine, "Alice", COIN)
+    with pytest.raises(InsufficientFunds):
+        await ledger.transfer(engine, "Alice", "Bob", COIN + 1)
+    with pytest.raises(InvalidInput):
+        await ledger.transfer(engine, "Alice", "Alice", 1)
+    with pytest.raises(InvalidAddress):
+        await ledger.transfer(engine, "Alice", "Bob ", 1)
+    with pytest.raises(InvalidAmount):
+        await ledger.transfer(engine, "Alice", "Bob", 0)
+    with pytest.raises(InvalidAmount):
+        await ledger.mint(engine, "Alice", -1)
+    async with engine.connect() as conn:
+        assert await ledger.address_info(conn, "Bob") == (0, [])
+        assert len(await ledger.all_transfers(conn)) == 1
+
+
+@pytest.mark.parametrize(
+    "text", ["", " Alice", "Alice ", "x" * 129, "a\tb", "a\x00b", "\u200b"], ids=repr
+)
+def test_validate_address_refuses(text: str) -> None:
+    with pytest.raises(InvalidAddress):
+        ledger.validate_address(text)
+
+
+@pytest.mark.parametrize("text", ["Alice", "x" * 128, "two words", "a/b#c?d", "..", "Zoë"])
+def test_validate_address_accepts(text: str) -> None:
+    assert ledger.validate_address(text) == text
