@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 from mixhouse.errors import InvalidAmount
 
@@ -75,7 +75,9 @@ def parse_amount(text: str, decimals: int) -> int:
         value = Decimal(cleaned)
     except InvalidOperation as exc:  # pragma: no cover - guarded by the character check
         raise InvalidAmount(f"amount {text!r} is not a number") from exc
-    scaled = value.scaleb(decimals)
+    # ``scaleb`` rounds to the context precision (28 digits by default), which would turn a
+    # long amount into a silently rounded one; a precision as long as the input keeps it exact.
+    scaled = value.scaleb(decimals, Context(prec=len(cleaned) + decimals))
     if scaled != scaled.to_integral_value():
         raise InvalidAmount(f"amount {text!r} has more than {decimals} decimal places")
     base_units = int(scaled)

@@ -132,9 +132,9 @@ async def test_several_deposits_and_a_late_one_are_each_mixed(database_url: str,
             assert len(per_deposit) == 3
             async with engine.connect() as conn:
                 rows = (await conn.execute(select(deposits).where(deposits.c.mix_id == mix["id"]))).all()
-                paid = sum(
-                    (await ledger.address_info(conn, a))[0] for a in ["w-a", "w-b"]
-                )  # fmt: skip
+                paid = 0
+                for address in ["w-a", "w-b"]:
+                    paid += (await ledger.address_info(conn, address))[0]
             assert paid == sum(r.payout_total for r in rows) == sum(r.amount - r.fee_amount for r in rows)
         finally:
             await rt.aclose()

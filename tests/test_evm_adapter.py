@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mixhouse.chains.base import FeeQuote, SendState, Transfer
+from mixhouse.chains.base import FeeQuote, PreparedSend, SendState, Transfer
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.adapter import GAS_LIMIT, MAX_BLOCKS_PER_SCAN
 from mixhouse.config import DEV_MNEMONIC
@@ -239,6 +239,30 @@ async def test_reorged_deposit_disappears(anvil: Anvil, evm_adapter: EvmAdapter)
     rescan = await evm_adapter.scan([address], found.cursor)
     assert rescan.transfers == ()
     assert int(rescan.cursor or "0") == head_before + 1
+
+
+# Init code deploying a contract whose code is PUSH1 0 PUSH1 0 REVERT: it refuses any ETH.
+REVERTER_INIT_CODE = "0x6005600c60003960056000f3" + "60006000fd"
+
+
+async def test_reverted_transfer_is_not_a_deposit(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
+    deploy = await anvil.rpc("eth_sendTransaction", [{"from": FUNDER_ADDRESS, "data": REVERTER_INIT_CODE}])
+    contract = (await anvil.rpc("eth_getTransactionReceipt", [deploy]))["contractAddress"]
+    cursor = str(await anvil.block_number() + 1)
+    txid = await anvil.rpc(
+        "eth_sendTransaction",
+        [{"from": FUNDER_ADDRESS, "to": contract, "value": hex(ETH), "gas": hex(100_000)}],
+    )
+    assert (await anvil.rpc("eth_getTransactionReceipt", [txid]))["status"] == "0x0"
+
+    assert (await evm_adapter.scan([contract], cursor)).transfers == ()
+    ghost = Transfer(evm_adapter.normalize_address(contract), (FUNDER_ADDRESS,), ETH, txid, None, 0)
+    assert await evm_adapter.transfer_confirmations(ghost) is None
+    failed_send = PreparedSend(FUNDER_ADDRESS, contract, ETH, 0, None, txid, None)
+    check = await evm_adapter.check_send(failed_send, earlier_sends=0)
+    assert check.state is SendState.FAILED
+    assert check.network_fee_paid is not None
+    assert check.network_fee_paid > 0
 
 
 # -- fees and sends -----------------------------------------------------------------------
@@ -481,17 +505,29 @@ async def test_unreachable_node_is_a_chain_error_not_unknown(offline_adapter: Ev
 
 @contextlib.asynccontextmanager
 async def _serve(handler: Any) -> AsyncIterator[str]:
-    """A TCP server on a free port that treats each connection with ``handler``."""
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    """A TCP server on a free port that treats each connection with ``handler``; every
+    connection is closed on exit so no socket outlives the test."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await handler(reader, writer)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield f"http://127.0.0.1:{port}"
+    try:
+        async with server:
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
 
 async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read(65536)
     await reader.read()  # never answers; returns when the client gives up and closes
-    writer.close()
 
 
 async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

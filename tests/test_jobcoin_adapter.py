@@ -147,7 +147,9 @@ async def test_fee_nonce_and_prepare() -> None:
         pytest.param(httpx.Response(422, json={"error": "Insufficient Funds"}), BroadcastRejected, id="422"),
     ],
 )
-async def test_broadcast_error_mapping(answer: httpx.Response | Exception, expected: type[ChainError]) -> None:
+async def test_broadcast_error_mapping(
+    answer: httpx.Response | Exception, expected: type[ChainError]
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if isinstance(answer, Exception):
             raise answer
@@ -191,6 +193,22 @@ async def test_reads_map_every_failure_to_chain_error(answer: httpx.Response | E
         await chain.balance("Alice")
     with pytest.raises(ChainError):
         await chain.scan(["Alice", "Bob"], None)
+
+
+async def test_long_wire_amounts_are_exact() -> None:
+    # 39 significant digits: more than Decimal's default 28-digit context would keep.
+    big = "1234567890123456789012345678901.12345678"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, json={"balance": big, "transactions": [{"toAddress": "Alice", "amount": big}]}
+        )
+
+    chain = _mocked(httpx.MockTransport(handler))
+    assert await chain.balance("Alice") == 123456789012345678901234567890112345678
+    [found] = (await chain.scan(["Alice"], None)).transfers
+    assert found.amount == 123456789012345678901234567890112345678
+    assert found.from_addresses == ()
 
 
 async def test_aclose_leaves_a_given_client_open() -> None:

@@ -161,7 +161,9 @@ BAD_SENDS: list[Any] = [
     pytest.param({"content": b"", "headers": _JSON}, id="empty-json-body"),
     pytest.param({"content": b'["Alice", "Bob", "1"]', "headers": _JSON}, id="json-array"),
     pytest.param({"content": b"\xff\xfe", "headers": _JSON}, id="json-not-utf8"),
-    pytest.param({"content": b"fromAddress=Alice", "headers": {"content-type": "text/plain"}}, id="text-plain"),
+    pytest.param(
+        {"content": b"fromAddress=Alice", "headers": {"content-type": "text/plain"}}, id="text-plain"
+    ),
     pytest.param({"content": b"", "headers": {}}, id="no-body"),
     pytest.param({"json": {**_GOOD, "fromAddress": ""}}, id="empty-from"),
     pytest.param({"json": {**_GOOD, "toAddress": ""}}, id="empty-to"),
@@ -215,7 +217,9 @@ async def test_bad_send_is_4xx_and_changes_nothing(
         pytest.param({"address": "x" * 129, "amount": "5"}, id="long-address"),
     ],
 )
-async def test_bad_mint_is_4xx_and_changes_nothing(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
+async def test_bad_mint_is_4xx_and_changes_nothing(
+    client: httpx.AsyncClient, payload: dict[str, Any]
+) -> None:
     before = await _snapshot(client)
     response = await client.post("/api/mint", json=payload)
     assert response.status_code == 422, response.text
@@ -328,9 +332,7 @@ async def test_core_refusals(engine: AsyncEngine) -> None:
         assert len(await ledger.all_transfers(conn)) == 1
 
 
-@pytest.mark.parametrize(
-    "text", ["", " Alice", "Alice ", "x" * 129, "a\tb", "a\x00b", "\u200b"], ids=repr
-)
+@pytest.mark.parametrize("text", ["", " Alice", "Alice ", "x" * 129, "a\tb", "a\x00b", "\u200b"], ids=repr)
 def test_validate_address_refuses(text: str) -> None:
     with pytest.raises(InvalidAddress):
         ledger.validate_address(text)

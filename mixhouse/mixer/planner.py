@@ -115,13 +115,15 @@ def plan_payouts(
     if not 0 <= delay_min_seconds <= delay_max_seconds:
         raise InvalidAmount("the delay window is empty")
     fee = deposit * fee_bps // 10_000
+    # A payout is at least one base unit even when no dust limit is given.
+    minimum = max(min_payout, 1)
     count = payout_count(n, rng)
     # Fewer payouts if the network fees of the extra ones would not leave enough to pay out.
-    while count > n and deposit - fee - count * network_fee_per_payout < count * min_payout:
+    while count > n and deposit - fee - count * network_fee_per_payout < count * minimum:
         count -= 1
     network_fee = count * network_fee_per_payout
     payable = deposit - fee - network_fee
-    amounts = split_amount(payable, count, max(min_payout, 1), rng)
+    amounts = split_amount(payable, count, minimum, rng)
     # Every address once, then the extra payouts to random addresses; then shuffle so the
     # order of amounts says nothing about which address came first.
     targets = list(withdrawal_addresses) + [rng.choice(withdrawal_addresses) for _ in range(count - n)]

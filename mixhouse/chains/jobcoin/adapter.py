@@ -22,7 +22,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
@@ -81,7 +81,8 @@ def _parse_wire_amount(value: object) -> int:
     if not isinstance(value, str) or not value or any(ch not in "0123456789." for ch in value):
         raise ChainError(f"the ledger sent an amount we cannot read: {value!r}")
     try:
-        scaled = Decimal(value).scaleb(DECIMALS)
+        # A precision as long as the text: the default 28 digits would round long amounts.
+        scaled = Decimal(value).scaleb(DECIMALS, Context(prec=len(value) + DECIMALS))
     except InvalidOperation as exc:
         raise ChainError(f"the ledger sent an amount we cannot read: {value!r}") from exc
     if scaled != scaled.to_integral_value():

@@ -1,0 +1,5 @@
+"""``python -m mixhouse`` is the ``mixhouse`` command."""
+
+from mixhouse.cli import app
+
+app()

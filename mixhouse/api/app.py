@@ -1,0 +1,66 @@
+"""The FastAPI application: :func:`create_app`.
+
+Routes (all JSON; every error is ``application/problem+json``, see
+:mod:`mixhouse.api.problems`):
+
+* ``POST /api/v1/mixes`` and ``GET /api/v1/mixes/{id}`` (:mod:`mixhouse.api.routes_mixes`);
+* ``GET /api/v1/admin/{mixes,deposits,pool,audit}`` behind ``X-API-Key``
+  (:mod:`mixhouse.api.routes_admin`);
+* ``GET /api/v1/health``; OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from mixhouse import __version__
+from mixhouse.api import RuntimeDep
+from mixhouse.api.problems import install_problem_handlers
+from mixhouse.api.routes_admin import router as admin_router
+from mixhouse.api.routes_mixes import router as mixes_router
+from mixhouse.api.schemas import HealthOut
+from mixhouse.mixer.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+health_router = APIRouter(prefix="/api/v1", tags=["health"])
+
+
+@health_router.get("/health", responses={503: {"model": HealthOut, "description": "Database unreachable."}})
+async def health(rt: RuntimeDep) -> HealthOut | JSONResponse:
+    """``{"status": "ok", "database": true}`` when ``SELECT 1`` answers; else 503 with
+    ``{"status": "unavailable", "database": false}``."""
+    try:
+        async with rt.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:
+        log.exception("health check: database unreachable")
+        return JSONResponse(HealthOut(status="unavailable", database=False).model_dump(), status_code=503)
+    return HealthOut(status="ok", database=True)
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    """The HTTP API over ``rt`` (kept in ``app.state.runtime``).
+
+    The caller owns ``rt``: the app neither closes its adapters nor disposes of its engine.
+    """
+    app = FastAPI(
+        title="Mixhouse",
+        version=__version__,
+        description=(
+            "Self-hosted mixing. Amounts are decimal strings: `amount` in base units, "
+            "`amount_coins` in whole coins. Errors are RFC 9457 problems (application/problem+json)."
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.runtime = rt
+    install_problem_handlers(app)
+    app.include_router(mixes_router)
+    app.include_router(admin_router)
+    app.include_router(health_router)
+    return app

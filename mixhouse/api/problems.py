@@ -1,0 +1,272 @@
+"""Every error the HTTP API answers, as an RFC 9457 problem (``application/problem+json``).
+
+This module is the one place that maps exceptions to HTTP statuses:
+
+==========================================  ======  =====================================
+exception                                   status  ``type``
+==========================================  ======  =====================================
+:class:`~mixhouse.errors.InvalidAddress`     422    ``urn:mixhouse:problem:invalid-address``
+:class:`~mixhouse.errors.InvalidAmount`      422    ``urn:mixhouse:problem:invalid-amount``
+:class:`~mixhouse.errors.InvalidInput`       422    ``urn:mixhouse:problem:invalid-input``
+:class:`~mixhouse.errors.NotFound`           404    ``urn:mixhouse:problem:not-found``
+:class:`~mixhouse.errors.IllegalTransition`  409    ``urn:mixhouse:problem:conflict``
+:class:`~mixhouse.errors.PayoutsPaused`      503    ``urn:mixhouse:problem:payouts-paused``
+:class:`~mixhouse.errors.ChainError`         502    ``urn:mixhouse:problem:chain-unavailable``
+request body is not JSON                     400    ``urn:mixhouse:problem:malformed-json``
+FastAPI ``RequestValidationError``           422    ``urn:mixhouse:problem:validation``
+Starlette/FastAPI ``HTTPException``          its    ``about:blank``
+anything else                                500    ``urn:mixhouse:problem:internal``
+==========================================  ======  =====================================
+
+A body is ``{"type", "title", "status", "detail", "instance"}`` plus, for validation errors,
+``errors: [{"loc": [...], "msg": str, "type": str}]`` and, for a 500, ``error_id`` (a UUID
+that is logged with the traceback; the body carries nothing else about the failure).
+``instance`` is the request path. Chain errors are logged in full but answered with a fixed
+detail, since node messages can name internal URLs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mixhouse.api.schemas import Problem
+from mixhouse.errors import (
+    ChainError,
+    IllegalTransition,
+    InvalidAddress,
+    InvalidAmount,
+    InvalidInput,
+    MixhouseError,
+    NotFound,
+    PayoutsPaused,
+)
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:mixhouse:problem:"
+# Validation messages quoted in ``detail`` (all of them are in ``errors``).
+_DETAIL_ERRORS = 3
+
+
+class ProblemResponse(JSONResponse):
+    """A JSON response with the ``application/problem+json`` media type."""
+
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    status: int
+    slug: str
+    title: str
+
+
+# Most specific first is not needed: the lookup walks the exception's MRO.
+_DOMAIN_KINDS: dict[type[MixhouseError], _Kind] = {
+    InvalidAddress: _Kind(422, "invalid-address", "Invalid address"),
+    InvalidAmount: _Kind(422, "invalid-amount", "Invalid amount"),
+    InvalidInput: _Kind(422, "invalid-input", "Invalid input"),
+    NotFound: _Kind(404, "not-found", "Not found"),
+    IllegalTransition: _Kind(409, "conflict", "Conflict"),
+    PayoutsPaused: _Kind(503, "payouts-paused", "Payouts paused"),
+    ChainError: _Kind(502, "chain-unavailable", "Chain unavailable"),
+}
+
+_CHAIN_DETAIL = "a blockchain node or ledger failed or answered something unusable; try again later"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_: str = "about:blank",
+    instance: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
+) -> ProblemResponse:
+    """Build a problem response.
+
+    Args:
+        status: the HTTP status code, repeated in the body.
+        title: a short summary of the problem type (the same for every occurrence).
+        detail: what went wrong this time, for a human; never internals.
+        type_: a URI naming the problem type (``about:blank`` for plain HTTP statuses).
+        instance: the request path the problem occurred on.
+        headers: extra response headers (``WWW-Authenticate``, ``Allow``...).
+        extensions: extension members (``errors``, ``error_id``), JSON-serialisable.
+
+    Returns:
+        A ``ProblemResponse`` with media type ``application/problem+json``.
+    """
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    if instance is not None:
+        body["instance"] = instance
+    body.update(extensions)
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def _kind_of(exc: MixhouseError) -> _Kind | None:
+    for cls in type(exc).__mro__:
+        kind = _DOMAIN_KINDS.get(cls)
+        if kind is not None:
+            return kind
+    return None
+
+
+async def _mixhouse_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, MixhouseError)
+    kind = _kind_of(exc)
+    if kind is None:
+        # ConfigError, InsufficientFunds, AuditChainBroken...: not the client's business.
+        return unhandled_problem(request, exc)
+    detail = str(exc) or kind.title
+    if isinstance(exc, ChainError):
+        log.warning(
+            "chain error answered 502", path=request.url.path, error=str(exc), kind=type(exc).__name__
+        )
+        detail = _CHAIN_DETAIL
+    return problem(kind.status, kind.title, detail, type_=_TYPE_PREFIX + kind.slug, instance=request.url.path)
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """The validation errors without ``input`` and ``ctx`` (they echo the request and may
+    hold objects that are not JSON)."""
+    return [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in exc.errors()
+    ]
+
+
+async def _validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _field_errors(exc)
+    if any(err["type"] == "json_invalid" for err in errors):
+        return problem(
+            400,
+            "Malformed JSON",
+            "the request body is not valid JSON",
+            type_=_TYPE_PREFIX + "malformed-json",
+            instance=request.url.path,
+        )
+    quoted = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:_DETAIL_ERRORS]
+    )
+    more = f" (and {len(errors) - _DETAIL_ERRORS} more)" if len(errors) > _DETAIL_ERRORS else ""
+    return problem(
+        422,
+        "Invalid request",
+        f"{len(errors)} validation error(s): {quoted}{more}",
+        type_=_TYPE_PREFIX + "validation",
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    try:
+        title = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        title = "Error"
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail else title
+    return problem(exc.status_code, title, detail, instance=request.url.path, headers=exc.headers)
+
+
+def unhandled_problem(request: Request, exc: BaseException) -> ProblemResponse:
+    """Log ``exc`` with its traceback under a fresh ``error_id`` and answer an opaque 500.
+
+    Returns:
+        A 500 problem whose body holds the ``error_id`` and nothing about the failure.
+    """
+    error_id = str(uuid.uuid4())
+    log.error(
+        "unhandled exception",
+        error_id=error_id,
+        method=request.method,
+        path=request.url.path,
+        exc_info=exc,
+    )
+    return problem(
+        500,
+        "Internal Server Error",
+        "an unexpected error occurred; quote the error_id to the operator",
+        type_=_TYPE_PREFIX + "internal",
+        instance=request.url.path,
+        error_id=error_id,
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
+    return unhandled_problem(request, exc)
+
+
+class CatchAllMiddleware:
+    """Answer any exception that escapes the routes with :func:`unhandled_problem`.
+
+    Starlette hands ``Exception`` handlers to its outermost middleware, which re-raises after
+    answering (so the server logs the traceback a second time and test transports raise);
+    this middleware answers and swallows instead. An exception after the response started
+    cannot be answered and is re-raised.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; on an exception before the response started, send a 500 problem."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            response = unhandled_problem(Request(scope), exc)
+            await response(scope, receive, send)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Register every exception handler of this module (and the catch-all) on ``app``."""
+    app.add_exception_handler(MixhouseError, _mixhouse_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(CatchAllMiddleware)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting problem answers with these statuses."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

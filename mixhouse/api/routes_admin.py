@@ -1,0 +1,229 @@
+"""Operator routes under ``/api/v1/admin``, behind the ``X-API-Key`` header.
+
+The key is compared in constant time with ``settings.admin_api_key``; a missing or wrong key
+is a 401 problem. Lists are newest first with keyset pagination: each page carries
+``next_after``, passed back as ``?after=`` (opaque for mixes, an id for deposits and audit).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
+from fastapi.security import APIKeyHeader
+from sqlalchemy import and_, case, func, select, tuple_
+
+from mixhouse.api import RuntimeDep
+from mixhouse.api.problems import problem_responses
+from mixhouse.api.schemas import (
+    AdminDepositOut,
+    AdminDepositPage,
+    AdminMixOut,
+    AdminMixPage,
+    AuditEntryOut,
+    AuditPage,
+    PoolOut,
+    PoolReport,
+)
+from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, sends
+from mixhouse.errors import InvalidInput
+from mixhouse.mixer.states import DepositState, MixState, SendState
+
+_api_key = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The operator's key (MIXHOUSE_ADMIN_API_KEY)."
+)
+
+
+async def require_admin(rt: RuntimeDep, key: Annotated[str | None, Security(_api_key)]) -> None:
+    """Let the request through only with the right ``X-API-Key``.
+
+    Raises:
+        HTTPException: 401 when the header is missing or wrong (or no key is configured).
+    """
+    expected = rt.settings.admin_api_key.get_secret_value().encode()
+    given = (key or "").encode()
+    if not expected or not secrets.compare_digest(given, expected):
+        raise HTTPException(
+            status_code=401,
+            detail="a valid X-API-Key header is required",
+            headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'},
+        )
+
+
+router = APIRouter(
+    prefix="/api/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=problem_responses(401, 422, 500),
+)
+
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size, 1..500.")]
+
+
+def encode_mix_cursor(created_at: datetime, mix_id: str) -> str:
+    """The opaque ``after`` token of the mix listed last on a page."""
+    raw = f"{created_at.isoformat()}|{mix_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_mix_cursor(token: str) -> tuple[datetime, str]:
+    """``(created_at, id)`` of an ``after`` token.
+
+    Raises:
+        InvalidInput: the token was not made by :func:`encode_mix_cursor`.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        moment_text, mix_id = raw.split("|", 1)
+        moment = datetime.fromisoformat(moment_text)
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidInput("the after cursor is malformed") from exc
+    if moment.tzinfo is None or not mix_id:
+        raise InvalidInput("the after cursor is malformed")
+    return moment, mix_id
+
+
+def _status_url(request: Request, mix_id: str) -> str:
+    return str(request.app.url_path_for("get_mix_status", mix_id=mix_id))
+
+
+@router.get("/mixes", summary="List mixes")
+async def list_mixes(
+    rt: RuntimeDep,
+    request: Request,
+    state: Annotated[list[MixState] | None, Query(description="Repeatable filter.")] = None,
+    limit: Limit = 100,
+    after: Annotated[str | None, Query(max_length=512, description="The previous page's next_after.")] = None,
+) -> AdminMixPage:
+    """Mixes, newest first (by ``created_at``, then ``id``), optionally of some states."""
+    stmt = select(mixes)
+    if state:
+        stmt = stmt.where(mixes.c.state.in_([s.value for s in state]))
+    if after is not None:
+        moment, mix_id = decode_mix_cursor(after)
+        stmt = stmt.where(tuple_(mixes.c.created_at, mixes.c.id) < tuple_(moment, mix_id))
+    stmt = stmt.order_by(mixes.c.created_at.desc(), mixes.c.id.desc()).limit(limit + 1)
+    async with rt.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+    page, more = rows[:limit], len(rows) > limit
+    items = [AdminMixOut.from_admin_row(r, _status_url(request, r["id"])) for r in page]
+    next_after = encode_mix_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+    return AdminMixPage(items=items, next_after=next_after)
+
+
+@router.get("/deposits", summary="List deposits")
+async def list_deposits(
+    rt: RuntimeDep,
+    state: Annotated[
+        list[DepositState] | None,
+        Query(description="Repeatable filter; ?state=frozen&state=held lists what needs the operator."),
+    ] = None,
+    asset: Annotated[str | None, Query(max_length=16)] = None,
+    limit: Limit = 100,
+    after: Annotated[int | None, Query(ge=1, description="next_after of the previous page.")] = None,
+) -> AdminDepositPage:
+    """Deposits, newest first, with their mix id and, for frozen or held ones, the reason."""
+    stmt = select(deposits)
+    if state:
+        stmt = stmt.where(deposits.c.state.in_([s.value for s in state]))
+    if asset is not None:
+        stmt = stmt.where(deposits.c.asset == asset)
+    if after is not None:
+        stmt = stmt.where(deposits.c.id < after)
+    stmt = stmt.order_by(deposits.c.id.desc()).limit(limit + 1)
+    async with rt.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+    page, more = rows[:limit], len(rows) > limit
+    return AdminDepositPage(
+        items=[AdminDepositOut.from_admin_row(r) for r in page],
+        next_after=int(page[-1]["id"]) if more else None,
+    )
+
+
+def _sum(condition: Any, value: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, value), else_=0)), 0)
+
+
+@router.get("/pool", summary="Pool books and reconciliation")
+async def pool(rt: RuntimeDep) -> PoolReport:
+    """Per enabled asset: the pool's books, fees earned, payouts due, the last reconciliation.
+
+    Read from the database only (no chain call): ``books`` is confirmed sweeps into the pool
+    minus confirmed payouts and the network fees paid for them; the chain's balance is in the
+    reconciliation, checked by the worker.
+    """
+    pools: list[PoolOut] = []
+    async with rt.engine.connect() as conn:
+        for asset, adapter in sorted(rt.adapters.items()):
+            pool_address = adapter.pool_address
+            into_pool = and_(sends.c.kind == "sweep", sends.c.to_address == pool_address)
+            out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address == pool_address)
+            confirmed = sends.c.state == SendState.CONFIRMED
+            payout = sends.c.kind == "payout"
+            scheduled = sends.c.state == SendState.SCHEDULED
+            in_flight = sends.c.state.in_([SendState.SIGNED, SendState.BROADCAST])
+            sums = (
+                await conn.execute(
+                    select(
+                        _sum(and_(into_pool, confirmed), sends.c.amount).label("credits"),
+                        _sum(
+                            and_(out_of_pool, confirmed),
+                            sends.c.amount + func.coalesce(sends.c.network_fee_paid, 0),
+                        ).label("debits"),
+                        _sum(and_(payout, scheduled), sends.c.amount).label("scheduled"),
+                        _sum(and_(payout, in_flight), sends.c.amount).label("in_flight"),
+                    ).where(sends.c.asset == asset.value)
+                )
+            ).one()
+            fees = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(deposits.c.fee_amount), 0)).where(
+                        deposits.c.asset == asset.value, deposits.c.state == DepositState.POOLED
+                    )
+                )
+            ).scalar_one()
+            recon = (
+                await conn.execute(select(reconciliations).where(reconciliations.c.asset == asset.value))
+            ).first()
+            pools.append(
+                PoolOut.build(
+                    asset=asset.value,
+                    pool_address=pool_address,
+                    books=int(sums.credits) - int(sums.debits),
+                    fees_earned=int(fees),
+                    scheduled_payouts=int(sums.scheduled),
+                    in_flight_payouts=int(sums.in_flight),
+                    reconciliation=None if recon is None else dict(recon._mapping),
+                )
+            )
+    return PoolReport(pools=pools)
+
+
+@router.get("/audit", summary="Read the audit log")
+async def audit(
+    rt: RuntimeDep,
+    entity_type: Annotated[str | None, Query(max_length=64, description="mix, deposit, send...")] = None,
+    entity_id: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Limit = 100,
+    after: Annotated[int | None, Query(ge=1, description="next_after of the previous page.")] = None,
+) -> AuditPage:
+    """Audit entries, newest first, optionally of one entity; hashes in hex."""
+    stmt = select(audit_log)
+    if entity_type is not None:
+        stmt = stmt.where(audit_log.c.entity_type == entity_type)
+    if entity_id is not None:
+        stmt = stmt.where(audit_log.c.entity_id == entity_id)
+    if after is not None:
+        stmt = stmt.where(audit_log.c.id < after)
+    stmt = stmt.order_by(audit_log.c.id.desc()).limit(limit + 1)
+    async with rt.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+    page, more = rows[:limit], len(rows) > limit
+    return AuditPage(
+        items=[AuditEntryOut.from_row(r) for r in page],
+        next_after=int(page[-1]["id"]) if more else None,
+    )

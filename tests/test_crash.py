@@ -1,0 +1,170 @@
+"""A payout is never sent twice and never lost, even when the worker dies at any moment.
+
+The random test SIGKILLs a real worker process (``python -m mixhouse worker``) many times
+while mixes are in flight, restarts it, and at the end compares the books with the ledger to
+the base unit. The deterministic tests crash exactly between "sent" and "recorded".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse import audit
+from mixhouse.chains.base import PreparedSend
+from mixhouse.chains.jobcoin import ledger
+from mixhouse.db.tables import deposits, sends
+from mixhouse.mixer.deposits import scan_asset
+from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.sends import execute_send
+from mixhouse.mixer.setup import build_runtime
+from mixhouse.money import Asset
+from tests.e2e import fast_settings, local_ledger, unfinished_sends
+
+COIN = 10**8
+
+
+def _worker_env(database_url: str, api_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "MIXHOUSE_DATABASE_URL": database_url,
+            "MIXHOUSE_JOBCOIN_API_URL": api_url,
+            "MIXHOUSE_EVM_ENABLED": "false",
+            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
+            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
+            "MIXHOUSE_JOBCOIN_SEND_SETTLE_SECONDS": "1",
+            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
+            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
+            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
+        }
+    )
+    return env
+
+
+def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "mixhouse", "worker", "--concurrency", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _assert_books_match_ledger(engine: AsyncEngine, pool: str) -> None:
+    """Every send we recorded is in the ledger exactly once, and nothing else left the pool."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(sends))).all()
+        deps = (await conn.execute(select(deposits))).all()
+        everything = await ledger.all_transfers(conn)
+        assert await audit.verify(conn) > 0
+    ours = Counter((s.from_address, s.to_address, s.amount) for s in rows)
+    on_ledger = Counter(
+        (t.from_address, t.to_address, t.amount) for t in everything if t.from_address is not None and t.from_address != "sender"
+    )
+    assert on_ledger == ours, "the ledger and the books disagree: a send was lost or doubled"
+    assert all(s.state == "confirmed" for s in rows)
+    assert all(d.state == "pooled" for d in deps)
+    fees = sum(d.fee_amount for d in deps)
+    async with engine.connect() as conn:
+        pool_balance, _ = await ledger.address_info(conn, pool)
+    assert pool_balance == fees
+
+
+@pytest.mark.timeout(400)
+async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    rnd = random.Random(int(os.environ.get("MIXHOUSE_CRASH_SEED", "20261121")))
+    async with local_ledger(engine) as led:
+        rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
+        try:
+            await ledger.mint(engine, "sender", 1_000 * COIN)
+            mixes: list[dict[str, Any]] = []
+            for i in range(12):
+                addresses = [f"crash-{i}-{k}" for k in range(1 + i % 3)]
+                mix = await create_mix(rt, MixRequest("JOBCOIN", addresses, 0, 4))
+                await ledger.transfer(engine, "sender", mix["deposit_address"], (5 + i) * COIN)
+                mixes.append(mix)
+            env = _worker_env(database_url, led.api_url)
+            kills = 0
+            for _ in range(15):
+                proc = _start_worker(env)
+                await asyncio.sleep(rnd.uniform(0.8, 3.0))
+                proc.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
+                kills += 1
+            proc = _start_worker(env)
+            try:
+                for _ in range(600):
+                    await asyncio.sleep(0.25)
+                    async with engine.connect() as conn:
+                        states = [r.state for r in (await conn.execute(select(deposits.c.state))).all()]
+                    if len(states) == len(mixes) and all(s == "pooled" for s in states) and await unfinished_sends(engine) == 0:
+                        break
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait)
+            assert kills == 15
+            await _assert_books_match_ledger(engine, rt.adapter("JOBCOIN").pool_address)
+            assert (await reconcile(rt, Asset.JOBCOIN)).ok
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the code catches it."""
+
+
+@pytest.mark.parametrize("crash_after_send", [True, False])
+async def test_crash_between_send_and_record_never_pays_twice(
+    database_url: str, engine: AsyncEngine, crash_after_send: bool
+) -> None:
+    async with local_ledger(engine) as led:
+        rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
+        try:
+            await ledger.mint(engine, "sender", 10 * COIN)
+            mix = await create_mix(rt, MixRequest("JOBCOIN", ["crash-w"], 0, 0))
+            await ledger.transfer(engine, "sender", mix["deposit_address"], 10 * COIN)
+            await scan_asset(rt, Asset.JOBCOIN)
+            async with engine.connect() as conn:
+                sweep_id = (await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))).scalar_one()
+            adapter = rt.adapter("JOBCOIN")
+            real_broadcast = adapter.broadcast
+
+            async def dying_broadcast(prepared: PreparedSend) -> None:
+                if crash_after_send:
+                    await real_broadcast(prepared)  # the coins move, then the process dies
+                raise _Crash
+
+            adapter.broadcast = dying_broadcast  # type: ignore[method-assign]
+            with pytest.raises(_Crash):
+                await execute_send(rt, sweep_id)
+            adapter.broadcast = real_broadcast  # type: ignore[method-assign]
+            async with engine.connect() as conn:
+                row = (await conn.execute(select(sends).where(sends.c.id == sweep_id))).one()
+            assert row.state == "signed"
+            assert row.attempts == 1
+            await asyncio.sleep(1.1)  # the settle time
+            assert await execute_send(rt, sweep_id) == "confirmed"
+            assert await execute_send(rt, sweep_id) == "confirmed"  # a duplicate job is a no-op
+            async with engine.connect() as conn:
+                _, history = await ledger.address_info(conn, mix["deposit_address"])
+            sweeps = [t for t in history if t.from_address == mix["deposit_address"]]
+            assert len(sweeps) == 1, "the sweep left exactly once"
+            assert sweeps[0].amount == 10 * COIN
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()

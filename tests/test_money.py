@@ -1,0 +1,132 @@
+"""Exact conversion between whole-coin decimal strings and integer base units."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mixhouse.errors import InvalidAmount
+from mixhouse.money import ASSETS, MAX_BASE_UNITS, Asset, format_amount, parse_amount, percent_of
+
+
+@given(st.integers(min_value=1, max_value=10**30), st.sampled_from([8, 18]))
+def test_parse_inverts_format(base_units: int, decimals: int) -> None:
+    assert parse_amount(format_amount(base_units, decimals), decimals) == base_units
+
+
+@given(st.integers(min_value=0, max_value=10**30), st.sampled_from([8, 18]))
+def test_format_shape(base_units: int, decimals: int) -> None:
+    text = format_amount(base_units, decimals)
+    whole, _, frac = text.partition(".")
+    assert int(whole) == base_units // 10**decimals
+    assert len(frac) <= decimals
+    assert not frac.endswith("0")
+    # Rebuild the value from the digits independently of parse_amount.
+    assert int(whole) * 10**decimals + int(frac.ljust(decimals, "0") or "0") == base_units
+
+
+@pytest.mark.parametrize(
+    ("base_units", "decimals", "expected"),
+    [
+        (4_950_000_000, 8, "49.5"),
+        (0, 8, "0"),
+        (1, 8, "0.00000001"),
+        (100_000_000, 8, "1"),
+        (1, 18, "0.000000000000000001"),
+        (10**18, 18, "1"),
+        (1_230_000_000_000_000_000, 18, "1.23"),
+        (-150_000_000, 8, "-1.5"),
+    ],
+)
+def test_format_examples(base_units: int, decimals: int, expected: str) -> None:
+    assert format_amount(base_units, decimals) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "decimals", "expected"),
+    [
+        ("49.5", 8, 4_950_000_000),
+        ("1", 8, 100_000_000),
+        ("0.00000001", 8, 1),
+        ("0.000000000000000001", 18, 1),
+        (".5", 8, 50_000_000),
+        ("1.", 8, 100_000_000),
+        ("007.10", 8, 710_000_000),
+        ("  2.5  ", 18, 2_500_000_000_000_000_000),
+        ("1.230000000000000000000", 18, 1_230_000_000_000_000_000),  # trailing zeros are exact
+        # More than 28 significant digits: must not be rounded by the decimal context.
+        ("999999999999.999999999999999999", 18, 10**30 - 1),
+        (
+            "123456789012345678901234567890.123456789012345678",
+            18,
+            123456789012345678901234567890123456789012345678,
+        ),
+    ],
+)
+def test_parse_examples(text: str, decimals: int, expected: int) -> None:
+    assert parse_amount(text, decimals) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0", "-1", "1e3", "abc", "", " ", "1.2.3", "+1", "1,5", "NaN", "Infinity", ".", "0.0", "1 000", "0x10"],
+)
+@pytest.mark.parametrize("decimals", [8, 18])
+def test_parse_rejects(text: str, decimals: int) -> None:
+    with pytest.raises(InvalidAmount):
+        parse_amount(text, decimals)
+
+
+def test_parse_rejects_over_precise() -> None:
+    with pytest.raises(InvalidAmount, match="decimal places"):
+        parse_amount("0.123456789", 8)
+    with pytest.raises(InvalidAmount, match="decimal places"):
+        parse_amount("1.0000000000000000001", 18)
+    # The same digits fit with 18 decimals.
+    assert parse_amount("0.123456789", 18) == 123_456_789_000_000_000
+
+
+def test_parse_rejects_too_large() -> None:
+    limit_text = format_amount(MAX_BASE_UNITS, 8)
+    assert parse_amount(limit_text, 8) == MAX_BASE_UNITS
+    with pytest.raises(InvalidAmount, match="too large"):
+        parse_amount(format_amount(MAX_BASE_UNITS + 1, 8), 8)
+
+
+def test_asset_decimals() -> None:
+    assert ASSETS[Asset.JOBCOIN].decimals == 8
+    assert ASSETS[Asset.ETH].decimals == 18
+    assert parse_amount("1", ASSETS[Asset.ETH].decimals) == 10**18
+
+
+@pytest.mark.parametrize(
+    ("amount", "bps", "expected"),
+    [
+        (10_000, 100, 100),
+        (9_999, 100, 99),  # 99.99 rounds down
+        (1, 9_999, 0),  # 0.9999 rounds down
+        (199, 50, 0),  # 0.995 rounds down
+        (200, 50, 1),
+        (0, 250, 0),
+        (12_345, 0, 0),
+        (12_345, 10_000, 12_345),
+        (10**24 + 7, 1, 10**20),  # 10**20 + 0.0007
+    ],
+)
+def test_percent_of_examples(amount: int, bps: int, expected: int) -> None:
+    assert percent_of(amount, bps) == expected
+
+
+@given(st.integers(min_value=0, max_value=10**30), st.integers(min_value=0, max_value=10_000))
+def test_percent_of_rounds_down(amount: int, bps: int) -> None:
+    fee = percent_of(amount, bps)
+    # fee is the largest integer with fee * 10_000 <= amount * bps.
+    assert fee * 10_000 <= amount * bps < (fee + 1) * 10_000
+    assert 0 <= fee <= amount
+
+
+@pytest.mark.parametrize(("amount", "bps"), [(-1, 100), (100, -1)])
+def test_percent_of_rejects_negative(amount: int, bps: int) -> None:
+    with pytest.raises(InvalidAmount):
+        percent_of(amount, bps)
