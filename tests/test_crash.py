@@ -69,6 +69,8 @@ async def _assert_books_match_ledger(engine: AsyncEngine, pool: str) -> None:
         deps = (await conn.execute(select(deposits))).all()
         everything = await ledger.all_transfers(conn)
         assert await audit.verify(conn) > 0
+    stuck = [(s.id, s.kind, s.state, s.attempts, s.last_error) for s in rows if s.state != "confirmed"]
+    assert not stuck, f"sends not finished: {stuck}"
     ours = Counter((s.from_address, s.to_address, s.amount) for s in rows)
     on_ledger = Counter(
         (t.from_address, t.to_address, t.amount) for t in everything if t.from_address is not None and t.from_address != "sender"
@@ -99,7 +101,7 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
                 mixes.append(mix)
             env = _worker_env(database_url, led.api_url)
             kills = 0
-            for _ in range(15):
+            for _ in range(int(os.environ.get("MIXHOUSE_CRASH_KILLS", "15"))):
                 proc = _start_worker(env)
                 await asyncio.sleep(rnd.uniform(0.8, 3.0))
                 proc.send_signal(signal.SIGKILL)
@@ -116,7 +118,6 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
             finally:
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.to_thread(proc.wait)
-            assert kills == 15
             await _assert_books_match_ledger(engine, rt.adapter("JOBCOIN").pool_address)
             assert (await reconcile(rt, Asset.JOBCOIN)).ok
         finally:

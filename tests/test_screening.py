@@ -137,7 +137,8 @@ async def test_store_list_then_screen(engine: AsyncEngine) -> None:
     listed_eth = "0x" + "7E" * 20
     listed_xbt = "3J98t1WpEZ73CNmQviecrnyiWrnqRhWNLy"
     async with engine.begin() as conn:
-        added = await store_list(conn, [listed_eth, listed_xbt, "", "  "], "operator")
+        # Blank lines are skipped; the same address twice in one batch counts once.
+        added = await store_list(conn, [listed_eth, listed_xbt, "", "  ", listed_eth.lower()], "operator")
         assert added == 2
         # Same addresses again (another case for the EVM one): nothing new.
         assert await store_list(conn, [listed_eth.lower(), listed_xbt], "operator") == 0
@@ -244,8 +245,10 @@ def test_parse_sdn_advanced_xml(tmp_path: Path) -> None:
         "   \n\n\t\n",
         "# only a comment\n",
         "[]",
-        "<sdnList><sdnEntry><idList><id><idType>Passport</idType><idNumber>X1</idNumber></id>"
-        "</idList></sdnEntry></sdnList>",
+        (
+            "<sdnList><sdnEntry><idList><id><idType>Passport</idType><idNumber>X1</idNumber></id>"
+            "</idList></sdnEntry></sdnList>"
+        ),
     ],
 )
 def test_parse_empty_list_raises(tmp_path: Path, content: str) -> None:

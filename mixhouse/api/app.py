@@ -12,8 +12,7 @@ Routes (all JSON; every error is ``application/problem+json``, see
 from __future__ import annotations
 
 import structlog
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, Response
 from sqlalchemy import text
 
 from mixhouse import __version__
@@ -30,7 +29,7 @@ health_router = APIRouter(prefix="/api/v1", tags=["health"])
 
 
 @health_router.get("/health", responses={503: {"model": HealthOut, "description": "Database unreachable."}})
-async def health(rt: RuntimeDep) -> HealthOut | JSONResponse:
+async def health(rt: RuntimeDep, response: Response) -> HealthOut:
     """``{"status": "ok", "database": true}`` when ``SELECT 1`` answers; else 503 with
     ``{"status": "unavailable", "database": false}``."""
     try:
@@ -38,7 +37,8 @@ async def health(rt: RuntimeDep) -> HealthOut | JSONResponse:
             await conn.execute(text("SELECT 1"))
     except Exception:
         log.exception("health check: database unreachable")
-        return JSONResponse(HealthOut(status="unavailable", database=False).model_dump(), status_code=503)
+        response.status_code = 503
+        return HealthOut(status="unavailable", database=False)
     return HealthOut(status="ok", database=True)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import xml.etree.ElementTree as ET  # noqa: N817 - the conventional alias
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -150,7 +150,9 @@ def _addresses_from_sdn_xml(raw: str) -> list[str]:
 
 
 def _looks_like_address(text: str) -> bool:
-    return bool(_EVM_ADDRESS.match(text)) or bool(re.fullmatch(r"[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[0-9a-z]{11,71}", text))
+    return bool(_EVM_ADDRESS.match(text)) or bool(
+        re.fullmatch(r"[13][a-km-zA-HJ-NP-Z1-9]{25,34}|bc1[0-9a-z]{11,71}", text)
+    )
 
 
 async def store_list(conn: AsyncConnection, addresses: Iterable[str], source: str) -> int:
@@ -162,5 +164,11 @@ async def store_list(conn: AsyncConnection, addresses: Iterable[str], source: st
     rows = [{"address_norm": normalize_for_screening(a), "source": source} for a in addresses if a.strip()]
     if not rows:
         return 0
-    result = await conn.execute(insert(sanctioned_addresses).values(rows).on_conflict_do_nothing())
-    return int(result.rowcount or 0)
+    # Count the rows RETURNING gives back: SQLAlchemy reports no rowcount for an INSERT (-1).
+    result = await conn.execute(
+        insert(sanctioned_addresses)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(sanctioned_addresses.c.address_norm)
+    )
+    return len(result.all())
