@@ -66,20 +66,24 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
         await execute_send(rt, send_id)
 
     @app.periodic(cron=f"*/{scan_every} * * * * *", periodic_id="scan")
-    @app.task(name=TASK_SCAN_CHAIN, queue=QUEUE, queueing_lock="scan", lock="scan")
+    # Periodic tasks take no procrastinate `lock`: a worker killed while running one would leave
+    # it `doing` and block every later run, the recovery task included. `queueing_lock` only
+    # keeps them from piling up; scans serialise on a session advisory lock instead, which
+    # PostgreSQL releases when a dead worker's connection drops.
+    @app.task(name=TASK_SCAN_CHAIN, queue=QUEUE, queueing_lock="scan")
     async def scan_task(timestamp: int) -> None:
         for asset in rt.adapters:
             await scan_asset(rt, asset)
         await expire_mixes(rt)
 
     @app.periodic(cron=f"*/{reconcile_every} * * * * *", periodic_id="reconcile")
-    @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile", lock="reconcile")
+    @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile")
     async def reconcile_task(timestamp: int) -> None:
         for asset in rt.adapters:
             await reconcile(rt, asset)
 
     @app.periodic(cron="* * * * * *", periodic_id="recover")
-    @app.task(name="recover", queue=QUEUE, queueing_lock="recover", lock="recover")
+    @app.task(name="recover", queue=QUEUE, queueing_lock="recover")
     async def recover_task(timestamp: int) -> None:
         await recover(app, rt)
 
@@ -98,7 +102,10 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
     )
     for job in stalled:
         log.warning("retrying a job of a dead worker", job_id=job.id, task=job.task_name)
-        await app.job_manager.retry_job(job)
+        try:
+            await app.job_manager.retry_job(job)
+        except procrastinate.exceptions.ProcrastinateException:
+            continue  # another worker's recovery retried it first
         count += 1
     async with unit(rt.engine) as work:
         orphans = (await work.conn.execute(_ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND})).all()
@@ -128,4 +135,5 @@ async def run_worker(rt: Runtime, conninfo: str, **options: Any) -> None:
     }
     worker_options.update(options)
     async with app.open_async():
+        await recover(app, rt)  # pick up what a dead predecessor left, before the first tick
         await app.run_worker_async(**worker_options)

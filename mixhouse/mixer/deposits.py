@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, select
+from sqlalchemy import Row, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from mixhouse.audit import AuditEntry
@@ -28,8 +28,15 @@ from mixhouse.unit import unit
 log = structlog.get_logger(__name__)
 
 
+_SCAN_LOCK = 0x7363616E  # "scan"; plus the asset's position, one lock per asset
+
+
 async def scan_asset(rt: Runtime, asset: Asset) -> int:
     """Scan the chain of ``asset`` once and advance every ``seen`` deposit.
+
+    One scan per asset runs at a time across all workers: the scan holds a session advisory
+    lock, which PostgreSQL releases if the worker dies. A scan that finds the lock taken
+    returns 0 at once.
 
     Returns:
         How many new deposits were recorded.
@@ -37,6 +44,19 @@ async def scan_asset(rt: Runtime, asset: Asset) -> int:
     Raises:
         ChainError: the node or API failed (the job is retried at the next tick).
     """
+    key = _SCAN_LOCK * 16 + list(Asset).index(asset)
+    async with rt.engine.connect() as lock_conn:
+        if not (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar_one():
+            return 0
+        await lock_conn.commit()
+        try:
+            return await _scan_locked(rt, asset)
+        finally:
+            await lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            await lock_conn.commit()
+
+
+async def _scan_locked(rt: Runtime, asset: Asset) -> int:
     adapter = rt.adapter(asset)
     async with rt.engine.connect() as conn:
         watched_rows = (
