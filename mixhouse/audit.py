@@ -106,7 +106,9 @@ async def append(conn: AsyncConnection, entries: list[AuditEntry]) -> None:
         next_id += 1
     await conn.execute(audit_log.insert(), rows)
     # Keep the serial in step with the explicit ids we chose under the lock.
-    await conn.execute(text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), :v)"), {"v": next_id - 1})
+    await conn.execute(
+        text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), :v)"), {"v": next_id - 1}
+    )
 
 
 async def verify(conn: AsyncConnection, *, batch: int = 5_000) -> int:

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mixhouse.errors import ConfigError
 
 DEV_ADMIN_KEY = "dev-admin-key-change-me"
-DEV_ADDRESS_SECRET = "dev-address-secret-change-me"
+DEV_ADDRESS_SECRET = "dev-address-secret-change-me"  # noqa: S105 - refused in production
 # The mnemonic anvil and Hardhat derive their dev accounts from: public, for development only.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
@@ -100,9 +100,13 @@ class Settings(BaseSettings):
             if self.admin_api_key.get_secret_value() == DEV_ADMIN_KEY:
                 raise ConfigError("set MIXHOUSE_ADMIN_API_KEY: the development key is refused in production")
             if self.jobcoin_enabled and self.jobcoin_address_secret.get_secret_value() == DEV_ADDRESS_SECRET:
-                raise ConfigError("set MIXHOUSE_JOBCOIN_ADDRESS_SECRET: the development secret is refused in production")
+                raise ConfigError(
+                    "set MIXHOUSE_JOBCOIN_ADDRESS_SECRET: the development secret is refused in production"
+                )
             if self.evm_enabled and self.evm_mnemonic.get_secret_value() == DEV_MNEMONIC:
-                raise ConfigError("set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production")
+                raise ConfigError(
+                    "set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production"
+                )
             if self.database_url is None:
                 raise ConfigError("set MIXHOUSE_DATABASE_URL: production runs on a managed PostgreSQL server")
         return self

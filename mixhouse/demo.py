@@ -47,7 +47,7 @@ def demo_settings(settings: Settings, ledger_port: int) -> Settings:
     )
 
 
-async def run_demo(settings: Settings, database_url: str, *, timeout: float, console: Console) -> int:
+async def run_demo(settings: Settings, database_url: str, *, give_up_after: float, console: Console) -> int:
     """Run the demo; returns the process exit code (0 when every check passed)."""
     ledger_port, api_port = free_port(), free_port()
     settings = demo_settings(settings, ledger_port)
@@ -61,13 +61,21 @@ async def run_demo(settings: Settings, database_url: str, *, timeout: float, con
             background(run_worker(rt, database_url, concurrency=4)),
             httpx.AsyncClient(timeout=10) as http,
         ):
-            return await _scenario(http, f"http://127.0.0.1:{ledger_port}/api", f"http://127.0.0.1:{api_port}", timeout, console)
+            return await _scenario(
+                http,
+                f"http://127.0.0.1:{ledger_port}/api",
+                f"http://127.0.0.1:{api_port}",
+                give_up_after,
+                console,
+            )
     finally:
         await rt.aclose()
         await rt.engine.dispose()
 
 
-async def _scenario(http: httpx.AsyncClient, ledger: str, api: str, timeout: float, console: Console) -> int:
+async def _scenario(
+    http: httpx.AsyncClient, ledger: str, api: str, give_up_after: float, console: Console
+) -> int:
     tag = secrets.token_hex(3)
     sender = f"demo-sender-{tag}"
     withdrawals = [f"demo-{name}-{tag}" for name in ("alice", "bob", "carol")]
@@ -75,7 +83,12 @@ async def _scenario(http: httpx.AsyncClient, ledger: str, api: str, timeout: flo
     console.print(f"minted {DEPOSIT_COINS} jobcoins to [bold]{sender}[/bold]")
     created = await http.post(
         f"{api}/api/v1/mixes",
-        json={"asset": "JOBCOIN", "withdrawal_addresses": withdrawals, "delay_min_seconds": 1, "delay_max_seconds": 20},
+        json={
+            "asset": "JOBCOIN",
+            "withdrawal_addresses": withdrawals,
+            "delay_min_seconds": 1,
+            "delay_max_seconds": 20,
+        },
     )
     created.raise_for_status()
     mix = created.json()
@@ -92,7 +105,7 @@ async def _scenario(http: httpx.AsyncClient, ledger: str, api: str, timeout: flo
     started = time.monotonic()
     status: dict[str, Any] = {}
     with Live(console=console, refresh_per_second=4) as live:
-        while time.monotonic() - started < timeout:
+        while time.monotonic() - started < give_up_after:
             status = (await http.get(f"{api}/api/v1/mixes/{mix['id']}")).json()
             live.update(_progress(status, time.monotonic() - started))
             payouts = status.get("payouts", [])
@@ -102,7 +115,9 @@ async def _scenario(http: httpx.AsyncClient, ledger: str, api: str, timeout: flo
         else:
             console.print("[red]timed out before every payout was confirmed[/red]")
             return 1
-    return await _report(http, ledger, sender, mix, status, withdrawals, console)
+    return await _report(
+        http, ledger=ledger, sender=sender, mix=mix, status=status, withdrawals=withdrawals, console=console
+    )
 
 
 def _progress(status: dict[str, Any], elapsed: float) -> Table:
@@ -118,6 +133,7 @@ def _progress(status: dict[str, Any], elapsed: float) -> Table:
 
 async def _report(
     http: httpx.AsyncClient,
+    *,
     ledger: str,
     sender: str,
     mix: dict[str, Any],
@@ -138,15 +154,27 @@ async def _report(
     deposit = status["deposits"][0]
     received = sum((Decimal(t["amount"]) for t in relevant if t["toAddress"] in withdrawals), Decimal(0))
     expected = Decimal(deposit["payout_total"]) / Decimal(10**8)
-    direct = [t for t in relevant if t.get("fromAddress") == deposit_address and t["toAddress"] in withdrawals]
-    paid_by_pool = all(t.get("fromAddress") not in (sender, deposit_address) for t in relevant if t["toAddress"] in withdrawals)
+    direct = [
+        t for t in relevant if t.get("fromAddress") == deposit_address and t["toAddress"] in withdrawals
+    ]
+    paid_by_pool = all(
+        t.get("fromAddress") not in (sender, deposit_address)
+        for t in relevant
+        if t["toAddress"] in withdrawals
+    )
     fee = Decimal(deposit["fee_amount"]) / Decimal(10**8)
-    console.print(f"deposit {DEPOSIT_COINS}, fee {fee} kept by the pool, withdrawal addresses received {received}")
+    console.print(
+        f"deposit {DEPOSIT_COINS}, fee {fee} kept by the pool, withdrawal addresses received {received}"
+    )
     checks = {
-        "withdrawal addresses received deposit - fee exactly": received == Decimal(DEPOSIT_COINS) - fee == expected,
+        "withdrawal addresses received deposit - fee exactly": received
+        == Decimal(DEPOSIT_COINS) - fee
+        == expected,
         "no direct transfer from the deposit address to a withdrawal address": not direct,
         "every payout came from the pool": paid_by_pool,
-        "every withdrawal address was paid": all(any(t["toAddress"] == w for t in relevant) for w in withdrawals),
+        "every withdrawal address was paid": all(
+            any(t["toAddress"] == w for t in relevant) for w in withdrawals
+        ),
     }
     for name, ok in checks.items():
         console.print(f"  {'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name}")

@@ -71,20 +71,20 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     # keeps them from piling up; scans serialise on a session advisory lock instead, which
     # PostgreSQL releases when a dead worker's connection drops.
     @app.task(name=TASK_SCAN_CHAIN, queue=QUEUE, queueing_lock="scan")
-    async def scan_task(timestamp: int) -> None:
+    async def scan_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         for asset in rt.adapters:
             await scan_asset(rt, asset)
         await expire_mixes(rt)
 
     @app.periodic(cron=f"*/{reconcile_every} * * * * *", periodic_id="reconcile")
     @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile")
-    async def reconcile_task(timestamp: int) -> None:
+    async def reconcile_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         for asset in rt.adapters:
             await reconcile(rt, asset)
 
     @app.periodic(cron="* * * * * *", periodic_id="recover")
     @app.task(name="recover", queue=QUEUE, queueing_lock="recover")
-    async def recover_task(timestamp: int) -> None:
+    async def recover_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         await recover(app, rt)
 
     return app
@@ -108,7 +108,9 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
             continue  # another worker's recovery retried it first
         count += 1
     async with unit(rt.engine) as work:
-        orphans = (await work.conn.execute(_ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND})).all()
+        orphans = (
+            await work.conn.execute(_ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND})
+        ).all()
         for (send_id,) in orphans:
             work.defer(send_job(send_id))
         count += len(orphans)

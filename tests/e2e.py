@@ -52,21 +52,25 @@ def fast_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-async def wait_for_payouts(rt: Runtime, mix_id: str, *, timeout: float) -> dict[str, Any]:
+async def wait_for_payouts(rt: Runtime, mix_id: str, *, within: float) -> dict[str, Any]:
     """Wait until the mix has payouts and every one is confirmed; returns the mix view."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         view = await get_mix(rt, mix_id)
         payouts = [s for s in view["sends"] if s["kind"] == "payout"]
         if payouts and all(s["state"] == "confirmed" for s in view["sends"]):
             return view
         await asyncio.sleep(0.2)
-    raise AssertionError(f"mix {mix_id} did not finish in {timeout} s: {await get_mix(rt, mix_id)}")
+    raise AssertionError(f"mix {mix_id} did not finish in {within} s: {await get_mix(rt, mix_id)}")
 
 
 async def unfinished_sends(engine: AsyncEngine) -> int:
     """How many sends are not confirmed."""
     async with engine.connect() as conn:
         return int(
-            (await conn.execute(select(func.count()).select_from(sends).where(sends.c.state != "confirmed"))).scalar_one()
+            (
+                await conn.execute(
+                    select(func.count()).select_from(sends).where(sends.c.state != "confirmed")
+                )
+            ).scalar_one()
         )

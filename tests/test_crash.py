@@ -54,7 +54,7 @@ def _worker_env(database_url: str, api_url: str) -> dict[str, str]:
 
 
 def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+    return subprocess.Popen(
         [sys.executable, "-m", "mixhouse", "worker", "--concurrency", "4"],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -73,7 +73,9 @@ async def _assert_books_match_ledger(engine: AsyncEngine, pool: str) -> None:
     assert not stuck, f"sends not finished: {stuck}"
     ours = Counter((s.from_address, s.to_address, s.amount) for s in rows)
     on_ledger = Counter(
-        (t.from_address, t.to_address, t.amount) for t in everything if t.from_address is not None and t.from_address != "sender"
+        (t.from_address, t.to_address, t.amount)
+        for t in everything
+        if t.from_address is not None and t.from_address != "sender"
     )
     assert on_ledger == ours, "the ledger and the books disagree: a send was lost or doubled"
     assert all(s.state == "confirmed" for s in rows)
@@ -100,20 +102,22 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
                 await ledger.transfer(engine, "sender", mix["deposit_address"], (5 + i) * COIN)
                 mixes.append(mix)
             env = _worker_env(database_url, led.api_url)
-            kills = 0
             for _ in range(int(os.environ.get("MIXHOUSE_CRASH_KILLS", "15"))):
                 proc = _start_worker(env)
                 await asyncio.sleep(rnd.uniform(0.8, 3.0))
                 proc.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(proc.wait)
-                kills += 1
             proc = _start_worker(env)
             try:
                 for _ in range(600):
                     await asyncio.sleep(0.25)
                     async with engine.connect() as conn:
                         states = [r.state for r in (await conn.execute(select(deposits.c.state))).all()]
-                    if len(states) == len(mixes) and all(s == "pooled" for s in states) and await unfinished_sends(engine) == 0:
+                    if (
+                        len(states) == len(mixes)
+                        and all(s == "pooled" for s in states)
+                        and await unfinished_sends(engine) == 0
+                    ):
                         break
             finally:
                 proc.send_signal(signal.SIGTERM)
@@ -141,7 +145,9 @@ async def test_crash_between_send_and_record_never_pays_twice(
             await ledger.transfer(engine, "sender", mix["deposit_address"], 10 * COIN)
             await scan_asset(rt, Asset.JOBCOIN)
             async with engine.connect() as conn:
-                sweep_id = (await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))).scalar_one()
+                sweep_id = (
+                    await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))
+                ).scalar_one()
             adapter = rt.adapter("JOBCOIN")
             real_broadcast = adapter.broadcast
 

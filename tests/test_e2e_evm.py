@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from eth_account.hdaccount.mnemonic import Language, Mnemonic
+from eth_account import Account
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
@@ -29,7 +29,8 @@ async def _keep_mining(anvil: Anvil) -> None:
 
 async def test_mix_eth_end_to_end_on_anvil(database_url: str, engine: AsyncEngine, anvil: Anvil) -> None:
     # A mnemonic of its own: a fresh pool, whatever other tests did on the shared node.
-    mnemonic = Mnemonic(Language.ENGLISH).generate(12)
+    Account.enable_unaudited_hdwallet_features()
+    _, mnemonic = Account.create_with_mnemonic()
     settings = fast_settings(
         database_url,
         jobcoin_enabled=False,
@@ -50,17 +51,21 @@ async def test_mix_eth_end_to_end_on_anvil(database_url: str, engine: AsyncEngin
         before = {w: await anvil.balance(w) for w in withdrawals}
         await anvil.fund(mix["deposit_address"], deposit_wei)
         async with background(_keep_mining(anvil)), background(run_worker(rt, database_url, concurrency=4)):
-            view = await wait_for_payouts(rt, mix["id"], timeout=90)
+            view = await wait_for_payouts(rt, mix["id"], within=90)
         dep = view["deposits"][0]
         assert dep["amount"] == deposit_wei
         assert dep["from_addresses"] == [anvil.funder_address]
         payouts = [s for s in view["sends"] if s["kind"] == "payout"]
         sweep = next(s for s in view["sends"] if s["kind"] == "sweep")
         # Documented gas: the sweep's and every payout's 21000 x P are charged to the user.
-        assert dep["network_fee_amount"] == sweep["network_fee_reserved"] + sum(p["network_fee_reserved"] for p in payouts)
+        assert dep["network_fee_amount"] == sweep["network_fee_reserved"] + sum(
+            p["network_fee_reserved"] for p in payouts
+        )
         assert dep["fee_amount"] == (deposit_wei - sweep["network_fee_reserved"]) * mix["fee_bps"] // 10_000
         gains = [await anvil.balance(w) - before[w] for w in withdrawals]
-        assert sum(gains) == deposit_wei - dep["fee_amount"] - dep["network_fee_amount"] == dep["payout_total"]
+        assert (
+            sum(gains) == deposit_wei - dep["fee_amount"] - dep["network_fee_amount"] == dep["payout_total"]
+        )
         assert all(gain > 0 for gain in gains)
         # The chain's view: every payout left the pool, none the deposit address.
         for send in payouts:

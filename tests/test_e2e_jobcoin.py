@@ -35,7 +35,7 @@ async def test_mix_end_to_end_on_the_ledger(database_url: str, engine: AsyncEngi
             mix = await create_mix(rt, MixRequest("JOBCOIN", ["w-alice", "w-bob", "w-carol"], 0, 3))
             await ledger.transfer(engine, "sender", mix["deposit_address"], 50 * COIN)
             async with background(run_worker(rt, database_url, concurrency=4)):
-                view = await wait_for_payouts(rt, mix["id"], timeout=60)
+                view = await wait_for_payouts(rt, mix["id"], within=60)
             dep = view["deposits"][0]
             assert dep["state"] == "pooled"
             assert dep["amount"] == 50 * COIN
@@ -91,7 +91,9 @@ async def test_sanctioned_sender_is_frozen_and_never_pooled(database_url: str, e
 
 
 @pytest.mark.parametrize(("amount", "reason"), [("0.5", "below"), ("2000000", "above")])
-async def test_deposit_outside_limits_is_held(database_url: str, engine: AsyncEngine, amount: str, reason: str) -> None:
+async def test_deposit_outside_limits_is_held(
+    database_url: str, engine: AsyncEngine, amount: str, reason: str
+) -> None:
     async with local_ledger(engine) as led:
         rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
         try:
@@ -110,14 +112,16 @@ async def test_deposit_outside_limits_is_held(database_url: str, engine: AsyncEn
 
 async def test_several_deposits_and_a_late_one_are_each_mixed(database_url: str, engine: AsyncEngine) -> None:
     async with local_ledger(engine) as led:
-        rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url, mix_ttl_seconds=1), database_url)
+        rt = build_runtime(
+            fast_settings(database_url, jobcoin_api_url=led.api_url, mix_ttl_seconds=1), database_url
+        )
         try:
             await ledger.mint(engine, "s", 100 * COIN)
             mix = await create_mix(rt, MixRequest("JOBCOIN", ["w-a", "w-b"], 0, 1))
             await ledger.transfer(engine, "s", mix["deposit_address"], 10 * COIN)
             await ledger.transfer(engine, "s", mix["deposit_address"], 10 * COIN)  # same amount twice
             async with background(run_worker(rt, database_url, concurrency=4)):
-                await wait_for_payouts(rt, mix["id"], timeout=60)
+                await wait_for_payouts(rt, mix["id"], within=60)
                 # Past expiry (ttl 1 s) but inside the grace period: still mixed.
                 assert await expire_mixes(rt) == 0  # it has deposits, so it does not expire
                 await ledger.transfer(engine, "s", mix["deposit_address"], 5 * COIN)
@@ -126,7 +130,7 @@ async def test_several_deposits_and_a_late_one_are_each_mixed(database_url: str,
                     if len(view["deposits"]) == 3 and all(d["state"] == "pooled" for d in view["deposits"]):
                         break
                     await asyncio.sleep(0.1)
-                view = await wait_for_payouts(rt, mix["id"], timeout=60)
+                view = await wait_for_payouts(rt, mix["id"], within=60)
             assert sorted(d["amount"] for d in view["deposits"]) == [5 * COIN, 10 * COIN, 10 * COIN]
             per_deposit = Counter(s["deposit_id"] for s in view["sends"] if s["kind"] == "payout")
             assert len(per_deposit) == 3

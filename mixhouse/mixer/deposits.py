@@ -117,7 +117,8 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
                 insert(chain_cursors)
                 .values(asset=asset.value, cursor=result.cursor, updated_at=now())
                 .on_conflict_do_update(
-                    index_elements=[chain_cursors.c.asset], set_={"cursor": result.cursor, "updated_at": now()}
+                    index_elements=[chain_cursors.c.asset],
+                    set_={"cursor": result.cursor, "updated_at": now()},
                 )
             )
     await advance_seen_deposits(rt, asset, seen_now)
@@ -145,7 +146,9 @@ async def advance_seen_deposits(rt: Runtime, asset: Asset, fresh: dict[str, Tran
     for dep in pending:
         transfer = fresh.get(dep.chain_ref) or _transfer_of(dep)
         confirmations = (
-            transfer.confirmations if dep.chain_ref in fresh else await adapter.transfer_confirmations(transfer)
+            transfer.confirmations
+            if dep.chain_ref in fresh
+            else await adapter.transfer_confirmations(transfer)
         )
         if dep.state == DepositState.DROPPED:
             if confirmations is not None:
@@ -206,7 +209,13 @@ async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote:
         base: dict[str, Any] = {"confirmations": confirmations}
         if not verdict.clear:
             await transition(
-                work.conn, deposits, dep.id, DepositState.SEEN, DepositState.FROZEN, reason=verdict.reason(), **base
+                work.conn,
+                deposits,
+                dep.id,
+                DepositState.SEEN,
+                DepositState.FROZEN,
+                reason=verdict.reason(),
+                **base,
             )
             work.audit(
                 AuditEntry(
@@ -222,15 +231,28 @@ async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote:
             return DepositState.FROZEN
         reason = _hold_reason(dep, mix, quote)
         if reason is not None:
-            await transition(work.conn, deposits, dep.id, DepositState.SEEN, DepositState.HELD, reason=reason, **base)
+            await transition(
+                work.conn, deposits, dep.id, DepositState.SEEN, DepositState.HELD, reason=reason, **base
+            )
             work.audit(
                 AuditEntry(
-                    "deposit.held", "deposit", str(dep.id), asset=dep.asset, amount=dep.amount, details={"reason": reason}
+                    "deposit.held",
+                    "deposit",
+                    str(dep.id),
+                    asset=dep.asset,
+                    amount=dep.amount,
+                    details={"reason": reason},
                 )
             )
             return DepositState.HELD
         await transition(
-            work.conn, deposits, dep.id, DepositState.SEEN, DepositState.SWEEPING, network_fee_amount=quote.per_send, **base
+            work.conn,
+            deposits,
+            dep.id,
+            DepositState.SEEN,
+            DepositState.SWEEPING,
+            network_fee_amount=quote.per_send,
+            **base,
         )
         sweep_amount = dep.amount - quote.per_send
         send_id = (

@@ -60,11 +60,16 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
         raise InvalidInput("withdrawal addresses must be distinct")
     if adapter.pool_address.lower() in {a.lower() for a in normalized}:
         raise InvalidAddress("a withdrawal address cannot be the pool address")
-    delay_min = settings.default_delay_min_seconds if request.delay_min_seconds is None else request.delay_min_seconds
-    delay_max = settings.default_delay_max_seconds if request.delay_max_seconds is None else request.delay_max_seconds
+    delay_min = (
+        settings.default_delay_min_seconds if request.delay_min_seconds is None else request.delay_min_seconds
+    )
+    delay_max = (
+        settings.default_delay_max_seconds if request.delay_max_seconds is None else request.delay_max_seconds
+    )
     if not 0 <= delay_min <= delay_max <= settings.max_delay_seconds:
         raise InvalidInput(
-            f"the delay window must satisfy 0 <= delay_min_seconds <= delay_max_seconds <= {settings.max_delay_seconds}"
+            "the delay window must satisfy 0 <= delay_min_seconds <= delay_max_seconds"
+            f" <= {settings.max_delay_seconds}"
         )
     min_deposit, max_deposit = _limits(rt, asset)
     mix_id = secrets.token_urlsafe(24)
@@ -72,7 +77,9 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
     expires_at = created + timedelta(seconds=settings.mix_ttl_seconds)
     async with unit(rt.engine) as work:
         ours = await work.conn.execute(
-            select(mixes.c.id).where(mixes.c.asset == asset.value, mixes.c.deposit_address.in_(normalized)).limit(1)
+            select(mixes.c.id)
+            .where(mixes.c.asset == asset.value, mixes.c.deposit_address.in_(normalized))
+            .limit(1)
         )
         if ours.first() is not None:
             raise InvalidAddress("a withdrawal address cannot be a deposit address of this service")
@@ -123,10 +130,14 @@ def _limits(rt: Runtime, asset: Asset) -> tuple[int, int]:
 
 
 async def _next_key_index(work: Unit, asset: Asset) -> int:
-    stmt = insert(key_counters).values(asset=asset.value, next_index=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[key_counters.c.asset], set_={"next_index": key_counters.c.next_index + 1}
-    ).returning(key_counters.c.next_index)
+    stmt = (
+        insert(key_counters)
+        .values(asset=asset.value, next_index=1)
+        .on_conflict_do_update(
+            index_elements=[key_counters.c.asset], set_={"next_index": key_counters.c.next_index + 1}
+        )
+        .returning(key_counters.c.next_index)
+    )
     return int((await work.conn.execute(stmt)).scalar_one()) - 1
 
 
@@ -143,7 +154,9 @@ async def get_mix(rt: Runtime, mix_id: str) -> dict[str, Any]:
         mix = (await conn.execute(select(mixes).where(mixes.c.id == mix_id))).first()
         if mix is None:
             raise NotFound("no mix with this id")
-        deps = (await conn.execute(select(deposits).where(deposits.c.mix_id == mix_id).order_by(deposits.c.id))).all()
+        deps = (
+            await conn.execute(select(deposits).where(deposits.c.mix_id == mix_id).order_by(deposits.c.id))
+        ).all()
         snd = (await conn.execute(select(sends).where(sends.c.mix_id == mix_id).order_by(sends.c.id))).all()
     return {
         "mix": dict(mix._mapping),
@@ -162,7 +175,9 @@ async def expire_mixes(rt: Runtime, at: datetime | None = None) -> int:
     async with rt.engine.connect() as conn:
         due = (
             await conn.execute(
-                select(mixes.c.id).where(mixes.c.state == MixState.AWAITING_DEPOSIT, mixes.c.expires_at < moment)
+                select(mixes.c.id).where(
+                    mixes.c.state == MixState.AWAITING_DEPOSIT, mixes.c.expires_at < moment
+                )
             )
         ).all()
     expired = 0

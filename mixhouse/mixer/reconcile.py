@@ -84,9 +84,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
             await conn.execute(
                 select(
                     func.now().label("read_at"),
-                    func.coalesce(func.sum(case((and_(into_pool, confirmed), sends.c.amount), else_=0)), 0).label(
-                        "credits"
-                    ),
+                    func.coalesce(
+                        func.sum(case((and_(into_pool, confirmed), sends.c.amount), else_=0)), 0
+                    ).label("credits"),
                     func.coalesce(
                         func.sum(
                             case(
@@ -102,9 +102,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
                     func.coalesce(func.sum(case((and_(out_of_pool, in_flight), out_cost), else_=0)), 0).label(
                         "out_flight"
                     ),
-                    func.coalesce(func.sum(case((and_(into_pool, in_flight), sends.c.amount), else_=0)), 0).label(
-                        "in_flight"
-                    ),
+                    func.coalesce(
+                        func.sum(case((and_(into_pool, in_flight), sends.c.amount), else_=0)), 0
+                    ).label("in_flight"),
                 ).where(sends.c.asset == asset.value)
             )
         ).one()
@@ -132,7 +132,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
     )
     async with unit(rt.engine) as work:
         previous = (
-            await work.conn.execute(select(reconciliations.c.ok).where(reconciliations.c.asset == asset.value))
+            await work.conn.execute(
+                select(reconciliations.c.ok).where(reconciliations.c.asset == asset.value)
+            )
         ).scalar_one_or_none()
         values = {
             "checked_at": now(),
@@ -151,7 +153,13 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
             # Only changes of verdict are audited; a steady state is not news.
             action = "reconciliation.ok" if result.ok else "reconciliation.mismatch"
             work.audit(
-                AuditEntry(action, "reconciliation", asset.value, asset=asset.value, details={"detail": result.detail()})
+                AuditEntry(
+                    action,
+                    "reconciliation",
+                    asset.value,
+                    asset=asset.value,
+                    details={"detail": result.detail()},
+                )
             )
     if not result.ok:
         log.error("pool reconciliation mismatch: payouts paused", asset=asset.value, detail=result.detail())

@@ -26,7 +26,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, SendState as ChainSendState
+from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend
+from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends
 from mixhouse.errors import BroadcastRejected, SendOutcomeUnknown
 from mixhouse.jobs import send_job
@@ -107,7 +108,7 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
     fee = FeeQuote(per_send=row.network_fee_reserved, detail="as planned")
     try:
         async with unit(rt.engine) as work:
-            nonce = await _allocate_nonce(rt, work, adapter, row.from_address)
+            nonce = await _allocate_nonce(work, adapter, row.from_address)
             prepared = await adapter.prepare_send(
                 from_address=row.from_address,
                 from_key_index=row.from_key_index,
@@ -136,7 +137,7 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
         return None
 
 
-async def _allocate_nonce(rt: Runtime, work: Unit, adapter: ChainAdapter, address: str) -> int | None:
+async def _allocate_nonce(work: Unit, adapter: ChainAdapter, address: str) -> int | None:
     """Next nonce of ``address`` from the DB counter (seeded from the chain the first time).
 
     Row-locked for the rest of the transaction, so two sends never share a nonce, and rolled
@@ -205,7 +206,9 @@ async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[A
             return None
         check = await adapter.check_send(prepared, earlier_sends=await _landed_before(rt, row))
         if check.state is ChainSendState.CONFIRMED:
-            return await _mark_confirmed(rt, row, SendState.SIGNED, check.network_fee_paid, found_by_recovery=True)
+            return await _mark_confirmed(
+                rt, row, SendState.SIGNED, check.network_fee_paid, found_by_recovery=True
+            )
     async with rt.engine.begin() as conn:
         await conn.execute(
             sends.update().where(sends.c.id == row.id).values(attempts=sends.c.attempts + 1, updated_at=now())
@@ -214,15 +217,23 @@ async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[A
         await adapter.broadcast(prepared)
     except SendOutcomeUnknown as exc:
         log.warning("send outcome unknown; will reconcile", send_id=row.id, error=str(exc))
-        await _record_error(rt, row.id, f"outcome unknown: {exc}", retry_in=rt.settings.jobcoin_send_settle_seconds)
+        await _record_error(
+            rt, row.id, f"outcome unknown: {exc}", retry_in=rt.settings.jobcoin_send_settle_seconds
+        )
         return None
     except BroadcastRejected as exc:
-        log.error("send rejected by the chain", send_id=row.id, error=str(exc))
+        log.exception("send rejected by the chain", send_id=row.id)
         await _record_error(rt, row.id, f"rejected: {exc}", retry_in=30.0)
         return None
     async with unit(rt.engine) as work:
         broadcast = await transition(
-            work.conn, sends, row.id, SendState.SIGNED, SendState.BROADCAST, broadcast_at=now(), last_error=None
+            work.conn,
+            sends,
+            row.id,
+            SendState.SIGNED,
+            SendState.BROADCAST,
+            broadcast_at=now(),
+            last_error=None,
         )
         work.audit(_send_entry("send.broadcast", broadcast))
         return broadcast
@@ -322,7 +333,9 @@ async def _pool_deposit(rt: Runtime, work: Unit, sweep: Row[Any], quote: FeeQuot
         }
         for p in plan.payouts
     ]
-    created = (await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.due_at))).all()
+    created = (
+        await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.due_at))
+    ).all()
     for send_id, due_at in created:
         work.defer(send_job(send_id, due_at))
     if mix.state != MixState.MIXING:
@@ -356,18 +369,24 @@ def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) 
 async def _maybe_complete_mix(work: Unit, mix_id: str) -> None:
     open_sends = (
         await work.conn.execute(
-            select(func.count()).select_from(sends).where(sends.c.mix_id == mix_id, sends.c.state != SendState.CONFIRMED)
+            select(func.count())
+            .select_from(sends)
+            .where(sends.c.mix_id == mix_id, sends.c.state != SendState.CONFIRMED)
         )
     ).scalar_one()
     open_deposits = (
         await work.conn.execute(
             select(func.count())
             .select_from(deposits)
-            .where(deposits.c.mix_id == mix_id, deposits.c.state.in_([DepositState.SEEN, DepositState.SWEEPING]))
+            .where(
+                deposits.c.mix_id == mix_id, deposits.c.state.in_([DepositState.SEEN, DepositState.SWEEPING])
+            )
         )
     ).scalar_one()
     if open_sends == 0 and open_deposits == 0:
-        mix = (await work.conn.execute(select(mixes.c.state).where(mixes.c.id == mix_id).with_for_update())).one()
+        mix = (
+            await work.conn.execute(select(mixes.c.state).where(mixes.c.id == mix_id).with_for_update())
+        ).one()
         if mix.state == MixState.MIXING:
             await transition(work.conn, mixes, mix_id, MixState.MIXING, MixState.COMPLETED)
             work.audit(AuditEntry("mix.completed", "mix", mix_id))
