@@ -313,7 +313,13 @@ async def test_sweep_empties_the_deposit_address_exactly(anvil: Anvil, evm_adapt
     assert (await evm_adapter.check_send(prepared, earlier_sends=0)).state is SendState.NOT_FOUND
 
     await evm_adapter.broadcast(prepared)
+    # anvil automines, but asynchronously: wait (bounded) for the receipt.
     check = await evm_adapter.check_send(prepared, earlier_sends=0)
+    for _ in range(100):
+        if check.confirmations:
+            break
+        await asyncio.sleep(0.02)
+        check = await evm_adapter.check_send(prepared, earlier_sends=0)
     assert (check.state, check.confirmations) == (SendState.PENDING, 1)
     await anvil.mine(2)
     check = await evm_adapter.check_send(prepared, earlier_sends=0)

@@ -367,6 +367,16 @@ def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) 
 
 
 async def _maybe_complete_mix(work: Unit, mix_id: str) -> None:
+    """Complete the mix if every send is confirmed and no deposit is still on its way.
+
+    The mix row is locked *before* counting: two payouts of one mix confirmed in concurrent
+    transactions would otherwise each see the other as still open, and neither would complete
+    the mix. With the lock, the second waits, and its count (a fresh READ COMMITTED snapshot)
+    sees the first one's commit.
+    """
+    mix = (await work.conn.execute(select(mixes.c.state).where(mixes.c.id == mix_id).with_for_update())).one()
+    if mix.state != MixState.MIXING:
+        return
     open_sends = (
         await work.conn.execute(
             select(func.count())
@@ -384,12 +394,8 @@ async def _maybe_complete_mix(work: Unit, mix_id: str) -> None:
         )
     ).scalar_one()
     if open_sends == 0 and open_deposits == 0:
-        mix = (
-            await work.conn.execute(select(mixes.c.state).where(mixes.c.id == mix_id).with_for_update())
-        ).one()
-        if mix.state == MixState.MIXING:
-            await transition(work.conn, mixes, mix_id, MixState.MIXING, MixState.COMPLETED)
-            work.audit(AuditEntry("mix.completed", "mix", mix_id))
+        await transition(work.conn, mixes, mix_id, MixState.MIXING, MixState.COMPLETED)
+        work.audit(AuditEntry("mix.completed", "mix", mix_id))
 
 
 async def payouts_paused(rt: Runtime, asset: str) -> bool:
