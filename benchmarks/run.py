@@ -104,9 +104,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
             while True:
                 async with engine.connect() as conn:
                     pending = (
-                        await conn.execute(
-                            select(func.count()).select_from(sends).where(sends.c.state != "confirmed")
-                        )
+                        await conn.execute(select(func.count()).select_from(sends).where(sends.c.state != "confirmed"))
                     ).scalar_one()
                     pooled = (
                         await conn.execute(
@@ -119,16 +117,12 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
             elapsed = time.perf_counter() - start
             async with engine.connect() as conn:
                 payouts = (
-                    await conn.execute(
-                        select(func.count()).select_from(sends).where(sends.c.kind == "payout")
-                    )
+                    await conn.execute(select(func.count()).select_from(sends).where(sends.c.kind == "payout"))
                 ).scalar_one()
                 transfers = (await conn.execute(select(ledger_transfers))).all()
                 accepted = (
                     await conn.execute(
-                        select(audit_log.c.entity_id, audit_log.c.at).where(
-                            audit_log.c.action == "deposit.accepted"
-                        )
+                        select(audit_log.c.entity_id, audit_log.c.at).where(audit_log.c.action == "deposit.accepted")
                     )
                 ).all()
                 dep_rows = (await conn.execute(select(deposits.c.id, deposits.c.deposit_address))).all()
@@ -149,10 +143,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
         print(f"mixes: {n_mixes}, payouts: {payouts}, workers: {n_workers} x concurrency {concurrency}")
         print(f"mix creation (service layer, one client): {create_rate:.0f} mixes/s")
         print(f"deposits sent: {deposit_rate:.0f}/s")
-        print(
-            f"end to end: {elapsed:.2f} s -> {n_mixes / elapsed:.1f} mixes/s, "
-            f"{payouts / elapsed:.1f} payouts/s"
-        )
+        print(f"end to end: {elapsed:.2f} s -> {n_mixes / elapsed:.1f} mixes/s, {payouts / elapsed:.1f} payouts/s")
         print(
             "deposit on ledger -> first payout: "
             f"p50 {statistics.median(from_ledger):.2f} s, p95 {_percentile(from_ledger, 0.95):.2f} s, "
@@ -177,9 +168,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
 
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mixes", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)

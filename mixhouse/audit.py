@@ -106,9 +106,7 @@ async def append(conn: AsyncConnection, entries: list[AuditEntry]) -> None:
         next_id += 1
     await conn.execute(audit_log.insert(), rows)
     # Keep the serial in step with the explicit ids we chose under the lock.
-    await conn.execute(
-        text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), :v)"), {"v": next_id - 1}
-    )
+    await conn.execute(text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), :v)"), {"v": next_id - 1})
 
 
 async def verify(conn: AsyncConnection, *, batch: int = 5_000) -> int:
@@ -126,9 +124,7 @@ async def verify(conn: AsyncConnection, *, batch: int = 5_000) -> int:
     count = 0
     while True:
         rows = (
-            await conn.execute(
-                select(audit_log).where(audit_log.c.id > last_id).order_by(audit_log.c.id).limit(batch)
-            )
+            await conn.execute(select(audit_log).where(audit_log.c.id > last_id).order_by(audit_log.c.id).limit(batch))
         ).all()
         if not rows:
             return count

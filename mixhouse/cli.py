@@ -23,9 +23,7 @@ from mixhouse.errors import MixhouseError
 from mixhouse.logs import configure_logging
 
 app = typer.Typer(help="Mixhouse: a self-hosted cryptocurrency operations platform.", no_args_is_help=True)
-ledger_app = typer.Typer(
-    help="The local Jobcoin-compatible ledger (a development chain).", no_args_is_help=True
-)
+ledger_app = typer.Typer(help="The local Jobcoin-compatible ledger (a development chain).", no_args_is_help=True)
 mix_app = typer.Typer(help="Create and inspect mixes.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 sanctions_app = typer.Typer(help="Sanctions lists used to screen deposits.", no_args_is_help=True)
@@ -118,9 +116,7 @@ def mix_create(
     async def _run() -> dict[str, Any]:
         rt = build_runtime(settings, url, pool_size=1)
         try:
-            return await create_mix(
-                rt, MixRequest(asset.upper(), addresses, delay_min, delay_max), actor="cli"
-            )
+            return await create_mix(rt, MixRequest(asset.upper(), addresses, delay_min, delay_max), actor="cli")
         finally:
             await rt.aclose()
             await rt.engine.dispose()
@@ -159,9 +155,7 @@ def mix_status(mix_id: str) -> None:
     console.print(f"mix {mix['id']} [{mix['asset']}] state={mix['state']} deposit={mix['deposit_address']}")
     table = Table("kind", "id", "state", "to", "amount (base units)", "due/at", "txid")
     for dep in view["deposits"]:
-        table.add_row(
-            "deposit", str(dep["id"]), dep["state"], dep["deposit_address"], str(dep["amount"]), "", ""
-        )
+        table.add_row("deposit", str(dep["id"]), dep["state"], dep["deposit_address"], str(dep["amount"]), "", "")
     for snd in view["sends"]:
         table.add_row(
             snd["kind"], str(snd["id"]), snd["state"], snd["to_address"], str(snd["amount"]),
@@ -195,9 +189,7 @@ def audit_verify() -> None:
 
 @sanctions_app.command("refresh")
 def sanctions_refresh(
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="SDN XML, JSON list or text list")
-    ],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SDN XML, JSON list or text list")],
     source: Annotated[str, typer.Option(help="Name of the list in the database")] = "ofac-refresh",
 ) -> None:
     """Load a newer OFAC SDN file (or an operator denylist) into the database."""

@@ -104,9 +104,7 @@ class Settings(BaseSettings):
                     "set MIXHOUSE_JOBCOIN_ADDRESS_SECRET: the development secret is refused in production"
                 )
             if self.evm_enabled and self.evm_mnemonic.get_secret_value() == DEV_MNEMONIC:
-                raise ConfigError(
-                    "set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production"
-                )
+                raise ConfigError("set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production")
             if self.database_url is None:
                 raise ConfigError("set MIXHOUSE_DATABASE_URL: production runs on a managed PostgreSQL server")
         return self

@@ -73,9 +73,7 @@ async def run_demo(settings: Settings, database_url: str, *, give_up_after: floa
         await rt.engine.dispose()
 
 
-async def _scenario(
-    http: httpx.AsyncClient, ledger: str, api: str, give_up_after: float, console: Console
-) -> int:
+async def _scenario(http: httpx.AsyncClient, ledger: str, api: str, give_up_after: float, console: Console) -> int:
     tag = secrets.token_hex(3)
     sender = f"demo-sender-{tag}"
     withdrawals = [f"demo-{name}-{tag}" for name in ("alice", "bob", "carol")]
@@ -154,27 +152,17 @@ async def _report(
     deposit = status["deposits"][0]
     received = sum((Decimal(t["amount"]) for t in relevant if t["toAddress"] in withdrawals), Decimal(0))
     expected = Decimal(deposit["payout_total"]) / Decimal(10**8)
-    direct = [
-        t for t in relevant if t.get("fromAddress") == deposit_address and t["toAddress"] in withdrawals
-    ]
+    direct = [t for t in relevant if t.get("fromAddress") == deposit_address and t["toAddress"] in withdrawals]
     paid_by_pool = all(
-        t.get("fromAddress") not in (sender, deposit_address)
-        for t in relevant
-        if t["toAddress"] in withdrawals
+        t.get("fromAddress") not in (sender, deposit_address) for t in relevant if t["toAddress"] in withdrawals
     )
     fee = Decimal(deposit["fee_amount"]) / Decimal(10**8)
-    console.print(
-        f"deposit {DEPOSIT_COINS}, fee {fee} kept by the pool, withdrawal addresses received {received}"
-    )
+    console.print(f"deposit {DEPOSIT_COINS}, fee {fee} kept by the pool, withdrawal addresses received {received}")
     checks = {
-        "withdrawal addresses received deposit - fee exactly": received
-        == Decimal(DEPOSIT_COINS) - fee
-        == expected,
+        "withdrawal addresses received deposit - fee exactly": received == Decimal(DEPOSIT_COINS) - fee == expected,
         "no direct transfer from the deposit address to a withdrawal address": not direct,
         "every payout came from the pool": paid_by_pool,
-        "every withdrawal address was paid": all(
-            any(t["toAddress"] == w for t in relevant) for w in withdrawals
-        ),
+        "every withdrawal address was paid": all(any(t["toAddress"] == w for t in relevant) for w in withdrawals),
     }
     for name, ok in checks.items():
         console.print(f"  {'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name}")

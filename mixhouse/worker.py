@@ -97,9 +97,7 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
         How many jobs were retried or enqueued.
     """
     count = 0
-    stalled = await app.job_manager.get_stalled_jobs(
-        seconds_since_heartbeat=rt.settings.worker_stalled_after_seconds
-    )
+    stalled = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=rt.settings.worker_stalled_after_seconds)
     for job in stalled:
         log.warning("retrying a job of a dead worker", job_id=job.id, task=job.task_name)
         try:
@@ -108,9 +106,7 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
             continue  # another worker's recovery retried it first
         count += 1
     async with unit(rt.engine) as work:
-        orphans = (
-            await work.conn.execute(_ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND})
-        ).all()
+        orphans = (await work.conn.execute(_ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND})).all()
         for (send_id,) in orphans:
             work.defer(send_job(send_id))
         count += len(orphans)

@@ -69,8 +69,6 @@ async def unfinished_sends(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return int(
             (
-                await conn.execute(
-                    select(func.count()).select_from(sends).where(sends.c.state != "confirmed")
-                )
+                await conn.execute(select(func.count()).select_from(sends).where(sends.c.state != "confirmed"))
             ).scalar_one()
         )

@@ -304,9 +304,7 @@ async def test_unknown_mix_is_404_problem(client: httpx.AsyncClient) -> None:
 
 
 async def test_eth_mix(eth_client: httpx.AsyncClient, eth_rt: Runtime) -> None:
-    mix = await create(
-        eth_client, asset="ETH", withdrawal_addresses=[VALID_ETH, VALID_ETH.lower()[:-1] + "8"]
-    )
+    mix = await create(eth_client, asset="ETH", withdrawal_addresses=[VALID_ETH, VALID_ETH.lower()[:-1] + "8"])
     assert mix["asset"] == "ETH"
     assert mix["deposit_address"].startswith("0x")
     assert len(mix["deposit_address"]) == 42
@@ -440,9 +438,7 @@ BAD_ETH: list[tuple[str, list[Any]]] = [
 async def test_bad_eth_addresses_are_refused(
     eth_client: httpx.AsyncClient, eth_rt: Runtime, case: str, addresses: list[Any]
 ) -> None:
-    response = await eth_client.post(
-        "/api/v1/mixes", json={"asset": "ETH", "withdrawal_addresses": addresses}
-    )
+    response = await eth_client.post("/api/v1/mixes", json={"asset": "ETH", "withdrawal_addresses": addresses})
     assert_problem(response, 422)
     assert await count_mixes(eth_rt) == 0
 

@@ -216,9 +216,7 @@ async def test_rolled_back_unit_writes_nothing(engine: AsyncEngine) -> None:
         async with unit(engine) as work:
             work.audit(_entry(100))
             work.defer(jobs.send_job(42))
-            await work.conn.execute(
-                text("INSERT INTO chain_cursors (asset, cursor) VALUES ('ETH', 'rolled-back')")
-            )
+            await work.conn.execute(text("INSERT INTO chain_cursors (asset, cursor) VALUES ('ETH', 'rolled-back')"))
             raise RollbackError
 
     with pytest.raises(RollbackError):

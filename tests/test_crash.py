@@ -145,9 +145,7 @@ async def test_crash_between_send_and_record_never_pays_twice(
             await ledger.transfer(engine, "sender", mix["deposit_address"], 10 * COIN)
             await scan_asset(rt, Asset.JOBCOIN)
             async with engine.connect() as conn:
-                sweep_id = (
-                    await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))
-                ).scalar_one()
+                sweep_id = (await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))).scalar_one()
             adapter = rt.adapter("JOBCOIN")
             real_broadcast = adapter.broadcast
 

@@ -63,9 +63,7 @@ async def test_mix_eth_end_to_end_on_anvil(database_url: str, engine: AsyncEngin
         )
         assert dep["fee_amount"] == (deposit_wei - sweep["network_fee_reserved"]) * mix["fee_bps"] // 10_000
         gains = [await anvil.balance(w) - before[w] for w in withdrawals]
-        assert (
-            sum(gains) == deposit_wei - dep["fee_amount"] - dep["network_fee_amount"] == dep["payout_total"]
-        )
+        assert sum(gains) == deposit_wei - dep["fee_amount"] - dep["network_fee_amount"] == dep["payout_total"]
         assert all(gain > 0 for gain in gains)
         # The chain's view: every payout left the pool, none the deposit address.
         for send in payouts:

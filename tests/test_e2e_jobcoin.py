@@ -91,9 +91,7 @@ async def test_sanctioned_sender_is_frozen_and_never_pooled(database_url: str, e
 
 
 @pytest.mark.parametrize(("amount", "reason"), [("0.5", "below"), ("2000000", "above")])
-async def test_deposit_outside_limits_is_held(
-    database_url: str, engine: AsyncEngine, amount: str, reason: str
-) -> None:
+async def test_deposit_outside_limits_is_held(database_url: str, engine: AsyncEngine, amount: str, reason: str) -> None:
     async with local_ledger(engine) as led:
         rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
         try:
@@ -112,9 +110,7 @@ async def test_deposit_outside_limits_is_held(
 
 async def test_several_deposits_and_a_late_one_are_each_mixed(database_url: str, engine: AsyncEngine) -> None:
     async with local_ledger(engine) as led:
-        rt = build_runtime(
-            fast_settings(database_url, jobcoin_api_url=led.api_url, mix_ttl_seconds=1), database_url
-        )
+        rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url, mix_ttl_seconds=1), database_url)
         try:
             await ledger.mint(engine, "s", 100 * COIN)
             mix = await create_mix(rt, MixRequest("JOBCOIN", ["w-a", "w-b"], 0, 1))

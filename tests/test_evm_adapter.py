@@ -180,9 +180,7 @@ async def test_scan_is_bounded_per_call(anvil: Anvil, evm_adapter: EvmAdapter) -
     assert [t.ref for t in second.transfers] == [txid]
 
 
-async def test_scan_without_watched_addresses_only_moves_the_cursor(
-    anvil: Anvil, evm_adapter: EvmAdapter
-) -> None:
+async def test_scan_without_watched_addresses_only_moves_the_cursor(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
     head = await anvil.block_number()
     result = await evm_adapter.scan([], str(max(0, head - 10)))
     assert result == type(result)((), str(head + 1))
@@ -470,9 +468,7 @@ async def test_prepare_send_checks_its_inputs(evm_adapter: EvmAdapter) -> None:
 
 async def test_verify_chain_id(anvil: Anvil, evm_adapter: EvmAdapter, evm_keyring: HdKeyring) -> None:
     await evm_adapter.verify_chain_id()
-    wrong = EvmAdapter(
-        anvil.rpc_url, chain_id=1, keyring=evm_keyring, confirmations=3, max_fee_per_gas_cap=10**12
-    )
+    wrong = EvmAdapter(anvil.rpc_url, chain_id=1, keyring=evm_keyring, confirmations=3, max_fee_per_gas_cap=10**12)
     try:
         with pytest.raises(ChainError, match="31337"):
             await wrong.verify_chain_id()

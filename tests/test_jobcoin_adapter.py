@@ -147,9 +147,7 @@ async def test_fee_nonce_and_prepare() -> None:
         pytest.param(httpx.Response(422, json={"error": "Insufficient Funds"}), BroadcastRejected, id="422"),
     ],
 )
-async def test_broadcast_error_mapping(
-    answer: httpx.Response | Exception, expected: type[ChainError]
-) -> None:
+async def test_broadcast_error_mapping(answer: httpx.Response | Exception, expected: type[ChainError]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if isinstance(answer, Exception):
             raise answer
@@ -200,9 +198,7 @@ async def test_long_wire_amounts_are_exact() -> None:
     big = "1234567890123456789012345678901.12345678"
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, json={"balance": big, "transactions": [{"toAddress": "Alice", "amount": big}]}
-        )
+        return httpx.Response(200, json={"balance": big, "transactions": [{"toAddress": "Alice", "amount": big}]})
 
     chain = _mocked(httpx.MockTransport(handler))
     assert await chain.balance("Alice") == 123456789012345678901234567890112345678

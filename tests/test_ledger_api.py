@@ -127,9 +127,7 @@ async def test_insufficient_funds_is_422_and_changes_nothing(client: httpx.Async
     assert response.status_code == 422
     assert response.json() == {"error": "Insufficient Funds"}
     # An address never seen has nothing to spend either.
-    response = await client.post(
-        "/api/transactions", json={"fromAddress": "Nobody", "toAddress": "Bob", "amount": "1"}
-    )
+    response = await client.post("/api/transactions", json={"fromAddress": "Nobody", "toAddress": "Bob", "amount": "1"})
     assert response.status_code == 422
     assert response.json() == {"error": "Insufficient Funds"}
     assert await _snapshot(client) == before
@@ -161,9 +159,7 @@ BAD_SENDS: list[Any] = [
     pytest.param({"content": b"", "headers": _JSON}, id="empty-json-body"),
     pytest.param({"content": b'["Alice", "Bob", "1"]', "headers": _JSON}, id="json-array"),
     pytest.param({"content": b"\xff\xfe", "headers": _JSON}, id="json-not-utf8"),
-    pytest.param(
-        {"content": b"fromAddress=Alice", "headers": {"content-type": "text/plain"}}, id="text-plain"
-    ),
+    pytest.param({"content": b"fromAddress=Alice", "headers": {"content-type": "text/plain"}}, id="text-plain"),
     pytest.param({"content": b"", "headers": {}}, id="no-body"),
     pytest.param({"json": {**_GOOD, "fromAddress": ""}}, id="empty-from"),
     pytest.param({"json": {**_GOOD, "toAddress": ""}}, id="empty-to"),
@@ -189,9 +185,7 @@ BAD_SENDS: list[Any] = [
 
 
 @pytest.mark.parametrize("request_kwargs", BAD_SENDS)
-async def test_bad_send_is_4xx_and_changes_nothing(
-    client: httpx.AsyncClient, request_kwargs: dict[str, Any]
-) -> None:
+async def test_bad_send_is_4xx_and_changes_nothing(client: httpx.AsyncClient, request_kwargs: dict[str, Any]) -> None:
     await client.post("/api/mint", json={"address": "Alice", "amount": "50"})
     before = await _snapshot(client)
 
@@ -217,9 +211,7 @@ async def test_bad_send_is_4xx_and_changes_nothing(
         pytest.param({"address": "x" * 129, "amount": "5"}, id="long-address"),
     ],
 )
-async def test_bad_mint_is_4xx_and_changes_nothing(
-    client: httpx.AsyncClient, payload: dict[str, Any]
-) -> None:
+async def test_bad_mint_is_4xx_and_changes_nothing(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
     before = await _snapshot(client)
     response = await client.post("/api/mint", json=payload)
     assert response.status_code == 422, response.text

@@ -19,9 +19,7 @@ from tests.fixtures.anvil import Anvil
 COIN = 10**8
 
 
-async def test_a_pool_deficit_pauses_payouts_until_the_books_agree(
-    database_url: str, engine: AsyncEngine
-) -> None:
+async def test_a_pool_deficit_pauses_payouts_until_the_books_agree(database_url: str, engine: AsyncEngine) -> None:
     async with local_ledger(engine) as led:
         rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
         try:
@@ -30,9 +28,7 @@ async def test_a_pool_deficit_pauses_payouts_until_the_books_agree(
             await ledger.transfer(engine, "sender", mix["deposit_address"], 10 * COIN)
             await scan_asset(rt, Asset.JOBCOIN)
             async with engine.connect() as conn:
-                sweep_id = (
-                    await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))
-                ).scalar_one()
+                sweep_id = (await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))).scalar_one()
             assert await execute_send(rt, sweep_id) == "confirmed"
             assert (await reconcile(rt, Asset.JOBCOIN)).ok
             # Coins leave the pool behind the books' back (Jobcoin has no authentication).
@@ -54,9 +50,7 @@ async def test_a_pool_deficit_pauses_payouts_until_the_books_agree(
             for send_id in payout_ids:
                 assert await execute_send(rt, send_id) == "confirmed"
             async with engine.connect() as conn:
-                paid = (await ledger.address_info(conn, "w-1"))[0] + (await ledger.address_info(conn, "w-2"))[
-                    0
-                ]
+                paid = (await ledger.address_info(conn, "w-1"))[0] + (await ledger.address_info(conn, "w-2"))[0]
             dep = (await get_mix(rt, mix["id"]))["deposits"][0]
             assert paid == dep["payout_total"] == 10 * COIN - dep["fee_amount"]
         finally:

@@ -25,9 +25,7 @@ from mixhouse.mixer.states import (
 T0 = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-async def _insert_mix(
-    engine: AsyncEngine, mix_id: str = "mix-1", state: str = MixState.AWAITING_DEPOSIT
-) -> None:
+async def _insert_mix(engine: AsyncEngine, mix_id: str = "mix-1", state: str = MixState.AWAITING_DEPOSIT) -> None:
     async with engine.begin() as conn:
         await conn.execute(
             mixes.insert().values(
@@ -153,9 +151,7 @@ async def test_blocked_transition_loses_after_commit(engine: AsyncEngine) -> Non
         await first.begin()
         await transition(first, mixes, "mix-1", MixState.AWAITING_DEPOSIT, MixState.MIXING)
         await second.begin()
-        racer = asyncio.create_task(
-            transition(second, mixes, "mix-1", MixState.AWAITING_DEPOSIT, MixState.EXPIRED)
-        )
+        racer = asyncio.create_task(transition(second, mixes, "mix-1", MixState.AWAITING_DEPOSIT, MixState.EXPIRED))
         await asyncio.sleep(0.3)
         assert not racer.done()  # blocked on the row lock
         await first.commit()
@@ -183,9 +179,7 @@ async def test_deposit_and_send_transitions(engine: AsyncEngine) -> None:
                 .returning(deposits.c.id)
             )
         ).scalar_one()
-        frozen = await transition(
-            conn, deposits, deposit_id, DepositState.SEEN, DepositState.FROZEN, reason="OFAC"
-        )
+        frozen = await transition(conn, deposits, deposit_id, DepositState.SEEN, DepositState.FROZEN, reason="OFAC")
         assert (frozen.state, frozen.reason, frozen.amount) == ("frozen", "OFAC", 10**18)
         with pytest.raises(IllegalTransition):
             await transition(conn, deposits, deposit_id, DepositState.FROZEN, DepositState.SWEEPING)
@@ -207,17 +201,13 @@ async def test_deposit_and_send_transitions(engine: AsyncEngine) -> None:
                 .returning(sends.c.id)
             )
         ).scalar_one()
-        signed = await transition(
-            conn, sends, send_id, SendState.SCHEDULED, SendState.SIGNED, raw_tx=b"\x01\x02"
-        )
+        signed = await transition(conn, sends, send_id, SendState.SCHEDULED, SendState.SIGNED, raw_tx=b"\x01\x02")
         assert signed.raw_tx == b"\x01\x02"
-        with pytest.raises(IllegalTransition):
-            await transition(conn, sends, send_id, SendState.SIGNED, SendState.SCHEDULED)
-        with pytest.raises(IllegalTransition):
+        with pytest.raises(IllegalTransition):  # not an allowed pair: a confirmed send is final
+            await transition(conn, sends, send_id, SendState.CONFIRMED, SendState.SCHEDULED)
+        with pytest.raises(IllegalTransition):  # allowed pair, but the row is no longer scheduled
             await transition(conn, sends, send_id, SendState.SCHEDULED, SendState.SIGNED)
-        broadcast = await transition(
-            conn, sends, send_id, SendState.SIGNED, SendState.BROADCAST, txid="0xfeed"
-        )
+        broadcast = await transition(conn, sends, send_id, SendState.SIGNED, SendState.BROADCAST, txid="0xfeed")
         assert (broadcast.state, broadcast.txid) == ("broadcast", "0xfeed")
 
 

@@ -134,9 +134,7 @@ async def _mixhouse_error(request: Request, exc: Exception) -> ProblemResponse:
         return unhandled_problem(request, exc)
     detail = str(exc) or kind.title
     if isinstance(exc, ChainError):
-        log.warning(
-            "chain error answered 502", path=request.url.path, error=str(exc), kind=type(exc).__name__
-        )
+        log.warning("chain error answered 502", path=request.url.path, error=str(exc), kind=type(exc).__name__)
         detail = _CHAIN_DETAIL
     return problem(kind.status, kind.title, detail, type_=_TYPE_PREFIX + kind.slug, instance=request.url.path)
 
@@ -165,9 +163,7 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
             type_=_TYPE_PREFIX + "malformed-json",
             instance=request.url.path,
         )
-    quoted = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:_DETAIL_ERRORS]
-    )
+    quoted = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:_DETAIL_ERRORS])
     more = f" (and {len(errors) - _DETAIL_ERRORS} more)" if len(errors) > _DETAIL_ERRORS else ""
     return problem(
         422,

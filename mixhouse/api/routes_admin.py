@@ -33,9 +33,7 @@ from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, send
 from mixhouse.errors import InvalidInput
 from mixhouse.mixer.states import DepositState, MixState, SendState
 
-_api_key = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="The operator's key (MIXHOUSE_ADMIN_API_KEY)."
-)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The operator's key (MIXHOUSE_ADMIN_API_KEY).")
 
 
 async def require_admin(rt: RuntimeDep, key: Annotated[str | None, Security(_api_key)]) -> None:
@@ -186,9 +184,7 @@ async def pool(rt: RuntimeDep) -> PoolReport:
                     )
                 )
             ).scalar_one()
-            recon = (
-                await conn.execute(select(reconciliations).where(reconciliations.c.asset == asset.value))
-            ).first()
+            recon = (await conn.execute(select(reconciliations).where(reconciliations.c.asset == asset.value))).first()
             pools.append(
                 PoolOut.build(
                     asset=asset.value,

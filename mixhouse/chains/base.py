@@ -258,3 +258,124 @@ class ChainAdapter(abc.ABC):
     async def aclose(self) -> None:
         """Release network resources (HTTP clients). Default: nothing to release."""
         return
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCoin:
+    """An unspent output the pool owns (UTXO chains).
+
+    Attributes:
+        txid, vout: the outpoint.
+        amount: satoshi (base units).
+        address: the address it pays.
+        key_chain, key_index: its key, ``m/84'/c'/0'/<key_chain>/<key_index>`` on Bitcoin.
+        owner: the mix whose deposit it is; ``None`` for change and operator funding.
+    """
+
+    txid: str
+    vout: int
+    amount: int
+    address: str
+    key_chain: int
+    key_index: int
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UtxoSpend:
+    """A signed transaction spending pool coins, as :meth:`UtxoChainAdapter.prepare_utxo_send`
+    returns it.
+
+    Attributes:
+        prepared: the signed send (raw tx, txid) to store before broadcast.
+        inputs: the pool coins it spends.
+        change_vout: the output index of the change, ``None`` when there is no change.
+        change_amount: satoshi returned to the pool (0 without change).
+        fee: satoshi paid to miners.
+    """
+
+    prepared: PreparedSend
+    inputs: tuple[PoolCoin, ...]
+    change_vout: int | None
+    change_amount: int
+    fee: int
+
+
+class UtxoChainAdapter(ChainAdapter):
+    """A chain whose coins are unspent transaction outputs (Bitcoin).
+
+    Deposits are not swept: a deposit's output joins the pool as a coin, and every payout is a
+    transaction that spends pool coins chosen by coin selection. The pool holds many
+    addresses, so :attr:`pool_address` is only the address operator top-ups are sent to.
+    """
+
+    @abc.abstractmethod
+    def change_address(self, index: int) -> str:
+        """The pool address with index ``index`` on the internal (change) chain."""
+
+    @abc.abstractmethod
+    async def prepare_utxo_send(
+        self,
+        *,
+        coins: Sequence[PoolCoin],
+        exclude_owner: str | None,
+        payments: Sequence[tuple[str, int]],
+        change_index: int,
+        fee_rate: int,
+        max_fee: int,
+        rng_seed: int,
+    ) -> UtxoSpend:
+        """Choose coins, build and sign a transaction paying ``payments`` (address, satoshi),
+        with change to :meth:`change_address` ``(change_index)``.
+
+        Args:
+            coins: candidate pool coins (the caller has locked them).
+            exclude_owner: never spend coins of this mix (the paying mix's own deposit).
+            payments: the outputs, satoshi each, above the dust limit.
+            change_index: index of the change key.
+            fee_rate: sat/vB.
+            max_fee: the most this transaction may pay in fees, satoshi.
+            rng_seed: seed of the randomized parts of coin selection.
+
+        Raises:
+            InsufficientFunds: the eligible coins cannot cover payments and fee.
+            ChainError: the fee would exceed ``max_fee``, or signing failed.
+        """
+
+    @abc.abstractmethod
+    async def fee_rate(self) -> int:
+        """Current fee rate in sat/vB (estimate, or the fallback), capped.
+
+        Raises:
+            ChainError: the node failed.
+        """
+
+    @abc.abstractmethod
+    async def unspent_amount(self, txid: str, vout: int) -> int | None:
+        """Satoshi of the outpoint if it is unspent in the confirmed UTXO set, else ``None``.
+
+        Raises:
+            ChainError: the node failed.
+        """
+
+    @abc.abstractmethod
+    async def is_spent_elsewhere(self, prepared: PreparedSend, inputs: Sequence[PoolCoin]) -> bool:
+        """True when at least one input is spent (or being spent) by a transaction other than
+        ``prepared`` and ``prepared`` itself is not on chain: the send can never confirm and
+        must be planned again.
+
+        Raises:
+            ChainError: the node failed.
+        """
+
+
+def outpoint_of(ref: str) -> tuple[str, int]:
+    """``("txid", vout)`` of a UTXO transfer ref ``"txid:vout"``.
+
+    Raises:
+        ValueError: ``ref`` is not of that form.
+    """
+    txid, _, vout = ref.rpartition(":")
+    if len(txid) != 64 or not vout.isdigit():
+        raise ValueError(f"not an outpoint ref: {ref!r}")
+    return txid, int(vout)

@@ -203,6 +203,29 @@ audit_log = Table(
 )
 Index("ix_audit_entity", audit_log.c.entity_type, audit_log.c.entity_id)
 
+# The pool's coins on UTXO chains (Bitcoin): deposits join the pool as UTXOs; payouts spend
+# them, never the paying mix's own deposit, with change to a fresh pool address.
+utxos = Table(
+    "utxos",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("txid", Text, primary_key=True),
+    Column("vout", Integer, primary_key=True),
+    Column("address", Text, nullable=False),
+    Column("key_chain", Integer, nullable=False),  # BIP-32 change level: 0 deposit, 1 pool/change
+    Column("key_index", BigInteger, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("owner_mix_id", Text, nullable=True),  # the mix whose deposit this is; NULL for change
+    Column("deposit_id", BigInteger, ForeignKey("deposits.id"), nullable=True),
+    # 'unconfirmed' (our change, not yet mined), 'available', 'reserved' (a signed send spends
+    # it), 'spent'
+    Column("state", Text, nullable=False),
+    Column("reserved_by_send", BigInteger, ForeignKey("sends.id"), nullable=True),
+    Column("created_by_send", BigInteger, ForeignKey("sends.id"), nullable=True),
+    *_timestamps(),
+)
+Index("ix_utxos_available", utxos.c.asset, utxos.c.state)
+
 # The local Jobcoin ledger (a development chain served by ``mixhouse ledger serve``).
 ledger_transfers = Table(
     "ledger_transfers",

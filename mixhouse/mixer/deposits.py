@@ -16,14 +16,14 @@ from sqlalchemy import Row, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import FeeQuote, Transfer
-from mixhouse.db.tables import chain_cursors, deposits, mixes, sends
+from mixhouse.chains.base import FeeQuote, Transfer, UtxoChainAdapter, outpoint_of
+from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
 from mixhouse.jobs import send_job
+from mixhouse.mixer.pooling import pool_deposit, serial_key_for
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.sends import serial_key_for
 from mixhouse.mixer.states import DepositState, SendState, now, transition
 from mixhouse.money import ASSETS, Asset
-from mixhouse.unit import unit
+from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
 
@@ -70,9 +70,14 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
             await conn.execute(select(chain_cursors.c.cursor).where(chain_cursors.c.asset == asset.value))
         ).scalar_one_or_none()
     mix_by_address = {r.deposit_address: r.id for r in watched_rows}
-    if not mix_by_address:
+    utxo_chain = isinstance(adapter, UtxoChainAdapter)
+    if not mix_by_address and not utxo_chain:
         return 0
-    result = await adapter.scan(list(mix_by_address), cursor)
+    watched = list(mix_by_address) + ([adapter.pool_address] if utxo_chain else [])
+    result = await adapter.scan(watched, cursor)
+    if utxo_chain:
+        await record_pool_topups(rt, asset, [t for t in result.transfers if t.to_address == adapter.pool_address])
+        await advance_pool_coins(rt, asset)
     seen_now = {t.ref: t for t in result.transfers}
     new = 0
     async with unit(rt.engine) as work:
@@ -146,9 +151,7 @@ async def advance_seen_deposits(rt: Runtime, asset: Asset, fresh: dict[str, Tran
     for dep in pending:
         transfer = fresh.get(dep.chain_ref) or _transfer_of(dep)
         confirmations = (
-            transfer.confirmations
-            if dep.chain_ref in fresh
-            else await adapter.transfer_confirmations(transfer)
+            transfer.confirmations if dep.chain_ref in fresh else await adapter.transfer_confirmations(transfer)
         )
         if dep.state == DepositState.DROPPED:
             if confirmations is not None:
@@ -229,11 +232,10 @@ async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote:
             )
             log.warning("deposit frozen by sanctions screening", deposit_id=dep.id, reason=verdict.reason())
             return DepositState.FROZEN
-        reason = _hold_reason(dep, mix, quote)
+        sweep_fee = 0 if isinstance(adapter, UtxoChainAdapter) else quote.per_send
+        reason = _hold_reason(dep, mix, quote, sweep_fee)
         if reason is not None:
-            await transition(
-                work.conn, deposits, dep.id, DepositState.SEEN, DepositState.HELD, reason=reason, **base
-            )
+            await transition(work.conn, deposits, dep.id, DepositState.SEEN, DepositState.HELD, reason=reason, **base)
             work.audit(
                 AuditEntry(
                     "deposit.held",
@@ -289,7 +291,7 @@ async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote:
         return DepositState.SWEEPING
 
 
-def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote) -> str | None:
+def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote, sweep_fee: int) -> str | None:
     """Why a clean deposit cannot be mixed as it is, or ``None``."""
     if dep.amount < mix.min_deposit:
         return f"below the mix minimum of {mix.min_deposit} base units"
@@ -297,10 +299,135 @@ def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote) -> str | None:
         return f"above the mix maximum of {mix.max_deposit} base units"
     dust = ASSETS[Asset(dep.asset)].dust
     n = len(mix.withdrawal_addresses)
-    after_sweep = dep.amount - quote.per_send
+    after_sweep = dep.amount - sweep_fee
     fee = after_sweep * mix.fee_bps // 10_000
     if after_sweep - fee - n * quote.per_send < n * dust:
         return "network fees would consume the deposit"
     if dep.created_at > mix.watch_until:  # pragma: no cover - unwatched addresses are not scanned
         return "arrived after the late-deposit grace period"
     return None
+
+
+async def _pool_utxo_deposit(
+    rt: Runtime, work: Unit, dep: Row[Any], mix: Row[Any], *, quote: FeeQuote, confirmations: int
+) -> None:
+    """UTXO chains: the deposit's output becomes a pool coin owned by its mix (so that mix's
+    payouts never spend it) and the deposit is pooled at once."""
+    txid, vout = outpoint_of(dep.chain_ref)
+    await work.conn.execute(
+        insert(utxos)
+        .values(
+            asset=dep.asset,
+            txid=txid,
+            vout=vout,
+            address=dep.deposit_address,
+            key_chain=0,
+            key_index=mix.deposit_key_index,
+            amount=dep.amount,
+            owner_mix_id=mix.id,
+            deposit_id=dep.id,
+            state="available",
+        )
+        .on_conflict_do_nothing()
+    )
+    await pool_deposit(
+        rt,
+        work,
+        deposit_id=dep.id,
+        from_state=DepositState.SEEN,
+        pooled_amount=dep.amount,
+        quote=quote,
+        extra={"confirmations": confirmations, "network_fee_amount": 0},
+    )
+    work.audit(
+        AuditEntry(
+            "deposit.accepted",
+            "deposit",
+            str(dep.id),
+            asset=dep.asset,
+            amount=dep.amount,
+            details={"mix_id": dep.mix_id, "screening": "clear", "pool_coin": dep.chain_ref},
+        )
+    )
+
+
+async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer]) -> int:
+    """UTXO chains: outputs paying the pool's top-up address become pool coins (operator
+    liquidity, owned by no mix), ``unconfirmed`` until :func:`advance_pool_coins` sees them deep.
+
+    Returns:
+        How many new coins were recorded.
+    """
+    adapter = rt.adapter(asset)
+    rows = []
+    for t in transfers:
+        txid, vout = outpoint_of(t.ref)
+        rows.append(
+            {
+                "asset": asset.value,
+                "txid": txid,
+                "vout": vout,
+                "address": t.to_address,
+                "key_chain": 1,
+                "key_index": 0,
+                "amount": t.amount,
+                "owner_mix_id": None,
+                "state": "unconfirmed",
+            }
+        )
+    if not rows:
+        return 0
+    async with unit(rt.engine) as work:
+        new = (
+            await work.conn.execute(
+                insert(utxos)
+                .values(rows)
+                .on_conflict_do_nothing()
+                .returning(utxos.c.txid, utxos.c.vout, utxos.c.amount)
+            )
+        ).all()
+        for row in new:
+            work.audit(
+                AuditEntry(
+                    "pool.topup_seen",
+                    "utxo",
+                    f"{row.txid}:{row.vout}",
+                    asset=asset.value,
+                    amount=row.amount,
+                    details={"address": adapter.pool_address},
+                )
+            )
+    return len(new)
+
+
+async def advance_pool_coins(rt: Runtime, asset: Asset) -> None:
+    """Make operator top-ups spendable once they have the required confirmations; forget
+    those a reorg removed."""
+    adapter = rt.adapter(asset)
+    async with rt.engine.connect() as conn:
+        pending = (
+            await conn.execute(
+                select(utxos).where(
+                    utxos.c.asset == asset.value,
+                    utxos.c.state == "unconfirmed",
+                    utxos.c.created_by_send.is_(None),
+                )
+            )
+        ).all()
+    for coin in pending:
+        ref = f"{coin.txid}:{coin.vout}"
+        confirmations = await adapter.transfer_confirmations(Transfer(coin.address, (), coin.amount, ref, None, 0))
+        if confirmations is not None and confirmations < adapter.confirmations_required:
+            continue
+        async with unit(rt.engine) as work:
+            where = (utxos.c.asset == asset.value) & (utxos.c.txid == coin.txid) & (utxos.c.vout == coin.vout)
+            if confirmations is None:
+                await work.conn.execute(utxos.delete().where(where, utxos.c.state == "unconfirmed"))
+                work.audit(AuditEntry("pool.topup_dropped", "utxo", ref, asset=asset.value, amount=coin.amount))
+            else:
+                await work.conn.execute(
+                    utxos.update()
+                    .where(where, utxos.c.state == "unconfirmed")
+                    .values(state="available", updated_at=now())
+                )
+                work.audit(AuditEntry("pool.topup_confirmed", "utxo", ref, asset=asset.value, amount=coin.amount))

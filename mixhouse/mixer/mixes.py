@@ -60,16 +60,11 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
         raise InvalidInput("withdrawal addresses must be distinct")
     if adapter.pool_address.lower() in {a.lower() for a in normalized}:
         raise InvalidAddress("a withdrawal address cannot be the pool address")
-    delay_min = (
-        settings.default_delay_min_seconds if request.delay_min_seconds is None else request.delay_min_seconds
-    )
-    delay_max = (
-        settings.default_delay_max_seconds if request.delay_max_seconds is None else request.delay_max_seconds
-    )
+    delay_min = settings.default_delay_min_seconds if request.delay_min_seconds is None else request.delay_min_seconds
+    delay_max = settings.default_delay_max_seconds if request.delay_max_seconds is None else request.delay_max_seconds
     if not 0 <= delay_min <= delay_max <= settings.max_delay_seconds:
         raise InvalidInput(
-            "the delay window must satisfy 0 <= delay_min_seconds <= delay_max_seconds"
-            f" <= {settings.max_delay_seconds}"
+            f"the delay window must satisfy 0 <= delay_min_seconds <= delay_max_seconds <= {settings.max_delay_seconds}"
         )
     min_deposit, max_deposit = _limits(rt, asset)
     mix_id = secrets.token_urlsafe(24)
@@ -77,13 +72,11 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
     expires_at = created + timedelta(seconds=settings.mix_ttl_seconds)
     async with unit(rt.engine) as work:
         ours = await work.conn.execute(
-            select(mixes.c.id)
-            .where(mixes.c.asset == asset.value, mixes.c.deposit_address.in_(normalized))
-            .limit(1)
+            select(mixes.c.id).where(mixes.c.asset == asset.value, mixes.c.deposit_address.in_(normalized)).limit(1)
         )
         if ours.first() is not None:
             raise InvalidAddress("a withdrawal address cannot be a deposit address of this service")
-        index = await _next_key_index(work, asset)
+        index = await next_key_index(work, asset.value)
         deposit_address = adapter.deposit_address(index)
         row = (
             await work.conn.execute(
@@ -129,10 +122,12 @@ def _limits(rt: Runtime, asset: Asset) -> tuple[int, int]:
     return rt.settings.jobcoin_min_deposit, rt.settings.jobcoin_max_deposit
 
 
-async def _next_key_index(work: Unit, asset: Asset) -> int:
+async def next_key_index(work: Unit, counter: str) -> int:
+    """Allocate the next HD index of ``counter`` (``"ETH"``, ``"BTC"``, ``"BTC:change"``...),
+    starting at 0; row-locked until the unit ends, so two units never get the same index."""
     stmt = (
         insert(key_counters)
-        .values(asset=asset.value, next_index=1)
+        .values(asset=counter, next_index=1)
         .on_conflict_do_update(
             index_elements=[key_counters.c.asset], set_={"next_index": key_counters.c.next_index + 1}
         )
@@ -154,9 +149,7 @@ async def get_mix(rt: Runtime, mix_id: str) -> dict[str, Any]:
         mix = (await conn.execute(select(mixes).where(mixes.c.id == mix_id))).first()
         if mix is None:
             raise NotFound("no mix with this id")
-        deps = (
-            await conn.execute(select(deposits).where(deposits.c.mix_id == mix_id).order_by(deposits.c.id))
-        ).all()
+        deps = (await conn.execute(select(deposits).where(deposits.c.mix_id == mix_id).order_by(deposits.c.id))).all()
         snd = (await conn.execute(select(sends).where(sends.c.mix_id == mix_id).order_by(sends.c.id))).all()
     return {
         "mix": dict(mix._mapping),
@@ -175,9 +168,7 @@ async def expire_mixes(rt: Runtime, at: datetime | None = None) -> int:
     async with rt.engine.connect() as conn:
         due = (
             await conn.execute(
-                select(mixes.c.id).where(
-                    mixes.c.state == MixState.AWAITING_DEPOSIT, mixes.c.expires_at < moment
-                )
+                select(mixes.c.id).where(mixes.c.state == MixState.AWAITING_DEPOSIT, mixes.c.expires_at < moment)
             )
         ).all()
     expired = 0

@@ -22,7 +22,8 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from mixhouse.audit import AuditEntry
-from mixhouse.db.tables import reconciliations, sends
+from mixhouse.chains.base import UtxoChainAdapter
+from mixhouse.db.tables import reconciliations, sends, utxos
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import SendState, now
 from mixhouse.money import Asset
@@ -73,6 +74,8 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
         ChainError: the node or API failed; nothing is recorded.
     """
     adapter = rt.adapter(asset)
+    if isinstance(adapter, UtxoChainAdapter):
+        return await _record(rt, await _check_utxo_pool(rt, adapter))
     pool = adapter.pool_address
     into_pool = and_(sends.c.kind == "sweep", sends.c.to_address == pool)
     out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address == pool)
@@ -84,9 +87,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
             await conn.execute(
                 select(
                     func.now().label("read_at"),
-                    func.coalesce(
-                        func.sum(case((and_(into_pool, confirmed), sends.c.amount), else_=0)), 0
-                    ).label("credits"),
+                    func.coalesce(func.sum(case((and_(into_pool, confirmed), sends.c.amount), else_=0)), 0).label(
+                        "credits"
+                    ),
                     func.coalesce(
                         func.sum(
                             case(
@@ -102,9 +105,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
                     func.coalesce(func.sum(case((and_(out_of_pool, in_flight), out_cost), else_=0)), 0).label(
                         "out_flight"
                     ),
-                    func.coalesce(
-                        func.sum(case((and_(into_pool, in_flight), sends.c.amount), else_=0)), 0
-                    ).label("in_flight"),
+                    func.coalesce(func.sum(case((and_(into_pool, in_flight), sends.c.amount), else_=0)), 0).label(
+                        "in_flight"
+                    ),
                 ).where(sends.c.asset == asset.value)
             )
         ).one()
@@ -130,11 +133,40 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
         high=books + int(books_row.in_flight) + int(late.in_),
         actual=actual,
     )
+    return await _record(rt, result)
+
+
+async def _check_utxo_pool(rt: Runtime, adapter: UtxoChainAdapter) -> Reconciliation:
+    """UTXO chains: every coin the books call ``available`` must be unspent on chain with its
+    recorded amount. Reserved coins belong to sends in flight and are left out; a coin spent
+    behind our back shows as a deficit."""
+    async with rt.engine.connect() as conn:
+        coins = (
+            await conn.execute(
+                select(utxos.c.txid, utxos.c.vout, utxos.c.amount).where(
+                    utxos.c.asset == adapter.asset.value, utxos.c.state == "available"
+                )
+            )
+        ).all()
+    books = sum(int(c.amount) for c in coins)
+    actual = 0
+    for coin in coins:
+        on_chain = await adapter.unspent_amount(coin.txid, coin.vout)
+        actual += on_chain or 0
+    return Reconciliation(
+        asset=adapter.asset.value, pool_address=adapter.pool_address, books=books, low=books, high=books, actual=actual
+    )
+
+
+async def _record(rt: Runtime, result: Reconciliation) -> Reconciliation:
+    """Store ``result`` (one transaction, audited when the verdict changes) and log a mismatch."""
+    asset = Asset(result.asset)
+    pool = result.pool_address
+    books = result.books
+    actual = result.actual
     async with unit(rt.engine) as work:
         previous = (
-            await work.conn.execute(
-                select(reconciliations.c.ok).where(reconciliations.c.asset == asset.value)
-            )
+            await work.conn.execute(select(reconciliations.c.ok).where(reconciliations.c.asset == asset.value))
         ).scalar_one_or_none()
         values = {
             "checked_at": now(),

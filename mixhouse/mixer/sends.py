@@ -21,20 +21,20 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, func, select
+from sqlalchemy import ColumnElement, Row, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend
+from mixhouse.chains.base import ChainAdapter, FeeQuote, PoolCoin, PreparedSend, UtxoChainAdapter
 from mixhouse.chains.base import SendState as ChainSendState
-from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends
-from mixhouse.errors import BroadcastRejected, SendOutcomeUnknown
+from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends, utxos
+from mixhouse.errors import BroadcastRejected, InsufficientFunds, SendOutcomeUnknown
 from mixhouse.jobs import send_job
-from mixhouse.mixer.planner import plan_payouts
+from mixhouse.mixer.mixes import next_key_index
+from mixhouse.mixer.pooling import pool_deposit
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, MixState, SendState, now, transition
-from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
@@ -42,6 +42,11 @@ log = structlog.get_logger(__name__)
 PENDING_RECHECK_SECONDS = 2.0
 PAUSED_RECHECK_SECONDS = 15.0
 BUSY_RECHECK_SECONDS = 0.5
+# UTXO payouts: candidates considered per coin selection, and the fee cap as a multiple of the
+# fee reserved from the user (the pool pays any excess over the reserve).
+_MAX_CANDIDATE_COINS = 200
+_MAX_FEE_MULTIPLE = 10
+_MIN_FEE_CAP = 5_000
 
 
 def prepared_of(row: Row[Any]) -> PreparedSend:
@@ -105,6 +110,8 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
         log.warning("payouts paused by reconciliation", send_id=row.id, asset=row.asset)
         await _retry_later(rt, row.id, PAUSED_RECHECK_SECONDS)
         return None
+    if isinstance(adapter, UtxoChainAdapter):
+        return await _sign_utxo(rt, adapter, row)
     fee = FeeQuote(per_send=row.network_fee_reserved, detail="as planned")
     try:
         async with unit(rt.engine) as work:
@@ -135,6 +142,131 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
         # wait for it, so the ledger history stays unambiguous.
         await _retry_later(rt, row.id, BUSY_RECHECK_SECONDS)
         return None
+
+
+async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any] | None:
+    """Choose pool coins (never the paying mix's own deposit), sign, and store the transaction
+    with its inputs reserved and its change recorded, in one unit."""
+    fee_rate = await adapter.fee_rate()
+    try:
+        async with unit(rt.engine) as work:
+            coin_rows = (
+                await work.conn.execute(
+                    select(utxos)
+                    .where(
+                        utxos.c.asset == row.asset,
+                        utxos.c.state == "available",
+                        utxos.c.owner_mix_id.is_distinct_from(row.mix_id),
+                    )
+                    .order_by(utxos.c.amount.desc())
+                    .limit(_MAX_CANDIDATE_COINS)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            change_index = await next_key_index(work, f"{row.asset}:change")
+            spend = await adapter.prepare_utxo_send(
+                coins=[_coin_of(c) for c in coin_rows],
+                exclude_owner=row.mix_id,
+                payments=[(row.to_address, row.amount)],
+                change_index=change_index,
+                fee_rate=fee_rate,
+                max_fee=max(row.network_fee_reserved * _MAX_FEE_MULTIPLE, _MIN_FEE_CAP),
+                rng_seed=row.id,
+            )
+            for coin in spend.inputs:
+                await work.conn.execute(
+                    utxos.update()
+                    .where(_outpoint(row.asset, coin.txid, coin.vout), utxos.c.state == "available")
+                    .values(state="reserved", reserved_by_send=row.id, updated_at=now())
+                )
+            if spend.change_vout is not None:
+                await work.conn.execute(
+                    utxos.insert().values(
+                        asset=row.asset,
+                        txid=spend.prepared.txid,
+                        vout=spend.change_vout,
+                        address=adapter.change_address(change_index),
+                        key_chain=1,
+                        key_index=change_index,
+                        amount=spend.change_amount,
+                        owner_mix_id=None,
+                        state="unconfirmed",
+                        created_by_send=row.id,
+                    )
+                )
+            signed = await transition(
+                work.conn,
+                sends,
+                row.id,
+                SendState.SCHEDULED,
+                SendState.SIGNED,
+                raw_tx=spend.prepared.raw_tx,
+                txid=spend.prepared.txid,
+                signed_at=now(),
+            )
+            work.audit(
+                _send_entry(
+                    "send.signed",
+                    signed,
+                    inputs=[f"{c.txid}:{c.vout}" for c in spend.inputs],
+                    change=str(spend.change_amount),
+                    miner_fee=str(spend.fee),
+                    fee_rate=fee_rate,
+                )
+            )
+            return signed
+    except InsufficientFunds as exc:
+        # The pool holds no coins but this mix's own: wait for other deposits or a top-up
+        # rather than spend the mix's own deposit (which would link it to its payouts).
+        log.warning("pool has no eligible coins for a payout yet", send_id=row.id, error=str(exc))
+        await _record_error(rt, row.id, f"waiting for pool coins: {exc}", retry_in=PAUSED_RECHECK_SECONDS)
+        return None
+
+
+def _coin_of(row: Row[Any]) -> PoolCoin:
+    return PoolCoin(
+        txid=row.txid,
+        vout=row.vout,
+        amount=row.amount,
+        address=row.address,
+        key_chain=row.key_chain,
+        key_index=row.key_index,
+        owner=row.owner_mix_id,
+    )
+
+
+def _outpoint(asset: str, txid: str, vout: int) -> ColumnElement[bool]:
+    return (utxos.c.asset == asset) & (utxos.c.txid == txid) & (utxos.c.vout == vout)
+
+
+async def _replan_if_inputs_spent(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> bool:
+    """If the node proves this send can never confirm (an input spent by another transaction,
+    ours absent), release its coins and schedule it again. Returns True if re-planned."""
+    async with rt.engine.connect() as conn:
+        inputs = (await conn.execute(select(utxos).where(utxos.c.reserved_by_send == row.id))).all()
+    coins = [_coin_of(c) for c in inputs]
+    if not await adapter.is_spent_elsewhere(prepared_of(row), coins):
+        return False
+    still_unspent = {(c.txid, c.vout) for c in coins if await adapter.unspent_amount(c.txid, c.vout) is not None}
+    async with unit(rt.engine) as work:
+        await transition(
+            work.conn, sends, row.id, row.state, SendState.SCHEDULED, raw_tx=None, txid=None, signed_at=None
+        )
+        for coin in coins:
+            await work.conn.execute(
+                utxos.update()
+                .where(_outpoint(row.asset, coin.txid, coin.vout))
+                .values(
+                    state="available" if (coin.txid, coin.vout) in still_unspent else "spent",
+                    reserved_by_send=None,
+                    updated_at=now(),
+                )
+            )
+        await work.conn.execute(utxos.delete().where(utxos.c.created_by_send == row.id))
+        work.audit(_send_entry("send.replanned", row, reason="an input was spent by another transaction"))
+        _retry(work, row.id, 0)
+    log.warning("payout inputs spent elsewhere; re-planned", send_id=row.id, txid=row.txid)
+    return True
 
 
 async def _allocate_nonce(work: Unit, adapter: ChainAdapter, address: str) -> int | None:
@@ -206,9 +338,7 @@ async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[A
             return None
         check = await adapter.check_send(prepared, earlier_sends=await _landed_before(rt, row))
         if check.state is ChainSendState.CONFIRMED:
-            return await _mark_confirmed(
-                rt, row, SendState.SIGNED, check.network_fee_paid, found_by_recovery=True
-            )
+            return await _mark_confirmed(rt, row, SendState.SIGNED, check.network_fee_paid, found_by_recovery=True)
     async with rt.engine.begin() as conn:
         await conn.execute(
             sends.update().where(sends.c.id == row.id).values(attempts=sends.c.attempts + 1, updated_at=now())
@@ -217,11 +347,11 @@ async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[A
         await adapter.broadcast(prepared)
     except SendOutcomeUnknown as exc:
         log.warning("send outcome unknown; will reconcile", send_id=row.id, error=str(exc))
-        await _record_error(
-            rt, row.id, f"outcome unknown: {exc}", retry_in=rt.settings.jobcoin_send_settle_seconds
-        )
+        await _record_error(rt, row.id, f"outcome unknown: {exc}", retry_in=rt.settings.jobcoin_send_settle_seconds)
         return None
     except BroadcastRejected as exc:
+        if isinstance(adapter, UtxoChainAdapter) and await _replan_if_inputs_spent(rt, adapter, row):
+            return None
         log.exception("send rejected by the chain", send_id=row.id)
         await _record_error(rt, row.id, f"rejected: {exc}", retry_in=30.0)
         return None
@@ -284,86 +414,44 @@ async def _mark_confirmed(
             last_error=None,
         )
         work.audit(_send_entry("send.confirmed", done, recovered=found_by_recovery))
+        await _settle_coins(work, done)
         if quote is not None:
-            await _pool_deposit(rt, work, done, quote)
+            await pool_deposit(
+                rt,
+                work,
+                deposit_id=done.deposit_id,
+                from_state=DepositState.SWEEPING,
+                pooled_amount=done.amount,
+                quote=quote,
+            )
         else:
             await _maybe_complete_mix(work, done.mix_id)
         return done
 
 
-async def _pool_deposit(rt: Runtime, work: Unit, sweep: Row[Any], quote: FeeQuote) -> None:
-    """The sweep landed: the deposit is pooled and its payouts are planned and scheduled."""
-    dep = (await work.conn.execute(select(deposits).where(deposits.c.id == sweep.deposit_id))).one()
-    mix = (await work.conn.execute(select(mixes).where(mixes.c.id == sweep.mix_id).with_for_update())).one()
-    plan = plan_payouts(
-        deposit=sweep.amount,
-        fee_bps=mix.fee_bps,
-        withdrawal_addresses=list(mix.withdrawal_addresses),
-        network_fee_per_payout=quote.per_send,
-        min_payout=ASSETS[Asset(sweep.asset)].dust,
-        delay_min_seconds=mix.delay_min_seconds,
-        delay_max_seconds=mix.delay_max_seconds,
-        rng=rt.rng,
-    )
-    pooled_at = now()
-    await transition(
-        work.conn,
-        deposits,
-        dep.id,
-        DepositState.SWEEPING,
-        DepositState.POOLED,
-        fee_amount=plan.fee,
-        network_fee_amount=(dep.network_fee_amount or 0) + plan.network_fee,
-        payout_total=plan.payout_total,
-    )
-    rows = [
-        {
-            "kind": "payout",
-            "asset": sweep.asset,
-            "mix_id": sweep.mix_id,
-            "deposit_id": dep.id,
-            "from_address": sweep.to_address,
-            "from_key_index": None,
-            "to_address": p.to_address,
-            "amount": p.amount,
-            "network_fee_reserved": quote.per_send,
-            "due_at": pooled_at + timedelta(seconds=p.delay_seconds),
-            "state": SendState.SCHEDULED,
-            "serial_key": serial_key_for(rt, sweep.asset, sweep.to_address, p.to_address),
-        }
-        for p in plan.payouts
-    ]
-    created = (
-        await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.due_at))
-    ).all()
-    for send_id, due_at in created:
-        work.defer(send_job(send_id, due_at))
-    if mix.state != MixState.MIXING:
-        await transition(work.conn, mixes, mix.id, mix.state, MixState.MIXING)
-        work.audit(AuditEntry("mix.mixing", "mix", mix.id, asset=mix.asset))
-    work.audit(
-        AuditEntry(
-            "deposit.pooled",
-            "deposit",
-            str(dep.id),
-            asset=dep.asset,
-            amount=sweep.amount,
-            details={
-                "mix_id": mix.id,
-                "fee": str(plan.fee),
-                "network_fee": str((dep.network_fee_amount or 0) + plan.network_fee),
-                "payouts": len(plan.payouts),
-                "payout_total": str(plan.payout_total),
-            },
+async def _settle_coins(work: Unit, send: Row[Any]) -> None:
+    """UTXO chains: the inputs of a confirmed send are spent and its change is spendable."""
+    spent = (
+        await work.conn.execute(
+            utxos.update()
+            .where(utxos.c.reserved_by_send == send.id)
+            .values(state="spent", updated_at=now())
+            .returning(utxos.c.amount)
         )
-    )
-
-
-def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) -> str | None:
-    """The in-flight key of a send on a chain without idempotent sends (``sends.serial_key``),
-    ``None`` where the chain has txids."""
-    adapter = rt.adapter(asset)
-    return None if adapter.has_idempotent_send else f"{adapter.asset.value}:{from_address}->{to_address}"
+    ).all()
+    if not spent:
+        return
+    change = (
+        await work.conn.execute(
+            utxos.update()
+            .where(utxos.c.created_by_send == send.id)
+            .values(state="available", updated_at=now())
+            .returning(utxos.c.amount)
+        )
+    ).all()
+    if send.network_fee_paid is None:
+        fee = sum(r.amount for r in spent) - send.amount - sum(r.amount for r in change)
+        await work.conn.execute(sends.update().where(sends.c.id == send.id).values(network_fee_paid=fee))
 
 
 async def _maybe_complete_mix(work: Unit, mix_id: str) -> None:
@@ -388,9 +476,7 @@ async def _maybe_complete_mix(work: Unit, mix_id: str) -> None:
         await work.conn.execute(
             select(func.count())
             .select_from(deposits)
-            .where(
-                deposits.c.mix_id == mix_id, deposits.c.state.in_([DepositState.SEEN, DepositState.SWEEPING])
-            )
+            .where(deposits.c.mix_id == mix_id, deposits.c.state.in_([DepositState.SEEN, DepositState.SWEEPING]))
         )
     ).scalar_one()
     if open_sends == 0 and open_deposits == 0:

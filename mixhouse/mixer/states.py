@@ -65,6 +65,8 @@ DEPOSIT_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
         (DepositState.SEEN, DepositState.DROPPED),
         (DepositState.DROPPED, DepositState.SEEN),  # the transfer reappeared after a reorg
         (DepositState.SWEEPING, DepositState.POOLED),
+        # UTXO chains: an accepted deposit's output joins the pool at once, without a sweep.
+        (DepositState.SEEN, DepositState.POOLED),
     }
 )
 
@@ -77,6 +79,10 @@ SEND_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
         (SendState.BROADCAST, SendState.CONFIRMED),
         # Found on chain by the recovery check before its broadcast was recorded.
         (SendState.SIGNED, SendState.CONFIRMED),
+        # UTXO chains only: the node proved an input spent by another transaction and this one
+        # absent, so it can never confirm; it is signed again from other coins.
+        (SendState.SIGNED, SendState.SCHEDULED),
+        (SendState.BROADCAST, SendState.SCHEDULED),
     }
 )
 

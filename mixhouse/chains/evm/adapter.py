@@ -333,9 +333,7 @@ class EvmAdapter(ChainAdapter):
         restart ``confirmations`` blocks lower, where the new branch may differ."""
         return ScanResult(tuple(transfers), str(max(0, number - 1 - self.confirmations_required)))
 
-    async def _transfers_in_block(
-        self, block: BlockData, wanted: set[str], head: int
-    ) -> list[Transfer] | None:
+    async def _transfers_in_block(self, block: BlockData, wanted: set[str], head: int) -> list[Transfer] | None:
         """Successful value transfers to ``wanted`` in ``block``; ``None`` if a receipt no
         longer belongs to this block (a reorg happened while we read it)."""
         number = int(block["number"])
@@ -432,9 +430,7 @@ class EvmAdapter(ChainAdapter):
         tip = await self._priority_fee()
         price = 2 * int(base_fee) + tip
         if price > self.max_fee_per_gas_cap:
-            raise ChainError(
-                f"gas price {price} wei is above the configured cap of {self.max_fee_per_gas_cap} wei"
-            )
+            raise ChainError(f"gas price {price} wei is above the configured cap of {self.max_fee_per_gas_cap} wei")
         return FeeQuote(per_send=GAS_LIMIT * price, detail=f"{GAS_LIMIT} gas x {price} wei")
 
     async def next_nonce(self, address: str) -> int:

@@ -193,9 +193,7 @@ class JobcoinAdapter(ChainAdapter):
         except httpx.HTTPError as exc:
             raise ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})") from exc
         if response.status_code != 200:
-            raise ChainError(
-                f"Jobcoin API answered {response.status_code} for {address!r}: {response.text[:200]}"
-            )
+            raise ChainError(f"Jobcoin API answered {response.status_code} for {address!r}: {response.text[:200]}")
         try:
             body = response.json()
         except ValueError as exc:
@@ -354,9 +352,7 @@ class JobcoinAdapter(ChainAdapter):
             raise ValueError(f"earlier_sends must not be negative, got {earlier_sends}")
         _, txs = await self._history(prepared.from_address)
         matching = [
-            tx
-            for tx in txs
-            if tx.from_address == prepared.from_address and tx.to_address == prepared.to_address
+            tx for tx in txs if tx.from_address == prepared.from_address and tx.to_address == prepared.to_address
         ]
         if len(matching) <= earlier_sends:
             return SendCheck(state=SendState.NOT_FOUND, confirmations=0, network_fee_paid=None)

@@ -108,9 +108,7 @@ async def mint(engine: AsyncEngine, address: str, amount: int) -> None:
     _check_amount(amount)
     async with engine.begin() as conn:
         await _credit(conn, address, amount)
-        await conn.execute(
-            ledger_transfers.insert().values(from_address=None, to_address=address, amount=amount)
-        )
+        await conn.execute(ledger_transfers.insert().values(from_address=None, to_address=address, amount=amount))
 
 
 async def transfer(engine: AsyncEngine, from_address: str, to_address: str, amount: int) -> None:

@@ -1,0 +1,124 @@
+"""A deposit joins the pool: its payouts are planned and scheduled, in the caller's unit.
+
+Account chains pool a deposit when its sweep into the pool confirms; UTXO chains pool it as
+soon as it is accepted (its output becomes a pool coin). Both come through :func:`pool_deposit`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from mixhouse.audit import AuditEntry
+from mixhouse.chains.base import FeeQuote
+from mixhouse.db.tables import deposits, mixes, sends
+from mixhouse.jobs import send_job
+from mixhouse.mixer.planner import plan_payouts
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import DepositState, MixState, SendState, now, transition
+from mixhouse.money import ASSETS, Asset
+from mixhouse.unit import Unit
+
+
+def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) -> str | None:
+    """The in-flight key of a send on a chain without idempotent sends (``sends.serial_key``),
+    ``None`` where the chain has txids."""
+    adapter = rt.adapter(asset)
+    return None if adapter.has_idempotent_send else f"{adapter.asset.value}:{from_address}->{to_address}"
+
+
+async def pool_deposit(
+    rt: Runtime,
+    work: Unit,
+    *,
+    deposit_id: int,
+    from_state: DepositState,
+    pooled_amount: int,
+    quote: FeeQuote,
+    extra: dict[str, Any] | None = None,
+) -> Row[Any]:
+    """Move the deposit to ``pooled`` and schedule its payouts, in ``work``'s transaction.
+
+    Args:
+        deposit_id: the deposit.
+        from_state: its current state (``sweeping`` on account chains, ``seen`` on UTXO chains).
+        pooled_amount: base units that reached the pool for it (the deposit minus the sweep's
+            network fee on account chains; the whole deposit on UTXO chains).
+        quote: the network fee reserved per payout.
+        extra: more columns to set on the deposit row (e.g. ``confirmations``).
+
+    Returns:
+        The updated deposit row.
+
+    Raises:
+        InvalidAmount: the pooled amount no longer covers fee, network fees and dust.
+        IllegalTransition: the deposit is not in ``from_state``.
+    """
+    dep = (await work.conn.execute(select(deposits).where(deposits.c.id == deposit_id))).one()
+    mix = (await work.conn.execute(select(mixes).where(mixes.c.id == dep.mix_id).with_for_update())).one()
+    adapter = rt.adapter(dep.asset)
+    plan = plan_payouts(
+        deposit=pooled_amount,
+        fee_bps=mix.fee_bps,
+        withdrawal_addresses=list(mix.withdrawal_addresses),
+        network_fee_per_payout=quote.per_send,
+        min_payout=ASSETS[Asset(dep.asset)].dust,
+        delay_min_seconds=mix.delay_min_seconds,
+        delay_max_seconds=mix.delay_max_seconds,
+        rng=rt.rng,
+    )
+    network_fee = (dep.network_fee_amount or 0) + plan.network_fee
+    pooled = await transition(
+        work.conn,
+        deposits,
+        dep.id,
+        from_state,
+        DepositState.POOLED,
+        fee_amount=plan.fee,
+        network_fee_amount=network_fee,
+        payout_total=plan.payout_total,
+        **(extra or {}),
+    )
+    pooled_at = now()
+    rows = [
+        {
+            "kind": "payout",
+            "asset": dep.asset,
+            "mix_id": dep.mix_id,
+            "deposit_id": dep.id,
+            "from_address": adapter.pool_address,
+            "from_key_index": None,
+            "to_address": p.to_address,
+            "amount": p.amount,
+            "network_fee_reserved": quote.per_send,
+            "due_at": pooled_at + timedelta(seconds=p.delay_seconds),
+            "state": SendState.SCHEDULED,
+            "serial_key": serial_key_for(rt, dep.asset, adapter.pool_address, p.to_address),
+        }
+        for p in plan.payouts
+    ]
+    created = (await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.due_at))).all()
+    for send_id, due_at in created:
+        work.defer(send_job(send_id, due_at))
+    if mix.state != MixState.MIXING:
+        await transition(work.conn, mixes, mix.id, mix.state, MixState.MIXING)
+        work.audit(AuditEntry("mix.mixing", "mix", mix.id, asset=mix.asset))
+    work.audit(
+        AuditEntry(
+            "deposit.pooled",
+            "deposit",
+            str(dep.id),
+            asset=dep.asset,
+            amount=pooled_amount,
+            details={
+                "mix_id": mix.id,
+                "fee": str(plan.fee),
+                "network_fee": str(network_fee),
+                "payouts": len(plan.payouts),
+                "payout_total": str(plan.payout_total),
+            },
+        )
+    )
+    return pooled
