@@ -78,6 +78,20 @@ class Settings(BaseSettings):
     evm_max_deposit: int = 1_000 * 10**18
     evm_max_fee_per_gas_cap: int = 500 * 10**9  # refuse to pay more than 500 gwei
 
+    # Bitcoin (any node speaking Bitcoin Core's JSON-RPC; bcoin regtest in development)
+    bitcoin_enabled: bool = False
+    bitcoin_rpc_url: str = "http://127.0.0.1:18443"
+    bitcoin_rpc_user: str | None = None
+    bitcoin_rpc_password: SecretStr | None = None
+    bitcoin_network: Literal["mainnet", "testnet", "signet", "regtest"] = "regtest"
+    bitcoin_confirmations: int = Field(default=6, ge=1)
+    # BIP-39 seed of deposit keys (m/84'/c'/0'/0/i) and pool/change keys (m/84'/c'/0'/1/j).
+    bitcoin_mnemonic: SecretStr = SecretStr(DEV_MNEMONIC)
+    bitcoin_min_deposit: int = 100_000  # 0.001 BTC in satoshi
+    bitcoin_max_deposit: int = 100 * 100_000_000
+    bitcoin_fallback_fee_rate: int = Field(default=10, ge=1)  # sat/vB when the node has no estimate
+    bitcoin_max_fee_rate: int = Field(default=500, ge=1)  # sat/vB, never pay more
+
     # Workers
     scan_interval_seconds: int = Field(default=5, ge=1)
     reconcile_interval_seconds: int = Field(default=30, ge=1)
@@ -102,6 +116,10 @@ class Settings(BaseSettings):
             if self.jobcoin_enabled and self.jobcoin_address_secret.get_secret_value() == DEV_ADDRESS_SECRET:
                 raise ConfigError(
                     "set MIXHOUSE_JOBCOIN_ADDRESS_SECRET: the development secret is refused in production"
+                )
+            if self.bitcoin_enabled and self.bitcoin_mnemonic.get_secret_value() == DEV_MNEMONIC:
+                raise ConfigError(
+                    "set MIXHOUSE_BITCOIN_MNEMONIC: the public development mnemonic is refused in production"
                 )
             if self.evm_enabled and self.evm_mnemonic.get_secret_value() == DEV_MNEMONIC:
                 raise ConfigError("set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production")

@@ -20,6 +20,7 @@ class Asset(enum.StrEnum):
 
     JOBCOIN = "JOBCOIN"
     ETH = "ETH"
+    BTC = "BTC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ ASSETS: dict[Asset, AssetInfo] = {
     # 8 decimals (like satoshi) and reject anything finer instead of rounding it away.
     Asset.JOBCOIN: AssetInfo(Asset.JOBCOIN, 8, "jobcoin base unit", dust=10_000),
     Asset.ETH: AssetInfo(Asset.ETH, 18, "wei", dust=10**12),
+    # 546 satoshi: Bitcoin Core's dust threshold of a P2PKH output at the default 3 sat/vB
+    # dust relay fee (policy.cpp GetDustThreshold); a P2WPKH output's is 294, 546 covers both.
+    Asset.BTC: AssetInfo(Asset.BTC, 8, "satoshi", dust=546),
 }
 
 # Largest value a NUMERIC(78,0) column holds comfortably and far above any real supply;

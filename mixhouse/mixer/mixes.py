@@ -119,6 +119,8 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
 def _limits(rt: Runtime, asset: Asset) -> tuple[int, int]:
     if asset is Asset.ETH:
         return rt.settings.evm_min_deposit, rt.settings.evm_max_deposit
+    if asset is Asset.BTC:
+        return rt.settings.bitcoin_min_deposit, rt.settings.bitcoin_max_deposit
     return rt.settings.jobcoin_min_deposit, rt.settings.jobcoin_max_deposit
 
 
