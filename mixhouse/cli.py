@@ -50,14 +50,35 @@ def _fail(exc: MixhouseError) -> typer.Exit:
 
 @app.command()
 def demo(
+    chain: Annotated[str, typer.Option(help="jobcoin (local ledger) or bitcoin (local regtest node)")] = "jobcoin",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 180.0,
 ) -> None:
-    """Mix 50 jobcoins end to end on embedded PostgreSQL and a local ledger, and show it."""
-    from mixhouse.demo import run_demo  # noqa: PLC0415 - keeps `mixhouse --help` fast
-
+    """Mix coins end to end on embedded PostgreSQL and a local chain, and show it."""
     settings, url = _prepare()
-    code = asyncio.run(run_demo(settings, url, give_up_after=timeout, console=console))
+    if chain == "bitcoin":
+        from mixhouse.demo_bitcoin import run_bitcoin_demo  # noqa: PLC0415 - keeps `mixhouse --help` fast
+
+        code = asyncio.run(run_bitcoin_demo(settings, url, give_up_after=timeout, console=console))
+    elif chain == "jobcoin":
+        from mixhouse.demo import run_demo  # noqa: PLC0415
+
+        code = asyncio.run(run_demo(settings, url, give_up_after=timeout, console=console))
+    else:
+        console.print(f"[red]error:[/red] unknown chain {chain!r}: use jobcoin or bitcoin")
+        code = 2
     raise typer.Exit(code=code)
+
+
+devnet_app = typer.Typer(help="Local development chains.", no_args_is_help=True)
+app.add_typer(devnet_app, name="devnet")
+
+
+@devnet_app.command("bitcoin")
+def devnet_bitcoin(port: Annotated[int, typer.Option(help="RPC port on 127.0.0.1")] = 18443) -> None:
+    """Run a Bitcoin regtest node (bcoin, Core-compatible RPC) until Ctrl-C."""
+    from mixhouse.chains.bitcoin.devnet import run_devnet  # noqa: PLC0415
+
+    run_devnet(port)
 
 
 @app.command()

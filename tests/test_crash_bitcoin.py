@@ -1,0 +1,125 @@
+"""Crash test on Bitcoin: a worker SIGKILLed at random moments never pays a payout twice.
+
+Mixes are in flight on the bcoin regtest node while a real worker process is killed and
+restarted; blocks are mined all along. At the end every withdrawal address holds exactly the
+payouts recorded for it (the node's own view), no payout spent its own mix's deposit, and the
+books of the UTXO pool agree with the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+from eth_account import Account
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse import audit
+from mixhouse.db.tables import deposits, sends
+from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.setup import build_runtime
+from mixhouse.money import Asset
+from tests.e2e import unfinished_sends
+from tests.fixtures.bcoin import Bcoin
+from tests.test_e2e_bitcoin import bitcoin_settings, mining
+
+BTC = 100_000_000
+
+
+def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mixhouse", "worker", "--concurrency", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.timeout(400)
+async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly_once(
+    database_url: str, engine: AsyncEngine, bcoin: Bcoin
+) -> None:
+    rnd = random.Random(int(os.environ.get("MIXHOUSE_CRASH_SEED", "84")))
+    settings = bitcoin_settings(database_url, bcoin)
+    rt = build_runtime(settings, database_url)
+    adapter = rt.adapter("BTC")
+    Account.enable_unaudited_hdwallet_features()
+    user = Bip84Keyring(Account.create_with_mnemonic()[1], "regtest")
+    env = dict(os.environ)
+    env.update(
+        {
+            "MIXHOUSE_DATABASE_URL": database_url,
+            "MIXHOUSE_JOBCOIN_ENABLED": "false",
+            "MIXHOUSE_EVM_ENABLED": "false",
+            "MIXHOUSE_BITCOIN_ENABLED": "true",
+            "MIXHOUSE_BITCOIN_RPC_URL": bcoin.node.rpc_url,
+            "MIXHOUSE_BITCOIN_RPC_USER": bcoin.node.rpc_user,
+            "MIXHOUSE_BITCOIN_RPC_PASSWORD": bcoin.node.rpc_password,
+            "MIXHOUSE_BITCOIN_NETWORK": "regtest",
+            "MIXHOUSE_BITCOIN_MNEMONIC": settings.bitcoin_mnemonic.get_secret_value(),
+            "MIXHOUSE_BITCOIN_CONFIRMATIONS": "2",
+            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
+            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
+            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
+            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
+            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
+        }
+    )
+    try:
+        mixes = []
+        for i in range(4):
+            addresses = [user.address(0, 10 * i + k) for k in range(1 + i % 3)]
+            mix = await create_mix(rt, MixRequest("BTC", addresses, 0, 3))
+            await bcoin.fund(mix["deposit_address"], BTC // 4 + i * 1_000_000)
+            mixes.append(mix)
+        for _ in range(3):
+            await bcoin.fund(adapter.pool_address, BTC * 9 // 10)  # operator liquidity in several coins
+        async with mining(bcoin, every=0.4):
+            for _ in range(int(os.environ.get("MIXHOUSE_CRASH_KILLS", "10"))):
+                proc = _start_worker(env)
+                await asyncio.sleep(rnd.uniform(1.0, 3.5))
+                proc.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
+            proc = _start_worker(env)
+            try:
+                for _ in range(800):
+                    await asyncio.sleep(0.25)
+                    async with engine.connect() as conn:
+                        states = [r.state for r in (await conn.execute(select(deposits.c.state))).all()]
+                    if len(states) == len(mixes) and set(states) == {"pooled"} and await unfinished_sends(engine) == 0:
+                        break
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(sends))).all()
+            deps = {d.mix_id: d for d in (await conn.execute(select(deposits))).all()}
+            assert await audit.verify(conn) > 0
+        stuck = [(s.id, s.state, s.last_error) for s in rows if s.state != "confirmed"]
+        assert not stuck, f"sends not finished: {stuck}"
+        assert len(deps) == len(mixes)
+        expected: dict[str, int] = defaultdict(int)
+        for send in rows:
+            expected[send.to_address] += send.amount
+            tx = await bcoin.rpc("getrawtransaction", send.txid, True)
+            spent = {f"{vin['txid']}:{vin['vout']}" for vin in tx["vin"]}
+            assert deps[send.mix_id].chain_ref not in spent, "a payout spent its own mix's deposit"
+        for address, amount in expected.items():
+            assert await adapter.balance(address) == amount, f"{address} was paid twice or not at all"
+        for mix in mixes:
+            dep = deps[mix["id"]]
+            paid = sum(s.amount for s in rows if s.mix_id == mix["id"])
+            assert paid == dep.payout_total == dep.amount - dep.fee_amount - dep.network_fee_amount
+        assert (await reconcile(rt, Asset.BTC)).ok
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
