@@ -27,7 +27,8 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import func, select
+from sqlalchemy import Text, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.ledger_app import ledger_server
@@ -37,6 +38,7 @@ from mixhouse.db.engine import make_engine, with_database
 from mixhouse.db.migrate import upgrade
 from mixhouse.db.tables import audit_log, deposits, ledger_transfers, sends
 from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.servers import free_port, running_server
 
@@ -54,7 +56,47 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
+async def _one_at_a_time(rt: Runtime, engine: AsyncEngine, *, n: int) -> tuple[list[float], list[float]]:
+    """Latency on an idle system: one mix at a time, zero delay. Returns, per mix, seconds from
+    the deposit's acceptance (confirmed and screened) and from its ledger transfer to the first
+    payout on the ledger."""
+    from_accept: list[float] = []
+    from_ledger: list[float] = []
+    for i in range(n):
+        mix = await create_mix(rt, MixRequest("JOBCOIN", [f"l{i}-x", f"l{i}-y"], 0, 0))
+        await ledger.transfer(engine, "bench-sender", mix["deposit_address"], 10 * COIN)
+        while True:
+            async with engine.connect() as conn:
+                paid = (
+                    await conn.execute(
+                        select(func.min(ledger_transfers.c.created_at)).where(
+                            ledger_transfers.c.to_address.in_([f"l{i}-x", f"l{i}-y"])
+                        )
+                    )
+                ).scalar_one()
+                if paid is not None:
+                    sent = (
+                        await conn.execute(
+                            select(ledger_transfers.c.created_at).where(
+                                ledger_transfers.c.to_address == mix["deposit_address"]
+                            )
+                        )
+                    ).scalar_one()
+                    accepted = (
+                        await conn.execute(
+                            select(audit_log.c.at)
+                            .join(deposits, deposits.c.id.cast(Text) == audit_log.c.entity_id)
+                            .where(audit_log.c.action == "deposit.accepted", deposits.c.mix_id == mix["id"])
+                        )
+                    ).scalar_one()
+                    break
+            await asyncio.sleep(0.01)
+        from_accept.append((paid - accepted).total_seconds())
+        from_ledger.append((paid - sent).total_seconds())
+    return from_accept, from_ledger
+
+
+async def bench(n_mixes: int, n_workers: int, concurrency: int, latency_mixes: int = 10) -> None:
     """Run the benchmark and print the figures."""
     server = _server_url()
     name = f"mh_bench_{uuid.uuid4().hex[:8]}"
@@ -70,7 +112,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
     workers: list[asyncio.subprocess.Process] = []
     try:
         async with running_server(ledger_server(engine, "127.0.0.1", port, log_level="warning")):
-            await ledger.mint(engine, "bench-sender", n_mixes * 10 * COIN)
+            await ledger.mint(engine, "bench-sender", (n_mixes + latency_mixes) * 10 * COIN)
             t0 = time.perf_counter()
             mixes = [
                 await create_mix(rt, MixRequest("JOBCOIN", [f"b{i}-x", f"b{i}-y", f"b{i}-z"], 0, 0))
@@ -97,6 +139,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
                 for _ in range(n_workers)
             ]
             await asyncio.sleep(3)  # workers start (imports, migrations check)
+            single = await _one_at_a_time(rt, engine, n=latency_mixes)
             start = time.perf_counter()
             for mix in mixes:
                 await ledger.transfer(engine, "bench-sender", mix["deposit_address"], 10 * COIN)
@@ -111,7 +154,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
                             select(func.count()).select_from(deposits).where(deposits.c.state == "pooled")
                         )
                     ).scalar_one()
-                if pooled == n_mixes and pending == 0:
+                if pooled == n_mixes + latency_mixes and pending == 0:
                     break
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - start
@@ -130,16 +173,23 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int) -> None:
         accepted_at = {int(a.entity_id): a.at for a in accepted}
         deposit_time: dict[str, float] = {}
         first_payout: dict[str, float] = {}
+        bench_deposits = {m["deposit_address"] for m in mixes}
         owner = {f"b{i}-{s}": m["deposit_address"] for i, m in enumerate(mixes) for s in "xyz"}
         for t in transfers:
             ts = t.created_at.timestamp()
-            if t.from_address == "bench-sender":
+            if t.from_address == "bench-sender" and t.to_address in bench_deposits:
                 deposit_time[t.to_address] = ts
             elif t.to_address in owner:
                 key = owner[t.to_address]
                 first_payout[key] = min(first_payout.get(key, ts), ts)
         from_ledger = [first_payout[a] - deposit_time[a] for a in deposit_time]
         from_accept = [first_payout[a] - accepted_at[by_deposit_address[a]].timestamp() for a in deposit_time]
+        print(
+            f"one mix at a time ({latency_mixes} mixes, idle system): confirmed deposit -> first payout on ledger "
+            f"p50 {statistics.median(single[0]):.3f} s, max {max(single[0]):.3f} s; "
+            f"deposit on ledger -> first payout p50 {statistics.median(single[1]):.2f} s "
+            f"(includes the wait for the next 1 s scan tick)"
+        )
         print(f"mixes: {n_mixes}, payouts: {payouts}, workers: {n_workers} x concurrency {concurrency}")
         print(f"mix creation (service layer, one client): {create_rate:.0f} mixes/s")
         print(f"deposits sent: {deposit_rate:.0f}/s")

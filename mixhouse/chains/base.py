@@ -134,12 +134,19 @@ class ChainAdapter(abc.ABC):
         has_idempotent_send: ``True`` where broadcasting the same :class:`PreparedSend` twice
             cannot move coins twice (signed transactions with a nonce). ``False`` on Jobcoin:
             the caller must check the ledger history before sending again.
+        final_on_broadcast: ``True`` where an accepted broadcast is already final (a ledger
+            that answers OK only after committing the transfer): the caller records the send
+            as confirmed at once instead of asking :meth:`check_send`.
+        uses_nonces: ``True`` where sends carry an account nonce (EVM) that the caller allocates
+            from its database counter.
     """
 
     asset: Asset
     confirmations_required: int
     pool_address: str
     has_idempotent_send: bool
+    final_on_broadcast: bool = False
+    uses_nonces: bool = False
 
     @abc.abstractmethod
     def normalize_address(self, text: str) -> str:

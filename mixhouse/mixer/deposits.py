@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import FeeQuote, Transfer, UtxoChainAdapter, outpoint_of
 from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
+from mixhouse.errors import MixhouseError
 from mixhouse.jobs import send_job
 from mixhouse.mixer.pooling import pool_deposit, serial_key_for
 from mixhouse.mixer.runtime import Runtime
@@ -148,7 +149,7 @@ async def advance_seen_deposits(rt: Runtime, asset: Asset, fresh: dict[str, Tran
         ).all()
     if not pending:
         return
-    quote: FeeQuote | None = None
+    ready: list[tuple[Row[Any], int]] = []
     for dep in pending:
         transfer = fresh.get(dep.chain_ref) or _transfer_of(dep)
         confirmations = (
@@ -181,9 +182,9 @@ async def advance_seen_deposits(rt: Runtime, asset: Asset, fresh: dict[str, Tran
                         deposits.update().where(deposits.c.id == dep.id).values(confirmations=confirmations)
                     )
             continue
-        if quote is None:
-            quote = await adapter.quote_network_fee()
-        await confirm_deposit(rt, dep, confirmations, quote)
+        ready.append((dep, confirmations))
+    if ready:
+        await confirm_deposits(rt, ready, await adapter.quote_network_fee())
 
 
 def _transfer_of(dep: Row[Any]) -> Transfer:
@@ -197,102 +198,131 @@ def _transfer_of(dep: Row[Any]) -> Transfer:
     )
 
 
-async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote: FeeQuote) -> DepositState:
-    """Screen a confirmed deposit and freeze, hold, or accept it, in one transaction.
+CONFIRM_BATCH = 100
 
-    Accepting schedules the sweep (deposit address -> pool) and enqueues its job. The sweep's
-    network fee is taken from the deposit (``quote.per_send``).
+
+async def confirm_deposits(rt: Runtime, ready: list[tuple[Row[Any], int]], quote: FeeQuote) -> None:
+    """Screen confirmed deposits and freeze, hold or accept each, up to :data:`CONFIRM_BATCH`
+    per transaction.
+
+    Each deposit runs in a savepoint: one that fails (and is retried at the next scan) does not
+    undo the others, and its audit entries and jobs are dropped with it.
+    """
+    for start in range(0, len(ready), CONFIRM_BATCH):
+        async with unit(rt.engine) as work:
+            for dep, confirmations in ready[start : start + CONFIRM_BATCH]:
+                one = Unit(work.conn)
+                try:
+                    async with work.conn.begin_nested():
+                        await _confirm_in(rt, one, dep, confirmations, quote)
+                except MixhouseError:
+                    log.exception("deposit not confirmed this time", deposit_id=dep.id)
+                    continue
+                work.entries.extend(one.entries)
+                work.pending_jobs.extend(one.pending_jobs)
+
+
+async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote: FeeQuote) -> DepositState:
+    """Screen one confirmed deposit and freeze, hold, or accept it, in one transaction.
+
+    Accepting schedules the sweep (deposit address -> pool) and enqueues its job (account
+    chains; the sweep's network fee ``quote.per_send`` is taken from the deposit), or pools the
+    deposit's output at once (UTXO chains).
 
     Returns:
         The deposit's new state.
     """
-    adapter = rt.adapter(dep.asset)
     async with unit(rt.engine) as work:
-        mix = (await work.conn.execute(select(mixes).where(mixes.c.id == dep.mix_id))).one()
-        verdict = await rt.screener.screen(work.conn, dep.from_addresses)
-        base: dict[str, Any] = {"confirmations": confirmations}
-        if not verdict.clear:
-            await transition(
-                work.conn,
-                deposits,
-                dep.id,
-                DepositState.SEEN,
-                DepositState.FROZEN,
-                reason=verdict.reason(),
-                **base,
-            )
-            work.audit(
-                AuditEntry(
-                    "deposit.frozen",
-                    "deposit",
-                    str(dep.id),
-                    asset=dep.asset,
-                    amount=dep.amount,
-                    details={"mix_id": dep.mix_id, "hits": [list(h) for h in verdict.hits]},
-                )
-            )
-            log.warning("deposit frozen by sanctions screening", deposit_id=dep.id, reason=verdict.reason())
-            return DepositState.FROZEN
-        sweep_fee = 0 if isinstance(adapter, UtxoChainAdapter) else quote.per_send
-        reason = _hold_reason(dep, mix, quote, sweep_fee)
-        if reason is not None:
-            await transition(work.conn, deposits, dep.id, DepositState.SEEN, DepositState.HELD, reason=reason, **base)
-            work.audit(
-                AuditEntry(
-                    "deposit.held",
-                    "deposit",
-                    str(dep.id),
-                    asset=dep.asset,
-                    amount=dep.amount,
-                    details={"reason": reason},
-                )
-            )
-            return DepositState.HELD
-        if isinstance(adapter, UtxoChainAdapter):
-            await _pool_utxo_deposit(rt, work, dep, mix, quote=quote, confirmations=confirmations)
-            return DepositState.POOLED
+        return await _confirm_in(rt, work, dep, confirmations, quote)
+
+
+async def _confirm_in(rt: Runtime, work: Unit, dep: Row[Any], confirmations: int, quote: FeeQuote) -> DepositState:
+    adapter = rt.adapter(dep.asset)
+    mix = (await work.conn.execute(select(mixes).where(mixes.c.id == dep.mix_id))).one()
+    verdict = await rt.screener.screen(work.conn, dep.from_addresses)
+    base: dict[str, Any] = {"confirmations": confirmations}
+    if not verdict.clear:
         await transition(
             work.conn,
             deposits,
             dep.id,
             DepositState.SEEN,
-            DepositState.SWEEPING,
-            network_fee_amount=quote.per_send,
+            DepositState.FROZEN,
+            reason=verdict.reason(),
             **base,
         )
-        sweep_amount = dep.amount - quote.per_send
-        send_id = (
-            await work.conn.execute(
-                sends.insert()
-                .values(
-                    kind="sweep",
-                    asset=dep.asset,
-                    mix_id=dep.mix_id,
-                    deposit_id=dep.id,
-                    from_address=dep.deposit_address,
-                    from_key_index=mix.deposit_key_index,
-                    to_address=adapter.pool_address,
-                    amount=sweep_amount,
-                    network_fee_reserved=quote.per_send,
-                    due_at=now(),
-                    state=SendState.SCHEDULED,
-                    serial_key=serial_key_for(rt, dep.asset, dep.deposit_address, adapter.pool_address),
-                )
-                .returning(sends.c.id)
-            )
-        ).scalar_one()
-        work.defer(send_job(send_id))
         work.audit(
             AuditEntry(
-                "deposit.accepted",
+                "deposit.frozen",
                 "deposit",
                 str(dep.id),
                 asset=dep.asset,
                 amount=dep.amount,
-                details={"mix_id": dep.mix_id, "screening": "clear", "sweep_send_id": send_id},
+                details={"mix_id": dep.mix_id, "hits": [list(h) for h in verdict.hits]},
             )
         )
-        return DepositState.SWEEPING
+        log.warning("deposit frozen by sanctions screening", deposit_id=dep.id, reason=verdict.reason())
+        return DepositState.FROZEN
+    sweep_fee = 0 if isinstance(adapter, UtxoChainAdapter) else quote.per_send
+    reason = _hold_reason(dep, mix, quote, sweep_fee)
+    if reason is not None:
+        await transition(work.conn, deposits, dep.id, DepositState.SEEN, DepositState.HELD, reason=reason, **base)
+        work.audit(
+            AuditEntry(
+                "deposit.held",
+                "deposit",
+                str(dep.id),
+                asset=dep.asset,
+                amount=dep.amount,
+                details={"reason": reason},
+            )
+        )
+        return DepositState.HELD
+    if isinstance(adapter, UtxoChainAdapter):
+        await _pool_utxo_deposit(rt, work, dep, mix, quote=quote, confirmations=confirmations)
+        return DepositState.POOLED
+    await transition(
+        work.conn,
+        deposits,
+        dep.id,
+        DepositState.SEEN,
+        DepositState.SWEEPING,
+        network_fee_amount=quote.per_send,
+        **base,
+    )
+    sweep_amount = dep.amount - quote.per_send
+    send_id = (
+        await work.conn.execute(
+            sends.insert()
+            .values(
+                kind="sweep",
+                asset=dep.asset,
+                mix_id=dep.mix_id,
+                deposit_id=dep.id,
+                from_address=dep.deposit_address,
+                from_key_index=mix.deposit_key_index,
+                to_address=adapter.pool_address,
+                amount=sweep_amount,
+                network_fee_reserved=quote.per_send,
+                due_at=now(),
+                state=SendState.SCHEDULED,
+                serial_key=serial_key_for(rt, dep.asset, dep.deposit_address, adapter.pool_address),
+            )
+            .returning(sends.c.id)
+        )
+    ).scalar_one()
+    work.defer(send_job(send_id))
+    work.audit(
+        AuditEntry(
+            "deposit.accepted",
+            "deposit",
+            str(dep.id),
+            asset=dep.asset,
+            amount=dep.amount,
+            details={"mix_id": dep.mix_id, "screening": "clear", "sweep_send_id": send_id},
+        )
+    )
+    return DepositState.SWEEPING
 
 
 def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote, sweep_fee: int) -> str | None:

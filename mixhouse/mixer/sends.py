@@ -87,13 +87,14 @@ async def execute_send(rt: Runtime, send_id: int) -> str:
     """
     row = await _load(rt, send_id)
     adapter = rt.adapter(row.asset)
+    just_signed = False
     if row.state == SendState.SCHEDULED:
         signed = await _sign(rt, adapter, row)
         if signed is None:
             return SendState.SCHEDULED
-        row = signed
+        row, just_signed = signed, True
     if row.state == SendState.SIGNED:
-        after = await _broadcast(rt, adapter, row)
+        after = await _broadcast(rt, adapter, row, just_signed=just_signed)
         if after is None:
             return SendState.SIGNED
         row = after
@@ -115,7 +116,7 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
     fee = FeeQuote(per_send=row.network_fee_reserved, detail="as planned")
     try:
         async with unit(rt.engine) as work:
-            nonce = await _allocate_nonce(work, adapter, row.from_address)
+            nonce = await _allocate_nonce(work, adapter, row.from_address) if adapter.uses_nonces else None
             prepared = await adapter.prepare_send(
                 from_address=row.from_address,
                 from_key_index=row.from_key_index,
@@ -134,6 +135,7 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
                 txid=prepared.txid,
                 nonce=prepared.nonce,
                 signed_at=now(),
+                attempts=sends.c.attempts + 1,
             )
             work.audit(_send_entry("send.signed", signed))
             return signed
@@ -206,6 +208,7 @@ async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> R
                 raw_tx=spend.prepared.raw_tx,
                 txid=spend.prepared.txid,
                 signed_at=now(),
+                attempts=sends.c.attempts + 1,
             )
             work.audit(
                 _send_entry(
@@ -329,8 +332,13 @@ async def _landed_before(rt: Runtime, row: Row[Any]) -> int:
         )
 
 
-async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] | None:
+async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any], *, just_signed: bool) -> Row[Any] | None:
+    """Broadcast a signed send. The attempt is counted (committed) before the send leaves: by
+    the signing unit when ``just_signed``, else here. A send found ``signed`` with attempts
+    counted may have left, so on chains without idempotent sends the ledger is asked first."""
     prepared = prepared_of(row)
+    if just_signed:
+        return await _send_now(rt, adapter, row, prepared)
     if row.attempts > 0 and not adapter.has_idempotent_send:
         # A previous attempt may have landed. Let any request still in flight settle, then
         # look for it in the ledger before sending again.
@@ -346,6 +354,10 @@ async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[A
         await conn.execute(
             sends.update().where(sends.c.id == row.id).values(attempts=sends.c.attempts + 1, updated_at=now())
         )
+    return await _send_now(rt, adapter, row, prepared)
+
+
+async def _send_now(rt: Runtime, adapter: ChainAdapter, row: Row[Any], prepared: PreparedSend) -> Row[Any] | None:
     try:
         await adapter.broadcast(prepared)
     except SendOutcomeUnknown as exc:
@@ -358,6 +370,10 @@ async def _broadcast(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[A
         log.exception("send rejected by the chain", send_id=row.id)
         await _record_error(rt, row.id, f"rejected: {exc}", retry_in=30.0)
         return None
+    if adapter.final_on_broadcast:
+        # Accepted means committed on this chain: no lookup, which on Jobcoin would download
+        # the pool's whole (ever growing) history for every send.
+        return await _mark_confirmed(rt, row, SendState.SIGNED, 0, found_by_recovery=False)
     async with unit(rt.engine) as work:
         broadcast = await transition(
             work.conn,
@@ -417,7 +433,8 @@ async def _mark_confirmed(
             last_error=None,
         )
         work.audit(_send_entry("send.confirmed", done, recovered=found_by_recovery))
-        await _settle_coins(work, done)
+        if isinstance(rt.adapter(row.asset), UtxoChainAdapter):
+            await _settle_coins(work, done)
         if quote is not None:
             await pool_deposit(
                 rt,

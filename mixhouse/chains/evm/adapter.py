@@ -163,6 +163,7 @@ class EvmAdapter(ChainAdapter):
         self.asset = Asset.ETH
         self.confirmations_required = confirmations
         self.has_idempotent_send = True
+        self.uses_nonces = True
         self.chain_id = chain_id
         self.max_fee_per_gas_cap = max_fee_per_gas_cap
         self._keyring = keyring

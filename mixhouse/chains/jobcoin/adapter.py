@@ -148,6 +148,8 @@ class JobcoinAdapter(ChainAdapter):
         self.asset = Asset.JOBCOIN
         self.confirmations_required = 1
         self.has_idempotent_send = False
+        # The ledger answers {"status": "OK"} only after the transfer is committed: final.
+        self.final_on_broadcast = True
         self.pool_address = validate_address(pool_address)
         self._api_url = api_url.rstrip("/")
         self._secret = address_secret
