@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo demo-bitcoin test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ install: $(STAMP) $(NODE_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mixhouse demo
 
+demo-bitcoin: install
+	$(VENV)/bin/mixhouse demo --chain bitcoin
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mixhouse tests benchmarks
 	$(VENV)/bin/ruff format --check mixhouse tests benchmarks
@@ -36,6 +39,8 @@ test: lint typecheck unit
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.bitcoin_parse
+	$(PY) -m benchmarks.bitcoin_payouts
 
 clean:
 	rm -rf $(VENV) node_modules .mixhouse .pytest_cache .mypy_cache
