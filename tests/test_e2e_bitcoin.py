@@ -20,6 +20,7 @@ from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.screening import store_list
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
@@ -154,6 +155,27 @@ async def test_a_reorg_sends_a_deposit_back_to_unconfirmed(
         view = await get_mix(rt, mix["id"])
         assert view["deposits"][0]["state"] == "pooled"
         assert adapter.confirmations_required == 3
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
+
+
+async def test_a_deposit_from_a_listed_address_is_frozen(database_url: str, engine: AsyncEngine, bcoin: Bcoin) -> None:
+    rt = build_runtime(bitcoin_settings(database_url, bcoin), database_url)
+    user = Bip84Keyring(Account.create_with_mnemonic()[1], "regtest")
+    try:
+        async with engine.begin() as conn:
+            await store_list(conn, [bcoin.funder_address], "operator")
+        mix = await create_mix(rt, MixRequest("BTC", [user.address(0, 0)], 0, 0))
+        await bcoin.fund(mix["deposit_address"], BTC // 10)
+        await bcoin.mine(2)
+        await scan_asset(rt, Asset.BTC)
+        view = await get_mix(rt, mix["id"])
+        assert view["deposits"][0]["state"] == "frozen"
+        assert bcoin.funder_address in view["deposits"][0]["reason"]
+        assert view["sends"] == []
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(utxos))).first() is None  # never joins the pool
     finally:
         await rt.aclose()
         await rt.engine.dispose()

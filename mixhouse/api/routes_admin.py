@@ -29,7 +29,8 @@ from mixhouse.api.schemas import (
     PoolOut,
     PoolReport,
 )
-from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, sends
+from mixhouse.chains.base import UtxoChainAdapter
+from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, sends, utxos
 from mixhouse.errors import InvalidInput
 from mixhouse.mixer.states import DepositState, MixState, SendState
 
@@ -151,8 +152,8 @@ async def pool(rt: RuntimeDep) -> PoolReport:
     """Per enabled asset: the pool's books, fees earned, payouts due, the last reconciliation.
 
     Read from the database only (no chain call): ``books`` is confirmed sweeps into the pool
-    minus confirmed payouts and the network fees paid for them; the chain's balance is in the
-    reconciliation, checked by the worker.
+    minus confirmed payouts and the network fees paid for them (account chains), or the pool's
+    unspent coins (UTXO chains); the chain's view is in the reconciliation, checked by the worker.
     """
     pools: list[PoolOut] = []
     async with rt.engine.connect() as conn:
@@ -184,12 +185,24 @@ async def pool(rt: RuntimeDep) -> PoolReport:
                     )
                 )
             ).scalar_one()
+            books = int(sums.credits) - int(sums.debits)
+            if isinstance(adapter, UtxoChainAdapter):
+                # A UTXO pool's books are its coins: deposits, top-ups and change not yet spent.
+                books = int(
+                    (
+                        await conn.execute(
+                            select(func.coalesce(func.sum(utxos.c.amount), 0)).where(
+                                utxos.c.asset == asset.value, utxos.c.state != "spent"
+                            )
+                        )
+                    ).scalar_one()
+                )
             recon = (await conn.execute(select(reconciliations).where(reconciliations.c.asset == asset.value))).first()
             pools.append(
                 PoolOut.build(
                     asset=asset.value,
                     pool_address=pool_address,
-                    books=int(sums.credits) - int(sums.debits),
+                    books=books,
                     fees_earned=int(fees),
                     scheduled_payouts=int(sums.scheduled),
                     in_flight_payouts=int(sums.in_flight),

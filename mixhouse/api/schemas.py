@@ -70,7 +70,7 @@ class MixCreate(BaseModel):
         },
     )
 
-    asset: Literal["JOBCOIN", "ETH"] = Field(description="JOBCOIN or ETH, exactly (case-sensitive).")
+    asset: Literal["JOBCOIN", "ETH", "BTC"] = Field(description="JOBCOIN, ETH or BTC, exactly (case-sensitive).")
     withdrawal_addresses: list[WithdrawalAddress] = Field(
         min_length=1,
         max_length=50,
