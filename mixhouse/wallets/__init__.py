@@ -1,0 +1,1 @@
+"""Wallet sync: imported addresses, their history and balances, and the transactions API."""
