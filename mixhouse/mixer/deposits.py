@@ -312,17 +312,20 @@ async def _confirm_in(rt: Runtime, work: Unit, dep: Row[Any], confirmations: int
         )
     ).scalar_one()
     work.defer(send_job(send_id))
-    work.audit(
-        AuditEntry(
-            "deposit.accepted",
-            "deposit",
-            str(dep.id),
-            asset=dep.asset,
-            amount=dep.amount,
-            details={"mix_id": dep.mix_id, "screening": "clear", "sweep_send_id": send_id},
-        )
-    )
+    work.audit(_accepted(dep, sweep_send_id=send_id))
     return DepositState.SWEEPING
+
+
+def _accepted(dep: Row[Any], **details: Any) -> AuditEntry:
+    """The audit entry of a deposit that passed screening and joins the pool."""
+    return AuditEntry(
+        "deposit.accepted",
+        "deposit",
+        str(dep.id),
+        asset=dep.asset,
+        amount=dep.amount,
+        details={"mix_id": dep.mix_id, "screening": "clear", **details},
+    )
 
 
 def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote, sweep_fee: int) -> str | None:
@@ -373,16 +376,7 @@ async def _pool_utxo_deposit(
         quote=quote,
         extra={"confirmations": confirmations},
     )
-    work.audit(
-        AuditEntry(
-            "deposit.accepted",
-            "deposit",
-            str(dep.id),
-            asset=dep.asset,
-            amount=dep.amount,
-            details={"mix_id": dep.mix_id, "screening": "clear", "pool_coin": dep.chain_ref},
-        )
-    )
+    work.audit(_accepted(dep, pool_coin=dep.chain_ref))
 
 
 async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer]) -> int:
