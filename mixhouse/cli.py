@@ -232,3 +232,59 @@ def sanctions_refresh(
     except MixhouseError as exc:
         raise _fail(exc) from exc
     console.print(json.dumps({"addresses": total, "new": new, "source": source}))
+
+
+users_app = typer.Typer(help="Users of the wallet API.", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys of wallet API users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(apikey_app, name="apikey")
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="Unique user name")],
+    admin: Annotated[bool, typer.Option("--admin", help="An admin sees every user's wallets.")] = False,
+) -> None:
+    """Create a user of the wallet API (then give them a key: mixhouse apikey create NAME)."""
+    from mixhouse.wallets.service import User, create_user  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _run() -> User:
+        engine = make_engine(url, pool_size=1)
+        try:
+            return await create_user(engine, name, is_admin=admin)
+        finally:
+            await engine.dispose()
+
+    try:
+        user = asyncio.run(_run())
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    console.print(f"user {user.name!r} created (id {user.id}{', admin' if user.is_admin else ''})")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    user: Annotated[str, typer.Argument(help="The user's name")],
+    label: Annotated[str | None, typer.Option(help="What the key is for")] = None,
+) -> None:
+    """Issue an API key for USER and print it once (only its SHA-256 is stored)."""
+    from mixhouse.wallets.service import create_api_key, get_user_by_name  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _run() -> tuple[int, str]:
+        engine = make_engine(url, pool_size=1)
+        try:
+            found = await get_user_by_name(engine, user)
+            return await create_api_key(engine, found.id, label=label)
+        finally:
+            await engine.dispose()
+
+    try:
+        key_id, key = asyncio.run(_run())
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"API key {key_id} for {user!r}; it is shown only this once, store it now:", err=True)
+    typer.echo(key)

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     # Workers
     scan_interval_seconds: int = Field(default=5, ge=1)
     reconcile_interval_seconds: int = Field(default=30, ge=1)
+    wallet_sync_interval_seconds: int = Field(default=30, ge=1)
     worker_concurrency: int = Field(default=8, ge=1)
     job_polling_interval_seconds: float = Field(default=1.0, gt=0)
     # A worker that sent no heartbeat for this long is dead: its jobs are retried elsewhere.

@@ -25,6 +25,8 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
 from mixhouse.unit import unit
+from mixhouse.wallets.sources.configured import sources_from_settings
+from mixhouse.wallets.sync import sync_all
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +83,14 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     async def reconcile_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         for asset in rt.adapters:
             await reconcile(rt, asset)
+
+    sources = sources_from_settings(rt.settings)
+    sync_every = rt.settings.wallet_sync_interval_seconds
+
+    @app.periodic(cron=f"*/{sync_every} * * * * *", periodic_id="sync_wallets")
+    @app.task(name="sync_wallets", queue=QUEUE, queueing_lock="sync_wallets")
+    async def sync_wallets_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
+        await sync_all(rt.engine, sources.get)
 
     @app.periodic(cron="* * * * * *", periodic_id="recover")
     @app.task(name="recover", queue=QUEUE, queueing_lock="recover")

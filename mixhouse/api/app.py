@@ -6,6 +6,7 @@ Routes (all JSON; every error is ``application/problem+json``, see
 * ``POST /api/v1/mixes`` and ``GET /api/v1/mixes/{id}`` (:mod:`mixhouse.api.routes_mixes`);
 * ``GET /api/v1/admin/{mixes,deposits,pool,audit}`` behind ``X-API-Key``
   (:mod:`mixhouse.api.routes_admin`);
+* ``/api/v1/wallets...`` behind a user API key (:mod:`mixhouse.api.routes_wallets`);
 * ``GET /api/v1/health``; OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
 """
 
@@ -20,6 +21,7 @@ from mixhouse.api import RuntimeDep
 from mixhouse.api.problems import install_problem_handlers
 from mixhouse.api.routes_admin import router as admin_router
 from mixhouse.api.routes_mixes import router as mixes_router
+from mixhouse.api.routes_wallets import router as wallets_router
 from mixhouse.api.schemas import HealthOut
 from mixhouse.mixer.runtime import Runtime
 
@@ -62,5 +64,6 @@ def create_app(rt: Runtime) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(mixes_router)
     app.include_router(admin_router)
+    app.include_router(wallets_router)
     app.include_router(health_router)
     return app

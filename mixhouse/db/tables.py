@@ -245,3 +245,98 @@ ledger_balances = Table(
     Column("address", Text, primary_key=True),
     Column("balance", Amount, nullable=False),
 )
+
+# -- wallet sync: users, their API keys, wallets of imported addresses, address history ------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    Column("is_admin", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("name", name="uq_users_name"),
+)
+
+# Only the SHA-256 of a key is stored; the key itself is shown once, when it is created.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=False),
+    Column("key_hash", LargeBinary, nullable=False),
+    Column("label", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+)
+Index("ix_api_keys_user", api_keys.c.user_id)
+
+wallets = Table(
+    "wallets",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("user_id", "name", name="uq_wallets_user_name"),
+)
+
+wallet_addresses = Table(
+    "wallet_addresses",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("wallet_id", BigInteger, ForeignKey("wallets.id"), nullable=False),
+    Column("chain", Text, nullable=False),  # 'BTC', 'ETH' or 'JOBCOIN'
+    Column("address", Text, nullable=False),  # canonical form (EIP-55 on Ethereum)
+    Column("status", Text, nullable=False, server_default=text("'pending'")),  # pending/syncing/synced/error
+    Column("error", Text, nullable=True),
+    Column("checkpoint", Text, nullable=True),  # the history source's opaque resume point
+    Column("synced_height", BigInteger, nullable=True),
+    Column("last_synced_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("wallet_id", "chain", "address", name="uq_wallet_addresses"),
+)
+Index("ix_wallet_addresses_chain_address", wallet_addresses.c.chain, wallet_addresses.c.address)
+
+# One row per (address, transaction, asset), shared by every wallet that imported the address.
+# ``net`` is signed; legs are JSON lists of {"index", "address", "amount" (decimal string), "asset"}.
+address_txs = Table(
+    "address_txs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("chain", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("txid", Text, nullable=False),
+    Column("asset", Text, nullable=False),
+    Column("direction", Text, nullable=False),  # 'in', 'out' or 'self'
+    Column("net", Amount, nullable=False),
+    Column("fee", Amount, nullable=True),
+    Column("block_height", BigInteger, nullable=True),
+    Column("block_hash", Text, nullable=True),
+    Column("block_time", DateTime(timezone=True), nullable=True),
+    Column("inputs", JSONB, nullable=False),
+    Column("outputs", JSONB, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("chain", "address", "txid", "asset", name="uq_address_txs"),
+)
+# Listing sorts on coalesce(block_time, first_seen_at) then id (see mixhouse.wallets.store).
+Index(
+    "ix_address_txs_listing",
+    address_txs.c.chain,
+    address_txs.c.address,
+    func.coalesce(address_txs.c.block_time, address_txs.c.first_seen_at).desc(),
+    address_txs.c.id.desc(),
+)
+Index("ix_address_txs_height", address_txs.c.chain, address_txs.c.block_height)
+
+address_balances = Table(
+    "address_balances",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("address", Text, primary_key=True),
+    Column("asset", Text, primary_key=True),
+    Column("confirmed", Amount, nullable=False),
+    Column("unconfirmed", Amount, nullable=False),  # the net of unconfirmed transactions (a delta)
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,26 @@
+"""The history sources a deployment has, from its settings: its own nodes where enabled."""
+
+from __future__ import annotations
+
+from mixhouse.chains.bitcoin.rpc import BitcoinRpc
+from mixhouse.config import Settings
+from mixhouse.wallets.records import HistorySource
+from mixhouse.wallets.sources.bitcoin_node import BitcoinNodeSource
+from mixhouse.wallets.sources.ethereum_node import EthereumNodeSource
+
+
+def sources_from_settings(settings: Settings) -> dict[str, HistorySource]:
+    """``{"BTC": ..., "ETH": ...}`` for the chains whose node is configured (the same nodes the
+    mixer uses). Addresses of a chain without a source stay ``pending``."""
+    sources: dict[str, HistorySource] = {}
+    if settings.bitcoin_enabled:
+        password = settings.bitcoin_rpc_password
+        rpc = BitcoinRpc(
+            settings.bitcoin_rpc_url,
+            user=settings.bitcoin_rpc_user,
+            password=None if password is None else password.get_secret_value(),
+        )
+        sources["BTC"] = BitcoinNodeSource(rpc, network=settings.bitcoin_network)
+    if settings.evm_enabled:
+        sources["ETH"] = EthereumNodeSource(settings.evm_rpc_url)
+    return sources
