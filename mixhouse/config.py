@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     scan_interval_seconds: int = Field(default=5, ge=1)
     reconcile_interval_seconds: int = Field(default=30, ge=1)
     wallet_sync_interval_seconds: int = Field(default=30, ge=1)
+    # Where wallet sync reads Bitcoin history: the operator's node (bitcoin_rpc_url), or a
+    # provider API for deployments without one.
+    wallet_btc_source: Literal["node", "esplora", "blockchain.info"] = "node"
+    wallet_esplora_url: str = "https://blockstream.info/api"
+    wallet_blockchain_info_url: str = "https://blockchain.info"
     worker_concurrency: int = Field(default=8, ge=1)
     job_polling_interval_seconds: float = Field(default=1.0, gt=0)
     # A worker that sent no heartbeat for this long is dead: its jobs are retried elsewhere.

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.config import Settings
+from mixhouse.wallets.providers.blockchain_info import BlockchainInfoSource
+from mixhouse.wallets.providers.esplora import EsploraSource
 from mixhouse.wallets.records import HistorySource
 from mixhouse.wallets.sources.bitcoin_node import BitcoinNodeSource
 from mixhouse.wallets.sources.ethereum_node import EthereumNodeSource
 
 
 def sources_from_settings(settings: Settings) -> dict[str, HistorySource]:
-    """``{"BTC": ..., "ETH": ...}`` for the chains whose node is configured (the same nodes the
-    mixer uses). Addresses of a chain without a source stay ``pending``."""
+    """``{"BTC": ..., "ETH": ...}``: the operator's nodes (the ones the mixer uses), or for
+    Bitcoin a provider API (``wallet_btc_source``). Addresses of a chain without a source stay
+    ``pending``."""
     sources: dict[str, HistorySource] = {}
-    if settings.bitcoin_enabled:
+    if settings.wallet_btc_source == "esplora":
+        sources["BTC"] = EsploraSource(settings.wallet_esplora_url, network=settings.bitcoin_network)
+    elif settings.wallet_btc_source == "blockchain.info":
+        sources["BTC"] = BlockchainInfoSource(settings.wallet_blockchain_info_url)
+    elif settings.bitcoin_enabled:
         password = settings.bitcoin_rpc_password
         rpc = BitcoinRpc(
             settings.bitcoin_rpc_url,
