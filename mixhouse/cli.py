@@ -288,3 +288,45 @@ def apikey_create(
         raise _fail(exc) from exc
     typer.echo(f"API key {key_id} for {user!r}; it is shown only this once, store it now:", err=True)
     typer.echo(key)
+
+
+@app.command()
+def fixtures(
+    users: Annotated[int, typer.Option("--users", min=0, help="Demo users (demo-user-1..N)")] = 3,
+    txs: Annotated[int, typer.Option("--txs", min=0, help="Transactions per address")] = 50,
+    wallets: Annotated[int, typer.Option("--wallets", min=0, help="Wallets per user")] = 2,
+    addresses: Annotated[int, typer.Option("--addresses", min=0, help="Addresses per wallet")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the generated history")] = 1,
+) -> None:
+    """Fill the database with demo users, wallets, addresses and history (idempotent; no API keys)."""
+    from mixhouse.wallets.fixtures import FixtureSummary, generate_fixtures  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _run() -> FixtureSummary:
+        engine = make_engine(url, pool_size=1)
+        try:
+            return await generate_fixtures(
+                engine,
+                users=users,
+                wallets_per_user=wallets,
+                addresses_per_wallet=addresses,
+                txs_per_address=txs,
+                seed=seed,
+            )
+        finally:
+            await engine.dispose()
+
+    try:
+        summary = asyncio.run(_run())
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"fixtures: {summary.users} users, {summary.wallets} wallets, {summary.addresses} addresses, "
+        f"{summary.transactions} transactions"
+    )
+    console.print(
+        f"this run: {summary.created_users} users and {summary.created_wallets} wallets created, "
+        f"{summary.added_addresses} addresses added, {summary.written} transaction rows written"
+    )
+    console.print("give a demo user a key with: mixhouse apikey create demo-user-1")
