@@ -395,7 +395,9 @@ async def _record_error(rt: Runtime, send_id: int, message: str, *, retry_in: fl
 
 
 async def _await_confirmation(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> str:
-    check = await adapter.check_send(prepared_of(row), earlier_sends=await _landed_before(rt, row))
+    # Only a chain without txids needs the history index; the others look the txid up.
+    earlier = 0 if adapter.has_idempotent_send else await _landed_before(rt, row)
+    check = await adapter.check_send(prepared_of(row), earlier_sends=earlier)
     if check.state is ChainSendState.CONFIRMED:
         await _mark_confirmed(rt, row, SendState.BROADCAST, check.network_fee_paid, found_by_recovery=False)
         return SendState.CONFIRMED
