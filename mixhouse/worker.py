@@ -90,7 +90,7 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     @app.periodic(cron=f"*/{sync_every} * * * * *", periodic_id="sync_wallets")
     @app.task(name="sync_wallets", queue=QUEUE, queueing_lock="sync_wallets")
     async def sync_wallets_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
-        await sync_all(rt.engine, sources.get)
+        await sync_all(rt.engine, sources.get, bitcoin_network=rt.settings.bitcoin_network)
 
     @app.periodic(cron="* * * * * *", periodic_id="recover")
     @app.task(name="recover", queue=QUEUE, queueing_lock="recover")

@@ -618,6 +618,10 @@ def test_cli_users_and_keys(database_url: str, monkeypatch: pytest.MonkeyPatch) 
 # connection outlives the loop that opened it.
 
 FUZZ_KEY = "mh_fuzz-key-for-schemathesis-0123456789abcdef"
+# m/84'/1'/0' of the BIP-39 test mnemonic "abandon ... about" (a test-network account key).
+FUZZ_VPUB = (
+    "vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8ZhDYe2jWAqvZVnsc"
+)
 _FUZZ_APP = create_app(
     Runtime(
         settings=_settings("postgresql://unused@127.0.0.1/unused"),
@@ -643,6 +647,8 @@ def fuzz_db(database_url: str) -> Iterator[None]:
                 await conn.execute(api_keys.insert().values(**row))
             wallet = await service.create_wallet(engine, actors.alice.id, "fuzz")
             await service.import_addresses(engine, wallet["id"], "ETH", [ETH], bitcoin_network="regtest")
+            # A watch-only key set too, so the xpub routes list something.
+            await service.import_xpub(engine, wallet["id"], FUZZ_VPUB, gap_limit=2, bitcoin_network="regtest")
             await _upsert(engine, [tx(f"0x{i:x}", when=T0 + timedelta(minutes=i)) for i in range(5)])
         finally:
             await engine.dispose()

@@ -156,6 +156,9 @@ class WalletAddressOut(BaseModel):
     synced_height: int | None
     last_synced_at: datetime | None
     created_at: datetime
+    xpub_id: int | None = Field(description="The xpub this address was derived from; null if imported by hand.")
+    branch: int | None = Field(description="0 receive, 1 change (derived addresses only).")
+    derivation_index: int | None = Field(description="Index on the branch: KEY/branch/derivation_index.")
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> WalletAddressOut:
@@ -176,6 +179,9 @@ class WalletAddressOut(BaseModel):
             synced_height=row["synced_height"],
             last_synced_at=row["last_synced_at"],
             created_at=row["created_at"],
+            xpub_id=row["xpub_id"],
+            branch=row["branch"],
+            derivation_index=row["derivation_index"],
         )
 
 
@@ -183,6 +189,133 @@ class AddressList(BaseModel):
     """``GET /api/v1/wallets/{id}/addresses``, in import order."""
 
     items: list[WalletAddressOut]
+
+
+DescriptorText = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+# Account m/84'/1'/0' of the BIP-39 test mnemonic "abandon ... about" (a test-network key).
+_EXAMPLE_VPUB = (
+    "vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8ZhDYe2jWAqvZVnsc"
+)
+_EXAMPLE_DESCRIPTOR = (
+    "wpkh([73c5da0a/84h/1h/0h]tpubDC8msFGeGuwnKG9Upg7DM2b4DaRqg3CUZa5g8v2SRQ6K4NSkxUgd7HsL2XVWbVm39yBA4LAxysQAm397zwQ"
+    "SQoQgewGiYZqrA9DsP4zbQ1M/<0;1>/*)"
+)
+ScriptTypeOut = Literal["pkh", "sh-wpkh", "wpkh", "tr"]
+
+
+class XpubImportIn(BaseModel):
+    """``POST /api/v1/wallets/{id}/xpubs``: a watch-only key set (extended public key or descriptor)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"descriptor": _EXAMPLE_VPUB, "gap_limit": 20},
+                {"descriptor": _EXAMPLE_DESCRIPTOR},
+            ]
+        },
+    )
+
+    descriptor: DescriptorText = Field(
+        description=(
+            "An extended public key (xpub/ypub/zpub, tpub/upub/vpub off mainnet) or a one-key output "
+            "descriptor pkh(KEY), sh(wpkh(KEY)), wpkh(KEY), tr(KEY); KEY may carry an origin "
+            "[fingerprint/path] and /0/*, /1/* or /<0;1>/*; an optional #checksum is verified. "
+            "Never a private key."
+        )
+    )
+    gap_limit: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Unused addresses kept derived after the last used one, per branch (BIP-44 uses 20).",
+    )
+
+
+class DerivedAddressOut(BaseModel):
+    """An address derived from an xpub: ``KEY/branch/index``."""
+
+    branch: int = Field(description="0 receive, 1 change.")
+    index: int
+    address: str
+
+
+class XpubOut(BaseModel):
+    """An imported key set with every address derived from it so far."""
+
+    id: int
+    descriptor: str = Field(description="Canonical form: <type>([origin]xpub/<0;1>/*)#checksum (BIP-380, BIP-389).")
+    script_type: ScriptTypeOut = Field(description="pkh (P2PKH), sh-wpkh (P2SH-P2WPKH), wpkh (P2WPKH), tr (P2TR).")
+    gap_limit: int
+    created_at: datetime
+    addresses: list[DerivedAddressOut] = Field(description="By branch, then index; they sync from status pending.")
+
+    @classmethod
+    def from_import(cls, result: service.XpubImport) -> XpubOut:
+        """Build from :func:`mixhouse.wallets.service.import_xpub`'s result."""
+        return cls(
+            id=result.id,
+            descriptor=result.descriptor,
+            script_type=result.script_type,
+            gap_limit=result.gap_limit,
+            created_at=result.created_at,
+            addresses=[DerivedAddressOut(branch=a.branch, index=a.index, address=a.address) for a in result.addresses],
+        )
+
+
+class BranchOut(BaseModel):
+    """The derivation state and balance of one branch of an xpub."""
+
+    derived: int = Field(description="Addresses derived so far (indexes 0 .. derived-1).")
+    last_used_index: int | None = Field(description="Highest index with any transaction; null if none.")
+    confirmed: str = Field(description="Confirmed balance of the branch's addresses, satoshi.")
+    unconfirmed: str = Field(description="Net of their unconfirmed transactions, satoshi (signed).")
+
+    @classmethod
+    def from_stats(cls, stats: service.BranchStats) -> BranchOut:
+        """Build from a :class:`mixhouse.wallets.service.BranchStats`."""
+        return cls(
+            derived=stats.derived,
+            last_used_index=stats.last_used,
+            confirmed=str(stats.confirmed),
+            unconfirmed=str(stats.unconfirmed),
+        )
+
+
+class XpubSummaryOut(BaseModel):
+    """An imported key set with per-branch state and balance totals."""
+
+    id: int
+    descriptor: str
+    script_type: ScriptTypeOut
+    gap_limit: int
+    created_at: datetime
+    receive: BranchOut = Field(description="Branch 0.")
+    change: BranchOut = Field(description="Branch 1.")
+    confirmed: str = Field(description="Confirmed balance over both branches, satoshi.")
+    unconfirmed: str = Field(description="Net of unconfirmed transactions over both branches, satoshi (signed).")
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> XpubSummaryOut:
+        """Build from a row of :func:`mixhouse.wallets.service.list_xpubs`."""
+        return cls(
+            id=row["id"],
+            descriptor=row["descriptor"],
+            script_type=row["script_type"],
+            gap_limit=row["gap_limit"],
+            created_at=row["created_at"],
+            receive=BranchOut.from_stats(row["branches"][0]),
+            change=BranchOut.from_stats(row["branches"][1]),
+            confirmed=str(row["confirmed"]),
+            unconfirmed=str(row["unconfirmed"]),
+        )
+
+
+class XpubList(BaseModel):
+    """``GET /api/v1/wallets/{id}/xpubs``, oldest first."""
+
+    items: list[XpubSummaryOut]
 
 
 class LegOut(BaseModel):
@@ -320,6 +453,57 @@ async def list_addresses(wallet_id: WalletId, user: UserDep, rt: RuntimeDep) -> 
     await service.get_wallet(rt.engine, wallet_id, user)
     rows = await service.list_wallet_addresses(rt.engine, wallet_id)
     return AddressList(items=[WalletAddressOut.from_row(r) for r in rows])
+
+
+@router.post(
+    "/{wallet_id}/xpubs",
+    status_code=201,
+    response_model=XpubOut,
+    responses={
+        200: {"model": XpubOut, "description": "The wallet already had this key set; returned unchanged."},
+        **problem_responses(400, 404),
+    },
+    summary="Import an xpub or descriptor",
+)
+async def import_xpub(
+    wallet_id: WalletId, body: XpubImportIn, user: UserDep, rt: RuntimeDep, response: Response
+) -> XpubOut:
+    """Import a watch-only Bitcoin key set: its first ``gap_limit`` receive and change addresses
+    are added to the wallet (``pending``), and every sync derives more so that ``gap_limit``
+    unused addresses always follow the last used one on each branch.
+
+    Idempotent: the same key set again (any origin, any of its chains) answers 200 with the
+    stored one, unchanged. A derived address already imported by hand is attached to the key.
+
+    Errors: 400 malformed JSON; 404 wallet not found (or not yours); 422 the key is refused
+    (a private key, a bad checksum, hardened steps after the key, another network than the
+    server's, multisig or another unsupported descriptor, malformed) or the gap limit is out of
+    1..1000. Nothing is written on an error.
+    """
+    await service.get_wallet(rt.engine, wallet_id, user)
+    result = await service.import_xpub(
+        rt.engine,
+        wallet_id,
+        body.descriptor,
+        gap_limit=body.gap_limit,
+        bitcoin_network=rt.settings.bitcoin_network,
+    )
+    if not result.created:
+        response.status_code = 200
+    return XpubOut.from_import(result)
+
+
+@router.get(
+    "/{wallet_id}/xpubs",
+    response_model=XpubList,
+    responses=problem_responses(404),
+    summary="List a wallet's xpubs",
+)
+async def list_xpubs(wallet_id: WalletId, user: UserDep, rt: RuntimeDep) -> XpubList:
+    """The wallet's key sets with, per branch, the addresses derived, the last used index and
+    the balance (satoshi strings). The addresses themselves are in ``/addresses``."""
+    await service.get_wallet(rt.engine, wallet_id, user)
+    return XpubList(items=[XpubSummaryOut.from_row(r) for r in await service.list_xpubs(rt.engine, wallet_id)])
 
 
 AmountParam = Annotated[

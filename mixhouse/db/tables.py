@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     Table,
     Text,
     TypeDecorator,
@@ -282,6 +284,24 @@ wallets = Table(
     UniqueConstraint("user_id", "name", name="uq_wallets_user_name"),
 )
 
+# A watch-only extended key of a wallet (see mixhouse.wallets.xpubs): its addresses are
+# derived into wallet_addresses, gap_limit unused ones past the last used, per branch.
+wallet_xpubs = Table(
+    "wallet_xpubs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("wallet_id", BigInteger, ForeignKey("wallets.id"), nullable=False),
+    Column("chain", Text, nullable=False, server_default=text("'BTC'")),
+    Column("descriptor", Text, nullable=False),  # canonical output descriptor with its BIP-380 checksum
+    Column("script_type", Text, nullable=False),  # 'pkh', 'sh-wpkh', 'wpkh' or 'tr'
+    Column("gap_limit", Integer, nullable=False, server_default=text("20")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("wallet_id", "descriptor", name="uq_wallet_xpubs_descriptor"),
+    CheckConstraint("chain = 'BTC'", name="ck_wallet_xpubs_chain"),
+    CheckConstraint("script_type IN ('pkh', 'sh-wpkh', 'wpkh', 'tr')", name="ck_wallet_xpubs_script_type"),
+    CheckConstraint("gap_limit BETWEEN 1 AND 1000", name="ck_wallet_xpubs_gap_limit"),
+)
+
 wallet_addresses = Table(
     "wallet_addresses",
     metadata,
@@ -295,7 +315,20 @@ wallet_addresses = Table(
     Column("synced_height", BigInteger, nullable=True),
     Column("last_synced_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Set (all three) when the address was derived from an xpub: m/.../branch/derivation_index.
+    Column("xpub_id", BigInteger, ForeignKey("wallet_xpubs.id"), nullable=True),
+    Column("branch", SmallInteger, nullable=True),  # 0 receive, 1 change
+    Column("derivation_index", Integer, nullable=True),
     UniqueConstraint("wallet_id", "chain", "address", name="uq_wallet_addresses"),
+    # One address per derivation slot; also the index that finds an xpub's addresses.
+    UniqueConstraint("xpub_id", "branch", "derivation_index", name="uq_wallet_addresses_derivation"),
+    CheckConstraint(
+        "(xpub_id IS NULL AND branch IS NULL AND derivation_index IS NULL)"
+        " OR (xpub_id IS NOT NULL AND branch IS NOT NULL AND derivation_index IS NOT NULL)",
+        name="ck_wallet_addresses_derivation",
+    ),
+    CheckConstraint("branch IN (0, 1)", name="ck_wallet_addresses_branch"),
+    CheckConstraint("derivation_index >= 0", name="ck_wallet_addresses_derivation_index"),
 )
 Index("ix_wallet_addresses_chain_address", wallet_addresses.c.chain, wallet_addresses.c.address)
 

@@ -6,6 +6,11 @@ and a second sync of an up-to-date address fetches nothing but the tip. Reorgs r
 source put the transactions above the rewound height back to unconfirmed before the new page
 is stored (those still in the new chain confirm again with it). Statuses: ``pending`` (never
 synced), ``syncing``, ``synced``, ``error`` (with the reason; retried at the next run).
+
+Addresses derived from an xpub follow its gap limit: after syncing, :func:`sync_all` derives
+the addresses each branch now needs (:func:`mixhouse.wallets.service.extend_gap`) and syncs
+them, round after round, until a round derives nothing, so a payment far past the first
+``gap_limit`` addresses is found in one run as long as no gap before it exceeds the limit.
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse.db.tables import wallet_addresses
 from mixhouse.errors import ChainError, InvalidAddress
 from mixhouse.mixer.states import now
-from mixhouse.wallets import store
+from mixhouse.wallets import service, store
 from mixhouse.wallets.records import HistorySource
 
 log = structlog.get_logger(__name__)
 
 SourceFor = Callable[[str], HistorySource | None]
+
+# Gap-extension rounds per sync_all: each round can reach gap_limit indexes further, so this
+# bounds one run (a wallet with more used addresses finishes at the next run).
+MAX_GAP_ROUNDS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +114,26 @@ def _height_of(checkpoint: str | None) -> int | None:
     return int(head) if sep and head.isdigit() else None
 
 
-async def sync_all(engine: AsyncEngine, source_for: SourceFor) -> list[SyncResult]:
-    """Sync every imported address whose chain has a source.
+async def sync_all(
+    engine: AsyncEngine,
+    source_for: SourceFor,
+    *,
+    bitcoin_network: str | None = None,
+    max_gap_rounds: int = MAX_GAP_ROUNDS,
+) -> list[SyncResult]:
+    """Sync every imported address whose chain has a source, then keep the xpubs' gap limits.
 
     Args:
         source_for: the source of a chain (``"BTC"``, ``"ETH"``...), ``None`` if none is
             configured (those addresses stay ``pending``).
+        bitcoin_network: the server's Bitcoin network. When given and a BTC source exists,
+            after the first pass each round derives the addresses the xpubs' gap limits now
+            call for and syncs them; it stops when a round derives nothing, or after
+            ``max_gap_rounds`` rounds (the next run goes on). ``None`` skips this.
+
+    Returns:
+        One :class:`SyncResult` per address synced, in sync order (first pass, then the
+        derived addresses of each round).
     """
     async with engine.connect() as conn:
         pairs = (await conn.execute(select(wallet_addresses.c.chain, wallet_addresses.c.address).distinct())).all()
@@ -119,4 +142,15 @@ async def sync_all(engine: AsyncEngine, source_for: SourceFor) -> list[SyncResul
         source = source_for(chain)
         if source is not None:
             results.append(await sync_address(engine, source, address))
+    bitcoin = source_for("BTC")
+    if bitcoin_network is None or bitcoin is None:
+        return results
+    for _ in range(max_gap_rounds):
+        derived = await service.extend_gap(engine, bitcoin_network=bitcoin_network)
+        if not derived:
+            break
+        # An address derived for two wallets (the same xpub imported twice) syncs once.
+        results.extend([await sync_address(engine, bitcoin, a) for a in dict.fromkeys(d.address for d in derived)])
+    else:
+        log.info("gap extension stopped for this run", rounds=max_gap_rounds)
     return results
