@@ -8,12 +8,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.chains.bitcoin.networks import normalize_address
-from mixhouse.db.tables import address_balances, address_txs, api_keys, users, wallet_addresses, wallets
+from mixhouse.db.tables import address_balances, address_txs, api_keys, chain_txs, users, wallet_addresses, wallets
 from mixhouse.wallets import store
 from mixhouse.wallets.fixtures import btc_history, eth_history, generate_fixtures
 from mixhouse.wallets.records import Direction
 
-TABLES = (users, api_keys, wallets, wallet_addresses, address_txs, address_balances)
+TABLES = (users, api_keys, wallets, wallet_addresses, chain_txs, address_txs, address_balances)
 
 
 async def _snapshot(engine: AsyncEngine) -> dict[str, list[dict[str, Any]]]:
@@ -36,6 +36,8 @@ async def test_generate_is_idempotent_and_consistent(engine: AsyncEngine) -> Non
     )
     first = await _snapshot(engine)
     counts = {name: len(rows) for name, rows in first.items()}
+    # Each transaction's legs once, however many of the fixture addresses it touches.
+    assert counts.pop("chain_txs") == len({(t["chain"], t["txid"]) for t in first["address_txs"]})
     assert counts == {
         "users": 2,
         "api_keys": 0,
@@ -59,7 +61,7 @@ async def test_generate_is_idempotent_and_consistent(engine: AsyncEngine) -> Non
     assert len({(a["chain"], a["address"]) for a in first["wallet_addresses"]}) == 12
     directions = {t["direction"] for t in first["address_txs"]}
     assert {Direction.IN.value, Direction.OUT.value} <= directions
-    assert all(t["fee"] is not None and t["fee"] > 0 for t in first["address_txs"])
+    assert all(t["fee"] is not None and t["fee"] > 0 for t in first["chain_txs"])
 
     # Balances: per address, confirmed = sum of confirmed net, unconfirmed = the rest, never negative.
     nets: dict[tuple[str, str], list[int]] = {}

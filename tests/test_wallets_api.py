@@ -27,12 +27,12 @@ from mixhouse.api.problems import PROBLEM_MEDIA_TYPE
 from mixhouse.cli import app as cli_app
 from mixhouse.config import Settings
 from mixhouse.db.engine import sqlalchemy_url
-from mixhouse.db.tables import address_balances, address_txs, api_keys, wallet_addresses
+from mixhouse.db.tables import address_balances, address_txs, api_keys, chain_txs, wallet_addresses
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.wallets import service, store
-from mixhouse.wallets.records import AddressTx, Leg
+from mixhouse.wallets.records import AddressTx, Direction, Leg
 
 ADMIN_KEY = "test-admin-key-0123456789"
 ETH = "0x52908400098527886E0F7030069857D2E4169EE7"  # EIP-55 test vector
@@ -169,9 +169,14 @@ async def _upsert(engine: AsyncEngine, txs: list[AddressTx]) -> int:
 
 
 async def _stored(engine: AsyncEngine, txid: str, address: str = ETH) -> dict[str, Any]:
+    """The address's row of ``txid`` with the transaction's legs and fee (from ``chain_txs``)."""
     async with engine.connect() as conn:
         row = (
-            await conn.execute(select(address_txs).where(address_txs.c.txid == txid, address_txs.c.address == address))
+            await conn.execute(
+                select(address_txs, chain_txs.c.fee, chain_txs.c.inputs, chain_txs.c.outputs)
+                .join(chain_txs, (chain_txs.c.chain == address_txs.c.chain) & (chain_txs.c.txid == address_txs.c.txid))
+                .where(address_txs.c.txid == txid, address_txs.c.address == address)
+            )
         ).one()
     return dict(row._mapping)
 
@@ -449,6 +454,48 @@ async def test_confirmations_from_sync_height(client: httpx.AsyncClient, rt: Run
 
 
 # -- the store: merge, reorg, balances -------------------------------------------------------
+
+
+async def test_a_transaction_touching_many_addresses_stores_its_legs_once(engine: AsyncEngine) -> None:
+    payees = [f"bcrt1qpayee{n:04d}" for n in range(50)]
+    outputs = tuple(Leg(n, address, 1000 + n, "BTC") for n, address in enumerate(payees))
+    inputs = (Leg(0, "bcrt1qpayer", 200_000, "BTC"),)
+    rows = [
+        AddressTx("BTC", address, "ee" * 32, inputs, outputs, 1000 + n, "BTC", 500, 9, "09", T0)
+        for n, address in enumerate(payees)
+    ]
+    assert await _upsert(engine, rows) == 50
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(chain_txs))).all()
+        assert len(stored) == 1
+        assert len(stored[0].outputs) == 50
+        row = await store.get_address_tx(conn, "BTC", payees[7], "ee" * 32)
+    assert row is not None
+    assert (row.net, row.fee, row.direction, len(row.outputs)) == (1007, 500, Direction.IN, 50)
+    assert await _upsert(engine, rows) == 0
+
+
+async def test_eth_and_token_legs_of_one_transaction_do_not_collide(engine: AsyncEngine) -> None:
+    token = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
+    eth_row = AddressTx(
+        "ETH", ETH, "0x" + "ab" * 32, (Leg(0, ETH, 0, "ETH"),), (Leg(0, token, 0, "ETH"),), -21_000, "ETH", 21_000,
+        5, "0x05", T0,
+    )  # fmt: skip
+    token_row = AddressTx(
+        "ETH", ETH, "0x" + "ab" * 32, (Leg(0, ETH, 9, token),), (Leg(0, "0x" + "11" * 20, 9, token),), -9, token,
+        None, 5, "0x05", T0,
+    )  # fmt: skip
+    assert await _upsert(engine, [eth_row, token_row]) == 2
+    async with engine.connect() as conn:
+        eth = await store.get_address_tx(conn, "ETH", ETH, "0x" + "ab" * 32, "ETH")
+        usdt = await store.get_address_tx(conn, "ETH", ETH, "0x" + "ab" * 32, token)
+    assert eth is not None
+    assert usdt is not None
+    # Both legs at index 0 survive (keyed by asset too); the token row knows the fee the ETH row brought.
+    assert {(leg.asset, leg.amount) for leg in usdt.inputs} == {("ETH", 0), (token, 9)}
+    assert (eth.net, usdt.net, usdt.fee) == (-21_000, -9, 21_000)
+    # Direction counts the legs of the row's own asset only.
+    assert (eth.direction, usdt.direction) == (Direction.OUT, Direction.OUT)
 
 
 async def test_merge_of_partial_copies_keeps_legs(engine: AsyncEngine) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -334,6 +335,19 @@ Index("ix_wallet_addresses_chain_address", wallet_addresses.c.chain, wallet_addr
 
 # One row per (address, transaction, asset), shared by every wallet that imported the address.
 # ``net`` is signed; legs are JSON lists of {"index", "address", "amount" (decimal string), "asset"}.
+# A transaction's legs and fee, once per (chain, txid) whatever the number of tracked
+# addresses it touches (see mixhouse.wallets.store).
+chain_txs = Table(
+    "chain_txs",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("txid", Text, primary_key=True),
+    Column("fee", Amount, nullable=True),
+    Column("inputs", JSONB, nullable=False),
+    Column("outputs", JSONB, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 address_txs = Table(
     "address_txs",
     metadata,
@@ -344,14 +358,12 @@ address_txs = Table(
     Column("asset", Text, nullable=False),
     Column("direction", Text, nullable=False),  # 'in', 'out' or 'self'
     Column("net", Amount, nullable=False),
-    Column("fee", Amount, nullable=True),
     Column("block_height", BigInteger, nullable=True),
     Column("block_hash", Text, nullable=True),
     Column("block_time", DateTime(timezone=True), nullable=True),
-    Column("inputs", JSONB, nullable=False),
-    Column("outputs", JSONB, nullable=False),
     Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("chain", "address", "txid", "asset", name="uq_address_txs"),
+    ForeignKeyConstraint(["chain", "txid"], ["chain_txs.chain", "chain_txs.txid"], name="fk_address_txs_chain_txs"),
 )
 # Listing sorts on coalesce(block_time, first_seen_at) then id (see mixhouse.wallets.store).
 Index(

@@ -75,13 +75,26 @@ class AddressTx:
 
     @property
     def direction(self) -> Direction:
-        """``in`` when the address only received, ``out`` when it spent, ``self`` when it both
-        spent and received back more than it paid in fees (a transfer to itself)."""
-        spent = any(leg.address == self.address for leg in self.inputs)
-        received = any(leg.address == self.address for leg in self.outputs)
-        if spent and received and self.net >= -(self.fee or 0):
-            return Direction.SELF
-        return Direction.OUT if spent else Direction.IN
+        """The direction of this row (see :func:`direction_of`)."""
+        return direction_of(
+            self.address, self.asset, net=self.net, fee=self.fee, inputs=self.inputs, outputs=self.outputs
+        )
+
+
+def direction_of(
+    address: str, asset: str, *, net: int, fee: int | None, inputs: Sequence[Leg], outputs: Sequence[Leg]
+) -> Direction:
+    """The effect of a transaction on ``address`` in ``asset``.
+
+    ``in`` when the address only received ``asset``, ``out`` when it spent some, ``self`` when
+    it both spent and received back more than it paid in fees (a transfer to itself). Only the
+    legs of ``asset`` count: the ETH legs of a transaction do not make its ERC-20 row ``out``.
+    """
+    spent = any(leg.address == address and leg.asset == asset for leg in inputs)
+    received = any(leg.address == address and leg.asset == asset for leg in outputs)
+    if spent and received and net >= -(fee or 0):
+        return Direction.SELF
+    return Direction.OUT if spent else Direction.IN
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,14 @@ transaction (``async with engine.begin() as conn``).
 
 Storage shapes:
 
+* ``chain_txs``: one row per ``(chain, txid)``: ``fee`` in the chain's base unit or NULL, and
+  ``inputs``/``outputs`` as JSON lists of legs
+  ``{"index": int, "address": str | null, "amount": "<base units>", "asset": str}``. Stored
+  once however many tracked addresses the transaction touches (a batch payout to 300 tracked
+  addresses is one copy of its legs, not 300).
 * ``address_txs``: one row per ``(chain, address, txid, asset)``, shared by every wallet that
-  imported the address. ``net`` is signed (base units of ``asset``), ``fee`` in the chain's
-  base unit or NULL. ``inputs``/``outputs`` are JSON lists of legs
-  ``{"index": int, "address": str | null, "amount": "<base units>", "asset": str}``.
+  imported the address: ``direction``, ``net`` (signed, base units of ``asset``) and the
+  block (NULL while unconfirmed).
 * ``address_balances``: per ``(chain, address, asset)``, ``confirmed`` is the sum of ``net``
   over confirmed rows and ``unconfirmed`` the sum over unconfirmed ones (a delta to add to
   ``confirmed``, possibly negative).
@@ -25,16 +29,18 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import and_, delete, func, literal, select, text, tuple_, update
+from sqlalchemy import and_, delete, func, literal, select, text, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mixhouse.db.tables import Amount, address_balances, address_txs, wallet_addresses
+from mixhouse.db.tables import chain_txs as chain_txs_table
 from mixhouse.errors import InvalidInput
-from mixhouse.wallets.records import AddressTx, Direction, Leg
+from mixhouse.wallets.records import AddressTx, Direction, Leg, direction_of
 
 Sort = Literal["newest", "oldest"]
 
@@ -42,6 +48,8 @@ Sort = Literal["newest", "oldest"]
 _CHUNK = 1000
 
 _TxKey = tuple[str, str, str, str]  # (chain, address, txid, asset)
+_ChainKey = tuple[str, str]  # (chain, txid)
+_K = TypeVar("_K")
 
 
 # -- legs ------------------------------------------------------------------------------------
@@ -63,20 +71,29 @@ def leg_from_json(data: Mapping[str, Any]) -> Leg:
     )
 
 
+def _leg_key(leg: Leg) -> tuple[str, int, str | None]:
+    return (leg.asset, leg.index, leg.address)
+
+
+def _leg_order(leg: Leg) -> tuple[int, str, str]:
+    return (leg.index, leg.address or "", leg.asset)
+
+
 def merge_legs(known: Sequence[Leg], new: Sequence[Leg]) -> tuple[Leg, ...]:
     """The union of two copies of a transaction's inputs (or outputs).
 
-    Legs are identified by ``(index, address)``; a leg in both copies takes ``new``'s amount
-    and asset. Nothing in ``known`` is ever dropped, so merging a partial copy (a source that
-    only gives the legs touching the address) keeps every leg learned before.
+    Legs are identified by ``(asset, index, address)`` (an ETH value leg and an ERC-20 log
+    leg may share an index); a leg in both copies takes ``new``'s amount. Nothing in
+    ``known`` is ever dropped, so merging a partial copy (a source that only gives the legs
+    touching the address) keeps every leg learned before.
 
     Returns:
-        The merged legs ordered by ``index`` then ``address``.
+        The merged legs ordered by ``index``, ``address`` then ``asset``.
     """
-    by_key: dict[tuple[int, str | None], Leg] = {(leg.index, leg.address): leg for leg in known}
+    by_key = {_leg_key(leg): leg for leg in known}
     for leg in new:
-        by_key[(leg.index, leg.address)] = leg
-    return tuple(sorted(by_key.values(), key=lambda leg: (leg.index, leg.address or "")))
+        by_key[_leg_key(leg)] = leg
+    return tuple(sorted(by_key.values(), key=_leg_order))
 
 
 def merge_txs(old: AddressTx, new: AddressTx) -> AddressTx:
@@ -104,7 +121,34 @@ def merge_txs(old: AddressTx, new: AddressTx) -> AddressTx:
     )
 
 
-def _tx_from_row(row: Mapping[str, Any]) -> AddressTx:
+@dataclass(slots=True)
+class _ChainTx:
+    """A transaction's legs and fee, as stored once per ``(chain, txid)`` in ``chain_txs``."""
+
+    fee: int | None
+    inputs: tuple[Leg, ...]
+    outputs: tuple[Leg, ...]
+
+    def merge(self, fee: int | None, inputs: Sequence[Leg], outputs: Sequence[Leg]) -> _ChainTx:
+        # Copies of one transaction for several addresses usually carry the very same legs
+        # (node sources): skip the union then, it dominated ingest time for batch payouts.
+        return _ChainTx(
+            fee if fee is not None else self.fee,
+            self.inputs if inputs == self.inputs else merge_legs(self.inputs, inputs),
+            self.outputs if outputs == self.outputs else merge_legs(self.outputs, outputs),
+        )
+
+    def json_values(self) -> dict[str, Any]:
+        return {
+            "fee": None if self.fee is None else str(self.fee),
+            "inputs": [leg_to_json(leg) for leg in self.inputs],
+            "outputs": [leg_to_json(leg) for leg in self.outputs],
+        }
+
+
+def tx_from_row(row: Mapping[str, Any]) -> AddressTx:
+    """The :class:`AddressTx` of a row of ``address_txs`` joined with its ``chain_txs`` row
+    (columns ``chain, address, txid, asset, net, block_*, fee, inputs, outputs``)."""
     return AddressTx(
         chain=row["chain"],
         address=row["address"],
@@ -120,40 +164,61 @@ def _tx_from_row(row: Mapping[str, Any]) -> AddressTx:
     )
 
 
-def _values(tx: AddressTx) -> dict[str, Any]:
-    """The ``address_txs`` column values of ``tx`` (without ``id`` and ``first_seen_at``)."""
-    return {
-        "chain": tx.chain,
-        "address": tx.address,
-        "txid": tx.txid,
-        "asset": tx.asset,
-        "direction": tx.direction.value,
-        "net": tx.net,
-        "fee": tx.fee,
-        "block_height": tx.block_height,
-        "block_hash": tx.block_hash,
-        "block_time": tx.block_time,
-        "inputs": [leg_to_json(leg) for leg in tx.inputs],
-        "outputs": [leg_to_json(leg) for leg in tx.outputs],
-    }
-
-
 def _key(tx: AddressTx) -> _TxKey:
     return (tx.chain, tx.address, tx.txid, tx.asset)
 
 
-def _chunks(items: Sequence[_TxKey], size: int) -> Iterator[Sequence[_TxKey]]:
+def _chunks(items: Sequence[_K], size: int) -> Iterator[Sequence[_K]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-# Keys travel as four parallel arrays joined with ``unnest``: PostgreSQL then probes the
-# unique index ``uq_address_txs`` once per key. (A row-value ``IN`` list of four columns was
-# planned as a scan of the ``(chain, ...)`` prefix plus a filter, which slowed every batch as
-# the table grew: 880 tx/s on the mainnet-blocks benchmark.)
-_LOCK_STORED = text(
+# Batches travel as one JSON document expanded by ``jsonb_to_recordset`` (one parameter
+# whatever the batch size, serialised by the C ``json`` encoder; parallel ``jsonb[]`` arrays
+# were slower, psycopg escapes every quote in Python) or, for keys, as parallel text arrays
+# joined with ``unnest`` (PostgreSQL probes the unique index once per key; a four-column
+# row-value ``IN`` list was planned as a prefix scan plus a filter and slowed as the table
+# grew). Amounts are JSON strings of decimal digits: wei and token amounts exceed 64 bits.
+# Rows are locked in key order so two concurrent upserts of overlapping batches wait for
+# each other instead of deadlocking.
+_INSERT_CHAIN_TXS = text(
     """
-    SELECT t.* FROM address_txs AS t
+    INSERT INTO chain_txs (chain, txid, fee, inputs, outputs)
+    SELECT chain, txid, fee, inputs, outputs
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS r(chain text, txid text, fee numeric, inputs jsonb, outputs jsonb)
+    ON CONFLICT (chain, txid) DO NOTHING
+    RETURNING chain, txid
+    """
+)
+
+_LOCK_CHAIN_TXS = text(
+    """
+    SELECT t.chain, t.txid, t.fee, t.inputs, t.outputs FROM chain_txs AS t
+    JOIN unnest(CAST(:chain AS text[]), CAST(:txid AS text[])) AS k(chain, txid)
+        ON t.chain = k.chain AND t.txid = k.txid
+    ORDER BY t.chain, t.txid
+    FOR UPDATE OF t
+    """
+)
+
+_INSERT_ADDRESS_TXS = text(
+    """
+    INSERT INTO address_txs (chain, address, txid, asset, direction, net, block_height, block_hash, block_time)
+    SELECT chain, address, txid, asset, direction, net, block_height, block_hash, block_time
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        chain text, address text, txid text, asset text, direction text, net numeric,
+        block_height bigint, block_hash text, block_time timestamptz
+    )
+    ON CONFLICT ON CONSTRAINT uq_address_txs DO NOTHING
+    RETURNING chain, address, txid, asset
+    """
+)
+
+_LOCK_ADDRESS_TXS = text(
+    """
+    SELECT t.id, t.chain, t.address, t.txid, t.asset, t.direction, t.net, t.block_height, t.block_hash, t.block_time
+    FROM address_txs AS t
     JOIN unnest(CAST(:chain AS text[]), CAST(:address AS text[]), CAST(:txid AS text[]), CAST(:asset AS text[]))
         AS k(chain, address, txid, asset)
         ON t.chain = k.chain AND t.address = k.address AND t.txid = k.txid AND t.asset = k.asset
@@ -162,101 +227,179 @@ _LOCK_STORED = text(
     """
 )
 
-# New rows travel as one JSON document expanded by ``jsonb_to_recordset``: a single parameter
-# whatever the batch size, serialised by the C ``json`` encoder. (Parallel ``jsonb[]`` arrays
-# were slower: psycopg escapes every quote of every leg in Python.) Amounts are JSON strings of
-# decimal digits, so wei and token amounts above 64 bits stay exact.
-_INSERT_NEW = text(
-    """
-    INSERT INTO address_txs
-        (chain, address, txid, asset, direction, net, fee, block_height, block_hash, block_time, inputs, outputs)
-    SELECT chain, address, txid, asset, direction, net, fee, block_height, block_hash, block_time, inputs, outputs
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-        chain text, address text, txid text, asset text, direction text, net numeric, fee numeric,
-        block_height bigint, block_hash text, block_time timestamptz, inputs jsonb, outputs jsonb
-    )
-    ON CONFLICT ON CONSTRAINT uq_address_txs DO NOTHING
-    RETURNING chain, address, txid, asset
-    """
-)
 
-
-def _key_arrays(keys: Sequence[_TxKey]) -> dict[str, list[str]]:
-    return {
-        "chain": [k[0] for k in keys],
-        "address": [k[1] for k in keys],
-        "txid": [k[2] for k in keys],
-        "asset": [k[3] for k in keys],
-    }
-
-
-def _rows_document(txs: Sequence[AddressTx]) -> str:
-    """The JSON array of ``txs``' column values read by :data:`_INSERT_NEW`."""
-    rows = []
-    for tx in txs:
-        values = _values(tx)
-        values["net"] = str(tx.net)
-        values["fee"] = None if tx.fee is None else str(tx.fee)
-        values["block_time"] = None if tx.block_time is None else _aware(tx.block_time).isoformat()
-        rows.append(values)
+def _document(rows: Sequence[Mapping[str, Any]]) -> str:
     return json.dumps(rows, separators=(",", ":"))
 
 
-async def _lock_stored(conn: AsyncConnection, keys: Sequence[_TxKey]) -> list[dict[str, Any]]:
-    """The stored rows of ``keys``, locked ``FOR UPDATE`` in ``id`` order (so two concurrent
-    upserts of overlapping batches wait for each other instead of deadlocking)."""
-    if not keys:
-        return []
-    return [dict(r._mapping) for r in (await conn.execute(_LOCK_STORED, _key_arrays(keys))).all()]
+async def _store_chain_txs(conn: AsyncConnection, chain_txs: dict[_ChainKey, _ChainTx]) -> int:
+    """Insert or merge ``chain_txs``; afterwards each value holds the stored (merged) legs.
 
-
-async def _merge_into_stored(
-    conn: AsyncConnection, batch: Mapping[_TxKey, AddressTx], rows: Sequence[Mapping[str, Any]]
-) -> int:
-    """Merge ``batch[key]`` into each locked stored row; the number of rows that changed."""
+    Returns:
+        The number of already stored transactions whose legs or fee changed.
+    """
     changed = 0
-    for stored in rows:
-        key = (stored["chain"], stored["address"], stored["txid"], stored["asset"])
-        merged = merge_txs(_tx_from_row(stored), batch[key])
-        values = _values(merged)
-        if all(stored[name] == value for name, value in values.items()):
+    for keys in _chunks(sorted(chain_txs), _CHUNK):
+        rows = [{"chain": k[0], "txid": k[1], **chain_txs[k].json_values()} for k in keys]
+        result = await conn.execute(_INSERT_CHAIN_TXS, {"rows": _document(rows)})
+        inserted = {(r.chain, r.txid) for r in result.all()}
+        known = [k for k in keys if k not in inserted]
+        if not known:
             continue
-        await conn.execute(update(address_txs).where(address_txs.c.id == stored["id"]).values(**values))
-        changed += 1
+        params = {"chain": [k[0] for k in known], "txid": [k[1] for k in known]}
+        for row in (await conn.execute(_LOCK_CHAIN_TXS, params)).all():
+            key = (row.chain, row.txid)
+            stored = _ChainTx(
+                None if row.fee is None else int(row.fee),
+                tuple(leg_from_json(leg) for leg in row.inputs),
+                tuple(leg_from_json(leg) for leg in row.outputs),
+            )
+            new = chain_txs[key]
+            merged = stored.merge(new.fee, new.inputs, new.outputs)
+            chain_txs[key] = merged
+            if merged == stored:
+                continue
+            await conn.execute(
+                update(chain_txs_table)
+                .where(chain_txs_table.c.chain == key[0], chain_txs_table.c.txid == key[1])
+                .values(
+                    fee=merged.fee,
+                    inputs=[leg_to_json(leg) for leg in merged.inputs],
+                    outputs=[leg_to_json(leg) for leg in merged.outputs],
+                )
+            )
+            changed += 1
     return changed
+
+
+def _address_values(tx: AddressTx, legs: _ChainTx) -> dict[str, Any]:
+    """The ``address_txs`` values of ``tx``; ``direction`` from the transaction's stored legs."""
+    direction = direction_of(tx.address, tx.asset, net=tx.net, fee=legs.fee, inputs=legs.inputs, outputs=legs.outputs)
+    return {
+        "chain": tx.chain,
+        "address": tx.address,
+        "txid": tx.txid,
+        "asset": tx.asset,
+        "direction": direction.value,
+        "net": tx.net,
+        "block_height": tx.block_height,
+        "block_hash": tx.block_hash,
+        "block_time": None if tx.block_time is None else _aware(tx.block_time),
+    }
+
+
+async def _store_address_txs(
+    conn: AsyncConnection, batch: Mapping[_TxKey, AddressTx], chain_txs: Mapping[_ChainKey, _ChainTx]
+) -> int:
+    """Insert or merge the per-address rows; the number inserted or changed."""
+    written = 0
+    for keys in _chunks(list(batch), _CHUNK):
+        values = {k: _address_values(batch[k], chain_txs[(k[0], k[2])]) for k in keys}
+        document = [
+            {
+                **v,
+                "net": str(v["net"]),
+                "block_time": None if v["block_time"] is None else v["block_time"].isoformat(),
+            }
+            for v in values.values()
+        ]
+        result = await conn.execute(_INSERT_ADDRESS_TXS, {"rows": _document(document)})
+        inserted = {(r.chain, r.address, r.txid, r.asset) for r in result.all()}
+        written += len(inserted)
+        known = [k for k in keys if k not in inserted]
+        if not known:
+            continue
+        params = {name: [k[i] for k in known] for i, name in enumerate(("chain", "address", "txid", "asset"))}
+        for row in (await conn.execute(_LOCK_ADDRESS_TXS, params)).all():
+            stored = dict(row._mapping)
+            new = values[(row.chain, row.address, row.txid, row.asset)]
+            if new["block_height"] is None:
+                # An unconfirmed copy never un-confirms a stored row (mark_unconfirmed_above does).
+                new = {**new, **{name: stored[name] for name in ("block_height", "block_hash", "block_time")}}
+            if all(stored[name] == value for name, value in new.items()):
+                continue
+            await conn.execute(update(address_txs).where(address_txs.c.id == stored["id"]).values(**new))
+            written += 1
+    return written
 
 
 async def upsert_address_txs(conn: AsyncConnection, txs: Sequence[AddressTx]) -> int:
     """Store history rows: insert new ones, merge into the ones already stored.
 
-    Copies of the same ``(chain, address, txid, asset)`` (within ``txs`` or against the
-    database) are merged with :func:`merge_txs`: legs are unioned by ``(index, address)`` so a
-    partial copy never drops a known leg, and block fields follow the copy that says the
-    transaction is confirmed (confirmation, or a move to another block after a reorg).
-    ``direction`` is recomputed from the merged legs. Existing rows are locked (``FOR
-    UPDATE``) while they are merged; rows inserted concurrently by another transaction are
-    merged rather than duplicated. ``AddressTx.extra`` is not stored.
-
-    Per chunk of keys: one statement inserts every row not stored yet (``ON CONFLICT DO
-    NOTHING``), one finds and locks the stored copies of the others, which are then merged.
+    A transaction's legs and fee are stored once per ``(chain, txid)`` in ``chain_txs``,
+    whatever the number of addresses it touches; each address keeps its own small row in
+    ``address_txs`` (net effect, direction, block). Copies of the same transaction (within
+    ``txs`` or against the database) are merged: legs are unioned with :func:`merge_legs` so
+    a partial copy never drops a known leg, a known fee is kept, ``net`` is the newest copy's,
+    and block fields follow the copy that says the transaction is confirmed (confirmation, or
+    a move to another block after a reorg). ``direction`` is computed from the merged legs.
+    Stored rows are locked (``FOR UPDATE``) while they are merged; rows inserted concurrently
+    by another transaction are merged rather than duplicated. ``AddressTx.extra`` is not
+    stored.
 
     Returns:
-        The number of rows written: inserted plus existing rows that actually changed.
+        The number of rows written: address rows inserted or changed, plus stored
+        transactions whose legs or fee changed. 0 means the database already knew it all.
     """
     batch: dict[_TxKey, AddressTx] = {}
+    chain_txs: dict[_ChainKey, _ChainTx] = {}
     for tx in txs:
         previous = batch.get(_key(tx))
         batch[_key(tx)] = tx if previous is None else merge_txs(previous, tx)
-    written = 0
-    for keys in _chunks(list(batch), _CHUNK):
-        # Insert first: a sync mostly brings rows never seen, and ON CONFLICT DO NOTHING
-        # settles races with concurrent syncs of the same address in the database.
-        result = await conn.execute(_INSERT_NEW, {"rows": _rows_document([batch[k] for k in keys])})
-        inserted = {(r.chain, r.address, r.txid, r.asset) for r in result.all()}
-        written += len(inserted)
-        known = [k for k in keys if k not in inserted]
-        written += await _merge_into_stored(conn, batch, await _lock_stored(conn, known))
+        known = chain_txs.get((tx.chain, tx.txid))
+        chain_txs[(tx.chain, tx.txid)] = (
+            _ChainTx(tx.fee, merge_legs((), tx.inputs), merge_legs((), tx.outputs))
+            if known is None
+            else known.merge(tx.fee, tx.inputs, tx.outputs)
+        )
+    written = await _store_chain_txs(conn, chain_txs)
+    written += await _store_address_txs(conn, batch, chain_txs)
     return written
+
+
+_CHAIN_TXS_OF = text(
+    """
+    SELECT t.chain, t.txid, t.fee, t.inputs, t.outputs FROM chain_txs AS t
+    JOIN unnest(CAST(:chain AS text[]), CAST(:txid AS text[])) AS k(chain, txid)
+        ON t.chain = k.chain AND t.txid = k.txid
+    """
+)
+
+
+async def _chain_txs_of(conn: AsyncConnection, keys: Sequence[_ChainKey]) -> dict[_ChainKey, dict[str, Any]]:
+    """``{(chain, txid): {"fee", "inputs", "outputs"}}`` of the stored transactions ``keys``
+    (``fee`` an int or None, legs as stored JSON)."""
+    if not keys:
+        return {}
+    params = {"chain": [k[0] for k in keys], "txid": [k[1] for k in keys]}
+    return {
+        (r.chain, r.txid): {
+            "fee": None if r.fee is None else int(r.fee),
+            "inputs": r.inputs,
+            "outputs": r.outputs,
+        }
+        for r in (await conn.execute(_CHAIN_TXS_OF, params)).all()
+    }
+
+
+async def get_address_tx(
+    conn: AsyncConnection, chain: str, address: str, txid: str, asset: str | None = None
+) -> AddressTx | None:
+    """The stored row of ``txid`` for ``address`` (of ``asset``; the chain's native asset row
+    first when ``asset`` is None) with the transaction's legs and fee, or ``None``."""
+    stmt = (
+        select(address_txs, chain_txs_table.c.fee, chain_txs_table.c.inputs, chain_txs_table.c.outputs)
+        .join(
+            chain_txs_table,
+            and_(chain_txs_table.c.chain == address_txs.c.chain, chain_txs_table.c.txid == address_txs.c.txid),
+        )
+        .where(address_txs.c.chain == chain, address_txs.c.address == address, address_txs.c.txid == txid)
+        .order_by((address_txs.c.asset != chain).asc(), address_txs.c.asset)
+    )
+    if asset is not None:
+        stmt = stmt.where(address_txs.c.asset == asset)
+    row = (await conn.execute(stmt.limit(1))).first()
+    return None if row is None else tx_from_row(dict(row._mapping))
 
 
 async def mark_unconfirmed_above(conn: AsyncConnection, chain: str, height: int) -> list[str]:
@@ -389,46 +532,58 @@ async def list_txs(
         sort: ``newest`` (sort time descending, then id descending) or ``oldest``.
 
     Returns:
-        ``(rows, next_cursor)``: rows are ``address_txs`` columns (legs still JSON, amounts
-        int) plus ``sort_time`` and ``confirmations`` (0 unconfirmed; ``synced_height -
+        ``(rows, next_cursor)``: rows are ``address_txs`` columns with the transaction's
+        ``fee``, ``inputs`` and ``outputs`` from ``chain_txs`` (legs still JSON, amounts int)
+        plus ``sort_time`` and ``confirmations`` (0 unconfirmed; ``synced_height -
         block_height + 1`` when the address's sync height is known, else ``None``);
         ``next_cursor`` is ``None`` on the last page.
 
     Raises:
         InvalidInput: a malformed cursor, or one made for the other sort order.
     """
+    # Per address, a LATERAL subquery walks ix_address_txs_listing (chain, address, sort time,
+    # id) from the cursor and stops after limit + 1 rows; the outer query merges those few
+    # rows. A plain join sorted every row of the wallet instead (62 ms vs 1 ms at 100k rows).
     sort_time = func.coalesce(address_txs.c.block_time, address_txs.c.first_seen_at)
-    stmt = (
-        select(address_txs, sort_time.label("sort_time"), wallet_addresses.c.synced_height)
-        .join(
-            wallet_addresses,
-            and_(wallet_addresses.c.chain == address_txs.c.chain, wallet_addresses.c.address == address_txs.c.address),
-        )
-        .where(wallet_addresses.c.wallet_id == wallet_id)
+    per_address = select(address_txs, sort_time.label("sort_time"), wallet_addresses.c.synced_height).where(
+        address_txs.c.chain == wallet_addresses.c.chain, address_txs.c.address == wallet_addresses.c.address
     )
     if since is not None:
-        stmt = stmt.where(sort_time >= _aware(since))
+        per_address = per_address.where(sort_time >= _aware(since))
     if until is not None:
-        stmt = stmt.where(sort_time < _aware(until))
+        per_address = per_address.where(sort_time < _aware(until))
     if direction is not None:
-        stmt = stmt.where(address_txs.c.direction == Direction(direction).value)
+        per_address = per_address.where(address_txs.c.direction == Direction(direction).value)
     size = func.abs(address_txs.c.net, type_=Amount)
     if min_amount is not None:
-        stmt = stmt.where(size >= literal(min_amount, Amount))
+        per_address = per_address.where(size >= literal(min_amount, Amount))
     if max_amount is not None:
-        stmt = stmt.where(size <= literal(max_amount, Amount))
-    position = tuple_(sort_time, address_txs.c.id)
+        per_address = per_address.where(size <= literal(max_amount, Amount))
     if cursor is not None:
         moment, row_id = decode_cursor(cursor, sort)
-        after = tuple_(moment, row_id)
-        stmt = stmt.where(position < after if sort == "newest" else position > after)
+        position, after = tuple_(sort_time, address_txs.c.id), tuple_(moment, row_id)
+        per_address = per_address.where(position < after if sort == "newest" else position > after)
     if sort == "newest":
-        stmt = stmt.order_by(sort_time.desc(), address_txs.c.id.desc())
+        per_address = per_address.order_by(sort_time.desc(), address_txs.c.id.desc())
     else:
-        stmt = stmt.order_by(sort_time.asc(), address_txs.c.id.asc())
+        per_address = per_address.order_by(sort_time.asc(), address_txs.c.id.asc())
+    page_rows = per_address.limit(limit + 1).lateral("page_rows")
+    stmt = (
+        select(page_rows)
+        .select_from(wallet_addresses.join(page_rows, true()))
+        .where(wallet_addresses.c.wallet_id == wallet_id)
+    )
+    if sort == "newest":
+        stmt = stmt.order_by(page_rows.c.sort_time.desc(), page_rows.c.id.desc())
+    else:
+        stmt = stmt.order_by(page_rows.c.sort_time.asc(), page_rows.c.id.asc())
     rows = [dict(r._mapping) for r in (await conn.execute(stmt.limit(limit + 1))).all()]
     page = rows[:limit]
+    # The legs are fetched for the page only: joining chain_txs before the sort and limit made
+    # PostgreSQL join every row of the wallet (2x slower first pages at 100k rows).
+    legs = await _chain_txs_of(conn, [(row["chain"], row["txid"]) for row in page])
     for row in page:
+        row.update(legs[(row["chain"], row["txid"])])
         height, synced = row["block_height"], row.pop("synced_height")
         if height is None:
             row["confirmations"] = 0
