@@ -402,21 +402,24 @@ async def get_address_tx(
     return None if row is None else tx_from_row(dict(row._mapping))
 
 
-async def mark_unconfirmed_above(conn: AsyncConnection, chain: str, height: int) -> list[str]:
-    """After a reorg: every ``chain`` row in a block above ``height`` goes back to unconfirmed.
+async def mark_unconfirmed_above(
+    conn: AsyncConnection, chain: str, height: int, *, addresses: Sequence[str] | None = None
+) -> list[str]:
+    """After a reorg: rows of ``chain`` in a block above ``height`` go back to unconfirmed.
 
     ``block_height``, ``block_hash`` and ``block_time`` become NULL (the rows re-confirm when
-    the source reports them in the new blocks). Balances are not touched: call
-    :func:`recompute_balance` for the returned addresses.
+    the source reports them in the new blocks). ``addresses`` limits this to the addresses
+    whose source reported the reorg (``None``: every address of the chain). Balances are not
+    touched: call :func:`recompute_balance` for the returned addresses.
 
     Returns:
         The distinct addresses that had a row un-confirmed, sorted.
     """
+    stmt = update(address_txs).where(address_txs.c.chain == chain, address_txs.c.block_height > height)
+    if addresses is not None:
+        stmt = stmt.where(address_txs.c.address.in_(list(addresses)))
     result = await conn.execute(
-        update(address_txs)
-        .where(address_txs.c.chain == chain, address_txs.c.block_height > height)
-        .values(block_height=None, block_hash=None, block_time=None)
-        .returning(address_txs.c.address)
+        stmt.values(block_height=None, block_hash=None, block_time=None).returning(address_txs.c.address)
     )
     return sorted({str(r.address) for r in result.all()})
 

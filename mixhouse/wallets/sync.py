@@ -15,7 +15,7 @@ them, round after round, until a round derives nothing, so a payment far past th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -62,28 +62,57 @@ async def sync_address(
 ) -> SyncResult:
     """Sync every imported copy of ``address`` on ``source.chain`` to the source's tip.
 
+    Copies imported at different times may be at different checkpoints: the sync resumes from
+    the start then (re-storing a page is idempotent).
+
     Returns:
         A :class:`SyncResult`; a node or provider failure is recorded as ``error`` status, not
         raised, so one bad address does not stop the others.
     """
-    chain = source.chain
-    where = (wallet_addresses.c.chain == chain) & (wallet_addresses.c.address == address)
-    async with engine.begin() as conn:
+    where = (wallet_addresses.c.chain == source.chain) & (wallet_addresses.c.address == address)
+    async with engine.connect() as conn:
         checkpoints = {
             row.checkpoint for row in (await conn.execute(select(wallet_addresses.c.checkpoint).where(where))).all()
         }
-        await conn.execute(update(wallet_addresses).where(where).values(status="syncing", error=None))
-    # Copies imported at different times may be at different checkpoints: resume from the
-    # oldest (re-storing a page is idempotent).
     checkpoint = None if None in checkpoints or len(checkpoints) != 1 else next(iter(checkpoints))
+    [result] = await sync_addresses(engine, source, [address], checkpoint, max_pages=max_pages)
+    return result
+
+
+async def sync_addresses(
+    engine: AsyncEngine,
+    source: HistorySource,
+    addresses: Sequence[str],
+    checkpoint: str | None,
+    *,
+    max_pages: int = 10_000,
+) -> list[SyncResult]:
+    """Sync ``addresses`` of ``source.chain`` together from ``checkpoint`` to the source's tip.
+
+    One fetch covers all of them, so a node source reads each block once for the whole group
+    instead of once per address. Each page is stored with the new checkpoint of every address
+    of the group in one transaction. A reorg reported by the source un-confirms the group's
+    rows above the rewound height only: another address, synced to a block still in the main
+    chain, keeps its confirmed rows (it would never read them again).
+
+    Returns:
+        One :class:`SyncResult` per address, in ``addresses`` order; ``pages`` and ``stored``
+        are the group's. A node or provider failure is recorded as ``error`` status of every
+        address of the group, not raised.
+    """
+    chain = source.chain
+    group = list(dict.fromkeys(addresses))
+    where = (wallet_addresses.c.chain == chain) & wallet_addresses.c.address.in_(group)
+    async with engine.begin() as conn:
+        await conn.execute(update(wallet_addresses).where(where).values(status="syncing", error=None))
     pages = stored = 0
     try:
         while pages < max_pages:
-            page = await source.fetch([address], checkpoint)
+            page = await source.fetch(group, checkpoint)
             pages += 1
             async with engine.begin() as conn:
                 if page.rewound_to is not None:
-                    await store.mark_unconfirmed_above(conn, chain, page.rewound_to)
+                    await store.mark_unconfirmed_above(conn, chain, page.rewound_to, addresses=group)
                 stored += await store.upsert_address_txs(conn, page.txs)
                 await conn.execute(
                     update(wallet_addresses)
@@ -96,16 +125,55 @@ async def sync_address(
                     )
                 )
                 if page.done:
-                    await store.recompute_balance(conn, chain, address)
+                    for address in group:
+                        await store.recompute_balance(conn, chain, address)
             checkpoint = page.checkpoint
             if page.done:
-                return SyncResult(chain, address, pages, stored, "synced")
-        return SyncResult(chain, address, pages, stored, "syncing")
+                return [SyncResult(chain, address, pages, stored, "synced") for address in group]
+        return [SyncResult(chain, address, pages, stored, "syncing") for address in group]
     except (ChainError, InvalidAddress) as exc:
-        log.warning("address sync failed", chain=chain, address=address, error=str(exc))
+        log.warning("address sync failed", chain=chain, addresses=len(group), first=group[0], error=str(exc))
         async with engine.begin() as conn:
             await conn.execute(update(wallet_addresses).where(where).values(status="error", error=str(exc)[:500]))
-        return SyncResult(chain, address, pages, stored, "error", str(exc))
+        return [SyncResult(chain, address, pages, stored, "error", str(exc)) for address in group]
+
+
+def _fetch_group_size(source: HistorySource) -> int:
+    """How many addresses one fetch of ``source`` may cover (its ``max_addresses_per_fetch``).
+
+    Node sources read blocks, so their checkpoints are block positions shared by any set of
+    addresses; a provider's checkpoint belongs to the address set it was made for, so
+    providers sync one address at a time (the default).
+    """
+    return max(1, int(getattr(source, "max_addresses_per_fetch", 1)))
+
+
+async def _sync_grouped(engine: AsyncEngine, source: HistorySource, addresses: Sequence[str]) -> list[SyncResult]:
+    """Sync ``addresses`` of ``source.chain``, those at the same checkpoint together."""
+    size = _fetch_group_size(source)
+    if size == 1:
+        return [await sync_address(engine, source, address) for address in addresses]
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(wallet_addresses.c.address, wallet_addresses.c.checkpoint).where(
+                    wallet_addresses.c.chain == source.chain, wallet_addresses.c.address.in_(list(addresses))
+                )
+            )
+        ).all()
+    checkpoints: dict[str, set[str | None]] = {}
+    for row in rows:
+        checkpoints.setdefault(row.address, set()).add(row.checkpoint)
+    groups: dict[str | None, list[str]] = {}
+    for address in addresses:
+        known = checkpoints.get(address, {None})
+        # Copies imported at different times disagree: start over (storing is idempotent).
+        groups.setdefault(next(iter(known)) if len(known) == 1 else None, []).append(address)
+    results: list[SyncResult] = []
+    for checkpoint, members in groups.items():
+        for start in range(0, len(members), size):
+            results.extend(await sync_addresses(engine, source, members[start : start + size], checkpoint))
+    return results
 
 
 def _height_of(checkpoint: str | None) -> int | None:
@@ -137,11 +205,14 @@ async def sync_all(
     """
     async with engine.connect() as conn:
         pairs = (await conn.execute(select(wallet_addresses.c.chain, wallet_addresses.c.address).distinct())).all()
-    results = []
+    by_chain: dict[str, list[str]] = {}
     for chain, address in pairs:
+        by_chain.setdefault(chain, []).append(address)
+    results: list[SyncResult] = []
+    for chain, addresses in sorted(by_chain.items()):
         source = source_for(chain)
         if source is not None:
-            results.append(await sync_address(engine, source, address))
+            results.extend(await _sync_grouped(engine, source, sorted(addresses)))
     bitcoin = source_for("BTC")
     if bitcoin_network is None or bitcoin is None:
         return results
@@ -150,7 +221,7 @@ async def sync_all(
         if not derived:
             break
         # An address derived for two wallets (the same xpub imported twice) syncs once.
-        results.extend([await sync_address(engine, bitcoin, a) for a in dict.fromkeys(d.address for d in derived)])
+        results.extend(await _sync_grouped(engine, bitcoin, list(dict.fromkeys(d.address for d in derived))))
     else:
         log.info("gap extension stopped for this run", rounds=max_gap_rounds)
     return results

@@ -46,6 +46,9 @@ class EthereumNodeSource:
     """
 
     chain = "ETH"
+    # Blocks and Transfer logs are read whole and filtered here, so one fetch serves any
+    # number of addresses (see mixhouse.wallets.sync).
+    max_addresses_per_fetch = 1000
 
     def __init__(self, rpc_url: str, *, blocks_per_page: int = 500, client: httpx.AsyncClient | None = None) -> None:
         self._url = rpc_url
