@@ -223,7 +223,7 @@ class RegtestBuilder:
         tip = int(self.rpc("getblockcount"))
         result = self.rpc("scantxoutset", "start", [f"addr({address})"])
         return [
-            Coin(u["txid"], int(u["vout"]), address, int(u["amount"] * COIN))
+            Coin(u["txid"], int(u["vout"]), address, round(u["amount"] * COIN))
             for u in sorted(result["unspents"], key=lambda u: (u["height"], u["txid"]))
             if u["coinbase"] and tip + 1 - int(u["height"]) >= COINBASE_MATURITY
         ]
@@ -363,7 +363,8 @@ async def bench(n_txs: int, n_addresses: int, per_block: int, page: int) -> None
         t0 = time.perf_counter()
         results = await sync_all(engine, lambda chain: source if chain == "BTC" else None)
         full = time.perf_counter() - t0
-        stored = sum(r.stored for r in results)
+        # Addresses at one checkpoint sync as one group; each result carries the group's count.
+        stored = max(r.stored for r in results)
         assert all(r.status == "synced" for r in results), results
         async with engine.connect() as conn:
             rows = (await conn.execute(select(func.count()).select_from(address_txs))).scalar_one()
@@ -373,12 +374,12 @@ async def bench(n_txs: int, n_addresses: int, per_block: int, page: int) -> None
         unspent = builder.rpc("scantxoutset", "start", [f"addr({a})" for a in addresses])["unspents"]
         node_view = dict.fromkeys(addresses, 0)
         for u in unspent:
-            node_view[u["desc"][5:-1]] += int(u["amount"] * COIN)
+            node_view[u["desc"][5:-1]] += round(u["amount"] * COIN)
         assert confirmed == node_view, "stored balances differ from the node's UTXO set"
-        print(f"end to end (sync_all: {n_addresses} addresses, one scan each, {rows:,} rows stored):")
+        print(f"end to end (sync_all: {n_addresses} addresses synced together, {rows:,} rows stored):")
         print(
             f"  {full:.2f} s: {len(built) / full:,.0f} transactions/s, {rows / full:,.0f} rows/s, "
-            f"{n_addresses * blocks / full:,.0f} blocks scanned/s; balances equal scantxoutset"
+            f"{blocks / full:,.0f} blocks/s; balances equal scantxoutset"
         )
         t0 = time.perf_counter()
         again = await sync_all(engine, lambda chain: source if chain == "BTC" else None)

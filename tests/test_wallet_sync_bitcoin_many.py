@@ -240,7 +240,7 @@ async def _balance(engine: AsyncEngine, address: str) -> tuple[int, int]:
 def _node_balance(history: History) -> int:
     """The target's confirmed balance as the node sees it: its UTXO set, satoshi."""
     unspent = history.builder.rpc("scantxoutset", "start", [f"addr({history.target})"])["unspents"]
-    return sum(int(u["amount"] * COIN) for u in unspent)
+    return sum(round(u["amount"] * COIN) for u in unspent)
 
 
 def _in_main_chain(history: History, rows: dict[str, Any]) -> bool:
