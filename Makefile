@@ -41,6 +41,7 @@ bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.bitcoin_parse
 	$(PY) -m benchmarks.bitcoin_payouts
+	$(PY) -m benchmarks.wallets
 	$(PY) -m benchmarks.wallets_node
 
 clean:
