@@ -35,7 +35,9 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy import and_, delete, func, literal, select, text, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
 from mixhouse.db.tables import Amount, address_balances, address_txs, wallet_addresses
 from mixhouse.db.tables import chain_txs as chain_txs_table
@@ -192,15 +194,13 @@ _INSERT_CHAIN_TXS = text(
     """
 )
 
-_LOCK_CHAIN_TXS = text(
-    """
+_CHAIN_TXS_OF = """
     SELECT t.chain, t.txid, t.fee, t.inputs, t.outputs FROM chain_txs AS t
     JOIN unnest(CAST(:chain AS text[]), CAST(:txid AS text[])) AS k(chain, txid)
         ON t.chain = k.chain AND t.txid = k.txid
-    ORDER BY t.chain, t.txid
-    FOR UPDATE OF t
-    """
-)
+"""
+_READ_CHAIN_TXS = text(_CHAIN_TXS_OF)
+_LOCK_CHAIN_TXS = text(_CHAIN_TXS_OF + "ORDER BY t.chain, t.txid FOR UPDATE OF t")
 
 _INSERT_ADDRESS_TXS = text(
     """
@@ -246,8 +246,7 @@ async def _store_chain_txs(conn: AsyncConnection, chain_txs: dict[_ChainKey, _Ch
         known = [k for k in keys if k not in inserted]
         if not known:
             continue
-        params = {"chain": [k[0] for k in known], "txid": [k[1] for k in known]}
-        for row in (await conn.execute(_LOCK_CHAIN_TXS, params)).all():
+        for row in await _read_chain_txs(conn, known, _LOCK_CHAIN_TXS):
             key = (row.chain, row.txid)
             stored = _ChainTx(
                 None if row.fee is None else int(row.fee),
@@ -357,29 +356,22 @@ async def upsert_address_txs(conn: AsyncConnection, txs: Sequence[AddressTx]) ->
     return written
 
 
-_CHAIN_TXS_OF = text(
-    """
-    SELECT t.chain, t.txid, t.fee, t.inputs, t.outputs FROM chain_txs AS t
-    JOIN unnest(CAST(:chain AS text[]), CAST(:txid AS text[])) AS k(chain, txid)
-        ON t.chain = k.chain AND t.txid = k.txid
-    """
-)
-
-
 async def _chain_txs_of(conn: AsyncConnection, keys: Sequence[_ChainKey]) -> dict[_ChainKey, dict[str, Any]]:
     """``{(chain, txid): {"fee", "inputs", "outputs"}}`` of the stored transactions ``keys``
     (``fee`` an int or None, legs as stored JSON)."""
-    if not keys:
-        return {}
-    params = {"chain": [k[0] for k in keys], "txid": [k[1] for k in keys]}
     return {
-        (r.chain, r.txid): {
-            "fee": None if r.fee is None else int(r.fee),
-            "inputs": r.inputs,
-            "outputs": r.outputs,
-        }
-        for r in (await conn.execute(_CHAIN_TXS_OF, params)).all()
+        (r.chain, r.txid): {"fee": None if r.fee is None else int(r.fee), "inputs": r.inputs, "outputs": r.outputs}
+        for r in await _read_chain_txs(conn, keys, _READ_CHAIN_TXS)
     }
+
+
+async def _read_chain_txs(conn: AsyncConnection, keys: Sequence[_ChainKey], query: TextClause) -> Sequence[Row[Any]]:
+    """The ``chain_txs`` rows of ``keys`` read by ``query`` (:data:`_READ_CHAIN_TXS`, or
+    :data:`_LOCK_CHAIN_TXS` to lock them for a merge)."""
+    if not keys:
+        return []
+    params = {"chain": [k[0] for k in keys], "txid": [k[1] for k in keys]}
+    return (await conn.execute(query, params)).all()
 
 
 async def get_address_tx(
