@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     admin_api_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
 
-    # Fees: a fee in basis points is drawn uniformly from this range when a mix is created
-    # and quoted to the user; it is charged only on deposits that are paid out.
+    # Fees: the range is quoted when a mix is created; the fee of each pooled deposit is drawn
+    # in base units inside it (plus the remainder below the payout quantum, still inside it).
+    # Nothing is charged on a deposit that is not paid out.
     fee_min_bps: int = Field(default=100, ge=0, le=5_000)
     fee_max_bps: int = Field(default=300, ge=0, le=5_000)
     # Payout delays are drawn inside [delay_min, delay_max] chosen per mix within these bounds.
@@ -53,6 +54,15 @@ class Settings(BaseSettings):
     # address stays watched); later ones are held for the operator.
     late_deposit_grace_seconds: int = Field(default=7 * 24 * 3600, ge=0)
     max_withdrawal_addresses: int = Field(default=10, ge=1, le=50)
+    # Payout rounds: every round, the due payouts of every mix leave together, in one batch.
+    payout_round_seconds: int = Field(default=10, ge=1, le=59)  # a seconds field of the cron tick
+    payout_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # The release gate: a deposit's payouts leave only once the analyzer counts at least this
+    # many deposits that could have paid them (its own included), or once the mix's maximum
+    # wait (its delay_max plus privacy_max_extra_wait_seconds, shown at creation) is reached.
+    # 1 turns the gate off.
+    privacy_gate_k: int = Field(default=5, ge=1, le=10_000)
+    privacy_max_extra_wait_seconds: int = Field(default=6 * 3600, ge=0)
 
     # Jobcoin
     jobcoin_enabled: bool = True

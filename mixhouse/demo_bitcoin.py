@@ -114,7 +114,8 @@ async def _run(settings: Settings, url: str, node: RegtestNode, give_up_after: f
         coins = [Coin(u["txid"], int(u["vout"]), btc_to_sat(u["amount"]), sender.address(0, 0), None) for u in mature]
         mix = await create_mix(rt, MixRequest("BTC", withdrawals, 1, 20), actor="demo")
         console.print(
-            f"mix created: deposit address [bold]{mix['deposit_address']}[/bold], fee {mix['fee_bps'] / 100}%"
+            f"mix created: deposit address [bold]{mix['deposit_address']}[/bold], "
+            f"fee {mix['fee_min_bps'] / 100}-{mix['fee_max_bps'] / 100}%"
         )
         await _pay(rpc, sender, coins[0], adapter.pool_address, LIQUIDITY)
         console.print(f"operator added {format_amount(LIQUIDITY, 8)} BTC of liquidity to the pool")

@@ -23,6 +23,7 @@ QUEUE = "mixhouse"
 TASK_EXECUTE_SEND = "execute_send"
 TASK_SCAN_CHAIN = "scan_chain"
 TASK_RECONCILE = "reconcile"
+TASK_PAYOUT_ROUND = "payout_round"
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,8 @@ def fast_settings(database_url: str, **overrides: Any) -> Settings:
         "worker_heartbeat_seconds": 0.5,
         "worker_stalled_after_seconds": 3.0,
         "evm_enabled": False,
+        "payout_round_seconds": 1,
+        "privacy_gate_k": 1,  # the gate off: one mix at a time would wait for its maximum
     }
     values.update(overrides)
     return Settings(**values)

@@ -15,6 +15,7 @@ from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import deposits
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix, expire_mixes, get_mix
+from mixhouse.mixer.planner import fee_bounds, is_series_value
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.screening import store_list
 from mixhouse.mixer.setup import build_runtime
@@ -39,7 +40,10 @@ async def test_mix_end_to_end_on_the_ledger(database_url: str, engine: AsyncEngi
             dep = view["deposits"][0]
             assert dep["state"] == "pooled"
             assert dep["amount"] == 50 * COIN
-            assert dep["fee_amount"] == 50 * COIN * mix["fee_bps"] // 10_000
+            low, high = fee_bounds(50 * COIN, mix["fee_min_bps"], mix["fee_max_bps"])
+            assert low <= dep["fee_amount"] <= high
+            payouts = [s for s in view["sends"] if s["kind"] == "payout"]
+            assert all(is_series_value(p["amount"], dep["quantum"]) for p in payouts)
             assert dep["network_fee_amount"] == 0  # Jobcoin has no network fee
             # The ledger's own view: the withdrawal addresses got deposit - fee, all from the pool.
             async with engine.connect() as conn:

@@ -20,6 +20,7 @@ from mixhouse.chains.base import FeeQuote, Transfer, UtxoChainAdapter, outpoint_
 from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
 from mixhouse.errors import MixhouseError
 from mixhouse.jobs import send_job
+from mixhouse.mixer.planner import fee_bounds, payout_quantum
 from mixhouse.mixer.pooling import pool_deposit, serial_key_for
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, SendState, now, transition
@@ -337,8 +338,9 @@ def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote, sweep_fee: int) 
     dust = ASSETS[Asset(dep.asset)].dust
     n = len(mix.withdrawal_addresses)
     after_sweep = dep.amount - sweep_fee
-    fee = after_sweep * mix.fee_bps // 10_000
-    if after_sweep - fee - n * quote.per_send < n * dust:
+    _, fee = fee_bounds(after_sweep, mix.fee_min_bps, mix.fee_max_bps)
+    quantum = payout_quantum(after_sweep, mix.fee_min_bps, mix.fee_max_bps, minimum=dust)
+    if after_sweep - fee - n * quote.per_send < n * quantum:
         return "network fees would consume the deposit"
     if dep.created_at > mix.watch_until:  # pragma: no cover - unwatched addresses are not scanned
         return "arrived after the late-deposit grace period"

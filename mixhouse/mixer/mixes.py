@@ -13,7 +13,6 @@ from sqlalchemy.dialects.postgresql import insert
 from mixhouse.audit import AuditEntry
 from mixhouse.db.tables import deposits, key_counters, mixes, sends
 from mixhouse.errors import InvalidAddress, InvalidInput, NotFound
-from mixhouse.mixer.planner import draw_fee_bps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MixState, now, transition
 from mixhouse.money import ASSETS, Asset
@@ -88,11 +87,14 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
                     deposit_address=deposit_address,
                     deposit_key_index=index,
                     withdrawal_addresses=normalized,
-                    fee_bps=draw_fee_bps(settings.fee_min_bps, settings.fee_max_bps, rt.rng),
+                    fee_bps=None,
+                    fee_min_bps=settings.fee_min_bps,
+                    fee_max_bps=settings.fee_max_bps,
                     min_deposit=min_deposit,
                     max_deposit=max_deposit,
                     delay_min_seconds=delay_min,
                     delay_max_seconds=delay_max,
+                    max_wait_seconds=delay_max + settings.privacy_max_extra_wait_seconds,
                     expires_at=expires_at,
                     watch_until=expires_at + timedelta(seconds=settings.late_deposit_grace_seconds),
                     created_at=created,
@@ -110,7 +112,12 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
                 mix_id,
                 actor=actor,
                 asset=asset.value,
-                details={"deposit_address": deposit_address, "withdrawals": count, "fee_bps": row.fee_bps},
+                details={
+                    "deposit_address": deposit_address,
+                    "withdrawals": count,
+                    "fee_min_bps": row.fee_min_bps,
+                    "fee_max_bps": row.fee_max_bps,
+                },
             )
         )
     return dict(row._mapping)

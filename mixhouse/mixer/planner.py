@@ -1,9 +1,27 @@
-"""The payout planner: a pure function from a deposit to its payouts.
+"""The payout planner: a pure function from a pooled deposit to its payouts.
 
 No database, no network, no clock: it takes the amounts, the withdrawal addresses, the delay
 window and a random generator, and returns the payouts. Production passes
-:class:`random.SystemRandom` (the split and the timing are what hide the link between deposit
-and payouts); tests pass a seeded :class:`random.Random` to reproduce a plan.
+:class:`random.SystemRandom`; tests pass a seeded :class:`random.Random` to reproduce a plan.
+
+What it does to hide the link between a deposit and its payouts (issue 13, measured by
+``mixhouse.mixer.privacy``):
+
+* **The fee is not computable.** It is drawn in base units, uniformly inside the quoted range
+  ``[ceil(P x fee_min_bps / 10^4), floor(P x fee_max_bps / 10^4)]`` of the pooled amount ``P``,
+  not as an integer number of basis points (which gave every deposit only 201 possible nets).
+* **The payout total is coarse.** It is rounded down to a multiple of the deposit's quantum
+  ``q`` (:func:`payout_quantum`: the largest power of ten of at most half the fee range); the
+  remainder below ``q`` is part of the fee, which therefore always stays inside the range.
+  Many deposits of similar size share each possible total.
+* **Every payout is a standard piece.** Amounts come from the 1-2-5 series
+  (1, 2, 5, 10, 20, 50... times ``q``), like banknotes, so a single payout says nothing about
+  which deposit it belongs to; pieces are split at random beyond the greedy decomposition.
+* **No shape rules to filter on.** Pieces go to the withdrawal addresses at random (each
+  address at least one), with no bound on the ratio of shares and no fixed payout count.
+
+Sources: the 1-2-5 series is IEC 60063's preferred-number "E3"-like banknote series; the
+design follows the "equal outputs" idea of CoinJoin denominations (Wasabi, JoinMarket).
 """
 
 from __future__ import annotations
@@ -14,15 +32,25 @@ from dataclasses import dataclass
 
 from mixhouse.errors import InvalidAmount
 
+# Mantissas of the 1-2-5 series; a piece is m x 10^e x q for m in SERIES_MANTISSAS.
+SERIES_MANTISSAS = (1, 2, 5)
+# How each series value splits into smaller series values (x10^e): 10 -> 5+5, 5 -> 2+2+1, 2 -> 1+1.
+_SPLITS: dict[int, tuple[int, ...]] = {1: (5, 5), 2: (1, 1), 5: (2, 2, 1)}
+# Chance that a piece above the quantum is split once more after the greedy decomposition:
+# more pieces of common sizes, fewer canonical (and so recognisable) decompositions.
+SPLIT_PROBABILITY = 0.35
+# At most this many pieces per withdrawal address (a network-fee bound on fee-paying chains).
+MAX_PIECES_PER_ADDRESS = 8
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedPayout:
-    """One payout of a plan.
+    """One payout (one piece) of a plan.
 
     Attributes:
         to_address: a withdrawal address of the mix.
-        amount: base units the address receives.
-        delay_seconds: seconds after the deposit is pooled at which it is sent.
+        amount: base units the address receives; a value of the 1-2-5 series times the quantum.
+        delay_seconds: seconds after the deposit is pooled at which it falls due.
     """
 
     to_address: str
@@ -35,13 +63,15 @@ class Plan:
     """A deposit's plan.
 
     Attributes:
-        fee: the service fee in base units (kept in the pool).
+        fee: the service fee in base units (kept in the pool), inside the quoted range.
         network_fee: base units of network fees charged to the user (all payouts' reserves).
-        payouts: the payouts; their amounts sum to ``deposit - fee - network_fee`` exactly.
+        quantum: the deposit's quantum ``q``; every payout is a series value times ``q``.
+        payouts: the pieces; their amounts sum to ``pooled - fee - network_fee`` exactly.
     """
 
     fee: int
     network_fee: int
+    quantum: int
     payouts: tuple[PlannedPayout, ...]
 
     @property
@@ -50,38 +80,116 @@ class Plan:
         return sum(p.amount for p in self.payouts)
 
 
-def payout_count(n_addresses: int, rng: random.Random) -> int:
-    """How many payouts: every address gets one, and up to as many again at random, so an
-    address may receive several payouts and the count does not reveal the address count."""
-    return n_addresses + rng.randint(0, n_addresses)
-
-
-def split_amount(total: int, parts: int, minimum: int, rng: random.Random) -> list[int]:
-    """Split ``total`` base units into ``parts`` random integers, each ``>= minimum``, that sum
-    to ``total`` exactly.
+def fee_bounds(pooled: int, fee_min_bps: int, fee_max_bps: int) -> tuple[int, int]:
+    """The quoted fee range of a pooled amount, base units, both ends inclusive:
+    ``(ceil(P x min / 10^4), floor(P x max / 10^4))``.
 
     Raises:
-        InvalidAmount: ``total < parts * minimum`` or ``parts < 1``.
+        InvalidAmount: negative amount or an empty bps range.
     """
-    if parts < 1:
-        raise InvalidAmount("a split needs at least one part")
-    if total < parts * minimum:
-        raise InvalidAmount(f"{total} base units cannot be split into {parts} parts of at least {minimum}")
-    spare = total - parts * minimum
-    # Integer weights in [1000, 3000]: no share is vanishingly small (a tell of its own) and
-    # the largest is at most three times the smallest. All integer arithmetic; the rounding
-    # remainder goes to a random part, so the sum is exact.
-    weights = [rng.randint(1_000, 3_000) for _ in range(parts)]
-    scale = sum(weights)
-    shares = [spare * w // scale for w in weights]
-    shares[rng.randrange(parts)] += spare - sum(shares)
-    return [minimum + s for s in shares]
+    if pooled < 0:
+        raise InvalidAmount("a pooled amount cannot be negative")
+    if not 0 <= fee_min_bps <= fee_max_bps:
+        raise InvalidAmount("the fee range is empty")
+    low = -((-pooled * fee_min_bps) // 10_000)
+    high = pooled * fee_max_bps // 10_000
+    return low, max(low, high)
+
+
+def payout_quantum(pooled: int, fee_min_bps: int, fee_max_bps: int, *, minimum: int = 1) -> int:
+    """The deposit's quantum ``q``, base units: the largest power of ten ``<=`` half the fee
+    range (at least ``minimum``'s power of ten, at least 1).
+
+    A power of ten (not any 1-2-5 value) so that totals of deposits of nearby sizes fall on
+    one shared grid: a total that is a multiple of ``q`` is a multiple of every smaller ``q``.
+    """
+    low, high = fee_bounds(pooled, fee_min_bps, fee_max_bps)
+    half = (high - low) // 2
+    q = 1
+    while q * 10 <= half:
+        q *= 10
+    floor_q = 1
+    while floor_q < minimum:
+        floor_q *= 10
+    return max(q, floor_q)
+
+
+def series_values(limit: int, quantum: int) -> list[int]:
+    """The 1-2-5 series values ``m x 10^e x quantum`` that are ``<= limit``, descending."""
+    values: list[int] = []
+    scale = quantum
+    while scale <= limit:
+        values.extend(m * scale for m in SERIES_MANTISSAS if m * scale <= limit)
+        scale *= 10
+    return sorted(values, reverse=True)
+
+
+def is_series_value(amount: int, quantum: int) -> bool:
+    """Whether ``amount`` is ``m x 10^e x quantum`` for ``m`` in 1, 2, 5 and ``e >= 0``."""
+    if amount <= 0 or amount % quantum:
+        return False
+    units = amount // quantum
+    while units % 10 == 0:
+        units //= 10
+    return units in SERIES_MANTISSAS
+
+
+def denominate(total: int, quantum: int, *, min_pieces: int, max_pieces: int, rng: random.Random) -> list[int]:
+    """Split ``total`` (a multiple of ``quantum``) into 1-2-5 series pieces of at least
+    ``quantum`` each, at least ``min_pieces`` of them where the total allows.
+
+    Greedy first (largest pieces), then random splits (``SPLIT_PROBABILITY`` per piece, and
+    as many as needed to reach ``min_pieces``), never more than ``max_pieces``.
+
+    Returns:
+        The pieces, shuffled; they sum to ``total`` exactly.
+
+    Raises:
+        InvalidAmount: ``total`` is not a positive multiple of ``quantum``.
+    """
+    if total <= 0 or quantum <= 0 or total % quantum:
+        raise InvalidAmount(f"{total} base units is not a positive multiple of the quantum {quantum}")
+    pieces: list[int] = []
+    rest = total
+    for value in series_values(total, quantum):
+        while rest >= value:
+            pieces.append(value)
+            rest -= value
+    assert rest == 0  # the series includes the quantum itself, so greedy always finishes
+
+    def split(i: int) -> bool:
+        value = pieces[i]
+        if value <= quantum or len(pieces) >= max_pieces:
+            return False
+        scale = value // quantum
+        exponent = 1
+        while scale % 10 == 0:
+            scale //= 10
+            exponent *= 10
+        parts = _SPLITS[scale]
+        # 1 x 10^e splits into 5 x 10^(e-1) pieces; the others keep their decade.
+        unit = quantum * (exponent // 10 if scale == 1 else exponent)
+        if len(pieces) - 1 + len(parts) > max_pieces:
+            return False
+        pieces[i : i + 1] = [p * unit for p in parts]
+        return True
+
+    for i in reversed(range(len(pieces))):
+        if rng.random() < SPLIT_PROBABILITY:
+            split(i)
+    while len(pieces) < min_pieces:
+        largest = max(range(len(pieces)), key=lambda j: pieces[j])
+        if not split(largest):
+            break
+    rng.shuffle(pieces)
+    return pieces
 
 
 def plan_payouts(
     *,
-    deposit: int,
-    fee_bps: int,
+    pooled: int,
+    fee_min_bps: int,
+    fee_max_bps: int,
     withdrawal_addresses: Sequence[str],
     network_fee_per_payout: int,
     min_payout: int,
@@ -92,50 +200,76 @@ def plan_payouts(
     """Plan the payouts of one pooled deposit.
 
     Args:
-        deposit: base units that reached the pool for this deposit (after the sweep's own
-            network fee).
-        fee_bps: the mix's quoted fee in basis points of ``deposit``, rounded down.
-        withdrawal_addresses: 1 or more distinct addresses; each gets at least one payout.
-        network_fee_per_payout: base units reserved per payout for its network fee.
-        min_payout: smallest payout in base units (the chain's dust limit).
-        delay_min_seconds, delay_max_seconds: the window the payout times are drawn from.
+        pooled: base units that reached the pool for this deposit (after a sweep's network fee).
+        fee_min_bps, fee_max_bps: the mix's quoted fee range, basis points of ``pooled``.
+        withdrawal_addresses: 1 or more distinct addresses; each gets at least one piece.
+        network_fee_per_payout: base units reserved per piece for its network fee.
+        min_payout: smallest payout in base units (the chain's dust limit); the quantum is
+            raised to at least this.
+        delay_min_seconds, delay_max_seconds: the window the due times are drawn from.
         rng: the random source (``SystemRandom`` in production).
 
     Returns:
-        A :class:`Plan` whose payouts sum to ``deposit - fee - network_fee`` exactly, with
-        each address paid at least once and each delay inside the window.
+        A :class:`Plan`: pieces from the 1-2-5 series times the quantum, summing to
+        ``pooled - fee - network_fee`` exactly; ``fee`` inside :func:`fee_bounds`; each address
+        paid at least once; each delay inside the window.
 
     Raises:
-        InvalidAmount: the deposit cannot cover the fee, the network fees and a minimum payout
-            to every address even with one payout per address.
+        InvalidAmount: the deposit cannot cover the fee, the network fees and one piece per
+            address.
     """
     n = len(withdrawal_addresses)
     if n < 1:
         raise InvalidAmount("at least one withdrawal address is needed")
     if not 0 <= delay_min_seconds <= delay_max_seconds:
         raise InvalidAmount("the delay window is empty")
-    fee = deposit * fee_bps // 10_000
-    # A payout is at least one base unit even when no dust limit is given.
-    minimum = max(min_payout, 1)
-    count = payout_count(n, rng)
-    # Fewer payouts if the network fees of the extra ones would not leave enough to pay out.
-    while count > n and deposit - fee - count * network_fee_per_payout < count * minimum:
-        count -= 1
-    network_fee = count * network_fee_per_payout
-    payable = deposit - fee - network_fee
-    amounts = split_amount(payable, count, minimum, rng)
-    # Every address once, then the extra payouts to random addresses; then shuffle so the
-    # order of amounts says nothing about which address came first.
-    targets = list(withdrawal_addresses) + [rng.choice(withdrawal_addresses) for _ in range(count - n)]
+    low, high = fee_bounds(pooled, fee_min_bps, fee_max_bps)
+    q = payout_quantum(pooled, fee_min_bps, fee_max_bps, minimum=min_payout)
+    # Drawn below high - q so that the remainder (< q) added to it keeps the fee <= high.
+    drawn = rng.randint(low, max(low, high - q + 1))
+    max_pieces = MAX_PIECES_PER_ADDRESS * n
+    pieces_count = n
+    for _ in range(8):
+        # The network fee depends on how many pieces there are, and the pieces on what is
+        # left after it: iterate until the count is stable (it only grows, and is bounded).
+        network_fee = pieces_count * network_fee_per_payout
+        payable = pooled - drawn - network_fee
+        total = payable - payable % q
+        if total < n * q:
+            raise InvalidAmount(
+                f"{pooled} base units cannot cover the fee, network fees and one payout to each of {n} addresses"
+            )
+        pieces = denominate(total, q, min_pieces=n, max_pieces=max_pieces, rng=rng)
+        if len(pieces) <= pieces_count or network_fee_per_payout == 0:
+            break
+        pieces_count = len(pieces)
+    else:  # pragma: no cover - the count is bounded by max_pieces, so this converges
+        raise InvalidAmount("could not settle the number of payouts")
+    if len(pieces) < n:
+        raise InvalidAmount(f"{total} base units cannot be split into {n} payouts of at least {q}")
+    network_fee = pieces_count * network_fee_per_payout
+    fee = pooled - network_fee - total
+    if fee > high and network_fee_per_payout == 0:  # pragma: no cover - guaranteed by the draw
+        raise InvalidAmount("fee outside the quoted range")
+    # Every address once, then the other pieces to random addresses (no share ratio to test).
+    targets = list(withdrawal_addresses)
     rng.shuffle(targets)
+    targets += [rng.choice(withdrawal_addresses) for _ in range(len(pieces) - n)]
     payouts = tuple(
         PlannedPayout(address, amount, rng.randint(delay_min_seconds, delay_max_seconds))
-        for address, amount in zip(targets, amounts, strict=True)
+        for address, amount in zip(targets, pieces, strict=True)
     )
-    return Plan(fee=fee, network_fee=network_fee, payouts=payouts)
+    return Plan(fee=fee, network_fee=network_fee, quantum=q, payouts=payouts)
 
 
-def draw_fee_bps(fee_min_bps: int, fee_max_bps: int, rng: random.Random) -> int:
-    """The fee quoted to a new mix, uniform in ``[fee_min_bps, fee_max_bps]``: a fee that
-    differs per mix keeps the fee from being a fingerprint that links deposits to payouts."""
-    return rng.randint(fee_min_bps, fee_max_bps)
+def quoted_total_range(
+    pooled: int, fee_min_bps: int, fee_max_bps: int, *, network_fee: int = 0, min_payout: int = 1
+) -> tuple[int, int]:
+    """What the withdrawal addresses receive in all for a pooled amount, base units, both ends
+    inclusive: the range quoted before the deposit (the exact figure is on the mix's status
+    once the deposit is pooled)."""
+    low, high = fee_bounds(pooled, fee_min_bps, fee_max_bps)
+    q = payout_quantum(pooled, fee_min_bps, fee_max_bps, minimum=min_payout)
+    top = pooled - network_fee - low
+    bottom = pooled - network_fee - high
+    return max(0, bottom), max(0, top - top % q)

@@ -1,5 +1,7 @@
 """A deposit joins the pool: its payouts are planned and scheduled, in the caller's unit.
 
+The payouts are rows in ``scheduled`` with a due time; the payout rounds release and send them.
+
 Account chains pool a deposit when its sweep into the pool confirms; UTXO chains pool it as
 soon as it is accepted (its output becomes a pool coin). Both come through :func:`pool_deposit`.
 """
@@ -14,7 +16,6 @@ from sqlalchemy import Row, select
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import FeeQuote
 from mixhouse.db.tables import deposits, mixes, sends
-from mixhouse.jobs import send_job
 from mixhouse.mixer.planner import plan_payouts
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, MixState, SendState, now, transition
@@ -60,8 +61,9 @@ async def pool_deposit(
     mix = (await work.conn.execute(select(mixes).where(mixes.c.id == dep.mix_id).with_for_update())).one()
     adapter = rt.adapter(dep.asset)
     plan = plan_payouts(
-        deposit=pooled_amount,
-        fee_bps=mix.fee_bps,
+        pooled=pooled_amount,
+        fee_min_bps=mix.fee_min_bps,
+        fee_max_bps=mix.fee_max_bps,
         withdrawal_addresses=list(mix.withdrawal_addresses),
         network_fee_per_payout=quote.per_send,
         min_payout=ASSETS[Asset(dep.asset)].dust,
@@ -70,6 +72,7 @@ async def pool_deposit(
         rng=rt.rng,
     )
     network_fee = (dep.network_fee_amount or 0) + plan.network_fee
+    pooled_at = now()
     pooled = await transition(
         work.conn,
         deposits,
@@ -79,9 +82,10 @@ async def pool_deposit(
         fee_amount=plan.fee,
         network_fee_amount=network_fee,
         payout_total=plan.payout_total,
+        pooled_at=pooled_at,
+        quantum=plan.quantum,
         **(extra or {}),
     )
-    pooled_at = now()
     rows = [
         {
             "kind": "payout",
@@ -99,9 +103,9 @@ async def pool_deposit(
         }
         for p in plan.payouts
     ]
-    created = (await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.due_at))).all()
-    for send_id, due_at in created:
-        work.defer(send_job(send_id, due_at))
+    # No job per payout: payout rounds (``mixer/rounds.py``) pick them up once they are due and
+    # the release gate lets this deposit's payouts go, so payouts of many mixes leave together.
+    await work.conn.execute(sends.insert().values(rows))
     if mix.state != MixState.MIXING:
         await transition(work.conn, mixes, mix.id, mix.state, MixState.MIXING)
         work.audit(AuditEntry("mix.mixing", "mix", mix.id, asset=mix.asset))
@@ -117,6 +121,7 @@ async def pool_deposit(
                 "fee": str(plan.fee),
                 "network_fee": str(network_fee),
                 "payouts": len(plan.payouts),
+                "quantum": str(plan.quantum),
                 "payout_total": str(plan.payout_total),
             },
         )

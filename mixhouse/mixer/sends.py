@@ -104,6 +104,9 @@ async def execute_send(rt: Runtime, send_id: int) -> str:
 
 
 async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] | None:
+    if row.kind == "payout" and row.released_at is None:
+        # The release gate has not let this payout go: a payout round will, not this job.
+        return None
     if row.due_at > now():
         await _retry_later(rt, row.id, (row.due_at - now()).total_seconds())
         return None
@@ -116,7 +119,7 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
     fee = FeeQuote(per_send=row.network_fee_reserved, detail="as planned")
     try:
         async with unit(rt.engine) as work:
-            nonce = await _allocate_nonce(work, adapter, row.from_address) if adapter.uses_nonces else None
+            nonce = await allocate_nonce(work, adapter, row.from_address) if adapter.uses_nonces else None
             prepared = await adapter.prepare_send(
                 from_address=row.from_address,
                 from_key_index=row.from_key_index,
@@ -137,7 +140,7 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
                 signed_at=now(),
                 attempts=sends.c.attempts + 1,
             )
-            work.audit(_send_entry("send.signed", signed))
+            work.audit(send_entry("send.signed", signed))
             return signed
     except IntegrityError:
         # Another send of the same (from, to) pair is in flight on a chain without txids:
@@ -211,7 +214,7 @@ async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> R
                 attempts=sends.c.attempts + 1,
             )
             work.audit(
-                _send_entry(
+                send_entry(
                     "send.signed",
                     signed,
                     inputs=[f"{c.txid}:{c.vout}" for c in spend.inputs],
@@ -269,13 +272,13 @@ async def _replan_if_inputs_spent(rt: Runtime, adapter: UtxoChainAdapter, row: R
                 )
             )
         await work.conn.execute(utxos.delete().where(utxos.c.created_by_send == row.id))
-        work.audit(_send_entry("send.replanned", row, reason="an input was spent by another transaction"))
+        work.audit(send_entry("send.replanned", row, reason="an input was spent by another transaction"))
         _retry(work, row.id, 0)
     log.warning("payout inputs spent elsewhere; re-planned", send_id=row.id, txid=row.txid)
     return True
 
 
-async def _allocate_nonce(work: Unit, adapter: ChainAdapter, address: str) -> int | None:
+async def allocate_nonce(work: Unit, adapter: ChainAdapter, address: str) -> int | None:
     """Next nonce of ``address`` from the DB counter (seeded from the chain the first time).
 
     Row-locked for the rest of the transaction, so two sends never share a nonce, and rolled
@@ -384,7 +387,7 @@ async def _send_now(rt: Runtime, adapter: ChainAdapter, row: Row[Any], prepared:
             broadcast_at=now(),
             last_error=None,
         )
-        work.audit(_send_entry("send.broadcast", broadcast))
+        work.audit(send_entry("send.broadcast", broadcast))
         return broadcast
 
 
@@ -405,7 +408,7 @@ async def _await_confirmation(rt: Runtime, adapter: ChainAdapter, row: Row[Any])
         # Dropped from the mempool: rebroadcast the very same signed bytes.
         async with unit(rt.engine) as work:
             again = await transition(work.conn, sends, row.id, SendState.BROADCAST, SendState.SIGNED)
-            work.audit(_send_entry("send.dropped", again))
+            work.audit(send_entry("send.dropped", again))
             _retry(work, row.id, 0)
         return SendState.SIGNED
     if check.state is ChainSendState.FAILED:
@@ -434,7 +437,7 @@ async def _mark_confirmed(
             network_fee_paid=fee_paid,
             last_error=None,
         )
-        work.audit(_send_entry("send.confirmed", done, recovered=found_by_recovery))
+        work.audit(send_entry("send.confirmed", done, recovered=found_by_recovery))
         if isinstance(rt.adapter(row.asset), UtxoChainAdapter):
             await _settle_coins(work, done)
         if quote is not None:
@@ -447,7 +450,7 @@ async def _mark_confirmed(
                 quote=quote,
             )
         else:
-            await _maybe_complete_mix(work, done.mix_id)
+            await maybe_complete_mix(work, done.mix_id)
         return done
 
 
@@ -476,7 +479,7 @@ async def _settle_coins(work: Unit, send: Row[Any]) -> None:
         await work.conn.execute(sends.update().where(sends.c.id == send.id).values(network_fee_paid=fee))
 
 
-async def _maybe_complete_mix(work: Unit, mix_id: str) -> None:
+async def maybe_complete_mix(work: Unit, mix_id: str) -> None:
     """Complete the mix if every send is confirmed and no deposit is still on its way.
 
     The mix row is locked *before* counting: two payouts of one mix confirmed in concurrent
@@ -515,7 +518,7 @@ async def payouts_paused(rt: Runtime, asset: str) -> bool:
     return ok is False
 
 
-def _send_entry(action: str, row: Row[Any], **extra: Any) -> AuditEntry:
+def send_entry(action: str, row: Row[Any], **extra: Any) -> AuditEntry:
     details: dict[str, Any] = {
         "kind": row.kind,
         "mix_id": row.mix_id,

@@ -50,7 +50,8 @@ from mixhouse.money import ASSETS, Asset, format_amount
 DECIMALS = ASSETS[Asset.JOBCOIN].decimals
 SCAN_CONCURRENCY = 16
 MIN_SECRET_BYTES = 16
-DEPOSIT_PREFIX = "mix-"
+# No "mix-" prefix: a deposit address should not announce itself as one (issue 13).
+DEPOSIT_PREFIX = ""
 _DEPOSIT_HEX_CHARS = 24  # 96 bits: unguessable, and short enough to type
 
 # Failures raised before a single byte of the request left: retrying cannot double-send.
@@ -168,7 +169,7 @@ class JobcoinAdapter(ChainAdapter):
         return validate_address(text)
 
     def deposit_address(self, index: int) -> str:
-        """``"mix-"`` + the first 24 hex digits of HMAC-SHA256(secret, index as 8 bytes BE).
+        """The first 24 hex digits of HMAC-SHA256(secret, index as 8 bytes BE).
 
         Deterministic for one secret; without the secret an address reveals nothing about its
         index and the next address cannot be guessed.
