@@ -2,8 +2,9 @@
 
 Every state change of a mix, deposit or send runs inside a :func:`unit`: the row updates, the
 jobs they need and their audit entries commit together. Jobs and audit entries are written at
-the end, just before COMMIT, so the audit lock is held for the shortest time and always taken
-last (no lock-order deadlocks between writers).
+the end, just before COMMIT. Audit entries take no lock: they are inserted unchained and the
+sealer (:func:`mixhouse.audit.seal`) chains them once the transaction has ended, so audited
+units commit in parallel.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Workers coordinate only through PostgreSQL (procrastinate fetches jobs with
 processes pointed at the same database. Jobs for one send share the lock ``send:<id>`` and
 never run concurrently.
 
+The ``seal_audit`` task chains new audit entries every second (:func:`mixhouse.audit.seal`).
+
 Recovery: a worker killed mid-job leaves its job ``doing``; the ``recover`` task retries jobs
 of workers whose heartbeat stopped, and re-enqueues any unfinished send that has no job
 waiting (belt and braces: a send is never forgotten).
@@ -18,6 +20,7 @@ import procrastinate
 import structlog
 from sqlalchemy import text
 
+from mixhouse import audit
 from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import expire_mixes
@@ -91,6 +94,13 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     @app.task(name="sync_wallets", queue=QUEUE, queueing_lock="sync_wallets")
     async def sync_wallets_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         await sync_all(rt.engine, sources.get, bitcoin_network=rt.settings.bitcoin_network)
+
+    # Chains the audit entries committed since the last tick. If another sealer holds the lock
+    # (a second worker, `mixhouse audit verify`), this tick does nothing: that one seals them.
+    @app.periodic(cron="* * * * * *", periodic_id="seal_audit")
+    @app.task(name="seal_audit", queue=QUEUE, queueing_lock="seal_audit")
+    async def seal_audit_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
+        await audit.seal(rt.engine, wait=False)
 
     @app.periodic(cron="* * * * * *", periodic_id="recover")
     @app.task(name="recover", queue=QUEUE, queueing_lock="recover")

@@ -220,7 +220,11 @@ async def audit(
     limit: Limit = 100,
     after: Annotated[int | None, Query(ge=1, description="next_after of the previous page.")] = None,
 ) -> AuditPage:
-    """Audit entries, newest first, optionally of one entity; hashes in hex."""
+    """Audit entries, newest (highest id) first, optionally of one entity; hashes in hex.
+
+    Pages by ``id``, the write order, rather than by ``seq``: entries not sealed yet have no
+    ``seq`` (nor hashes) but are listed all the same.
+    """
     stmt = select(audit_log)
     if entity_type is not None:
         stmt = stmt.where(audit_log.c.entity_type == entity_type)

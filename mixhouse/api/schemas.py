@@ -408,9 +408,11 @@ class PoolReport(BaseModel):
 
 
 class AuditEntryOut(BaseModel):
-    """One audit log entry; hashes are lower-case hex."""
+    """One audit log entry; hashes are lower-case hex, ``null`` (like ``seq``) until the sealer
+    has chained the entry, normally within a second or two of its commit."""
 
     id: int
+    seq: int | None = Field(description="Position in the hash chain; null until sealed.")
     at: datetime
     actor: str
     action: str
@@ -419,14 +421,15 @@ class AuditEntryOut(BaseModel):
     asset: str | None
     amount: str | None = Field(description="Base units moved, if any.")
     details: dict[str, Any]
-    prev_hash: str
-    hash: str
+    prev_hash: str | None
+    hash: str | None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AuditEntryOut:
         """Build from an ``audit_log`` row."""
         return cls(
             id=row["id"],
+            seq=row["seq"],
             at=row["at"],
             actor=row["actor"],
             action=row["action"],
@@ -435,8 +438,8 @@ class AuditEntryOut(BaseModel):
             asset=row["asset"],
             amount=_maybe(row["amount"]),
             details=dict(row["details"]),
-            prev_hash=bytes(row["prev_hash"]).hex(),
-            hash=bytes(row["hash"]).hex(),
+            prev_hash=None if row["prev_hash"] is None else bytes(row["prev_hash"]).hex(),
+            hash=None if row["hash"] is None else bytes(row["hash"]).hex(),
         )
 
 

@@ -32,6 +32,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import UserDefinedType
 
 
 class Amount(TypeDecorator[int]):
@@ -52,6 +54,22 @@ class Amount(TypeDecorator[int]):
             return None
         return int(value)
 
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's ``xid8``, a 64-bit transaction id (``pg_current_xact_id()``); read as ``int``."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:  # noqa: ARG002 - SQLAlchemy's signature
+        return "XID8"
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:  # noqa: ARG002
+        # psycopg has no xid8 loader and returns the decimal text.
+        return lambda value: None if value is None else int(value)
+
+
+# Reflection (Alembic's schema comparison) would otherwise see an unknown type.
+ischema_names.setdefault("xid8", Xid8)
 
 metadata = MetaData()
 
@@ -201,10 +219,31 @@ audit_log = Table(
     Column("asset", Text, nullable=True),
     Column("amount", Amount, nullable=True),
     Column("details", JSONB, nullable=False),
-    Column("prev_hash", LargeBinary, nullable=False),
-    Column("hash", LargeBinary, nullable=False),
+    # The writing transaction: the sealer only chains entries of transactions certainly finished.
+    Column("xid", Xid8, nullable=False, server_default=text("pg_current_xact_id()")),
+    # Chain position and links, NULL until the sealer (mixhouse.audit.seal) fills them once.
+    Column("seq", BigInteger, nullable=True),
+    Column("prev_hash", LargeBinary, nullable=True),
+    Column("hash", LargeBinary, nullable=True),
+    CheckConstraint(
+        "(seq IS NULL) = (prev_hash IS NULL) AND (seq IS NULL) = (hash IS NULL)", name="ck_audit_log_sealed"
+    ),
 )
 Index("ix_audit_entity", audit_log.c.entity_type, audit_log.c.entity_id)
+Index("ux_audit_log_seq", audit_log.c.seq, unique=True)
+Index("ix_audit_log_unsealed", audit_log.c.xid, audit_log.c.id, postgresql_where=text("seq IS NULL"))
+
+# The last sealed chain position and its hash (one row), moved forward only by the sealer, so
+# deleting the newest entries is detected. Positions up to legacy_seq were chained before 0007.
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true")),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("legacy_seq", BigInteger, nullable=False),
+    CheckConstraint("id", name="ck_audit_chain_head_single"),
+)
 
 # The pool's coins on UTXO chains (Bitcoin): deposits join the pool as UTXOs; payouts spend
 # them, never the paying mix's own deposit, with change to a fresh pool address.
