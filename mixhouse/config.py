@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     ledger_host: str = "127.0.0.1"
     ledger_port: int = 8111
 
+    # HTTP request limits of the API and the ledger (mixhouse.http_guard), checked before
+    # any parsing: a larger body is answered 413 (on Content-Length before it is read, or as
+    # soon as a streamed body grows past it); a non-form body nesting arrays or objects
+    # deeper is answered 400. The depth stays far below the recursion limit (1000).
+    http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    http_max_json_depth: int = Field(default=64, ge=4, le=200)
+
     # Ethereum (any JSON-RPC node; anvil in development)
     evm_enabled: bool = False
     evm_rpc_url: str = "http://127.0.0.1:8545"

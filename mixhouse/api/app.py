@@ -8,6 +8,10 @@ Routes (all JSON; every error is ``application/problem+json``, see
   (:mod:`mixhouse.api.routes_admin`);
 * ``/api/v1/wallets...`` behind a user API key (:mod:`mixhouse.api.routes_wallets`);
 * ``GET /api/v1/health``; OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
+
+Before routing, :class:`~mixhouse.http_guard.RequestGuardMiddleware` refuses a NUL in the path
+or query (400), a body over ``settings.http_max_body_bytes`` (413) and a body nested deeper
+than ``settings.http_max_json_depth`` (400), as problems.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from sqlalchemy import text
 
 from mixhouse import __version__
 from mixhouse.api import RuntimeDep
-from mixhouse.api.problems import install_problem_handlers
+from mixhouse.api.problems import guard_refusal, install_problem_handlers
 from mixhouse.api.routes_admin import router as admin_router
 from mixhouse.api.routes_mixes import router as mixes_router
 from mixhouse.api.routes_wallets import router as wallets_router
 from mixhouse.api.schemas import HealthOut
+from mixhouse.http_guard import RequestGuardMiddleware
 from mixhouse.mixer.runtime import Runtime
+from mixhouse.recursion import pin_recursion_limit
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +55,8 @@ def create_app(rt: Runtime) -> FastAPI:
 
     The caller owns ``rt``: the app neither closes its adapters nor disposes of its engine.
     """
+    # Again here, in case something imported after mixhouse raised it (see mixhouse.recursion).
+    pin_recursion_limit()
     app = FastAPI(
         title="Mixhouse",
         version=__version__,
@@ -62,6 +70,13 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     install_problem_handlers(app)
+    # Added last, so it is the outermost middleware: nothing reads the body before it.
+    app.add_middleware(
+        RequestGuardMiddleware,
+        respond=guard_refusal,
+        max_body_bytes=rt.settings.http_max_body_bytes,
+        max_json_depth=rt.settings.http_max_json_depth,
+    )
     app.include_router(mixes_router)
     app.include_router(admin_router)
     app.include_router(wallets_router)

@@ -12,6 +12,11 @@ exception                                   status  ``type``
 :class:`~mixhouse.errors.IllegalTransition`  409    ``urn:mixhouse:problem:conflict``
 :class:`~mixhouse.errors.PayoutsPaused`      503    ``urn:mixhouse:problem:payouts-paused``
 :class:`~mixhouse.errors.ChainError`         502    ``urn:mixhouse:problem:chain-unavailable``
+database unreachable (connection failures)   503    ``urn:mixhouse:problem:database-unavailable``
+a value the database refuses (``DataError``)  422    ``urn:mixhouse:problem:invalid-input``
+a NUL character in the path or query         400    ``urn:mixhouse:problem:nul-character``
+a body over the size limit                   413    ``urn:mixhouse:problem:body-too-large``
+a body nested too deeply                     400    ``urn:mixhouse:problem:json-too-deep``
 request body is not JSON                     400    ``urn:mixhouse:problem:malformed-json``
 FastAPI ``RequestValidationError``           422    ``urn:mixhouse:problem:validation``
 Starlette/FastAPI ``HTTPException``          its    ``about:blank``
@@ -22,7 +27,11 @@ A body is ``{"type", "title", "status", "detail", "instance"}`` plus, for valida
 ``errors: [{"loc": [...], "msg": str, "type": str}]`` and, for a 500, ``error_id`` (a UUID
 that is logged with the traceback; the body carries nothing else about the failure).
 ``instance`` is the request path. Chain errors are logged in full but answered with a fixed
-detail, since node messages can name internal URLs.
+detail, since node messages can name internal URLs. A 503 for the database carries
+``Retry-After``; a 405 lists in ``Allow`` every method served on the path, not only those of
+the first route that matched. The three refusals of :mod:`mixhouse.http_guard` (NUL, size,
+depth) are answered before routing, by :func:`guard_refusal`. Logged paths go through
+:func:`mixhouse.logs.redact_path`, so no mix id reaches the log.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +62,8 @@ from mixhouse.errors import (
     NotFound,
     PayoutsPaused,
 )
+from mixhouse.http_guard import Refusal, allow_header
+from mixhouse.logs import redact_path
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +98,10 @@ _DOMAIN_KINDS: dict[type[MixhouseError], _Kind] = {
 }
 
 _CHAIN_DETAIL = "a blockchain node or ledger failed or answered something unusable; try again later"
+_DATABASE_DETAIL = "the database is unreachable; try again later"
+_DATA_DETAIL = "a value in the request is out of range or holds characters the database cannot store"
+# Seconds a client should wait before retrying while the database is unreachable.
+_DATABASE_RETRY_AFTER = "5"
 
 
 def problem(
@@ -134,7 +151,9 @@ async def _mixhouse_error(request: Request, exc: Exception) -> ProblemResponse:
         return unhandled_problem(request, exc)
     detail = str(exc) or kind.title
     if isinstance(exc, ChainError):
-        log.warning("chain error answered 502", path=request.url.path, error=str(exc), kind=type(exc).__name__)
+        log.warning(
+            "chain error answered 502", path=redact_path(request.url.path), error=str(exc), kind=type(exc).__name__
+        )
         detail = _CHAIN_DETAIL
     return problem(kind.status, kind.title, detail, type_=_TYPE_PREFIX + kind.slug, instance=request.url.path)
 
@@ -182,7 +201,45 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     except ValueError:
         title = "Error"
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail else title
-    return problem(exc.status_code, title, detail, instance=request.url.path, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers.update(allow_header(request))
+    return problem(exc.status_code, title, detail, instance=request.url.path, headers=headers)
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (connection refused or lost, pool
+    exhausted, server shutting down), as opposed to a failed statement."""
+    if isinstance(exc, sqlalchemy.exc.TimeoutError | psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+        )
+    return False
+
+
+async def _database_error(request: Request, exc: Exception) -> ProblemResponse:
+    path = redact_path(request.url.path)
+    if _database_unavailable(exc):
+        # The message names the server, not the request: safe to log, useless to the client.
+        log.warning("database unavailable answered 503", path=path, kind=type(exc).__name__, error=str(exc))
+        return problem(
+            503,
+            "Database unavailable",
+            _DATABASE_DETAIL,
+            type_=_TYPE_PREFIX + "database-unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": _DATABASE_RETRY_AFTER},
+        )
+    if isinstance(exc, sqlalchemy.exc.DataError | psycopg.DataError):
+        # A value the routes let through but PostgreSQL refuses (a NUL in a text, a number
+        # out of a column's range): the client's input, and the transaction rolled back.
+        log.warning("database refused a value; answered 422", path=path, kind=type(exc).__name__)
+        return problem(
+            422, "Invalid input", _DATA_DETAIL, type_=_TYPE_PREFIX + "invalid-input", instance=request.url.path
+        )
+    return unhandled_problem(request, exc)
 
 
 def unhandled_problem(request: Request, exc: BaseException) -> ProblemResponse:
@@ -196,7 +253,7 @@ def unhandled_problem(request: Request, exc: BaseException) -> ProblemResponse:
         "unhandled exception",
         error_id=error_id,
         method=request.method,
-        path=request.url.path,
+        path=redact_path(request.url.path),
         exc_info=exc,
     )
     return problem(
@@ -243,8 +300,28 @@ class CatchAllMiddleware:
         except Exception as exc:
             if started:
                 raise
-            response = unhandled_problem(Request(scope), exc)
+            request = Request(scope)
+            response = (
+                await _database_error(request, exc)
+                if isinstance(exc, _DATABASE_ERRORS)
+                else unhandled_problem(request, exc)
+            )
             await response(scope, receive, send)
+
+
+# What _database_error sorts out (503, 422, or an ordinary 500).
+_DATABASE_ERRORS = (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError, psycopg.Error)
+
+
+def guard_refusal(refusal: Refusal, scope: Scope) -> ProblemResponse:
+    """The problem answering a refusal of :class:`mixhouse.http_guard.RequestGuardMiddleware`."""
+    return problem(
+        refusal.status,
+        refusal.title,
+        refusal.detail,
+        type_=_TYPE_PREFIX + refusal.slug,
+        instance=str(scope.get("path", "")),
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -252,6 +329,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MixhouseError, _mixhouse_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for error_class in _DATABASE_ERRORS:
+        app.add_exception_handler(error_class, _database_error)
     app.add_exception_handler(Exception, _unhandled)
     app.add_middleware(CatchAllMiddleware)
 

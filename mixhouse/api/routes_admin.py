@@ -3,6 +3,8 @@
 The key is compared in constant time with ``settings.admin_api_key``; a missing or wrong key
 is a 401 problem. Lists are newest first with keyset pagination: each page carries
 ``next_after``, passed back as ``?after=`` (opaque for mixes, an id for deposits and audit).
+An id cursor is ``1..2**63-1`` (PostgreSQL ``bigint``); anything else is a 422 problem, as is
+a mix cursor that was not made by :func:`encode_mix_cursor`.
 """
 
 from __future__ import annotations
@@ -57,10 +59,13 @@ router = APIRouter(
     prefix="/api/v1/admin",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses=problem_responses(401, 422, 500),
+    responses=problem_responses(400, 401, 422, 500, 503),
 )
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size, 1..500.")]
+# Ids are bigint: a larger cursor would reach PostgreSQL as an out-of-range value (a 500).
+MAX_ID = 2**63 - 1
+IdCursor = Annotated[int | None, Query(ge=1, le=MAX_ID, description="next_after of the previous page (1..2**63-1).")]
 
 
 def encode_mix_cursor(created_at: datetime, mix_id: str) -> str:
@@ -81,7 +86,9 @@ def decode_mix_cursor(token: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(moment_text)
     except (ValueError, binascii.Error) as exc:
         raise InvalidInput("the after cursor is malformed") from exc
-    if moment.tzinfo is None or not mix_id:
+    # A mix id is URL-safe base64 text; a NUL or other control character could only make the
+    # query fail (PostgreSQL text holds no NUL).
+    if moment.tzinfo is None or not mix_id or not mix_id.isprintable():
         raise InvalidInput("the after cursor is malformed")
     return moment, mix_id
 
@@ -123,7 +130,7 @@ async def list_deposits(
     ] = None,
     asset: Annotated[str | None, Query(max_length=16)] = None,
     limit: Limit = 100,
-    after: Annotated[int | None, Query(ge=1, description="next_after of the previous page.")] = None,
+    after: IdCursor = None,
 ) -> AdminDepositPage:
     """Deposits, newest first, with their mix id and, for frozen or held ones, the reason."""
     stmt = select(deposits)
@@ -218,7 +225,7 @@ async def audit(
     entity_type: Annotated[str | None, Query(max_length=64, description="mix, deposit, send...")] = None,
     entity_id: Annotated[str | None, Query(max_length=256)] = None,
     limit: Limit = 100,
-    after: Annotated[int | None, Query(ge=1, description="next_after of the previous page.")] = None,
+    after: IdCursor = None,
 ) -> AuditPage:
     """Audit entries, newest (highest id) first, optionally of one entity; hashes in hex.
 

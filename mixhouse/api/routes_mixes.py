@@ -20,7 +20,7 @@ def _status_url(request: Request, mix_id: str) -> str:
     "",
     status_code=201,
     response_model=MixOut,
-    responses=problem_responses(400, 422, 500),
+    responses=problem_responses(400, 413, 422, 500, 503),
     summary="Create a mix",
 )
 async def post_mix(body: MixCreate, rt: RuntimeDep, request: Request, response: Response) -> MixOut:
@@ -30,9 +30,10 @@ async def post_mix(body: MixCreate, rt: RuntimeDep, request: Request, response: 
     to ``deposit_address`` before ``expires_at``. Keep ``id`` secret: it is the only handle on
     the mix. ``Location`` and ``status_url`` give the status path.
 
-    Errors (problem+json): 400 malformed JSON; 422 invalid fields, unknown or disabled asset,
-    too many or duplicate addresses, an address invalid for the chain (bad EIP-55 checksum...)
-    or belonging to this service, a bad delay window.
+    Errors (problem+json): 400 malformed JSON, JSON nested too deeply or a NUL in the query;
+    413 a body over the size limit; 422 invalid fields, unknown or disabled asset, too many
+    or duplicate addresses, an address invalid for the chain (bad EIP-55 checksum...) or
+    belonging to this service, a bad delay window; 503 the database is unreachable.
     """
     row = await create_mix(
         rt,
@@ -52,13 +53,14 @@ async def post_mix(body: MixCreate, rt: RuntimeDep, request: Request, response: 
     "/{mix_id}",
     name="get_mix_status",
     response_model=MixStatusOut,
-    responses=problem_responses(404, 500),
+    responses=problem_responses(400, 404, 500, 503),
     summary="Read a mix",
 )
 async def get_mix_status(mix_id: str, rt: RuntimeDep, request: Request) -> MixStatusOut:
     """The mix with its deposits, its payouts (``sends`` of kind payout) and totals.
 
-    Errors: 404 for any id that is not a mix (malformed and unknown ids are not told apart).
+    Errors: 404 for any id that is not a mix (malformed and unknown ids are not told apart);
+    400 for a NUL character in the path; 503 while the database is unreachable.
     """
     status = await get_mix(rt, mix_id)
     return MixStatusOut.from_status(status, _status_url(request, mix_id))
