@@ -20,7 +20,7 @@ from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine, resolve_database_url
 from mixhouse.db.migrate import upgrade
 from mixhouse.errors import MixhouseError
-from mixhouse.logs import configure_logging
+from mixhouse.logs import configure_logging, uvicorn_log_config
 
 app = typer.Typer(help="Mixhouse: a self-hosted cryptocurrency operations platform.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The local Jobcoin-compatible ledger (a development chain).", no_args_is_help=True)
@@ -89,7 +89,8 @@ def serve() -> None:
 
     settings, url = _prepare()
     rt = build_runtime(settings, url)
-    uvicorn.run(create_app(rt), host=settings.api_host, port=settings.api_port)
+    # The redacting log config keeps mix ids (paths /api/v1/mixes/{id}) out of the access log.
+    uvicorn.run(create_app(rt), host=settings.api_host, port=settings.api_port, log_config=uvicorn_log_config())
 
 
 @app.command()
@@ -118,7 +119,15 @@ def ledger_serve() -> None:
 
     settings, url = _prepare()
     console.print(f"Jobcoin ledger on http://{settings.ledger_host}:{settings.ledger_port}/api")
-    asyncio.run(serve_ledger(make_engine(url), settings.ledger_host, settings.ledger_port))
+    asyncio.run(
+        serve_ledger(
+            make_engine(url),
+            settings.ledger_host,
+            settings.ledger_port,
+            max_body_bytes=settings.http_max_body_bytes,
+            max_json_depth=settings.http_max_json_depth,
+        )
+    )
 
 
 @mix_app.command("create")

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.ledger_app import create_ledger_app
+from mixhouse.db.engine import make_engine
 from mixhouse.errors import InsufficientFunds, InvalidAddress, InvalidAmount, InvalidInput
 
 COIN = 10**8
@@ -140,15 +141,30 @@ BAD_SENDS: list[Any] = [
     pytest.param({"json": {**_GOOD, "amount": "-1"}}, id="negative"),
     pytest.param({"json": {**_GOOD, "amount": "0"}}, id="zero"),
     pytest.param({"json": {**_GOOD, "amount": "0.000"}}, id="zero-with-decimals"),
-    pytest.param({"json": {**_GOOD, "amount": "1e3"}}, id="exponent"),
     pytest.param({"json": {**_GOOD, "amount": "0.000000001"}}, id="over-precise"),
     pytest.param({"json": {**_GOOD, "amount": "abc"}}, id="not-a-number"),
     pytest.param({"json": {**_GOOD, "amount": ""}}, id="empty-amount"),
     pytest.param({"json": {**_GOOD, "amount": " 1"}}, id="padded-amount"),
     pytest.param({"json": {**_GOOD, "amount": "1.2.3"}}, id="two-dots"),
     pytest.param({"json": {**_GOOD, "amount": "NaN"}}, id="nan"),
-    pytest.param({"json": {**_GOOD, "amount": 1}}, id="amount-json-number"),
-    pytest.param({"json": {**_GOOD, "amount": 1.5}}, id="amount-json-float"),
+    pytest.param({"json": {**_GOOD, "amount": "Infinity"}}, id="infinity"),
+    pytest.param({"json": {**_GOOD, "amount": "+1"}}, id="plus-sign"),
+    pytest.param({"json": {**_GOOD, "amount": "-0"}}, id="minus-zero"),
+    pytest.param({"json": {**_GOOD, "amount": "1_0"}}, id="underscore"),
+    pytest.param({"json": {**_GOOD, "amount": "\u0661"}}, id="arabic-digit"),
+    pytest.param({"json": {**_GOOD, "amount": "0E-29"}}, id="zero-exponent"),
+    pytest.param({"json": {**_GOOD, "amount": "1E-9"}}, id="below-one-base-unit"),
+    pytest.param({"json": {**_GOOD, "amount": "1" * 801}}, id="801-digits"),
+    pytest.param({"json": {**_GOOD, "amount": 0}}, id="amount-json-zero"),
+    pytest.param({"json": {**_GOOD, "amount": -1}}, id="amount-json-negative"),
+    pytest.param({"json": {**_GOOD, "amount": True}}, id="amount-json-true"),
+    pytest.param(
+        {"content": b'{"fromAddress": "Alice", "toAddress": "Bob", "amount": NaN}', "headers": _JSON}, id="json-nan"
+    ),
+    pytest.param(
+        {"content": b'{"fromAddress": "Alice", "toAddress": "Bob", "amount": 1e999999999}', "headers": _JSON},
+        id="json-huge-exponent",
+    ),
     pytest.param({"json": {**_GOOD, "amount": None}}, id="amount-null"),
     pytest.param({"json": {**_GOOD, "amount": ["1"]}}, id="amount-list"),
     pytest.param({"json": {k: v for k, v in _GOOD.items() if k != "amount"}}, id="missing-amount"),
@@ -170,7 +186,6 @@ BAD_SENDS: list[Any] = [
     pytest.param({"json": {**_GOOD, "toAddress": "Alice"}}, id="same-from-and-to"),
     pytest.param({"data": {**_GOOD, "amount": "-1"}}, id="form-negative"),
     pytest.param({"data": {"fromAddress": "Alice", "toAddress": "Bob"}}, id="form-missing-amount"),
-    pytest.param({"data": {**_GOOD, "amount": "1e3"}}, id="form-exponent"),
     pytest.param({"data": {**_GOOD, "toAddress": ""}}, id="form-empty-to"),
     pytest.param({"data": {**_GOOD, "amount": ["1", "2"]}}, id="form-repeated-field"),
     pytest.param(
@@ -191,7 +206,7 @@ async def test_bad_send_is_4xx_and_changes_nothing(client: httpx.AsyncClient, re
 
     response = await client.post("/api/transactions", **request_kwargs)
 
-    assert response.status_code in {400, 415, 422}, response.text
+    assert response.status_code in {400, 413, 415, 422}, response.text
     body = response.json()
     assert list(body) == ["error"]
     assert isinstance(body["error"], str)
@@ -206,7 +221,8 @@ async def test_bad_send_is_4xx_and_changes_nothing(client: httpx.AsyncClient, re
         pytest.param({"amount": "5"}, id="missing-address"),
         pytest.param({"address": "Alice", "amount": "0"}, id="zero"),
         pytest.param({"address": "Alice", "amount": "-5"}, id="negative"),
-        pytest.param({"address": "Alice", "amount": 5}, id="number"),
+        pytest.param({"address": "Alice", "amount": True}, id="boolean"),
+        pytest.param({"address": "Alice", "amount": "0E-29"}, id="zero-exponent"),
         pytest.param({"address": "", "amount": "5"}, id="empty-address"),
         pytest.param({"address": "x" * 129, "amount": "5"}, id="long-address"),
     ],
@@ -333,3 +349,155 @@ def test_validate_address_refuses(text: str) -> None:
 @pytest.mark.parametrize("text", ["Alice", "x" * 128, "two words", "a/b#c?d", "..", "Zoë"])
 def test_validate_address_accepts(text: str) -> None:
     assert ledger.validate_address(text) == text
+
+
+# -- the original Jobcoin routes and amounts third-party clients send (issue 14, item 12) --------
+
+
+async def test_original_create_and_send_routes(client: httpx.AsyncClient) -> None:
+    # Gemini's own routes: POST /create with a form field ``address`` mints 50.
+    response = await client.post("/create", data={"address": "Alice"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "OK"}
+    assert (await _address(client, "Alice"))["balance"] == "50"
+
+    response = await client.post("/send", data={"fromAddress": "Alice", "toAddress": "Bob", "amount": "12.5"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "OK"}
+    response = await client.post("/send", json={"fromAddress": "Alice", "toAddress": "Bob", "amount": "100"})
+    assert (response.status_code, response.json()) == (422, {"error": "Insufficient Funds"})
+    assert (await _address(client, "Alice"))["balance"] == "37.5"
+    assert (await _address(client, "Bob"))["balance"] == "12.5"
+
+
+async def test_json_number_amounts_are_read_exactly(client: httpx.AsyncClient) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": 100})
+    response = await client.post("/api/transactions", json={"fromAddress": "Alice", "toAddress": "Bob", "amount": 37})
+    assert response.status_code == 200, response.text
+    # Parsed as the decimal text, not through a float (0.1 + 0.2 style errors cannot appear).
+    raw = b'{"fromAddress": "Alice", "toAddress": "Carol", "amount": 0.30000000}'
+    response = await client.post("/send", content=raw, headers=_JSON)
+    assert response.status_code == 200, response.text
+    assert (await _address(client, "Bob"))["balance"] == "37"
+    assert (await _address(client, "Carol"))["balance"] == "0.3"
+    assert (await _address(client, "Alice"))["balance"] == "62.7"
+
+
+@pytest.mark.parametrize(
+    ("sent", "moved"),
+    [
+        ("48.99999999999999997918331829", "48.99999999"),
+        ("4.2090000000000005", "4.209"),
+        ("0.0200000000000000004163336342344337026588618755340576171875", "0.02"),  # Decimal(0.02)
+        ("1E-7", "0.0000001"),
+        ("1e1", "10"),
+        ("0.000000019", "0.00000001"),
+    ],
+)
+async def test_finer_amounts_are_rounded_down_to_8_decimals(client: httpx.AsyncClient, sent: str, moved: str) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "50"})
+    response = await client.post("/api/transactions", json={"fromAddress": "Alice", "toAddress": "Bob", "amount": sent})
+    assert response.status_code == 200, response.text
+    bob = await _address(client, "Bob")
+    assert bob["balance"] == moved
+    assert bob["transactions"][-1]["amount"] == moved
+    alice = await _address(client, "Alice")
+    # Exactly what was moved left the sender: the books balance to the base unit.
+    total = ledger.parse_wire_amount(alice["balance"]) + ledger.parse_wire_amount(moved)
+    assert total == 50 * COIN
+
+
+async def test_a_float_splitting_client_pays_every_part(client: httpx.AsyncClient) -> None:
+    """A third-party mixer that splits 50 into thirds with floats: every part is paid, the
+    remainder below one base unit per part stays with it, and no coin is lost."""
+    await client.post("/create", data={"address": "house"})
+    part = 50 / 3  # 16.666666666666668: the float sum of three parts exceeds 50
+    statuses = [
+        (await client.post("/send", data={"fromAddress": "house", "toAddress": f"user{i}", "amount": str(part)}))
+        for i in range(3)
+    ]
+    assert [r.status_code for r in statuses] == [200, 200, 200], [r.text for r in statuses]
+    balances = [ledger.parse_wire_amount((await _address(client, f"user{i}"))["balance"]) for i in range(3)]
+    assert balances == [1_666_666_666] * 3
+    house = (await _address(client, "house"))["balance"]
+    assert house == "0.00000002"
+    assert sum(balances) + ledger.parse_wire_amount(house) == 50 * COIN
+
+
+async def test_ledger_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.json()
+    assert set(spec["paths"]) == {"/api/addresses/{address}", "/api/transactions", "/api/mint", "/send", "/create"}
+    send = spec["paths"]["/send"]["post"]
+    assert set(send["requestBody"]["content"]) == {
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    }
+    assert {"200", "400", "413", "422"} <= set(send["responses"])
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_ledger_405_lists_every_method(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/api/transactions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert list(response.json()) == ["error"]
+
+
+# -- hostile bodies (issue 14, items 1 and 2) ----------------------------------------------------
+
+
+async def test_deep_json_is_400_not_500_and_changes_nothing(client: httpx.AsyncClient) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "50"})
+    before = await _snapshot(client)
+    for depth in (5_000, 100_000):
+        body = b'{"fromAddress": "Alice", "toAddress": "Bob", "amount": "1", "x": ' + b"[" * depth + b"]" * depth + b"}"
+        response = await client.post("/api/transactions", content=body, headers=_JSON)
+        assert response.status_code == 400, response.text
+        assert "deeper than" in response.json()["error"]
+    assert await _snapshot(client) == before
+
+
+async def test_a_send_inside_a_10_mib_body_is_refused(client: httpx.AsyncClient) -> None:
+    await client.post("/api/mint", json={"address": "Alice", "amount": "50"})
+    before = await _snapshot(client)
+    padded = {**_GOOD, "padding": "x" * (10 << 20)}
+    response = await client.post("/api/transactions", json=padded)
+    assert response.status_code == 413, response.text
+    assert list(response.json()) == ["error"]
+    response = await client.post("/send", data={**_GOOD, "padding": "x" * (2 << 20)})
+    assert response.status_code == 413, response.text
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # No Content-Length: the guard must count what it reads.
+        yield b'{"fromAddress": "Alice", "toAddress": "Bob", "amount": "1", "padding": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = await client.post("/api/transactions", content=chunks(), headers=_JSON)
+    assert response.status_code == 413, response.text
+    assert await _snapshot(client) == before
+
+
+async def test_nul_in_the_path_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/addresses/Al%00ice")
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]
+
+
+async def test_ledger_database_down_is_503() -> None:
+    # A port nothing listens on: every connection attempt is refused.
+    down = make_engine("postgresql://postgres@127.0.0.1:9/nothing")
+    try:
+        transport = httpx.ASGITransport(app=create_ledger_app(down))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as http:
+            response = await http.get("/api/transactions")
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "5"
+            response = await http.post("/send", json=_GOOD)
+            assert response.status_code == 503, response.text
+    finally:
+        await down.dispose()

@@ -5,6 +5,16 @@ is final as soon as its transaction commits. Amounts are ``int`` base units
 (1 jobcoin = 10**8). Writers own their transaction (they take the engine); readers take an
 ``AsyncConnection`` and never commit.
 
+Amounts on the wire (:func:`parse_wire_amount`): the ledger keeps 8 decimals (base units of
+1e-8 jobcoin, stored as integers). An amount given with more precision is **rounded down**
+to 8 decimals, exactly (integer arithmetic, no float), and what was moved is what the
+history shows. Rounding down never moves more than a client asked for, so a sender that
+splits its balance into parts computed with floats (``16.666666666666668``) can always pay
+every part: the sum of the rounded parts never exceeds the sum of the parts. The sub-unit
+remainder stays with the sender, visible in its balance, and every coin stays accounted for
+to the base unit (the sum of balances is the sum of mints). Refusing such amounts instead
+strands coins in the books of clients that send floats and do not handle the refusal.
+
 Ordering guarantee the adapter relies on: transfers *into* one address become visible in
 ``id`` order. Jobcoin deposit refs are positions ("the n-th incoming transfer of X"), so a
 reader must never see transfer 7 into X before transfer 6 into X has committed, or the
@@ -14,8 +24,10 @@ lock *before* it allocates the transfer id, and holds it until commit.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Row, or_, select
@@ -27,6 +39,13 @@ from mixhouse.errors import InsufficientFunds, InvalidAddress, InvalidAmount, In
 from mixhouse.money import MAX_BASE_UNITS
 
 MAX_ADDRESS_LENGTH = 128
+DECIMALS = 8  # base units per jobcoin as a power of ten
+# Longer than any amount a client computes (the exact expansion of a float has at most a few
+# hundred digits) and short enough that parsing stays cheap.
+MAX_AMOUNT_DIGITS = 800
+# A plain or exponent-form decimal without sign, ASCII digits only (Decimal would also take
+# "1_000", "١" and " 1 ").
+_AMOUNT_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +89,58 @@ def validate_address(text: str) -> str:
     if text != text.strip():
         raise InvalidAddress("the address has leading or trailing whitespace")
     return text
+
+
+def parse_wire_amount(value: object, decimals: int = DECIMALS) -> int:
+    """A client's amount in whole jobcoins as base units, rounded down to ``decimals``.
+
+    Args:
+        value: a decimal string (``"49.5"``, ``"4.2090000000000005"``, ``"1E-7"``), a JSON
+            number as parsed with ``parse_float=Decimal`` (``37``, ``Decimal("49.5")``), or
+            anything else (refused).
+        decimals: the ledger's precision, 8.
+
+    Returns:
+        Base units, ``1..MAX_BASE_UNITS``: ``value * 10**decimals`` rounded toward zero
+        (see the module docstring for why down).
+
+    Raises:
+        InvalidAmount: not a string or number (``true``, ``null``, a list); a string with a
+            sign, spaces, ``NaN``, ``Infinity``, ``_`` or anything but ``digits[.digits][e±n]``;
+            more than :data:`MAX_AMOUNT_DIGITS` characters; zero or negative; below one base
+            unit (it rounds down to zero); larger than ``MAX_BASE_UNITS`` base units.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise InvalidAmount('amount must be a decimal string such as "49.5" or a JSON number')
+    if isinstance(value, str):
+        if len(value) > MAX_AMOUNT_DIGITS or not _AMOUNT_TEXT.fullmatch(value):
+            raise InvalidAmount(f"amount {value[:40]!r} is not a plain positive decimal number")
+        try:
+            number = Decimal(value)
+        except InvalidOperation as exc:  # pragma: no cover - the pattern admits only decimals
+            raise InvalidAmount(f"amount {value[:40]!r} is not a number") from exc
+    else:
+        number = Decimal(value)
+    shown = value[:40] if isinstance(value, str) else str(number)[:40]
+    if not number.is_finite():
+        raise InvalidAmount(f"amount {shown!r} is not a number")
+    if number <= 0:
+        raise InvalidAmount(f"amount {shown!r} must be greater than zero")
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if len(digits) > MAX_AMOUNT_DIGITS:
+        raise InvalidAmount(f"amount {shown!r} has more than {MAX_AMOUNT_DIGITS} digits")
+    # adjusted() is the power of ten of the leading digit: bounds checked before any big power.
+    if number.adjusted() >= len(str(MAX_BASE_UNITS)) - decimals:
+        raise InvalidAmount(f"amount {shown!r} is too large")
+    if number.adjusted() < -decimals:
+        raise InvalidAmount(f"amount {shown!r} is smaller than one base unit (the ledger keeps {decimals} decimals)")
+    coefficient = int("".join(map(str, digits)))
+    shift = exponent + decimals
+    base_units: int = coefficient * 10**shift if shift >= 0 else coefficient // 10**-shift
+    if base_units > MAX_BASE_UNITS:
+        raise InvalidAmount(f"amount {shown!r} is too large")
+    return base_units
 
 
 def _check_amount(amount: int) -> None:

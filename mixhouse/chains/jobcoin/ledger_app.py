@@ -1,42 +1,65 @@
 """The local Jobcoin ledger over HTTP, speaking the original Jobcoin API.
 
-Routes (amounts are decimal strings in whole jobcoins, at most 8 decimals):
+Routes (amounts are written as decimal strings in whole jobcoins, at most 8 decimals):
 
 * ``GET /api/addresses/{address}`` -> ``{"balance": "49.5", "transactions": [...]}``; an
   unused address is ``{"balance": "0", "transactions": []}``, never a 404.
 * ``GET /api/transactions`` -> every transaction, oldest first.
-* ``POST /api/transactions`` with ``fromAddress``, ``toAddress``, ``amount`` ->
-  ``{"status": "OK"}``; too poor a sender -> 422 ``{"error": "Insufficient Funds"}``.
-* ``POST /api/mint`` with ``address`` and optional ``amount`` (default ``"50"``) ->
-  ``{"status": "OK"}`` (the original's "create 50 coins" page).
+* ``POST /api/transactions`` and ``POST /send`` (the original's own route) with
+  ``fromAddress``, ``toAddress``, ``amount`` -> ``{"status": "OK"}``; too poor a sender ->
+  422 ``{"error": "Insufficient Funds"}``.
+* ``POST /api/mint`` and ``POST /create`` (the original's "create 50 coins" form) with
+  ``address`` and optional ``amount`` (default ``"50"``) -> ``{"status": "OK"}``.
 * ``GET /`` -> a small HTML page with a mint form and a send form.
+* ``GET /openapi.json`` and ``GET /docs``: the OpenAPI description of the routes above.
 
 A transaction item is ``{"timestamp": "2021-12-17T00:52:39.092Z", "fromAddress": "Alice",
 "toAddress": "Bob", "amount": "49.5"}``; minted coins have no ``fromAddress`` key.
 
 POST bodies may be JSON, ``application/x-www-form-urlencoded`` or ``multipart/form-data``.
+``amount`` is a decimal string (``"49.5"``, exponent form ``"1E-7"`` too) or, in JSON, a
+number (``37``, ``49.5``, read exactly, never through a float). More than 8 decimals are
+rounded down to 8 (:func:`mixhouse.chains.jobcoin.ledger.parse_wire_amount` says why);
+an amount that rounds down to zero is refused.
+
 Every refusal is ``{"error": "<message>"}``: 400 for an unreadable body (malformed JSON,
-broken multipart), 415 for another content type, 422 for bad or missing fields and for
-insufficient funds. A refused request changes nothing.
+broken multipart, nested deeper than the limit, a NUL in the path or query), 413 for a
+body over the size limit (:mod:`mixhouse.http_guard`, checked before the body is parsed),
+415 for another content type, 422 for bad or missing fields (zero, negative or malformed
+amounts, empty or invalid addresses) and for insufficient funds, 503 while the database is
+unreachable. A refused request changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal, NoReturn
 
+import sqlalchemy.exc
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.types import Scope
 
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.errors import InsufficientFunds, InvalidAddress, InvalidInput
-from mixhouse.money import ASSETS, Asset, format_amount, parse_amount
+from mixhouse.http_guard import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_JSON_DEPTH,
+    Refusal,
+    RequestGuardMiddleware,
+    allow_header,
+)
+from mixhouse.logs import uvicorn_log_config
+from mixhouse.money import ASSETS, Asset, format_amount
+from mixhouse.recursion import pin_recursion_limit
 
 DECIMALS = ASSETS[Asset.JOBCOIN].decimals
 DEFAULT_MINT_AMOUNT = "50"
@@ -52,8 +75,90 @@ class _UnreadableBody(InvalidInput):
         self.status_code = status_code
 
 
+# -- OpenAPI models (documentation only: the routes read their bodies themselves, since a
+# body may be JSON or a form and the original's messages must be kept) ----------------------
+
+
+class StatusOK(BaseModel):
+    """A write that happened."""
+
+    status: Literal["OK"]
+
+
+class LedgerError(BaseModel):
+    """Any refusal; nothing changed."""
+
+    error: str = Field(examples=["Insufficient Funds"])
+
+
+class TransactionOut(BaseModel):
+    """One transfer; ``fromAddress`` is absent for minted coins."""
+
+    timestamp: str = Field(examples=["2021-12-17T00:52:39.092Z"])
+    fromAddress: str | None = None  # noqa: N815 - the original's field name
+    toAddress: str  # noqa: N815
+    amount: str = Field(examples=["49.5"])
+
+
+class AddressOut(BaseModel):
+    """An address's balance and history, oldest first."""
+
+    balance: str = Field(examples=["49.5"])
+    transactions: list[TransactionOut]
+
+
+_ADDRESS_SCHEMA = {"type": "string", "minLength": 1, "maxLength": ledger.MAX_ADDRESS_LENGTH}
+_AMOUNT_SCHEMA = {
+    "description": "Whole jobcoins: a decimal string or (JSON only) a number; rounded down to 8 decimals.",
+    "anyOf": [
+        {"type": "string", "pattern": r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$", "examples": ["49.5"]},
+        {"type": "number", "exclusiveMinimum": 0},
+    ],
+}
+
+
+def _request_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """An OpenAPI ``requestBody`` accepting the same object as JSON or as a form."""
+    schema = {"type": "object", "properties": properties, "required": required}
+    form_properties = {name: ({"type": "string"} if name == "amount" else value) for name, value in properties.items()}
+    form_schema = {"type": "object", "properties": form_properties, "required": required}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema},
+                "application/x-www-form-urlencoded": {"schema": form_schema},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
+    }
+
+
+_SEND_BODY = _request_body(
+    {"fromAddress": _ADDRESS_SCHEMA, "toAddress": _ADDRESS_SCHEMA, "amount": _AMOUNT_SCHEMA},
+    ["fromAddress", "toAddress", "amount"],
+)
+_MINT_BODY = _request_body({"address": _ADDRESS_SCHEMA, "amount": _AMOUNT_SCHEMA}, ["address"])
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": StatusOK, "description": "Done."},
+    400: {"model": LedgerError, "description": "Unreadable body (malformed JSON or form, nested too deeply)."},
+    413: {"model": LedgerError, "description": "Body over the size limit."},
+    415: {"model": LedgerError, "description": "Not JSON nor a form."},
+    422: {"model": LedgerError, "description": "Bad or missing field, or Insufficient Funds."},
+    503: {"model": LedgerError, "description": "Database unreachable."},
+}
+_READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": LedgerError, "description": "A NUL character in the path."},
+    503: {"model": LedgerError, "description": "Database unreachable."},
+}
+
+
 def _error(status_code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code)
+
+
+def _guard_refusal(refusal: Refusal, _: Scope) -> JSONResponse:
+    return _error(refusal.status, refusal.detail)
 
 
 def _timestamp(moment: datetime) -> str:
@@ -72,14 +177,23 @@ def _transaction_json(item: ledger.LedgerTransfer) -> dict[str, str]:
     return body
 
 
+def _no_constants(name: str) -> NoReturn:
+    # NaN and Infinity are not JSON, though Python's parser reads them by default.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def _read_body(request: Request) -> dict[str, Any]:
-    """The request's fields, from a JSON object or a form (values not yet type-checked)."""
+    """The request's fields, from a JSON object or a form (values not yet type-checked).
+
+    JSON numbers are read as ``int`` or exact ``Decimal``, never ``float``.
+    """
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":
         raw = await request.body()
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError cannot happen behind the guard's depth limit; kept as a backstop.
             raise _UnreadableBody("the request body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise _UnreadableBody("the JSON body must be an object")
@@ -105,15 +219,11 @@ async def _read_body(request: Request) -> dict[str, Any]:
     )
 
 
-def _text_field(fields: dict[str, Any], name: str, *, default: str | None = None) -> str:
+def _text_field(fields: dict[str, Any], name: str) -> str:
     if name not in fields:
-        if default is not None:
-            return default
         raise InvalidInput(f"{name} is missing")
     value = fields[name]
     if not isinstance(value, str):
-        if name == "amount":
-            raise InvalidInput('amount must be a decimal string such as "49.5"')
         raise InvalidInput(f"{name} must be a string")
     return value
 
@@ -128,11 +238,11 @@ def _address_field(fields: dict[str, Any], name: str) -> str:
 
 
 def _amount_field(fields: dict[str, Any], *, default: str | None = None) -> int:
-    text = _text_field(fields, "amount", default=default)
-    # Stricter than parse_amount, which strips: the wire format has no room for padding.
-    if text != text.strip():
-        raise InvalidInput(f"amount {text!r} has surrounding whitespace")
-    return parse_amount(text, DECIMALS)
+    if "amount" not in fields:
+        if default is None:
+            raise InvalidInput("amount is missing")
+        return ledger.parse_wire_amount(default, DECIMALS)
+    return ledger.parse_wire_amount(fields["amount"], DECIMALS)
 
 
 _INDEX_HTML = """<!doctype html>
@@ -144,7 +254,8 @@ fieldset{margin-bottom:1em}label{display:block;margin:.3em 0}</style></head>
 <h1>Jobcoin ledger</h1>
 <p>A local development ledger. API: <code>GET /api/addresses/&lt;address&gt;</code>,
 <a href="api/transactions"><code>GET /api/transactions</code></a>,
-<code>POST /api/transactions</code>, <code>POST /api/mint</code>.</p>
+<code>POST /api/transactions</code> (or <code>/send</code>), <code>POST /api/mint</code>
+(or <code>/create</code>); <a href="docs">OpenAPI</a>.</p>
 <form method="post" action="api/mint"><fieldset><legend>Create coins</legend>
 <label>Address <input name="address" required maxlength="128"></label>
 <label>Amount <input name="amount" value="50" required></label>
@@ -159,14 +270,46 @@ fieldset{margin-bottom:1em}label{display:block;margin:.3em 0}</style></head>
 """
 
 
-def create_ledger_app(engine: AsyncEngine) -> FastAPI:
+def _engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+def create_ledger_app(
+    engine: AsyncEngine,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> FastAPI:
     """The Jobcoin HTTP API (see the module docstring) over the ledger in ``engine``'s database.
+
+    Args:
+        engine: the ledger's database (kept in ``app.state.engine``; the caller disposes of it).
+        max_body_bytes: larger bodies are refused with 413 before they are parsed.
+        max_json_depth: non-form bodies nested deeper are refused with 400.
 
     The app never creates tables: the database must already be migrated.
     """
-    app = FastAPI(title="Jobcoin ledger (local)", docs_url=None, redoc_url=None, openapi_url=None)
-    # Balance and history are read in two statements; one snapshot keeps them consistent.
-    read_engine = engine.execution_options(isolation_level="REPEATABLE READ")
+    pin_recursion_limit()
+    app = FastAPI(
+        title="Jobcoin ledger (local)",
+        version="1",
+        description=(
+            "A local Jobcoin-compatible ledger. Amounts are decimal strings in whole jobcoins; "
+            "the ledger keeps 8 decimals and rounds finer amounts down. Refusals are "
+            '`{"error": "..."}` and change nothing.'
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.engine = engine
+    app.add_middleware(
+        RequestGuardMiddleware,
+        respond=_guard_refusal,
+        max_body_bytes=max_body_bytes,
+        max_json_depth=max_json_depth,
+    )
 
     @app.exception_handler(_UnreadableBody)
     async def _unreadable(_: Request, exc: _UnreadableBody) -> JSONResponse:
@@ -182,17 +325,42 @@ def create_ledger_app(engine: AsyncEngine) -> FastAPI:
         return _error(422, "Insufficient Funds")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers.update(allow_header(request))
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
-    @app.get("/", response_class=HTMLResponse)
+    async def _database_down(_: Request, __: Exception) -> JSONResponse:
+        # A lost or refused connection is the server's state, not the request's: retry later.
+        return JSONResponse(
+            {"error": "the ledger database is unreachable; try again later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    for error_class in (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError):
+        app.add_exception_handler(error_class, _database_down)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(_INDEX_HTML)
 
     # ``:path`` so that names containing "/" (sent percent-encoded) still reach us.
-    @app.get("/api/addresses/{address:path}")
-    async def get_address(address: str) -> dict[str, Any]:
+    @app.get(
+        "/api/addresses/{address:path}",
+        response_model=None,
+        responses={
+            200: {"model": AddressOut, "description": "Balance and history."},
+            422: {"model": LedgerError, "description": "Not a valid address."},
+            **_READ_RESPONSES,
+        },
+    )
+    async def get_address(address: str, request: Request) -> dict[str, Any]:
+        """The balance and every transfer of ``address`` (an unused one has ``"0"`` and none)."""
         ledger.validate_address(address)
+        # Balance and history are read in two statements; one snapshot keeps them consistent.
+        read_engine = _engine(request).execution_options(isolation_level="REPEATABLE READ")
         async with read_engine.begin() as conn:
             balance, transfers = await ledger.address_info(conn, address)
         return {
@@ -200,42 +368,80 @@ def create_ledger_app(engine: AsyncEngine) -> FastAPI:
             "transactions": [_transaction_json(item) for item in transfers],
         }
 
-    @app.get("/api/transactions")
-    async def list_transactions() -> list[dict[str, str]]:
-        async with engine.connect() as conn:
+    @app.get(
+        "/api/transactions",
+        response_model=None,
+        responses={200: {"model": list[TransactionOut], "description": "Every transfer."}, **_READ_RESPONSES},
+    )
+    async def list_transactions(request: Request) -> list[dict[str, str]]:
+        """Every transfer of the ledger, oldest first."""
+        async with _engine(request).connect() as conn:
             transfers = await ledger.all_transfers(conn)
         return [_transaction_json(item) for item in transfers]
 
-    @app.post("/api/transactions")
     async def send(request: Request) -> dict[str, str]:
+        """Move ``amount`` from ``fromAddress`` to ``toAddress`` (422 ``Insufficient Funds``
+        when the sender holds less; a send to oneself is refused)."""
         fields = await _read_body(request)
         from_address = _address_field(fields, "fromAddress")
         to_address = _address_field(fields, "toAddress")
         amount = _amount_field(fields)
-        await ledger.transfer(engine, from_address, to_address, amount)
+        await ledger.transfer(_engine(request), from_address, to_address, amount)
         return {"status": "OK"}
 
-    @app.post("/api/mint")
     async def mint(request: Request) -> dict[str, str]:
+        """Create ``amount`` (default 50) new coins at ``address``."""
         fields = await _read_body(request)
         address = _address_field(fields, "address")
         amount = _amount_field(fields, default=DEFAULT_MINT_AMOUNT)
-        await ledger.mint(engine, address, amount)
+        await ledger.mint(_engine(request), address, amount)
         return {"status": "OK"}
+
+    for path, endpoint, body, name in (
+        ("/api/transactions", send, _SEND_BODY, "send"),
+        ("/send", send, _SEND_BODY, "send_original"),
+        ("/api/mint", mint, _MINT_BODY, "mint"),
+        ("/create", mint, _MINT_BODY, "create_original"),
+    ):
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            name=name,
+            response_model=None,
+            responses=_WRITE_RESPONSES,
+            openapi_extra=body,
+        )
 
     return app
 
 
-def ledger_server(engine: AsyncEngine, host: str, port: int, *, log_level: str = "info") -> uvicorn.Server:
-    """A uvicorn server for the ledger app, not yet started.
+def ledger_server(
+    engine: AsyncEngine,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> uvicorn.Server:
+    """A uvicorn server for the ledger app, not yet started (access log redacted).
 
     Run it with ``await server.serve()``; stop it from another task by setting
     ``server.should_exit = True`` (``server.started`` turns true once it listens).
     """
-    config = uvicorn.Config(create_ledger_app(engine), host=host, port=port, log_level=log_level)
+    app = create_ledger_app(engine, max_body_bytes=max_body_bytes, max_json_depth=max_json_depth)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=uvicorn_log_config())
     return uvicorn.Server(config)
 
 
-async def serve_ledger(engine: AsyncEngine, host: str, port: int) -> None:
+async def serve_ledger(
+    engine: AsyncEngine,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> None:
     """Serve the ledger on ``host:port`` until the process is interrupted (Ctrl-C)."""
-    await ledger_server(engine, host, port).serve()
+    await ledger_server(engine, host, port, max_body_bytes=max_body_bytes, max_json_depth=max_json_depth).serve()
