@@ -25,7 +25,7 @@ address it considered as a candidate ("many"): the attacker cannot rule any of t
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mixhouse.mixer.planner import payout_quantum
@@ -52,8 +52,8 @@ class GroupSearch:
         deposit_ref: the deposit searched.
         considered: the addresses the search started from (after the caller's filters and
             ``total <= top bound``).
-        groups: the groups found, each a set of addresses; complete unless ``capped``.
-        capped: the search stopped at the cap; the groups are then only some of them.
+        groups: every group, each a set of addresses; empty when ``capped``.
+        capped: the search stopped at the cap (its groups would be only some of them).
         explored: work units spent (at most the cap).
     """
 
@@ -74,11 +74,18 @@ class GroupSearch:
 
 @dataclass(frozen=True, slots=True)
 class Congruence:
-    """A necessary condition on valid totals: ``(multiplier x T) mod modulus <= width``."""
+    """A necessary condition on valid totals: ``(multiplier x T) mod modulus <= width``.
+
+    Attributes:
+        modulus, multiplier, width: the condition.
+        exact: inside the rules' total bounds the condition is also sufficient, so the search
+            may test it instead of calling ``could_pay`` (a cheaper test for dense matches).
+    """
 
     modulus: int
     multiplier: int
     width: int
+    exact: bool = False
 
     def residue(self, total: int) -> int:
         """``(multiplier x total) mod modulus``."""
@@ -105,7 +112,8 @@ def congruence(rules: FeeRules, deposit: int) -> Congruence | None:
     if isinstance(rules, DenominatedRules):
         q = payout_quantum(deposit, rules.fee_min_bps, rules.fee_max_bps, minimum=rules.min_payout)
         if q > 1:
-            return Congruence(modulus=q, multiplier=1, width=0)
+            # DenominatedRules.could_pay is exactly "inside the bounds and a multiple of q".
+            return Congruence(modulus=q, multiplier=1, width=0, exact=True)
     return None
 
 
@@ -186,7 +194,8 @@ def search_groups(
     return GroupSearch(
         deposit_ref=deposit.ref,
         considered=frozenset(addresses),
-        groups=tuple(frozenset(addresses[i] for i in group) for group in sorted(found)),
+        # A capped search's groups are only some of them and nothing may rely on them: not kept.
+        groups=() if capped else tuple(frozenset(addresses[i] for i in group) for group in sorted(found)),
         capped=capped,
         explored=min(budget.spent, cap),
     )
@@ -219,7 +228,7 @@ def _search(
     per_address = shape.max_pieces_per_address if shape is not None else None
     # The loosest rounding slack any group may need, for pruning partial groups.
     worst_slack = shape.ratio_slack((per_address or max(counts, default=1)) * max_addresses) if shape else 0
-    could_pay = rules.could_pay
+    could_pay: Callable[[int, int], bool] = rules.could_pay
     tail = min(TAIL, max_addresses)
     heads_after = max_addresses - tail  # head members a group may have besides its tail
 
@@ -227,11 +236,18 @@ def _search(
         """Sum of the ``r`` largest totals (all of them if fewer)."""
         return prefix[n] - prefix[max(0, n - r)]
 
+    if modular is not None and modular.exact:
+        exact = modular
+
+        def valid(_: int, total: int) -> bool:
+            return exact.residue(total) <= exact.width
+
+        could_pay = valid
+
     def accept(members: tuple[int, ...], total: int, count: int, lo: int, hi: int) -> None:
-        if (
-            bottom <= total <= top
-            and could_pay(amount, total)
-            and _shape_ok(shape, size=len(members), count=count, lo=lo, hi=hi, bottom=bottom, top=top)
+        """Record ``members`` if they make a valid group (the caller checked the bounds)."""
+        if could_pay(amount, total) and _shape_ok(
+            shape, size=len(members), count=count, lo=lo, hi=hi, bottom=bottom, top=top
         ):
             found.add(members)
 
@@ -241,7 +257,10 @@ def _search(
     for x in range(n):
         budget.spend()
         level.append((totals[x], (x,), counts[x], mins[x], maxs[x]))
-        accept((x,), totals[x], counts[x], mins[x], maxs[x])
+        if bottom <= totals[x]:
+            accept((x,), totals[x], counts[x], mins[x], maxs[x])
+    # The hottest loop: its work is counted in a local and charged to the budget as it goes.
+    work, cap = budget.spent, budget.cap
     for size in range(2, tail + 1):
         grown: list[tuple[int, tuple[int, ...], int, int, int]] = []
         more = tail - size  # members the tail still needs after this one
@@ -254,18 +273,23 @@ def _search(
                 new_s = s + totals[x]
                 if new_s > top:
                     break  # sorted by total: every later candidate is larger still
-                budget.spend()
+                work += 1
+                if work > cap:
+                    budget.spent = work
+                    raise _CapReached
                 new_lo = min(lo, mins[x])
                 new_hi = max(hi, maxs[x])
                 if ratio is not None and new_hi > ratio * new_lo + worst_slack:
                     continue
                 grown_members = (*members, x)
                 new_count = count + counts[x]
-                accept(grown_members, new_s, new_count, new_lo, new_hi)
+                if bottom <= new_s:
+                    accept(grown_members, new_s, new_count, new_lo, new_hi)
                 if more and (x + 1 + more > n or new_s + prefix[x + 1 + more] - prefix[x + 1] > top):
                     continue  # a whole group at most: no tail of `tail` members starts so
                 grown.append((new_s, grown_members, new_count, new_lo, new_hi))
         level = grown
+    budget.spent = work
     if heads_after <= 0 or not level:
         return
 
@@ -285,7 +309,7 @@ def _search(
             for j in range(bisect.bisect_left(keys, key_low), bisect.bisect_right(keys, key_high)):
                 budget.spend()
                 _, tail_sum, members, tail_count, tail_lo, tail_hi = rows[j]
-                if members[0] > after:
+                if members[0] > after and bottom <= s + tail_sum <= top:
                     accept(
                         (*head, *members),
                         s + tail_sum,

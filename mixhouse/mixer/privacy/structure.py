@@ -8,8 +8,7 @@ that planner's shape rules:
   ``minimum + share`` with integer weights in 1000..3000, so the largest payout of a mix is at
   most about three times its smallest.
 * :class:`~mixhouse.mixer.privacy.rules.DenominatedRules` (the current planner): every payout is
-  a 1-2-5 series value times the deposit's quantum, at most
-  ``MAX_PIECES_PER_ADDRESS x n`` of them.
+  a 1-2-5 series value times the deposit's quantum.
 
 Any other :class:`~mixhouse.mixer.privacy.rules.FeeRules` gets only ``plausible_piece``.
 """
@@ -18,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mixhouse.mixer.planner import MAX_PIECES_PER_ADDRESS, payout_quantum
+from mixhouse.mixer.planner import payout_quantum
 from mixhouse.mixer.privacy.records import AddressRecord
 from mixhouse.mixer.privacy.rules import DenominatedRules, FeeRules, LegacyBpsRules
 from mixhouse.mixer.privacy.timing import TimingRules
@@ -92,7 +91,10 @@ def group_shape(rules: FeeRules) -> GroupShape | None:
     if isinstance(rules, LegacyBpsRules):
         return GroupShape(share_weights=LEGACY_SHARE_WEIGHTS, max_pieces_per_address=LEGACY_PAYOUTS_PER_ADDRESS)
     if isinstance(rules, DenominatedRules):
-        return GroupShape(max_pieces_per_address=MAX_PIECES_PER_ADDRESS)
+        # No count bound: the planner documents MAX_PIECES_PER_ADDRESS pieces per address, but
+        # its greedy decomposition alone can exceed it (899,406 base units to one address: 9
+        # pieces), so a filter on it would drop true groups.
+        return GroupShape()
     return None
 
 
