@@ -157,7 +157,7 @@ def mix_create(
         raise _fail(exc) from exc
     console.print(f"mix id:          {mix['id']}")
     console.print(f"deposit address: {mix['deposit_address']}")
-    console.print(f"fee:             {mix['fee_bps'] / 100:.2f}%")
+    console.print(f"fee range:       {mix['fee_min_bps'] / 100:.2f}%-{mix['fee_max_bps'] / 100:.2f}%")
     console.print(f"expires at:      {mix['expires_at'].isoformat()}")
 
 

@@ -21,10 +21,11 @@ import structlog
 from sqlalchemy import text
 
 from mixhouse import audit
-from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
+from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_PAYOUT_ROUND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import expire_mixes
 from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
 from mixhouse.unit import unit
@@ -38,6 +39,7 @@ _ORPHAN_SENDS_SQL = text(
     """
     SELECT s.id FROM sends s
     WHERE s.state <> 'confirmed'
+      AND NOT (s.kind = 'payout' AND s.released_at IS NULL)  -- the release gate holds it
       AND s.updated_at < now() - make_interval(secs => :idle)
       AND s.due_at < now()
       AND NOT EXISTS (
@@ -86,6 +88,15 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     async def reconcile_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         for asset in rt.adapters:
             await reconcile(rt, asset)
+
+    round_every = rt.settings.payout_round_seconds
+
+    @app.periodic(cron=f"*/{round_every} * * * * *", periodic_id="payout_round")
+    @app.task(name=TASK_PAYOUT_ROUND, queue=QUEUE, queueing_lock="payout_round")
+    async def payout_round_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
+        # Every asset's due payouts leave together, gated; rounds serialise on an advisory lock.
+        for asset in rt.adapters:
+            await run_round(rt, asset)
 
     sources = sources_from_settings(rt.settings)
     sync_every = rt.settings.wallet_sync_interval_seconds

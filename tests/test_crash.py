@@ -17,16 +17,17 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
 from mixhouse.chains.base import PreparedSend
 from mixhouse.chains.jobcoin import ledger
-from mixhouse.db.tables import deposits, sends
+from mixhouse.db.tables import audit_log, deposits, sends
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.sends import execute_send
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
@@ -48,6 +49,9 @@ def _worker_env(database_url: str, api_url: str) -> dict[str, str]:
             "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
             "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
             "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
+            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
+            # The gate off: payouts fall due all through the kills instead of after a held wait.
+            "MIXHOUSE_PRIVACY_GATE_K": "1",
         }
     )
     return env
@@ -86,7 +90,7 @@ async def _assert_books_match_ledger(engine: AsyncEngine, pool: str) -> None:
     assert pool_balance == fees
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
     database_url: str, engine: AsyncEngine
 ) -> None:
@@ -96,17 +100,38 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
         try:
             await ledger.mint(engine, "sender", 1_000 * COIN)
             mixes: list[dict[str, Any]] = []
-            for i in range(12):
+            for i in range(16):
                 addresses = [f"crash-{i}-{k}" for k in range(1 + i % 3)]
-                mix = await create_mix(rt, MixRequest("JOBCOIN", addresses, 0, 4))
+                # Payouts fall due over ~40 s, so rounds keep signing batches while kills land.
+                mix = await create_mix(rt, MixRequest("JOBCOIN", addresses, 0, 40))
                 await ledger.transfer(engine, "sender", mix["deposit_address"], (5 + i) * COIN)
                 mixes.append(mix)
             env = _worker_env(database_url, led.api_url)
-            for _ in range(int(os.environ.get("MIXHOUSE_CRASH_KILLS", "15"))):
+            kills = int(os.environ.get("MIXHOUSE_CRASH_KILLS", "20"))
+            hit_in_flight = hit_batch = 0
+            for _ in range(kills):
+                if await _all_paid(engine, len(mixes)):
+                    break
                 proc = _start_worker(env)
-                await asyncio.sleep(rnd.uniform(0.8, 3.0))
+                # Kill only once this worker has taken work (its first audited change), not while
+                # it is still importing: a kill before that tests nothing.
+                started = await _audit_count(engine)
+                for _ in range(300):
+                    if await _audit_count(engine) > started or await _all_paid(engine, len(mixes)):
+                        break
+                    await asyncio.sleep(0.1)
+                # Rounds run on whole seconds: aim some kills at the moment a round is sending.
+                loop_now = asyncio.get_running_loop().time()
+                await asyncio.sleep(rnd.choice([rnd.uniform(0.0, 1.5), 1 - loop_now % 1 + rnd.uniform(0.02, 0.3)]))
                 proc.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(proc.wait)
+                # Whatever the dead worker left "signed" was in flight when it died: signed, perhaps
+                # sent, not yet recorded. Those are the sends the recovery must never pay twice.
+                left = await _signed_now(engine)
+                hit_in_flight += left > 0
+                hit_batch += left > 1
+            print(f"kills: {kills}, with a send in flight: {hit_in_flight}, with a batch (2+) in flight: {hit_batch}")
+            assert hit_in_flight >= 2, "too few kills landed while a payout was in flight to test anything"
             proc = _start_worker(env)
             try:
                 for _ in range(600):
@@ -127,6 +152,24 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
         finally:
             await rt.aclose()
             await rt.engine.dispose()
+
+
+async def _audit_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(audit_log))).scalar_one())
+
+
+async def _all_paid(engine: AsyncEngine, n_mixes: int) -> bool:
+    async with engine.connect() as conn:
+        states = [r.state for r in (await conn.execute(select(deposits.c.state))).all()]
+    return len(states) == n_mixes and all(s == "pooled" for s in states) and await unfinished_sends(engine) == 0
+
+
+async def _signed_now(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(
+            (await conn.execute(select(func.count()).select_from(sends).where(sends.c.state == "signed"))).scalar_one()
+        )
 
 
 class _Crash(BaseException):
@@ -170,6 +213,60 @@ async def test_crash_between_send_and_record_never_pays_twice(
             sweeps = [t for t in history if t.from_address == mix["deposit_address"]]
             assert len(sweeps) == 1, "the sweep left exactly once"
             assert sweeps[0].amount == 10 * COIN
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+
+@pytest.mark.parametrize("sent_before_death", [0, 3])
+async def test_crash_in_the_middle_of_a_payout_round_never_pays_twice(
+    database_url: str, engine: AsyncEngine, sent_before_death: int
+) -> None:
+    """A round signs a whole batch in one transaction, then the process dies while sending it:
+    some payouts left, one left at the moment of death, the rest never did. Recovery pays each
+    exactly once."""
+    async with local_ledger(engine) as led:
+        rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
+        try:
+            await ledger.mint(engine, "sender", 100 * COIN)
+            for i in range(3):
+                mix = await create_mix(rt, MixRequest("JOBCOIN", [f"round-{i}-a", f"round-{i}-b"], 0, 0))
+                await ledger.transfer(engine, "sender", mix["deposit_address"], (10 + i) * COIN)
+            await scan_asset(rt, Asset.JOBCOIN)
+            async with engine.connect() as conn:
+                sweep_ids = (await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))).scalars().all()
+            for sweep_id in sweep_ids:
+                assert await execute_send(rt, sweep_id) == "confirmed"
+            adapter = rt.adapter("JOBCOIN")
+            real_broadcast = adapter.broadcast
+            calls = 0
+
+            async def dying_broadcast(prepared: PreparedSend) -> None:
+                nonlocal calls
+                calls += 1
+                if calls <= sent_before_death + 1:
+                    await real_broadcast(prepared)  # the last of these moves coins, then the process dies
+                if calls > sent_before_death:
+                    raise _Crash
+
+            adapter.broadcast = dying_broadcast  # type: ignore[method-assign]
+            with pytest.raises(_Crash):
+                await run_round(rt, Asset.JOBCOIN)
+            adapter.broadcast = real_broadcast  # type: ignore[method-assign]
+            assert await _signed_now(engine) >= 2, "the batch was signed as a whole before any send"
+            await asyncio.sleep(1.1)  # the settle time
+            for _ in range(20):
+                async with engine.connect() as conn:
+                    open_ids = (
+                        (await conn.execute(select(sends.c.id).where(sends.c.state != "confirmed"))).scalars().all()
+                    )
+                if not open_ids:
+                    break
+                for send_id in open_ids:
+                    await execute_send(rt, send_id)  # what the recovery task runs for a dead worker's sends
+                await run_round(rt, Asset.JOBCOIN)
+                await asyncio.sleep(0.2)
+            await _assert_books_match_ledger(engine, adapter.pool_address)
         finally:
             await rt.aclose()
             await rt.engine.dispose()

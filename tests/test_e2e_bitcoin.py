@@ -18,6 +18,7 @@ from mixhouse.db.tables import utxos
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
+from mixhouse.mixer.planner import fee_bounds, is_series_value
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import store_list
@@ -83,8 +84,10 @@ async def test_mix_btc_end_to_end_through_the_utxo_pool(database_url: str, engin
         dep = view_a["deposits"][0]
         assert dep["amount"] == 1 * BTC
         assert dep["chain_ref"].startswith(deposit_a)
-        assert dep["fee_amount"] == BTC * mix_a["fee_bps"] // 10_000
+        low, high = fee_bounds(BTC, mix_a["fee_min_bps"], mix_a["fee_max_bps"])
+        assert low <= dep["fee_amount"] <= high
         payouts = [s for s in view_a["sends"] if s["kind"] == "payout"]
+        assert all(is_series_value(p["amount"], dep["quantum"]) for p in payouts)
         assert not [s for s in view_a["sends"] if s["kind"] == "sweep"]  # UTXO deposits are not swept
         assert dep["network_fee_amount"] == sum(p["network_fee_reserved"] for p in payouts)
         assert sum(p["amount"] for p in payouts) == dep["payout_total"]

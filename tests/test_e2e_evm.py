@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
+from mixhouse.mixer.planner import fee_bounds, is_series_value
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
@@ -61,7 +62,9 @@ async def test_mix_eth_end_to_end_on_anvil(database_url: str, engine: AsyncEngin
         assert dep["network_fee_amount"] == sweep["network_fee_reserved"] + sum(
             p["network_fee_reserved"] for p in payouts
         )
-        assert dep["fee_amount"] == (deposit_wei - sweep["network_fee_reserved"]) * mix["fee_bps"] // 10_000
+        low, high = fee_bounds(deposit_wei - sweep["network_fee_reserved"], mix["fee_min_bps"], mix["fee_max_bps"])
+        assert low <= dep["fee_amount"] <= high
+        assert all(is_series_value(p["amount"], dep["quantum"]) for p in payouts)
         gains = [await anvil.balance(w) - before[w] for w in withdrawals]
         assert sum(gains) == deposit_wei - dep["fee_amount"] - dep["network_fee_amount"] == dep["payout_total"]
         assert all(gain > 0 for gain in gains)

@@ -4,212 +4,166 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mixhouse.errors import InvalidAmount
-from mixhouse.mixer.planner import Plan, draw_fee_bps, plan_payouts, split_amount
+from mixhouse.mixer.planner import (
+    Plan,
+    denominate,
+    fee_bounds,
+    is_series_value,
+    payout_quantum,
+    plan_payouts,
+    quoted_total_range,
+    series_values,
+)
 
 SEEDS = st.integers(min_value=0, max_value=2**64 - 1)
+COIN = 10**8
 
 
-@dataclass(frozen=True)
-class Case:
-    deposit: int
-    fee_bps: int
-    addresses: tuple[str, ...]
-    network_fee_per_payout: int
-    min_payout: int
-    delay_min: int
-    delay_max: int
-    seed: int
-
-    def plan(self) -> Plan:
-        return plan_payouts(
-            deposit=self.deposit,
-            fee_bps=self.fee_bps,
-            withdrawal_addresses=self.addresses,
-            network_fee_per_payout=self.network_fee_per_payout,
-            min_payout=self.min_payout,
-            delay_min_seconds=self.delay_min,
-            delay_max_seconds=self.delay_max,
-            rng=random.Random(self.seed),
-        )
-
-    @property
-    def fee(self) -> int:
-        return self.deposit * self.fee_bps // 10_000
-
-    @property
-    def coverable(self) -> bool:
-        """Whether one payout per address fits (the planner's documented precondition)."""
-        n = len(self.addresses)
-        return self.deposit - self.fee - n * self.network_fee_per_payout >= n * max(self.min_payout, 1)
+def _plan(
+    pooled: int,
+    addresses: tuple[str, ...],
+    *,
+    fee_min_bps: int = 100,
+    fee_max_bps: int = 300,
+    network_fee_per_payout: int = 0,
+    min_payout: int = 1,
+    delay: tuple[int, int] = (0, 60),
+    seed: int = 0,
+) -> Plan:
+    return plan_payouts(
+        pooled=pooled,
+        fee_min_bps=fee_min_bps,
+        fee_max_bps=fee_max_bps,
+        withdrawal_addresses=addresses,
+        network_fee_per_payout=network_fee_per_payout,
+        min_payout=min_payout,
+        delay_min_seconds=delay[0],
+        delay_max_seconds=delay[1],
+        rng=random.Random(seed),
+    )
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
+def addresses(draw: st.DrawFn) -> tuple[str, ...]:
     n = draw(st.integers(min_value=1, max_value=10))
-    addresses = tuple(
-        f"0x{i:040x}" for i in draw(st.lists(st.integers(0, 2**160 - 1), min_size=n, max_size=n, unique=True))
-    )
-    delay_min = draw(st.integers(min_value=0, max_value=86_400))
-    delay_max = draw(st.integers(min_value=delay_min, max_value=delay_min + 7 * 86_400))
-    return Case(
-        deposit=draw(st.integers(min_value=1, max_value=10**24)),
-        fee_bps=draw(st.integers(min_value=0, max_value=5_000)),
-        addresses=addresses,
-        network_fee_per_payout=draw(st.integers(min_value=0, max_value=10**15)),
-        min_payout=draw(st.one_of(st.just(0), st.just(10_000), st.just(10**12), st.integers(0, 10**16))),
-        delay_min=delay_min,
-        delay_max=delay_max,
-        seed=draw(SEEDS),
-    )
+    return tuple(f"w{i}" for i in draw(st.lists(st.integers(0, 10**6), min_size=n, max_size=n, unique=True)))
 
 
-@settings(max_examples=300)
-@given(cases())
-def test_plan_invariants(case: Case) -> None:
-    assume(case.coverable)
-    plan = case.plan()
-    n = len(case.addresses)
-    count = len(plan.payouts)
-
-    assert plan.fee == case.deposit * case.fee_bps // 10_000
-    assert n <= count <= 2 * n
-    assert plan.network_fee == count * case.network_fee_per_payout
-    total = sum(p.amount for p in plan.payouts)
-    assert total == case.deposit - plan.fee - plan.network_fee
-    assert plan.payout_total == total
-    for payout in plan.payouts:
-        assert payout.amount >= case.min_payout
-        assert payout.amount >= 1
-        assert case.delay_min <= payout.delay_seconds <= case.delay_max
-        assert payout.to_address in case.addresses
-    assert set(Counter(p.to_address for p in plan.payouts)) == set(case.addresses)
-
-
-@given(cases())
-def test_plan_is_reproducible(case: Case) -> None:
-    assume(case.coverable)
-    assert case.plan() == case.plan()
-
-
-@given(cases())
-def test_plan_rejects_uncoverable_deposit(case: Case) -> None:
-    assume(not case.coverable)
-    with pytest.raises(InvalidAmount):
-        case.plan()
-
-
-@given(st.integers(min_value=1, max_value=10), SEEDS)
-def test_plan_exact_minimum_is_accepted(n: int, seed: int) -> None:
-    """A deposit that covers exactly n minimum payouts and their fees plans n payouts."""
-    min_payout, net = 10**12, 21_000 * 10**9
-    deposit = n * (min_payout + net)
-    addresses = [f"addr-{i}" for i in range(n)]
-    plan = plan_payouts(
-        deposit=deposit,
-        fee_bps=0,
-        withdrawal_addresses=addresses,
-        network_fee_per_payout=net,
-        min_payout=min_payout,
-        delay_min_seconds=0,
-        delay_max_seconds=0,
-        rng=random.Random(seed),
-    )
-    assert sorted(p.to_address for p in plan.payouts) == sorted(addresses)
-    assert all(p.amount == min_payout and p.delay_seconds == 0 for p in plan.payouts)
-    with pytest.raises(InvalidAmount):
-        plan_payouts(
-            deposit=deposit - 1,
-            fee_bps=0,
-            withdrawal_addresses=addresses,
-            network_fee_per_payout=net,
-            min_payout=min_payout,
-            delay_min_seconds=0,
-            delay_max_seconds=0,
-            rng=random.Random(seed),
+@settings(max_examples=400, deadline=None)
+@given(
+    pooled=st.integers(min_value=COIN, max_value=10**6 * COIN),
+    addrs=addresses(),
+    fee_min=st.integers(min_value=0, max_value=500),
+    width=st.integers(min_value=10, max_value=500),
+    network_fee=st.sampled_from([0, 0, 21_000, 10**6]),
+    seed=SEEDS,
+)
+def test_plan_is_exact_in_series_and_inside_the_quoted_range(
+    pooled: int, addrs: tuple[str, ...], fee_min: int, width: int, network_fee: int, seed: int
+) -> None:
+    fee_max = fee_min + width
+    try:
+        plan = _plan(
+            pooled, addrs, fee_min_bps=fee_min, fee_max_bps=fee_max, network_fee_per_payout=network_fee, seed=seed
         )
+    except InvalidAmount:
+        # Only network fees can make a deposit of a coin or more too small for its pieces.
+        assert network_fee > 0
+        return
+    # What the user receives is exactly what the status says: the sum, to the base unit.
+    assert sum(p.amount for p in plan.payouts) == plan.payout_total == pooled - plan.fee - plan.network_fee
+    low, high = fee_bounds(pooled, fee_min, fee_max)
+    assert low <= plan.fee <= high, "the fee stays inside the quoted range"
+    assert plan.network_fee == len(plan.payouts) * network_fee
+    # Every piece is a value of the 1-2-5 series times the deposit's quantum.
+    assert all(is_series_value(p.amount, plan.quantum) for p in plan.payouts)
+    assert plan.payout_total % plan.quantum == 0
+    # Every address is paid; each delay is inside the window.
+    assert set(Counter(p.to_address for p in plan.payouts)) == set(addrs)
+    assert all(0 <= p.delay_seconds <= 60 for p in plan.payouts)
+    # The quoted range (before the deposit) contains what is paid.
+    bottom, top = quoted_total_range(pooled, fee_min, fee_max, network_fee=plan.network_fee)
+    assert bottom <= plan.payout_total <= top
+
+
+@given(pooled=st.integers(min_value=COIN, max_value=10**5 * COIN), seed=SEEDS)
+def test_a_plan_is_reproducible_from_its_seed(pooled: int, seed: int) -> None:
+    assert _plan(pooled, ("a", "b", "c"), seed=seed) == _plan(pooled, ("a", "b", "c"), seed=seed)
+
+
+def test_totals_of_similar_deposits_share_a_coarse_grid() -> None:
+    # 25 coins, range 1-3%: the quantum is 0.1 coin, so totals are one of 5 values.
+    totals = {_plan(25 * COIN, ("a",), seed=s).payout_total for s in range(400)}
+    assert payout_quantum(25 * COIN, 100, 300) == COIN // 10
+    assert totals <= {24_300_000_00 - i * 10_000_000 for i in range(-4, 2)}
+    assert len(totals) >= 4
 
 
 @pytest.mark.parametrize(
-    ("addresses", "delay_min", "delay_max"),
-    [([], 0, 10), (["a"], 10, 9), (["a"], -1, 9)],
+    ("pooled", "expected"),
+    [(150_000_000, 1_000_000), (25 * COIN, 10_000_000), (500 * COIN, 100_000_000), (100, 1), (0, 1)],
 )
-def test_plan_rejects_bad_arguments(addresses: list[str], delay_min: int, delay_max: int) -> None:
-    with pytest.raises(InvalidAmount):
-        plan_payouts(
-            deposit=10**18,
-            fee_bps=100,
-            withdrawal_addresses=addresses,
-            network_fee_per_payout=0,
-            min_payout=1,
-            delay_min_seconds=delay_min,
-            delay_max_seconds=delay_max,
-            rng=random.Random(1),
-        )
+def test_quantum_is_the_power_of_ten_below_half_the_fee_range(pooled: int, expected: int) -> None:
+    assert payout_quantum(pooled, 100, 300) == expected
 
 
-def test_different_seeds_vary_the_plan() -> None:
-    """The randomness is actually used: many seeds give many different plans."""
-    plans = {
-        plan_payouts(
-            deposit=10**20,
-            fee_bps=150,
-            withdrawal_addresses=["a", "b", "c"],
-            network_fee_per_payout=10**14,
-            min_payout=10**12,
-            delay_min_seconds=60,
-            delay_max_seconds=3_600,
-            rng=random.Random(seed),
-        )
-        for seed in range(50)
-    }
-    assert len(plans) > 40
-    counts = {len(p.payouts) for p in plans}
-    assert counts > {3}
-    assert counts <= {3, 4, 5, 6}
+def test_quantum_respects_the_dust_limit() -> None:
+    assert payout_quantum(10**5, 100, 300, minimum=546) == 1_000
 
 
 @given(
-    st.integers(min_value=1, max_value=20),
-    st.integers(min_value=0, max_value=10**16),
-    st.integers(min_value=0, max_value=10**24),
-    SEEDS,
+    units=st.integers(min_value=1, max_value=10**7),
+    quantum=st.sampled_from([1, 10, 1000, 10**6]),
+    min_pieces=st.integers(min_value=1, max_value=10),
+    seed=SEEDS,
 )
-def test_split_amount_sums_and_bounds(parts: int, minimum: int, spare: int, seed: int) -> None:
-    total = parts * minimum + spare
-    shares = split_amount(total, parts, minimum, random.Random(seed))
-    assert len(shares) == parts
-    assert sum(shares) == total
-    assert all(s >= minimum for s in shares)
-    assert split_amount(total, parts, minimum, random.Random(seed)) == shares
+def test_denominate_sums_exactly_into_series_pieces(units: int, quantum: int, min_pieces: int, seed: int) -> None:
+    total = units * quantum
+    pieces = denominate(total, quantum, min_pieces=min_pieces, max_pieces=80, rng=random.Random(seed))
+    assert sum(pieces) == total
+    assert all(is_series_value(p, quantum) for p in pieces)
+    assert len(pieces) <= 80
+    if units >= min_pieces:
+        assert len(pieces) >= min_pieces or len(pieces) == 80
 
 
-@given(st.integers(min_value=1, max_value=20), st.integers(min_value=1, max_value=10**16), SEEDS)
-def test_split_amount_rejects_short_total(parts: int, minimum: int, seed: int) -> None:
+def test_denominate_refuses_a_total_off_the_grid() -> None:
     with pytest.raises(InvalidAmount):
-        split_amount(parts * minimum - 1, parts, minimum, random.Random(seed))
-
-
-def test_split_amount_rejects_no_parts() -> None:
+        denominate(15, 10, min_pieces=1, max_pieces=8, rng=random.Random(0))
     with pytest.raises(InvalidAmount):
-        split_amount(100, 0, 1, random.Random(0))
+        denominate(0, 10, min_pieces=1, max_pieces=8, rng=random.Random(0))
 
 
-@given(st.integers(min_value=0, max_value=5_000), st.integers(min_value=0, max_value=5_000), SEEDS)
-def test_draw_fee_bps_within_range(a: int, b: int, seed: int) -> None:
-    low, high = min(a, b), max(a, b)
-    rng = random.Random(seed)
-    for _ in range(20):
-        assert low <= draw_fee_bps(low, high, rng) <= high
+def test_series_values() -> None:
+    assert series_values(120, 1) == [100, 50, 20, 10, 5, 2, 1]
+    assert [is_series_value(v, 10) for v in (10, 20, 50, 100, 30, 15, 5, 0)] == [True] * 4 + [False] * 4
 
 
-def test_draw_fee_bps_covers_range() -> None:
-    rng = random.Random(7)
-    seen = {draw_fee_bps(50, 54, rng) for _ in range(500)}
-    assert seen == {50, 51, 52, 53, 54}
+def test_too_small_a_deposit_is_refused() -> None:
+    with pytest.raises(InvalidAmount):
+        _plan(3, ("a", "b", "c"), min_payout=1)
+    with pytest.raises(InvalidAmount):
+        _plan(COIN, ("a", "b"), network_fee_per_payout=COIN // 2)
+
+
+def test_no_addresses_or_an_empty_window_is_refused() -> None:
+    with pytest.raises(InvalidAmount):
+        _plan(COIN, ())
+    with pytest.raises(InvalidAmount):
+        _plan(COIN, ("a",), delay=(10, 5))
+
+
+@given(pooled=st.integers(min_value=0, max_value=10**20), a=st.integers(0, 5000), b=st.integers(0, 5000))
+def test_fee_bounds_are_ordered_and_rounded_inwards(pooled: int, a: int, b: int) -> None:
+    low_bps, high_bps = sorted((a, b))
+    low, high = fee_bounds(pooled, low_bps, high_bps)
+    assume(high_bps > low_bps)
+    assert low * 10_000 >= pooled * low_bps
+    assert low <= high
+    assert high * 10_000 <= max(pooled * high_bps, low * 10_000)

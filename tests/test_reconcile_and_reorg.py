@@ -10,6 +10,7 @@ from mixhouse.db.tables import sends
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.sends import execute_send, payouts_paused
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
@@ -40,6 +41,9 @@ async def test_a_pool_deficit_pauses_payouts_until_the_books_agree(database_url:
             assert await payouts_paused(rt, "JOBCOIN")
             payout_ids = [s["id"] for s in (await get_mix(rt, mix["id"]))["sends"] if s["kind"] == "payout"]
             assert payout_ids
+            # A paused round releases (the gate is off here) but signs nothing.
+            paused_round = await run_round(rt, Asset.JOBCOIN)
+            assert (paused_round.released, paused_round.signed) == (1, 0)
             for send_id in payout_ids:
                 assert await execute_send(rt, send_id) == "scheduled"  # held back, not sent
             async with engine.connect() as conn:

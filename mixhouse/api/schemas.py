@@ -103,6 +103,15 @@ def _maybe_coins(amount: int | None, asset: str) -> str | None:
     return None if amount is None else _coins(amount, asset)
 
 
+FEE_EXPLAINED = (
+    "Each pooled deposit is charged a fee drawn at random inside the quoted range (in base units, not a "
+    "computable percentage), plus network fees where the chain has them. The withdrawal addresses receive the "
+    "rest rounded down to the deposit's quantum, in standard pieces (1-2-5 series); the remainder below the "
+    "quantum is part of the fee, which stays inside the range. The exact figures are on the mix's status once "
+    "the deposit is pooled. Nothing is charged on a deposit that is not paid out (frozen, held or dropped)."
+)
+
+
 class MixOut(BaseModel):
     """A mix as its owner sees it. Amounts: base-unit strings and ``*_coins`` strings."""
 
@@ -110,14 +119,20 @@ class MixOut(BaseModel):
     asset: str
     state: str = Field(description="awaiting_deposit, mixing, completed or expired.")
     deposit_address: str
-    fee_bps: int = Field(description="The fee in basis points, charged on paid-out deposits.")
-    fee_percent: str = Field(description='The same fee in percent, e.g. "1.25".')
+    fee_min_bps: int = Field(description="The quoted fee range, basis points of the pooled deposit: lowest.")
+    fee_max_bps: int = Field(description="The quoted fee range: highest. The exact fee of a deposit is drawn inside.")
+    fee_percent_range: str = Field(description='The same range in percent, e.g. "1-3" or "0.5-2.25".')
+    fee_explained: str = Field(description="What a deposit is charged and what the withdrawal addresses receive.")
     min_deposit: str
     min_deposit_coins: str
     max_deposit: str
     max_deposit_coins: str
     delay_min_seconds: int
     delay_max_seconds: int
+    max_wait_seconds: int = Field(
+        description="The longest a payout may wait after its deposit is pooled: the release gate holds payouts "
+        "until enough other deposits could have paid them, never longer than this."
+    )
     expires_at: datetime = Field(description="Deposit before this (a grace period applies).")
     created_at: datetime
     withdrawal_addresses: list[str]
@@ -132,14 +147,17 @@ class MixOut(BaseModel):
             "asset": asset,
             "state": row["state"],
             "deposit_address": row["deposit_address"],
-            "fee_bps": row["fee_bps"],
-            "fee_percent": format_amount(int(row["fee_bps"]), 2),
+            "fee_min_bps": row["fee_min_bps"],
+            "fee_max_bps": row["fee_max_bps"],
+            "fee_percent_range": "-".join(format_amount(int(row[k]), 2) for k in ("fee_min_bps", "fee_max_bps")),
+            "fee_explained": FEE_EXPLAINED,
             "min_deposit": str(row["min_deposit"]),
             "min_deposit_coins": _coins(row["min_deposit"], asset),
             "max_deposit": str(row["max_deposit"]),
             "max_deposit_coins": _coins(row["max_deposit"], asset),
             "delay_min_seconds": row["delay_min_seconds"],
             "delay_max_seconds": row["delay_max_seconds"],
+            "max_wait_seconds": row["max_wait_seconds"],
             "expires_at": row["expires_at"],
             "created_at": row["created_at"],
             "withdrawal_addresses": list(row["withdrawal_addresses"]),
@@ -170,8 +188,13 @@ class DepositOut(BaseModel):
     fee_amount_coins: str | None
     network_fee_amount: str | None
     network_fee_amount_coins: str | None
-    payout_total: str | None
+    payout_total: str | None = Field(description="Exactly what the withdrawal addresses receive for this deposit.")
     payout_total_coins: str | None
+    anonymity_set: int | None = Field(
+        description="When its payouts were released: how many deposits (this one included) could, by amount "
+        "and time, have paid them, as measured by Mixhouse's own chain-analysis attack."
+    )
+    released_at: datetime | None = Field(description="When the release gate let its payouts go.")
     created_at: datetime
 
     @classmethod
@@ -192,6 +215,8 @@ class DepositOut(BaseModel):
             network_fee_amount_coins=_maybe_coins(row["network_fee_amount"], asset),
             payout_total=_maybe(row["payout_total"]),
             payout_total_coins=_maybe_coins(row["payout_total"], asset),
+            anonymity_set=row.get("anonymity_set"),
+            released_at=row.get("released_at"),
             created_at=row["created_at"],
         )
 

@@ -90,11 +90,14 @@ mixes = Table(
     Column("deposit_address", Text, nullable=False),
     Column("deposit_key_index", BigInteger, nullable=True),
     Column("withdrawal_addresses", JSONB, nullable=False),
-    Column("fee_bps", Integer, nullable=False),
+    Column("fee_bps", Integer, nullable=True),  # mixes created before the fee range (0006)
+    Column("fee_min_bps", Integer, nullable=False),  # the quoted fee range
+    Column("fee_max_bps", Integer, nullable=False),
     Column("min_deposit", Amount, nullable=False),
     Column("max_deposit", Amount, nullable=False),
     Column("delay_min_seconds", Integer, nullable=False),
     Column("delay_max_seconds", Integer, nullable=False),
+    Column("max_wait_seconds", Integer, nullable=False),  # longest wait for the release gate
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("watch_until", DateTime(timezone=True), nullable=False),
     *_timestamps(),
@@ -119,11 +122,21 @@ deposits = Table(
     Column("fee_amount", Amount, nullable=True),
     Column("network_fee_amount", Amount, nullable=True),
     Column("payout_total", Amount, nullable=True),
+    Column("pooled_at", DateTime(timezone=True), nullable=True),
+    Column("quantum", Amount, nullable=True),
+    Column("released_at", DateTime(timezone=True), nullable=True),  # the release gate opened
+    Column("anonymity_set", Integer, nullable=True),  # measured by the analyzer at release
     *_timestamps(),
     UniqueConstraint("asset", "chain_ref", name="uq_deposits_chain_ref"),
 )
 Index("ix_deposits_mix", deposits.c.mix_id)
 Index("ix_deposits_state", deposits.c.asset, deposits.c.state)
+Index(
+    "ix_deposits_unreleased",
+    deposits.c.asset,
+    deposits.c.pooled_at,
+    postgresql_where=text("state = 'pooled' AND released_at IS NULL"),
+)
 
 sends = Table(
     "sends",
@@ -152,8 +165,10 @@ sends = Table(
     Column("signed_at", DateTime(timezone=True), nullable=True),
     Column("broadcast_at", DateTime(timezone=True), nullable=True),
     Column("confirmed_at", DateTime(timezone=True), nullable=True),
+    Column("released_at", DateTime(timezone=True), nullable=True),  # handed to a payout round
     *_timestamps(),
 )
+Index("ix_sends_round", sends.c.asset, sends.c.due_at, postgresql_where=text("kind = 'payout' AND state = 'scheduled'"))
 Index("ix_sends_deposit", sends.c.deposit_id)
 Index("ix_sends_mix", sends.c.mix_id)
 Index("ix_sends_state", sends.c.asset, sends.c.state)

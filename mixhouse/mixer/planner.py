@@ -39,7 +39,9 @@ _SPLITS: dict[int, tuple[int, ...]] = {1: (5, 5), 2: (1, 1), 5: (2, 2, 1)}
 # Chance that a piece above the quantum is split once more after the greedy decomposition:
 # more pieces of common sizes, fewer canonical (and so recognisable) decompositions.
 SPLIT_PROBABILITY = 0.35
-# At most this many pieces per withdrawal address (a network-fee bound on fee-paying chains).
+# Random splits stop at this many pieces per withdrawal address (a network-fee bound on chains
+# with fees). The greedy decomposition itself may need more: up to 3 pieces per decade of the
+# total above the quantum (9 = 5 + 2 + 2), which no split adds to.
 MAX_PIECES_PER_ADDRESS = 8
 
 
@@ -139,7 +141,8 @@ def denominate(total: int, quantum: int, *, min_pieces: int, max_pieces: int, rn
     ``quantum`` each, at least ``min_pieces`` of them where the total allows.
 
     Greedy first (largest pieces), then random splits (``SPLIT_PROBABILITY`` per piece, and
-    as many as needed to reach ``min_pieces``), never more than ``max_pieces``.
+    as many as needed to reach ``min_pieces``); splits never take the count past ``max_pieces``,
+    though the greedy pieces alone may exceed it (at most 3 per decade of ``total / quantum``).
 
     Returns:
         The pieces, shuffled; they sum to ``total`` exactly.
@@ -228,29 +231,28 @@ def plan_payouts(
     # Drawn below high - q so that the remainder (< q) added to it keeps the fee <= high.
     drawn = rng.randint(low, max(low, high - q + 1))
     max_pieces = MAX_PIECES_PER_ADDRESS * n
-    pieces_count = n
-    for _ in range(8):
-        # The network fee depends on how many pieces there are, and the pieces on what is
-        # left after it: iterate until the count is stable (it only grows, and is bounded).
-        network_fee = pieces_count * network_fee_per_payout
+    count = n
+    for _ in range(max_pieces):
+        # The network fee depends on how many pieces there are, and the pieces on what is left
+        # after it: ask for at least ``count`` pieces until the count is what was charged (it
+        # only grows, bounded by ``max_pieces``).
+        network_fee = count * network_fee_per_payout
         payable = pooled - drawn - network_fee
         total = payable - payable % q
         if total < n * q:
             raise InvalidAmount(
                 f"{pooled} base units cannot cover the fee, network fees and one payout to each of {n} addresses"
             )
-        pieces = denominate(total, q, min_pieces=n, max_pieces=max_pieces, rng=rng)
-        if len(pieces) <= pieces_count or network_fee_per_payout == 0:
+        pieces = denominate(total, q, min_pieces=count, max_pieces=max_pieces, rng=rng)
+        if len(pieces) < count:
+            raise InvalidAmount(f"{total} base units cannot be split into {count} payouts of at least {q}")
+        if len(pieces) == count or network_fee_per_payout == 0:
             break
-        pieces_count = len(pieces)
-    else:  # pragma: no cover - the count is bounded by max_pieces, so this converges
+        count = len(pieces)
+    else:  # pragma: no cover - the count only grows and is bounded by max_pieces
         raise InvalidAmount("could not settle the number of payouts")
-    if len(pieces) < n:
-        raise InvalidAmount(f"{total} base units cannot be split into {n} payouts of at least {q}")
-    network_fee = pieces_count * network_fee_per_payout
+    network_fee = len(pieces) * network_fee_per_payout
     fee = pooled - network_fee - total
-    if fee > high and network_fee_per_payout == 0:  # pragma: no cover - guaranteed by the draw
-        raise InvalidAmount("fee outside the quoted range")
     # Every address once, then the other pieces to random addresses (no share ratio to test).
     targets = list(withdrawal_addresses)
     rng.shuffle(targets)

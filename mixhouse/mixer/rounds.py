@@ -5,7 +5,7 @@ workers: a session advisory lock that dies with a killed worker's connection). I
 things, each in as few durable transactions as possible:
 
 1. **Gate.** Each pooled deposit whose payouts are not yet released and whose first payout is
-   due is measured with the analyzer's :func:`release_anonymity_set`: how many public
+   due is measured with the analyzer's :func:`release_set`: how many public
    deposits could have paid its total at this moment. At ``privacy_gate_k`` or more, or once
    the mix's maximum wait is reached, its payouts are released (``sends.released_at``), with
    the set size recorded on the deposit and in the audit log. Until then nothing is signed.
@@ -39,8 +39,10 @@ from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, UtxoChain
 from mixhouse.db.tables import deposits, mixes, sends
 from mixhouse.errors import BroadcastRejected, IllegalTransition, MixhouseError, SendOutcomeUnknown
 from mixhouse.jobs import send_job
-from mixhouse.mixer.privacy.gate import RecentDeposit, release_anonymity_set
+from mixhouse.mixer.privacy.records import PublicDeposit
 from mixhouse.mixer.privacy.rules import DenominatedRules
+from mixhouse.mixer.privacy.score import release_set
+from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import allocate_nonce, maybe_complete_mix, payouts_paused, prepared_of, send_entry
 from mixhouse.mixer.states import DepositState, SendState, now, transition
@@ -122,6 +124,10 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
                     deposits.c.pooled_at,
                     mixes.c.delay_min_seconds,
                     mixes.c.max_wait_seconds,
+                    select(func.max(sends.c.due_at))
+                    .where(sends.c.deposit_id == deposits.c.id, sends.c.kind == "payout")
+                    .scalar_subquery()
+                    .label("last_due_at"),
                 )
                 .join(mixes, mixes.c.id == deposits.c.mix_id)
                 .where(
@@ -141,28 +147,37 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
         longest = max(w.max_wait_seconds for w in waiting)
         recent = (
             await conn.execute(
-                select(deposits.c.amount, deposits.c.network_fee_amount, deposits.c.created_at, deposits.c.state).where(
+                select(deposits.c.id, deposits.c.amount, deposits.c.network_fee_amount, deposits.c.created_at).where(
                     deposits.c.asset == asset.value,
                     deposits.c.state.in_([DepositState.SWEEPING, DepositState.POOLED]),
                     deposits.c.created_at >= moment - timedelta(seconds=longest),
                 )
             )
         ).all()
-    # The public sees each deposit's amount at its arrival; the pooled amount is what the fee
-    # rules apply to (on Jobcoin the same; on account chains less the sweep's network fee).
-    public = [RecentDeposit(amount=r.amount, at=r.created_at.timestamp()) for r in recent]
+    # The public sees each deposit's amount at its arrival, and the network fees of the sweep and
+    # the payouts on chain: the fee rules apply to what is left (on Jobcoin, the whole amount).
+    public = [
+        PublicDeposit(
+            ref=str(r.id),
+            address="",
+            amount=int(r.amount) - int(r.network_fee_amount or 0),
+            at=r.created_at.timestamp(),
+        )
+        for r in recent
+    ]
     dust = ASSETS[asset].dust
     rules = DenominatedRules(settings.fee_min_bps, settings.fee_max_bps, min_payout=dust)
     decisions: list[tuple[Any, int, str]] = []
     held = 0
     for dep in waiting:
-        size = release_anonymity_set(
-            total=int(dep.payout_total),
-            release_at=moment.timestamp(),
-            deposits=public,
+        # The attacker will see this mix's payouts from now until its last piece falls due.
+        size = release_set(
+            int(dep.payout_total),
+            first_payout_at=moment.timestamp(),
+            last_payout_at=max(moment, dep.last_due_at).timestamp(),
+            recent_deposits=public,
             rules=rules,
-            delay_min_seconds=dep.delay_min_seconds,
-            max_wait_seconds=dep.max_wait_seconds,
+            timing=TimingRules(dep.delay_min_seconds, dep.max_wait_seconds),
         )
         waited = (moment - dep.pooled_at).total_seconds()
         if size >= settings.privacy_gate_k:
