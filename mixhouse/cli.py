@@ -27,10 +27,12 @@ ledger_app = typer.Typer(help="The local Jobcoin-compatible ledger (a developmen
 mix_app = typer.Typer(help="Create and inspect mixes.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 sanctions_app = typer.Typer(help="Sanctions lists used to screen deposits.", no_args_is_help=True)
+privacy_app = typer.Typer(help="What a chain analyst can link in the live pool.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(mix_app, name="mix")
 app.add_typer(audit_app, name="audit")
 app.add_typer(sanctions_app, name="sanctions")
+app.add_typer(privacy_app, name="privacy")
 
 console = Console()
 
@@ -219,6 +221,71 @@ def audit_verify() -> None:
     if report.unsealed:
         # Entries of transactions still running during the seal: chained by a later seal.
         console.print(f"{report.unsealed} newer entries not sealed yet (their transactions were still open)")
+
+
+@privacy_app.command("report")
+def privacy_report_command(
+    asset: Annotated[str, typer.Option(help="JOBCOIN, ETH or BTC (an enabled asset)")] = "JOBCOIN",
+    hours: Annotated[int, typer.Option(help="Range of payout times: the last 1..720 hours")] = 24,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (as the admin API does).")] = False,
+) -> None:
+    """Run the privacy analyzer's attacks over the live pool and score them against the truth.
+
+    Prints per attack the withdrawal addresses linked (percent), the precision and the
+    anonymity-set percentiles; the release gate's anonymity sets at release and its reasons;
+    the deposits held now; the analysis time. At most the newest 5,000 payouts are analysed.
+    Exit 2 on an unknown or disabled asset or hours outside 1..720.
+    """
+    from mixhouse.api.schemas import PrivacyReportOut  # noqa: PLC0415
+    from mixhouse.mixer.privacy.live import LiveReport, check_hours, privacy_report  # noqa: PLC0415
+    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
+
+    try:
+        check_hours(hours)
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    settings, url = _prepare()
+
+    async def _run() -> LiveReport:
+        rt = build_runtime(settings, url, pool_size=1)
+        try:
+            return await privacy_report(rt, asset.upper(), hours=hours)
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+    try:
+        out = PrivacyReportOut.from_live(asyncio.run(_run()))
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        typer.echo(out.model_dump_json(indent=2))
+        return
+    console.print(
+        f"privacy of the {out.asset} pool, {out.since.isoformat(timespec='seconds')} to "
+        f"{out.until.isoformat(timespec='seconds')}: {out.payouts_analysed} payouts to "
+        f"{out.withdrawal_addresses} addresses, {out.deposits_analysed} deposits ({out.note})"
+    )
+    table = Table("attack", "linked %", "precision %", "set p10", "set p50", "set p90", "deposits de-anonymised %")
+    for attack in out.attacks:
+        table.add_row(
+            attack.name + (" (best)" if attack.name == out.best_attack else ""),
+            f"{attack.linked_pct:.1f}", f"{attack.precision_pct:.1f}",
+            str(attack.set_p10), str(attack.set_p50), str(attack.set_p90),
+            f"{attack.deposits_deanonymised_pct:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    gate = out.gate
+    console.print(
+        f"release gate (k={gate.k}): {gate.released} deposits released, {gate.released_by_anonymity_set} by "
+        f"anonymity set, {gate.released_by_max_wait} by maximum wait; anonymity set at release "
+        f"p10/p50/p90 = {gate.anonymity_set_p10}/{gate.anonymity_set_p50}/{gate.anonymity_set_p90}"
+    )
+    console.print(
+        f"held by the gate now: {gate.waiting} (oldest pooled {gate.oldest_wait_seconds:.0f} s ago); "
+        f"not due yet: {gate.not_yet_due}"
+    )
+    console.print(f"analysis time: {out.analysis_seconds:.2f} s")
 
 
 @sanctions_app.command("refresh")

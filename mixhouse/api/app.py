@@ -4,7 +4,7 @@ Routes (all JSON; every error is ``application/problem+json``, see
 :mod:`mixhouse.api.problems`):
 
 * ``POST /api/v1/mixes`` and ``GET /api/v1/mixes/{id}`` (:mod:`mixhouse.api.routes_mixes`);
-* ``GET /api/v1/admin/{mixes,deposits,pool,audit}`` behind ``X-API-Key``
+* ``GET /api/v1/admin/{mixes,deposits,pool,privacy,audit}`` behind ``X-API-Key``
   (:mod:`mixhouse.api.routes_admin`);
 * ``/api/v1/wallets...`` behind a user API key (:mod:`mixhouse.api.routes_wallets`);
 * ``GET /api/v1/health``; OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from mixhouse.money import ASSETS, Asset, format_amount
+
+if TYPE_CHECKING:
+    from mixhouse.mixer.privacy.live import LiveReport
 
 # -- problems (documentation only: mixhouse.api.problems builds the bodies) -----------------
 
@@ -473,6 +476,144 @@ class AuditPage(BaseModel):
 
     items: list[AuditEntryOut]
     next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last page.")
+
+
+class PrivacyAttackOut(BaseModel):
+    """How well one public attack links the pool's withdrawal addresses to their deposits,
+    scored against the links only the operator knows. Percentages are floats 0..100."""
+
+    name: str = Field(description="amount, amount+window, amount+window+structure, timing, timing+fifo, single.")
+    addresses: int = Field(description="Withdrawal addresses scored (paid by exactly one deposit).")
+    claims: int = Field(description="Addresses the attack linked to a deposit.")
+    correct: int = Field(description="Links that were right.")
+    linked_pct: float = Field(description="correct / addresses, percent.")
+    precision_pct: float = Field(description="correct / claims, percent (100 when nothing was claimed).")
+    set_p10: int = Field(description="10th percentile of the addresses' anonymity sets (deposits they could be).")
+    set_p50: int
+    set_p90: int
+    deposits_deanonymised_pct: float = Field(description="Deposits all of whose addresses were linked, percent.")
+    groups_found_pct: float = Field(description="Multi-address users whose address set was found as a group, percent.")
+    capped_deposits: int = Field(description="Deposits whose group search hit the work cap (counted as 'many').")
+
+
+class PrivacyRulesOut(BaseModel):
+    """The documented rules the attacks assume (what any analyst can read)."""
+
+    fee_min_bps: int
+    fee_max_bps: int
+    min_payout: str = Field(description="The asset's dust limit, base units.")
+    delay_min_seconds: float = Field(description="The smallest delay_min of the analysed mixes (0 without any).")
+    max_wait_seconds: float = Field(description="The largest max_wait of the analysed mixes.")
+    max_addresses: int = Field(description="Largest address group searched: max_withdrawal_addresses, at most 10.")
+    round_seconds: float | None = Field(description="Payout round length: the slack a payout may take.")
+
+
+class PrivacyGateOut(BaseModel):
+    """The release gate: deposits released in the range and what it holds now."""
+
+    k: int = Field(description="privacy_gate_k: the anonymity set a release waits for (1: gate off).")
+    released: int = Field(description="Deposits whose payouts were released in the range.")
+    released_by_anonymity_set: int = Field(description="Released because their anonymity set reached k.")
+    released_by_max_wait: int = Field(description="Released because their mix's maximum wait was reached.")
+    anonymity_set_p10: int = Field(description="Percentiles of the anonymity set measured at release (deposits).")
+    anonymity_set_p50: int
+    anonymity_set_p90: int
+    waiting: int = Field(description="Pooled deposits due for payout that the gate holds now.")
+    oldest_wait_seconds: float = Field(description="How long the longest-held of them has been pooled, seconds.")
+    not_yet_due: int = Field(description="Pooled deposits whose first payout is not due yet.")
+
+
+class PrivacyReportOut(BaseModel):
+    """``GET /api/v1/admin/privacy``: Mixhouse's own chain-analysis attacks run over the live
+    pool of one asset, scored against the truth, and the release gate's figures."""
+
+    asset: str
+    pool_address: str
+    hours: int
+    since: datetime = Field(description="Start of the range of payout confirmation times.")
+    until: datetime
+    payouts_in_range: int = Field(description="Confirmed payouts in the range.")
+    payouts_analysed: int = Field(description="The newest payout_limit of them at most.")
+    payout_limit: int
+    payouts_capped: bool = Field(description="True when only the newest payout_limit payouts were analysed.")
+    deposits_analysed: int = Field(description="Pooled deposits that could have paid the analysed payouts.")
+    withdrawal_addresses: int = Field(description="Addresses the analysed payouts went to.")
+    shared_addresses: int = Field(description="Addresses paid by two or more deposits: not scored.")
+    machine_made_payouts: int = Field(description="Payouts showing all eight decimals (a tell of computed splits).")
+    rules: PrivacyRulesOut
+    attacks: list[PrivacyAttackOut]
+    best_attack: str = Field(description="The attack that linked the most addresses.")
+    gate: PrivacyGateOut
+    analysis_seconds: float = Field(description="Wall time of the analysis, seconds.")
+    note: str
+
+    @classmethod
+    def from_live(cls, live: LiveReport) -> PrivacyReportOut:
+        """Build from :func:`mixhouse.mixer.privacy.live.privacy_report`'s result."""
+        pool, gate = live.pool, live.gate
+        capped = {name: len(result.capped) for name, result in live.report.attacks.items()}
+        note = "every confirmed payout of the range was analysed"
+        if pool.payouts_capped:
+            note = (
+                f"only the newest {len(pool.view.payouts)} of {pool.payouts_in_range} payouts of the range were "
+                "analysed"
+            )
+        return cls(
+            asset=pool.asset.value,
+            pool_address=pool.view.pool_address,
+            hours=pool.hours,
+            since=pool.since,
+            until=pool.until,
+            payouts_in_range=pool.payouts_in_range,
+            payouts_analysed=len(pool.view.payouts),
+            payout_limit=pool.payout_limit,
+            payouts_capped=pool.payouts_capped,
+            deposits_analysed=len(pool.view.deposits),
+            withdrawal_addresses=len(live.report.withdrawal_addresses),
+            shared_addresses=pool.shared_addresses,
+            machine_made_payouts=live.report.machine_made_payouts,
+            rules=PrivacyRulesOut(
+                fee_min_bps=pool.rules.fee_min_bps,
+                fee_max_bps=pool.rules.fee_max_bps,
+                min_payout=str(pool.rules.min_payout),
+                delay_min_seconds=pool.timing.delay_min_seconds,
+                max_wait_seconds=pool.timing.max_wait_seconds,
+                max_addresses=pool.timing.max_addresses,
+                round_seconds=pool.timing.round_seconds,
+            ),
+            attacks=[
+                PrivacyAttackOut(
+                    name=s.name,
+                    addresses=s.addresses,
+                    claims=s.claims,
+                    correct=s.correct,
+                    linked_pct=s.linked_pct,
+                    precision_pct=s.precision_pct,
+                    set_p10=s.set_p10,
+                    set_p50=s.set_p50,
+                    set_p90=s.set_p90,
+                    deposits_deanonymised_pct=s.deposits_deanonymised_pct,
+                    groups_found_pct=s.groups_found_pct,
+                    capped_deposits=capped.get(s.name, 0),
+                )
+                for s in live.score.attacks.values()
+            ],
+            best_attack=live.score.best,
+            gate=PrivacyGateOut(
+                k=gate.k,
+                released=gate.released,
+                released_by_anonymity_set=gate.released_by_k,
+                released_by_max_wait=gate.released_by_max_wait,
+                anonymity_set_p10=gate.set_p10,
+                anonymity_set_p50=gate.set_p50,
+                anonymity_set_p90=gate.set_p90,
+                waiting=gate.waiting,
+                oldest_wait_seconds=gate.oldest_wait_seconds,
+                not_yet_due=gate.not_yet_due,
+            ),
+            analysis_seconds=live.analysis_seconds,
+            note=note,
+        )
 
 
 class HealthOut(BaseModel):
