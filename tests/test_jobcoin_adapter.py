@@ -182,6 +182,8 @@ async def test_broadcast_error_mapping(answer: httpx.Response | Exception, expec
 )
 async def test_reads_map_every_failure_to_chain_error(answer: httpx.Response | Exception) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/transactions"):
+            return httpx.Response(404)  # no history cursor: the scan reads every address
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -198,6 +200,8 @@ async def test_long_wire_amounts_are_exact() -> None:
     big = "1234567890123456789012345678901.12345678"
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/transactions"):
+            return httpx.Response(404)
         return httpx.Response(200, json={"balance": big, "transactions": [{"toAddress": "Alice", "amount": big}]})
 
     chain = _mocked(httpx.MockTransport(handler))
@@ -238,7 +242,7 @@ async def test_scan_finds_minted_and_sent_transfers_with_stable_refs(
     await ledger.transfer(engine, d0, "Carol", COIN)  # outgoing: not a deposit
 
     first = await adapter.scan([d0, d1, d0], None)
-    assert first.cursor is None
+    assert first.cursor is not None  # our ledger has the history cursor
     assert first.transfers == (
         Transfer(d0, (), 5 * COIN, f"{d0}#0", None, 1),
         Transfer(d0, ("Alice",), 12 * COIN + 34, f"{d0}#1", None, 1),
@@ -253,6 +257,49 @@ async def test_scan_finds_minted_and_sent_transfers_with_stable_refs(
         Transfer(d1, ("Alice",), 2 * COIN, f"{d1}#0", None, 1),
     }
     assert (await adapter.scan([], None)).transfers == ()
+
+
+async def test_scan_reads_only_addresses_paid_since_the_scan_before_last(
+    adapter: JobcoinAdapter, engine: AsyncEngine
+) -> None:
+    d0, d1, d2 = (adapter.deposit_address(i) for i in range(3))
+    await ledger.mint(engine, d0, COIN)
+    first = await adapter.scan([d0, d1], None)
+    assert [t.ref for t in first.transfers] == [f"{d0}#0"]
+    await ledger.mint(engine, d1, COIN)
+    second = await adapter.scan([d0, d1], first.cursor)
+    # Every part of the history is read by two consecutive scans.
+    assert [t.ref for t in second.transfers] == [f"{d0}#0", f"{d1}#0"]
+    third = await adapter.scan([d0, d1], second.cursor)
+    assert [t.ref for t in third.transfers] == [f"{d1}#0"]
+    fourth = await adapter.scan([d0, d1], third.cursor)
+    assert fourth.transfers == ()
+    # A mix created while a scan ran: its address was not watched by the scan that read its
+    # deposit, and the next scan, which watches it, still finds it.
+    await ledger.mint(engine, d2, 2 * COIN)
+    missed = await adapter.scan([d0, d1], fourth.cursor)
+    assert missed.transfers == ()
+    [found] = (await adapter.scan([d0, d1, d2], missed.cursor)).transfers
+    assert (found.ref, found.amount) == (f"{d2}#0", 2 * COIN)
+
+
+async def test_scan_falls_back_to_every_address_without_the_cursor() -> None:
+    """The original API ignores ``after`` and lists the whole history without ids."""
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path.endswith("/transactions"):
+            return httpx.Response(200, json=[{"toAddress": "Alice", "amount": "1"}])
+        return httpx.Response(200, json={"balance": "1", "transactions": [{"toAddress": "Alice", "amount": "1"}]})
+
+    chain = _mocked(httpx.MockTransport(handler))
+    for _ in range(2):
+        result = await chain.scan(["Alice"], None)
+        assert [t.ref for t in result.transfers] == ["Alice#0"]
+        assert result.cursor is None
+    # The history was asked once; after that the adapter knows the ledger has no cursor.
+    assert asked == ["/api/transactions", "/api/addresses/Alice", "/api/addresses/Alice"]
 
 
 async def test_scan_many_addresses_concurrently(adapter: JobcoinAdapter, engine: AsyncEngine) -> None:

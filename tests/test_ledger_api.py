@@ -501,3 +501,23 @@ async def test_ledger_database_down_is_503() -> None:
             assert response.status_code == 503, response.text
     finally:
         await down.dispose()
+
+
+async def test_history_after_a_cursor_pages_with_ids(client: httpx.AsyncClient) -> None:
+    for name in ("Alice", "Bob", "Carol"):
+        assert (await client.post("/api/mint", json={"address": name})).status_code == 200
+    everything = (await client.get("/api/transactions")).json()
+    assert all("id" not in item for item in everything)  # the original answer, unchanged
+    first = (await client.get("/api/transactions", params={"after": "0", "limit": "2"})).json()
+    assert [item["toAddress"] for item in first] == ["Alice", "Bob"]
+    assert [{k: v for k, v in item.items() if k != "id"} for item in first] == everything[:2]
+    rest = (await client.get("/api/transactions", params={"after": str(first[-1]["id"])})).json()
+    assert [item["toAddress"] for item in rest] == ["Carol"]
+    assert (await client.get("/api/transactions", params={"after": str(rest[-1]["id"])})).json() == []
+
+
+@pytest.mark.parametrize("query", ["after=-1", "after=x", "after=1&limit=0", "limit=10001&after=0", "after=1e3"])
+async def test_bad_history_cursor_is_422(client: httpx.AsyncClient, query: str) -> None:
+    response = await client.get(f"/api/transactions?{query}")
+    assert response.status_code == 422
+    assert "error" in response.json()

@@ -49,6 +49,9 @@ from mixhouse.money import ASSETS, Asset, format_amount
 
 DECIMALS = ASSETS[Asset.JOBCOIN].decimals
 SCAN_CONCURRENCY = 16
+# History cursor pages: a scan reads at most this many (then resumes at the next scan).
+_PAGE_SIZE = 5000
+_MAX_PAGES_PER_SCAN = 20
 MIN_SECRET_BYTES = 16
 # No "mix-" prefix: a deposit address should not announce itself as one (issue 13).
 DEPOSIT_PREFIX = ""
@@ -112,6 +115,17 @@ def _parse_history(body: Any) -> tuple[int, list[_LedgerTx]]:
     return balance, txs
 
 
+def _parse_cursor(cursor: str | None) -> tuple[int, int]:
+    """``(after, previous_head)`` of a scan cursor; ``(0, 0)`` (the whole history) for none or
+    one this version cannot read."""
+    if cursor is None:
+        return 0, 0
+    first, _, second = cursor.partition(":")
+    if not (first.isascii() and first.isdigit() and second.isascii() and second.isdigit()):
+        return 0, 0
+    return int(first), int(second)
+
+
 def _address_path(address: str) -> str:
     # Names may hold "/", "?", "#" or be "..": encode everything, dots included, so that
     # neither httpx's dot-segment removal nor the router reads them as URL structure.
@@ -154,6 +168,8 @@ class JobcoinAdapter(ChainAdapter):
         self.pool_address = validate_address(pool_address)
         self._api_url = api_url.rstrip("/")
         self._secret = address_secret
+        # Whether the ledger has the history cursor: unknown (None) until its first answer.
+        self._cursor_api: bool | None = None
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
 
@@ -207,16 +223,94 @@ class JobcoinAdapter(ChainAdapter):
         _, txs = await self._history(address)
         return [tx for tx in txs if tx.to_address == address]
 
-    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:  # noqa: ARG002
-        """Every incoming transfer of every watched address (the whole history each time).
+    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
+        """Every incoming transfer of the watched addresses that received something new.
 
-        The ledger has no blocks to resume from, so ``cursor`` is ignored and stays ``None``;
-        the caller deduplicates by ``ref``. Addresses are read concurrently, at most 16 at once.
+        On a ledger with the history cursor (ours: ``GET /transactions?after=<id>``) the new
+        part of the ledger's history is read, and only the watched addresses it pays are read
+        in full (their refs are positions in their own history); the cost is per new transfer,
+        not per watched address. On a ledger without it (the original API: the answer has no
+        ``id``) every watched address is read on every scan and the cursor stays ``None``.
+
+        The cursor is ``"<a>:<b>"``: this scan reads after ``a``, the head the scan before last
+        reached, so every part of the history is read by two consecutive scans. That covers a
+        mix created while a scan runs: its deposit address is not in that scan's ``watched``,
+        but its first deposit comes after the mix was created, hence after the head the
+        previous scan read, and the next scan (which watches it) reads from there.
 
         Raises:
-            ChainError: the API failed for any watched address (no partial result).
+            ChainError: the API failed (no partial result).
         """
         addresses = list(dict.fromkeys(watched))
+        if self._cursor_api is not False:
+            touched, next_cursor = await self._touched_since(set(addresses), cursor)
+            if next_cursor is not None:
+                paid = [a for a in addresses if a in touched]
+                return ScanResult(transfers=await self._incoming_transfers(paid), cursor=next_cursor)
+        return ScanResult(transfers=await self._incoming_transfers(addresses), cursor=None)
+
+    async def _touched_since(self, watched: set[str], cursor: str | None) -> tuple[set[str], str | None]:
+        """The watched addresses paid in the history after the cursor, and the next cursor;
+        ``(set(), None)`` if the ledger has no history cursor (remembered for this adapter).
+
+        Raises:
+            ChainError: the API failed or sent a page we cannot read.
+        """
+        after, previous_head = _parse_cursor(cursor)
+        position = after
+        touched: set[str] = set()
+        for _ in range(_MAX_PAGES_PER_SCAN):
+            page = await self._page(position)
+            if page is None:
+                self._cursor_api = False
+                return set(), None
+            self._cursor_api = True
+            for transfer_id, to_address in page:
+                if transfer_id <= position:
+                    raise ChainError(f"the ledger's page after {position} is not in id order")
+                position = transfer_id
+                if to_address in watched:
+                    touched.add(to_address)
+            if len(page) < _PAGE_SIZE:
+                break
+        return touched, f"{previous_head}:{max(position, previous_head)}"
+
+    async def _page(self, after: int) -> list[tuple[int, str]] | None:
+        """``(id, toAddress)`` of the transfers after ``after``; ``None`` if the ledger ignores
+        the cursor (items without ``id``) or does not know the parameters (4xx).
+
+        Raises:
+            ChainError: network failure, 5xx, or an unreadable body.
+        """
+        url = f"{self._api_url}/transactions"
+        try:
+            response = await self._client.get(url, params={"after": str(after), "limit": str(_PAGE_SIZE)})
+        except httpx.HTTPError as exc:
+            raise ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})") from exc
+        if 400 <= response.status_code < 500:
+            return None
+        if response.status_code != 200:
+            raise ChainError(f"Jobcoin API answered {response.status_code} for the history: {response.text[:200]}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ChainError("Jobcoin API sent a body that is not JSON") from exc
+        if not isinstance(body, list):
+            raise ChainError("the ledger's history is not a list")
+        page: list[tuple[int, str]] = []
+        for item in body:
+            if not isinstance(item, dict):
+                raise ChainError("the ledger sent a transaction that is not an object")
+            transfer_id, to_address = item.get("id"), item.get("toAddress")
+            if transfer_id is None:
+                return None  # the original API: the whole history, no cursor
+            if type(transfer_id) is not int or not isinstance(to_address, str):
+                raise ChainError(f"the ledger sent a history item we cannot read: {item!r}")
+            page.append((transfer_id, to_address))
+        return page
+
+    async def _incoming_transfers(self, addresses: Sequence[str]) -> tuple[Transfer, ...]:
+        """Every incoming transfer of ``addresses``, read concurrently (at most 16 at once)."""
         gate = asyncio.Semaphore(SCAN_CONCURRENCY)
 
         async def read(address: str) -> list[_LedgerTx]:
@@ -240,7 +334,7 @@ class JobcoinAdapter(ChainAdapter):
                         confirmations=1,
                     )
                 )
-        return ScanResult(transfers=tuple(transfers), cursor=None)
+        return tuple(transfers)
 
     async def transfer_confirmations(self, transfer: Transfer) -> int | None:
         """``1`` if the ledger still lists the transfer at its position with the same amount,

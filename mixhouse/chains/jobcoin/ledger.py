@@ -20,6 +20,13 @@ Ordering guarantee the adapter relies on: transfers *into* one address become vi
 reader must never see transfer 7 into X before transfer 6 into X has committed, or the
 positions would shift under it. Each writer therefore takes the receiver's balance row
 lock *before* it allocates the transfer id, and holds it until commit.
+
+Reading the history since a cursor (:func:`transfers_after`) needs more: that no transfer with
+an id at or below the highest id returned can still commit later, across *all* addresses (ids
+are allocated before commit, so a plain ``id > cursor`` read could skip a slow writer's row).
+Each writer holds a shared transaction-level advisory lock (:data:`WRITERS_LOCK`) from before it
+allocates its id until it commits; the cursor reader takes the same lock exclusively, which waits
+for the writers in flight to finish (new ones queue behind it), and reads while holding it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import Row, or_, select
+from sqlalchemy import Row, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -45,6 +52,11 @@ DECIMALS = 8  # base units per jobcoin as a power of ten
 MAX_AMOUNT_DIGITS = 800
 # A plain or exponent-form decimal without sign, ASCII digits only (Decimal would also take
 # "1_000", "١" and " 1 ").
+# The advisory lock writers share and the cursor reader takes alone ("jcledger" in ASCII).
+WRITERS_LOCK = 0x6A636C6564676572
+_WRITERS_SHARED = text("SELECT pg_advisory_xact_lock_shared(:k)").bindparams(k=WRITERS_LOCK)
+_WRITERS_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=WRITERS_LOCK)
+MAX_PAGE = 10_000
 _AMOUNT_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -178,6 +190,7 @@ async def mint(engine: AsyncEngine, address: str, amount: int) -> None:
     validate_address(address)
     _check_amount(amount)
     async with engine.begin() as conn:
+        await conn.execute(_WRITERS_SHARED)
         await _credit(conn, address, amount)
         await conn.execute(ledger_transfers.insert().values(from_address=None, to_address=address, amount=amount))
 
@@ -202,6 +215,7 @@ async def transfer(engine: AsyncEngine, from_address: str, to_address: str, amou
         raise InvalidInput("the sender and the receiver are the same address")
     _check_amount(amount)
     async with engine.begin() as conn:
+        await conn.execute(_WRITERS_SHARED)
         # LockRows sits above the Sort in the plan, so the rows are locked in address order.
         locked = await conn.execute(
             select(ledger_balances.c.address, ledger_balances.c.balance)
@@ -260,3 +274,24 @@ async def all_transfers(conn: AsyncConnection) -> list[LedgerTransfer]:
     """Every transfer in the ledger, oldest first (id order)."""
     rows = await conn.execute(select(ledger_transfers).order_by(ledger_transfers.c.id))
     return [_to_transfer(row) for row in rows]
+
+
+async def transfers_after(engine: AsyncEngine, after: int, limit: int) -> list[LedgerTransfer]:
+    """Up to ``limit`` transfers with an id above ``after``, oldest first, such that no transfer
+    with a smaller id than the last one returned can ever appear later (see the module doc).
+
+    Writers wait while this runs (one indexed range read), so it is cheap for them.
+
+    Raises:
+        ValueError: ``after`` is negative or ``limit`` is outside ``1..MAX_PAGE``.
+    """
+    if after < 0 or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"bad page: after={after}, limit={limit}")
+    async with engine.begin() as conn:
+        await conn.execute(_WRITERS_EXCLUSIVE)
+        # READ COMMITTED: this statement's snapshot is taken after the lock is granted, when no
+        # writer holds an allocated but uncommitted id.
+        rows = await conn.execute(
+            select(ledger_transfers).where(ledger_transfers.c.id > after).order_by(ledger_transfers.c.id).limit(limit)
+        )
+        return [_to_transfer(row) for row in rows]

@@ -4,7 +4,9 @@ Routes (amounts are written as decimal strings in whole jobcoins, at most 8 deci
 
 * ``GET /api/addresses/{address}`` -> ``{"balance": "49.5", "transactions": [...]}``; an
   unused address is ``{"balance": "0", "transactions": []}``, never a 404.
-* ``GET /api/transactions`` -> every transaction, oldest first.
+* ``GET /api/transactions`` -> every transaction, oldest first. Our extension:
+  ``?after=<id>&limit=<n>`` -> the next page after a cursor, each item with its ``id`` (see
+  :func:`mixhouse.chains.jobcoin.ledger.transfers_after`); without ``after``, the original answer.
 * ``POST /api/transactions`` and ``POST /send`` (the original's own route) with
   ``fromAddress``, ``toAddress``, ``amount`` -> ``{"status": "OK"}``; too poor a sender ->
   422 ``{"error": "Insufficient Funds"}``.
@@ -94,6 +96,7 @@ class LedgerError(BaseModel):
 class TransactionOut(BaseModel):
     """One transfer; ``fromAddress`` is absent for minted coins."""
 
+    id: int | None = Field(default=None, description="Only with `after` (our extension).")
     timestamp: str = Field(examples=["2021-12-17T00:52:39.092Z"])
     fromAddress: str | None = None  # noqa: N815 - the original's field name
     toAddress: str  # noqa: N815
@@ -107,6 +110,26 @@ class AddressOut(BaseModel):
     transactions: list[TransactionOut]
 
 
+_MAX_ID = 2**63 - 1
+_LIST_PARAMETERS = {
+    "parameters": [
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "description": "Cursor (our extension): only transfers with a larger `id`, each with its `id`; "
+            "no transfer with a smaller id than the last one returned can appear later.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "Page size with `after`.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": ledger.MAX_PAGE, "default": 1000},
+        },
+    ]
+}
 _ADDRESS_SCHEMA = {"type": "string", "minLength": 1, "maxLength": ledger.MAX_ADDRESS_LENGTH}
 _AMOUNT_SCHEMA = {
     "description": "Whole jobcoins: a decimal string or (JSON only) a number; rounded down to 8 decimals.",
@@ -151,6 +174,21 @@ _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": LedgerError, "description": "A NUL character in the path."},
     503: {"model": LedgerError, "description": "Database unreachable."},
 }
+
+
+def _query_int(request: Request, name: str, *, default: int | None, maximum: int, minimum: int = 0) -> int | None:
+    """An optional integer query parameter, read by hand so that a bad one is refused with the
+    ledger's own ``{"error": ...}`` 422 body.
+
+    Raises:
+        InvalidInput: not a plain decimal integer in ``minimum..maximum``.
+    """
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not minimum <= int(raw) <= maximum:
+        raise InvalidInput(f"{name} must be an integer from {minimum} to {maximum}")
+    return int(raw)
 
 
 def _error(status_code: int, message: str) -> JSONResponse:
@@ -371,13 +409,26 @@ def create_ledger_app(
     @app.get(
         "/api/transactions",
         response_model=None,
-        responses={200: {"model": list[TransactionOut], "description": "Every transfer."}, **_READ_RESPONSES},
+        responses={
+            200: {"model": list[TransactionOut], "description": "Every transfer (with `after`: a page, with ids)."},
+            422: {"model": LedgerError, "description": "A bad `after` or `limit`."},
+            **_READ_RESPONSES,
+        },
+        openapi_extra=_LIST_PARAMETERS,
     )
-    async def list_transactions(request: Request) -> list[dict[str, str]]:
-        """Every transfer of the ledger, oldest first."""
-        async with _engine(request).connect() as conn:
-            transfers = await ledger.all_transfers(conn)
-        return [_transaction_json(item) for item in transfers]
+    async def list_transactions(request: Request) -> list[dict[str, Any]]:
+        """Every transfer of the ledger, oldest first; with ``?after=<id>`` (and ``limit``, at
+        most 10,000, default 1,000), one page of the transfers after that cursor, each with its
+        ``id``: our extension, for scanners. The original has no cursor, and without ``after``
+        the answer is exactly the original's."""
+        after = _query_int(request, "after", default=None, maximum=_MAX_ID)
+        limit = _query_int(request, "limit", default=1000, maximum=ledger.MAX_PAGE, minimum=1)
+        if after is None:
+            async with _engine(request).connect() as conn:
+                transfers = await ledger.all_transfers(conn)
+            return [_transaction_json(item) for item in transfers]
+        page = await ledger.transfers_after(_engine(request), after, limit or 1000)
+        return [{"id": item.id, **_transaction_json(item)} for item in page]
 
     async def send(request: Request) -> dict[str, str]:
         """Move ``amount`` from ``fromAddress`` to ``toAddress`` (422 ``Insufficient Funds``
