@@ -39,6 +39,8 @@ test: lint typecheck unit
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.privacy
+	$(PY) -m benchmarks.privacy gate-cost
 	$(PY) -m benchmarks.bitcoin_parse
 	$(PY) -m benchmarks.bitcoin_payouts
 	$(PY) -m benchmarks.wallets
