@@ -398,3 +398,44 @@ async def test_closed_port_is_chain_error_not_unknown_outcome() -> None:
             await chain.check_send(_send(COIN), earlier_sends=0)
     finally:
         await chain.aclose()
+
+
+async def test_broadcast_many_uses_the_batch_route(adapter: JobcoinAdapter, engine: AsyncEngine) -> None:
+    await ledger.mint(engine, POOL, 10 * COIN)
+    batch = [
+        await adapter.prepare_send(
+            from_address=POOL, from_key_index=None, to_address=f"r{i}", amount=(i + 1) * COIN, fee=NO_FEE, nonce=None
+        )
+        for i in range(5)
+    ]  # 1 + 2 + 3 + 4 = 10: the fifth (5) cannot be paid
+    results = await adapter.broadcast_many(batch)
+    assert results[:4] == [None] * 4
+    assert isinstance(results[4], BroadcastRejected)
+    assert [await adapter.balance(f"r{i}") for i in range(5)] == [COIN, 2 * COIN, 3 * COIN, 4 * COIN, 0]
+
+
+async def test_broadcast_many_falls_back_to_one_request_each() -> None:
+    """The original API has no batch route: 404, then one POST per send."""
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path.endswith("/batch"):
+            return httpx.Response(404)
+        return httpx.Response(200, json={"status": "OK"})
+
+    chain = _mocked(httpx.MockTransport(handler))
+    sends = [PreparedSend(POOL, f"r{i}", COIN, 0, None, None, None) for i in range(2)]
+    assert await chain.broadcast_many(sends) == [None, None]
+    assert await chain.broadcast_many(sends) == [None, None]
+    assert asked == ["/api/transactions/batch"] + ["/api/transactions"] * 4
+
+
+async def test_broadcast_many_timeout_is_unknown_for_every_send() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    chain = _mocked(httpx.MockTransport(handler))
+    sends = [PreparedSend(POOL, f"r{i}", COIN, 0, None, None, None) for i in range(3)]
+    results = await chain.broadcast_many(sends)
+    assert all(isinstance(r, SendOutcomeUnknown) for r in results)

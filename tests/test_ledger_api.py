@@ -428,7 +428,14 @@ async def test_ledger_openapi_describes_every_route(client: httpx.AsyncClient) -
     response = await client.get("/openapi.json")
     assert response.status_code == 200
     spec = response.json()
-    assert set(spec["paths"]) == {"/api/addresses/{address}", "/api/transactions", "/api/mint", "/send", "/create"}
+    assert set(spec["paths"]) == {
+        "/api/addresses/{address}",
+        "/api/transactions",
+        "/api/transactions/batch",
+        "/api/mint",
+        "/send",
+        "/create",
+    }
     send = spec["paths"]["/send"]["post"]
     assert set(send["requestBody"]["content"]) == {
         "application/json",
@@ -521,3 +528,33 @@ async def test_bad_history_cursor_is_422(client: httpx.AsyncClient, query: str) 
     response = await client.get(f"/api/transactions?{query}")
     assert response.status_code == 422
     assert "error" in response.json()
+
+
+async def test_batch_send_moves_each_transfer_on_its_own(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/api/mint", json={"address": "Alice", "amount": "10"})).status_code == 200
+    items = [
+        {"fromAddress": "Alice", "toAddress": "Bob", "amount": "4"},
+        {"fromAddress": "Alice", "toAddress": "Carol", "amount": "7"},  # only 6 left
+        {"fromAddress": "Alice", "toAddress": "", "amount": "1"},
+        {"fromAddress": "Alice", "toAddress": "Carol", "amount": "6"},
+    ]
+    response = await client.post("/api/transactions/batch", json={"transactions": items})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0] == {"status": "OK"}
+    assert results[3] == {"status": "OK"}
+    assert results[1] == {"error": "Insufficient Funds"}
+    assert "toAddress" in results[2]["error"]
+    assert (await _address(client, "Alice"))["balance"] == "0"
+    assert (await _address(client, "Carol"))["balance"] == "6"
+
+
+@pytest.mark.parametrize("body", [{}, {"transactions": []}, {"transactions": "x"}, {"transactions": [1]}])
+async def test_batch_send_refuses_a_body_that_is_not_a_list_of_transfers(
+    client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    before = await _snapshot(client)
+    response = await client.post("/api/transactions/batch", json=body)
+    assert response.status_code == 422
+    assert "error" in response.json()
+    assert await _snapshot(client) == before

@@ -52,6 +52,8 @@ SCAN_CONCURRENCY = 16
 # History cursor pages: a scan reads at most this many (then resumes at the next scan).
 _PAGE_SIZE = 5000
 _MAX_PAGES_PER_SCAN = 20
+# Sends per batch request (the ledger takes at most 1,000).
+_BATCH_SIZE = 500
 MIN_SECRET_BYTES = 16
 # No "mix-" prefix: a deposit address should not announce itself as one (issue 13).
 DEPOSIT_PREFIX = ""
@@ -168,8 +170,10 @@ class JobcoinAdapter(ChainAdapter):
         self.pool_address = validate_address(pool_address)
         self._api_url = api_url.rstrip("/")
         self._secret = address_secret
-        # Whether the ledger has the history cursor: unknown (None) until its first answer.
+        # Whether the ledger has the history cursor / the batch send: unknown (None) until its
+        # first answer.
         self._cursor_api: bool | None = None
+        self._batch_api: bool | None = None
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
 
@@ -433,6 +437,88 @@ class JobcoinAdapter(ChainAdapter):
         if 400 <= status < 500:
             raise BroadcastRejected(f"Jobcoin API refused the send ({status}): {_error_message(response)}")
         raise SendOutcomeUnknown(f"Jobcoin API answered {status}; the send may have landed")
+
+    async def broadcast_many(self, batch: Sequence[PreparedSend]) -> list[ChainError | None]:
+        """Send ``batch`` (at most one send per from/to pair) with as few requests as possible:
+        ``POST /transactions/batch`` on our ledger, else one ``POST /transactions`` each. Not
+        idempotent, like :meth:`broadcast`.
+
+        Returns:
+            Per send, in order: ``None`` if it landed, else the error :meth:`broadcast` would
+            have raised (``BroadcastRejected``: nothing moved; ``SendOutcomeUnknown``: it may
+            have landed, e.g. the whole request timed out; ``ChainError``: nothing was sent).
+        """
+        if not batch:
+            return []
+        if self._batch_api is not False:
+            results: list[ChainError | None] = []
+            for start in range(0, len(batch), _BATCH_SIZE):
+                chunk = batch[start : start + _BATCH_SIZE]
+                answered = await self._post_batch(chunk)
+                if answered is None:
+                    self._batch_api = False
+                    return results + await self._broadcast_each(batch[start:])
+                self._batch_api = True
+                results.extend(answered)
+            return results
+        return await self._broadcast_each(batch)
+
+    async def _broadcast_each(self, batch: Sequence[PreparedSend]) -> list[ChainError | None]:
+        gate = asyncio.Semaphore(SCAN_CONCURRENCY)
+
+        async def one(prepared: PreparedSend) -> ChainError | None:
+            async with gate:
+                try:
+                    await self.broadcast(prepared)
+                except ChainError as exc:
+                    return exc
+                return None
+
+        return list(await asyncio.gather(*(one(p) for p in batch)))
+
+    async def _post_batch(self, chunk: Sequence[PreparedSend]) -> list[ChainError | None] | None:
+        """One batch request; ``None`` if the ledger has no batch route (404/405: nothing moved)."""
+        payload = {
+            "transactions": [
+                {
+                    "fromAddress": p.from_address,
+                    "toAddress": p.to_address,
+                    "amount": format_amount(p.amount, DECIMALS),
+                }
+                for p in chunk
+            ]
+        }
+        what = f"a batch of {len(chunk)} Jobcoin sends"
+        try:
+            response = await self._client.post(f"{self._api_url}/transactions/batch", json=payload)
+        except _NOTHING_SENT as exc:
+            return [ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})")] * len(chunk)
+        except httpx.HTTPError as exc:
+            return [SendOutcomeUnknown(f"{what} may have landed ({type(exc).__name__}: {exc})")] * len(chunk)
+        status = response.status_code
+        if status in {404, 405}:
+            return None
+        if 400 <= status < 500:
+            rejected = BroadcastRejected(f"Jobcoin API refused {what} ({status}): {_error_message(response)}")
+            return [rejected] * len(chunk)
+        if status != 200:
+            return [SendOutcomeUnknown(f"Jobcoin API answered {status}; {what} may have landed")] * len(chunk)
+        try:
+            items = response.json().get("results")
+        except (ValueError, AttributeError):
+            items = None
+        if not isinstance(items, list) or len(items) != len(chunk):
+            # Answered but unreadable: each send may or may not have moved.
+            return [SendOutcomeUnknown(f"the ledger's answer to {what} is unreadable")] * len(chunk)
+        out: list[ChainError | None] = []
+        for item in items:
+            if isinstance(item, dict) and item.get("status") == "OK":
+                out.append(None)
+            elif isinstance(item, dict) and isinstance(item.get("error"), str):
+                out.append(BroadcastRejected(f"Jobcoin API refused the send: {item['error']}"))
+            else:
+                out.append(SendOutcomeUnknown(f"the ledger's answer to one send of {what} is unreadable"))
+        return out
 
     async def check_send(self, prepared: PreparedSend, *, earlier_sends: int) -> SendCheck:
         """Find the send in the sender's history: the ``earlier_sends``-th (0-based) transfer

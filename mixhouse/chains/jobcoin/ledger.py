@@ -57,6 +57,7 @@ WRITERS_LOCK = 0x6A636C6564676572
 _WRITERS_SHARED = text("SELECT pg_advisory_xact_lock_shared(:k)").bindparams(k=WRITERS_LOCK)
 _WRITERS_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=WRITERS_LOCK)
 MAX_PAGE = 10_000
+_TRANSFER_SQL = text("SELECT transfer_id, available FROM ledger_transfer(:from_, :to, CAST(:amount AS numeric), :lock)")
 _AMOUNT_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -214,28 +215,18 @@ async def transfer(engine: AsyncEngine, from_address: str, to_address: str, amou
     if from_address == to_address:
         raise InvalidInput("the sender and the receiver are the same address")
     _check_amount(amount)
-    async with engine.begin() as conn:
-        await conn.execute(_WRITERS_SHARED)
-        # LockRows sits above the Sort in the plan, so the rows are locked in address order.
-        locked = await conn.execute(
-            select(ledger_balances.c.address, ledger_balances.c.balance)
-            .where(ledger_balances.c.address.in_([from_address, to_address]))
-            .order_by(ledger_balances.c.address)
-            .with_for_update()
-        )
-        balances = {row.address: row.balance for row in locked}
-        available = balances.get(from_address, 0)
-        if available < amount:
-            raise InsufficientFunds(f"{from_address!r} holds {available} base units, {amount} are needed")
-        await conn.execute(
-            ledger_balances.update()
-            .where(ledger_balances.c.address == from_address)
-            .values(balance=ledger_balances.c.balance - amount)
-        )
-        await _credit(conn, to_address, amount)
-        await conn.execute(
-            ledger_transfers.insert().values(from_address=from_address, to_address=to_address, amount=amount)
-        )
+    # One statement in autocommit (``ledger_transfer``, migration 0008, does the steps in the
+    # order this module documents): the balance row locks are held for the statement only, not
+    # across round trips, so transfers out of one busy address do not queue on the network.
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
+        moved = (
+            await conn.execute(
+                _TRANSFER_SQL, {"from_": from_address, "to": to_address, "amount": amount, "lock": WRITERS_LOCK}
+            )
+        ).one()
+    if moved.transfer_id is None:
+        raise InsufficientFunds(f"{from_address!r} holds {moved.available} base units, {amount} are needed")
 
 
 def _to_transfer(row: Row[Any]) -> LedgerTransfer:

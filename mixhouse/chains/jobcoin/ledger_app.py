@@ -10,6 +10,8 @@ Routes (amounts are written as decimal strings in whole jobcoins, at most 8 deci
 * ``POST /api/transactions`` and ``POST /send`` (the original's own route) with
   ``fromAddress``, ``toAddress``, ``amount`` -> ``{"status": "OK"}``; too poor a sender ->
   422 ``{"error": "Insufficient Funds"}``.
+* ``POST /api/transactions/batch`` (our extension) with ``{"transactions": [...]}`` -> one
+  ``{"status": "OK"}`` or ``{"error": ...}`` per transfer, in order, each its own transaction.
 * ``POST /api/mint`` and ``POST /create`` (the original's "create 50 coins" form) with
   ``address`` and optional ``amount`` (default ``"50"``) -> ``{"status": "OK"}``.
 * ``GET /`` -> a small HTML page with a mint form and a send form.
@@ -157,6 +159,12 @@ def _request_body(properties: dict[str, Any], required: list[str]) -> dict[str, 
     }
 
 
+MAX_BATCH = 1000
+_SEND_BODY_SCHEMA = {
+    "type": "object",
+    "properties": {"fromAddress": _ADDRESS_SCHEMA, "toAddress": _ADDRESS_SCHEMA, "amount": _AMOUNT_SCHEMA},
+    "required": ["fromAddress", "toAddress", "amount"],
+}
 _SEND_BODY = _request_body(
     {"fromAddress": _ADDRESS_SCHEMA, "toAddress": _ADDRESS_SCHEMA, "amount": _AMOUNT_SCHEMA},
     ["fromAddress", "toAddress", "amount"],
@@ -439,6 +447,44 @@ def create_ledger_app(
         amount = _amount_field(fields)
         await ledger.transfer(_engine(request), from_address, to_address, amount)
         return {"status": "OK"}
+
+    async def send_batch(request: Request) -> dict[str, list[dict[str, str]]]:
+        """Our extension: ``{"transactions": [{fromAddress, toAddress, amount}, ...]}`` (at most
+        1,000), each moved in its own transaction, in order, exactly as ``POST
+        /api/transactions`` would; answers one ``{"status": "OK"}`` or ``{"error": ...}`` per
+        item, in order. A body that is not such a list is refused whole (nothing moved)."""
+        body = await _read_body(request)
+        items = body.get("transactions")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise InvalidInput(f"transactions must be a list of 1 to {MAX_BATCH} transfers")
+        if not all(isinstance(item, dict) for item in items):
+            raise InvalidInput("every transaction must be an object")
+        results: list[dict[str, str]] = []
+        for fields in items:
+            try:
+                from_address = _address_field(fields, "fromAddress")
+                to_address = _address_field(fields, "toAddress")
+                await ledger.transfer(_engine(request), from_address, to_address, _amount_field(fields))
+            except InsufficientFunds:
+                results.append({"error": "Insufficient Funds"})
+            except InvalidInput as exc:
+                results.append({"error": str(exc)})
+            else:
+                results.append({"status": "OK"})
+        return {"results": results}
+
+    app.add_api_route(
+        "/api/transactions/batch",
+        send_batch,
+        methods=["POST"],
+        name="send_batch",
+        response_model=None,
+        responses=_WRITE_RESPONSES,
+        openapi_extra=_request_body(
+            {"transactions": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": _SEND_BODY_SCHEMA}},
+            ["transactions"],
+        ),
+    )
 
     async def mint(request: Request) -> dict[str, str]:
         """Create ``amount`` (default 50) new coins at ``address``."""
