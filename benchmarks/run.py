@@ -1,12 +1,14 @@
 """End-to-end mixing throughput and latency on the local Jobcoin ledger.
 
-Measures, with zero payout delay:
+Measures, with zero payout delay, the release gate off (``MIXHOUSE_PRIVACY_GATE_K=1``) and a
+payout round every second (``MIXHOUSE_PAYOUT_ROUND_SECONDS=1``):
 
 * mixes per second: N mixes created and funded at once, timed from the first deposit until
   every payout is confirmed, with W worker processes (``python -m mixhouse worker``);
 * deposit-to-first-payout latency per mix, two ways: from the deposit's transfer on the ledger
   (includes waiting for the next chain scan, a 1 s tick) and from the moment the deposit was
-  accepted (confirmed and screened, from the audit log) to its first payout on the ledger.
+  accepted (confirmed and screened, from the audit log) to its first payout on the ledger. Both
+  include the wait for the next payout round (up to 1 s) and the sweep into the pool.
 
 It runs on a fresh database on ``MIXHOUSE_BENCH_DATABASE_URL`` (a maintenance DB URI of a
 server we may create databases on) or on an embedded PostgreSQL.

@@ -21,11 +21,12 @@ import structlog
 from sqlalchemy import text
 
 from mixhouse import audit
+from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_PAYOUT_ROUND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import expire_mixes
 from mixhouse.mixer.reconcile import reconcile
-from mixhouse.mixer.rounds import run_round
+from mixhouse.mixer.rounds import run_round, run_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
 from mixhouse.unit import unit
@@ -40,6 +41,9 @@ _ORPHAN_SENDS_SQL = text(
     SELECT s.id FROM sends s
     WHERE s.state <> 'confirmed'
       AND NOT (s.kind = 'payout' AND s.released_at IS NULL)  -- the release gate holds it
+      -- A released payout still scheduled is the payout rounds' to sign (every round selects
+      -- them all): a job of its own would only race the rounds and spin on the busy pair.
+      AND NOT (s.kind = 'payout' AND s.state = 'scheduled' AND s.asset = ANY(CAST(:round_assets AS text[])))
       AND s.updated_at < now() - make_interval(secs => :idle)
       AND s.due_at < now()
       AND NOT EXISTS (
@@ -81,6 +85,8 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     async def scan_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         for asset in rt.adapters:
             await scan_asset(rt, asset)
+            # Sweep what the scan accepted at once, in batches, rather than one job per sweep.
+            await run_sweeps(rt, asset)
         await expire_mixes(rt)
 
     @app.periodic(cron=f"*/{reconcile_every} * * * * *", periodic_id="reconcile")
@@ -137,7 +143,13 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
             continue  # another worker's recovery retried it first
         count += 1
     async with unit(rt.engine) as work:
-        orphans = (await work.conn.execute(_ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND})).all()
+        # UTXO payouts are released to per-send jobs (coin selection per payout); the rest to rounds.
+        round_assets = [a.value for a, adapter in rt.adapters.items() if not isinstance(adapter, UtxoChainAdapter)]
+        orphans = (
+            await work.conn.execute(
+                _ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND, "round_assets": round_assets}
+            )
+        ).all()
         for (send_id,) in orphans:
             work.defer(send_job(send_id))
         count += len(orphans)

@@ -29,11 +29,31 @@ class Ledger:
 
 
 @asynccontextmanager
-async def local_ledger(engine: AsyncEngine) -> AsyncIterator[Ledger]:
-    """Serve the Jobcoin ledger on a free port for the duration of the block."""
+async def local_ledger(engine: AsyncEngine, *, post_delay: float = 0.0) -> AsyncIterator[Ledger]:
+    """Serve the Jobcoin ledger on a free port for the duration of the block.
+
+    ``post_delay`` seconds are spent before each POST is handled: a slow ledger keeps sends in
+    flight long enough for a crash test's kills to land while they are.
+    """
     port = free_port()
-    async with running_server(ledger_server(engine, "127.0.0.1", port, log_level="warning")):
+    server = ledger_server(engine, "127.0.0.1", port, log_level="warning")
+    if post_delay:
+        server.config.app = _SlowPosts(server.config.app, post_delay)
+    async with running_server(server):
         yield Ledger(f"http://127.0.0.1:{port}/api", port)
+
+
+class _SlowPosts:
+    """ASGI wrapper that waits before handling each POST."""
+
+    def __init__(self, app: Any, delay: float) -> None:
+        self.app = app
+        self.delay = delay
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("method") == "POST":
+            await asyncio.sleep(self.delay)
+        await self.app(scope, receive, send)
 
 
 def fast_settings(database_url: str, **overrides: Any) -> Settings:

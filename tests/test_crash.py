@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -23,7 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse import audit
 from mixhouse.chains.base import PreparedSend
 from mixhouse.chains.jobcoin import ledger
+from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.db.tables import audit_log, deposits, sends
+from mixhouse.errors import ChainError
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
@@ -95,7 +98,9 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
     database_url: str, engine: AsyncEngine
 ) -> None:
     rnd = random.Random(int(os.environ.get("MIXHOUSE_CRASH_SEED", "20261121")))
-    async with local_ledger(engine) as led:
+    # Batched sends are in flight for one short request: a slow ledger widens that window so
+    # that kills land inside it (the floor asserted below).
+    async with local_ledger(engine, post_delay=0.3) as led:
         rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
         try:
             await ledger.mint(engine, "sender", 1_000 * COIN)
@@ -238,6 +243,7 @@ async def test_crash_in_the_middle_of_a_payout_round_never_pays_twice(
             for sweep_id in sweep_ids:
                 assert await execute_send(rt, sweep_id) == "confirmed"
             adapter = rt.adapter("JOBCOIN")
+            assert isinstance(adapter, JobcoinAdapter)
             real_broadcast = adapter.broadcast
             calls = 0
 
@@ -249,10 +255,19 @@ async def test_crash_in_the_middle_of_a_payout_round_never_pays_twice(
                 if calls > sent_before_death:
                     raise _Crash
 
+            real_broadcast_many = adapter.broadcast_many
+
+            async def dying_broadcast_many(batch: Sequence[PreparedSend]) -> list[ChainError | None]:
+                # The batch request dies part way: the first sends moved, the rest never did.
+                await real_broadcast_many(batch[: sent_before_death + 1])
+                raise _Crash
+
             adapter.broadcast = dying_broadcast  # type: ignore[method-assign]
+            adapter.broadcast_many = dying_broadcast_many  # type: ignore[method-assign]
             with pytest.raises(_Crash):
                 await run_round(rt, Asset.JOBCOIN)
             adapter.broadcast = real_broadcast  # type: ignore[method-assign]
+            adapter.broadcast_many = real_broadcast_many  # type: ignore[method-assign]
             assert await _signed_now(engine) >= 2, "the batch was signed as a whole before any send"
             await asyncio.sleep(1.1)  # the settle time
             for _ in range(20):

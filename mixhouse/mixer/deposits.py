@@ -22,6 +22,7 @@ from mixhouse.errors import MixhouseError
 from mixhouse.jobs import send_job
 from mixhouse.mixer.planner import fee_bounds, payout_quantum
 from mixhouse.mixer.pooling import pool_deposit, serial_key_for
+from mixhouse.mixer.rounds import batch_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, SendState, now, transition
 from mixhouse.money import ASSETS, Asset
@@ -312,7 +313,10 @@ async def _confirm_in(rt: Runtime, work: Unit, dep: Row[Any], confirmations: int
             .returning(sends.c.id)
         )
     ).scalar_one()
-    work.defer(send_job(send_id))
+    if not batch_sweeps(adapter):
+        work.defer(send_job(send_id))
+    # else the scan's sweep batch (``rounds.run_sweeps``) sends it right after this commit, and
+    # the recovery task gives it a job if that never happens (a crash).
     work.audit(_accepted(dep, sweep_send_id=send_id))
     return DepositState.SWEEPING
 

@@ -26,26 +26,28 @@ spends pool coins chosen for it).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from sqlalchemy import Row, func, select, text
+from sqlalchemy import Row, Text, cast, func, select, text, true
 from sqlalchemy.exc import IntegrityError
 
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, UtxoChainAdapter
 from mixhouse.db.tables import deposits, mixes, sends
-from mixhouse.errors import BroadcastRejected, IllegalTransition, MixhouseError, SendOutcomeUnknown
+from mixhouse.errors import BroadcastRejected, ChainError, IllegalTransition, MixhouseError, SendOutcomeUnknown
 from mixhouse.jobs import send_job
+from mixhouse.mixer.pooling import pool_deposit
 from mixhouse.mixer.privacy.records import PublicDeposit
 from mixhouse.mixer.privacy.rules import DenominatedRules
 from mixhouse.mixer.privacy.score import release_set
 from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.sends import allocate_nonce, maybe_complete_mix, payouts_paused, prepared_of, send_entry
-from mixhouse.mixer.states import DepositState, SendState, now, transition
+from mixhouse.mixer.sends import allocate_nonce, complete_mixes, payouts_paused, prepared_of, send_entry
+from mixhouse.mixer.states import SEND_TRANSITIONS, DepositState, SendState, now, transition
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
 
@@ -56,6 +58,8 @@ _BROADCAST_CONCURRENCY = 16
 _RETRY_UNKNOWN_SECONDS = 10.0
 _RETRY_REJECTED_SECONDS = 30.0
 _CONFIRMATION_CHECK_SECONDS = 2.0
+# Sign/broadcast/record waves per round or sweep batch (each wave takes one send per pair).
+_MAX_WAVES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,7 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
                     deposits.c.mix_id,
                     deposits.c.payout_total,
                     deposits.c.pooled_at,
+                    deposits.c.created_at,
                     mixes.c.delay_min_seconds,
                     mixes.c.max_wait_seconds,
                     select(func.max(sends.c.due_at))
@@ -179,7 +184,11 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
             rules=rules,
             timing=TimingRules(dep.delay_min_seconds, dep.max_wait_seconds),
         )
-        waited = (moment - dep.pooled_at).total_seconds()
+        # The maximum wait counts from the deposit's arrival (the public moment, a scan before
+        # created_at) and must be met by the round that sends, not the one that releases: release
+        # early by two rounds and 5% of the wait (a busy worker's rounds start and finish late).
+        margin = 2 * rt.settings.payout_round_seconds + dep.max_wait_seconds / 20
+        waited = (moment - dep.created_at).total_seconds() + margin
         if size >= settings.privacy_gate_k:
             decisions.append((dep, size, "anonymity set reached"))
         elif waited >= dep.max_wait_seconds:
@@ -223,48 +232,238 @@ async def _send_due(rt: Runtime, asset: Asset) -> tuple[int, int]:
     adapter = rt.adapter(asset)
     if isinstance(adapter, UtxoChainAdapter):
         return 0, 0  # released UTXO payouts have their own jobs (coin selection per payout)
-    batch = await _sign_batch(rt, adapter, asset)
+    signed = confirmed = 0
+    # Waves: a recipient with several pieces gets one per wave (one send per pair in flight),
+    # so a round sends them all, one after another, instead of one per round.
+    for _ in range(_MAX_WAVES):
+        batch = await _sign_batch(rt, adapter, asset, kind="payout")
+        if not batch:
+            break
+        outcomes = await _broadcast_batch(adapter, batch)
+        confirmed += await _record_batch(rt, adapter, batch, outcomes)
+        signed += len(batch)
+        if not all(o.ok for o in outcomes) or not adapter.final_on_broadcast:
+            break  # what is not final or not certain waits for its own job, not the next wave
+    return signed, confirmed
+
+
+async def run_sweeps(rt: Runtime, asset: Asset) -> int:
+    """Sweep every accepted deposit of ``asset`` into the pool in batches: one transaction signs
+    many sweeps (each ``scheduled -> signed`` with its attempt counted, in a savepoint), they are
+    broadcast concurrently, and one transaction records them and pools their deposits (payouts
+    planned and scheduled). Only on chains where an accepted send is final and has no nonce
+    (Jobcoin); elsewhere sweeps keep their per-send jobs. One sweep batch per asset runs at a
+    time across workers (a session advisory lock).
+
+    Anything not certain (a timeout, a rejection, a crash anywhere) is left to the per-send state
+    machine, which looks a ``signed`` sweep up on the ledger before it is ever sent again; the
+    recovery task gives such a sweep a job once it has been idle for a while.
+
+    Returns:
+        How many sweeps were confirmed.
+    """
+    adapter = rt.adapter(asset)
+    if not batch_sweeps(adapter):
+        return 0
+    key = f"mixhouse:sweeps:{asset.value}"
+    async with rt.engine.connect() as lock_conn:
+        got = (await lock_conn.execute(text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": key})).scalar_one()
+        await lock_conn.commit()
+        if not got:
+            return 0
+        try:
+            confirmed = 0
+            for _ in range(_MAX_WAVES):
+                batch = await _sign_batch(rt, adapter, asset, kind="sweep")
+                if not batch:
+                    break
+                outcomes = await _broadcast_batch(adapter, batch)
+                confirmed += await _record_sweeps(rt, batch, outcomes)
+                if not all(o.ok for o in outcomes):
+                    break
+            return confirmed
+        finally:
+            await lock_conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+            await lock_conn.commit()
+
+
+def batch_sweeps(adapter: ChainAdapter) -> bool:
+    """Whether ``adapter``'s sweeps go through :func:`run_sweeps` rather than per-send jobs."""
+    return adapter.final_on_broadcast and not adapter.uses_nonces and not isinstance(adapter, UtxoChainAdapter)
+
+
+async def _record_sweeps(rt: Runtime, batch: list[Row[Any]], outcomes: list[_Outcome]) -> int:
+    """Record the sweeps' outcomes and pool their deposits, in one transaction."""
     if not batch:
-        return 0, 0
-    outcomes = await _broadcast_batch(adapter, batch)
-    confirmed = await _record_batch(rt, adapter, batch, outcomes)
-    return len(batch), confirmed
+        return 0
+    # Quoted before the transaction: no network I/O inside it.
+    quote = await rt.adapter(batch[0].asset).quote_network_fee()
+    confirmed = 0
+    moment = now()
+    async with unit(rt.engine) as work:
+        # Mix order: pooling locks each deposit's mix row, one lock order across writers.
+        for row, outcome in sorted(zip(batch, outcomes, strict=True), key=lambda pair: (pair[0].mix_id, pair[0].id)):
+            if not outcome.ok:
+                await work.conn.execute(
+                    sends.update().where(sends.c.id == row.id).values(last_error=(outcome.error or "")[:500])
+                )
+                work.defer(send_job(row.id, moment + timedelta(seconds=outcome.retry_in)))
+                continue
+            one = Unit(work.conn)
+            try:
+                async with work.conn.begin_nested():
+                    done = await transition(
+                        work.conn,
+                        sends,
+                        row.id,
+                        SendState.SIGNED,
+                        SendState.CONFIRMED,
+                        broadcast_at=moment,
+                        confirmed_at=moment,
+                        network_fee_paid=0,
+                        last_error=None,
+                    )
+                    one.audit(send_entry("send.confirmed", done, recovered=False, batch=True))
+                    await pool_deposit(
+                        rt,
+                        one,
+                        deposit_id=done.deposit_id,
+                        from_state=DepositState.SWEEPING,
+                        pooled_amount=done.amount,
+                        quote=quote,
+                    )
+            except IllegalTransition:
+                continue  # the per-send path recorded it first (a recovery job raced us)
+            except MixhouseError:
+                # It landed but cannot be pooled now: its own job retries the recording.
+                log.exception("sweep landed but its deposit was not pooled", send_id=row.id)
+                work.defer(send_job(row.id, moment + timedelta(seconds=_RETRY_REJECTED_SECONDS)))
+                continue
+            work.entries.extend(one.entries)
+            work.pending_jobs.extend(one.pending_jobs)
+            confirmed += 1
+    return confirmed
 
 
-async def _sign_batch(rt: Runtime, adapter: ChainAdapter, asset: Asset) -> list[Row[Any]]:
-    """Sign and store the round's payouts in one transaction; returns the signed rows."""
+async def _sign_batch(rt: Runtime, adapter: ChainAdapter, asset: Asset, *, kind: str) -> list[Row[Any]]:
+    """Sign and store due sends of ``kind`` (released payouts, or sweeps) in one transaction;
+    returns the signed rows. At most one send per in-flight key (``serial_key``) is taken."""
+    moment = now()
+    where = [
+        sends.c.asset == asset.value,
+        sends.c.kind == kind,
+        sends.c.state == SendState.SCHEDULED,
+        # Sweeps are not gated; payouts leave once the gate released them.
+        sends.c.released_at.is_not(None) if kind == "payout" else true(),
+        sends.c.due_at <= moment,
+    ]
+    # The first due send of each key: a batch of the first N due rows would hold several pieces
+    # for one recipient, all but one of which must wait, and fill the batch with them.
+    first_of_key = (
+        select(
+            sends.c.id,
+            func.row_number()
+            .over(
+                partition_by=func.coalesce(sends.c.serial_key, cast(sends.c.id, Text)),
+                order_by=(sends.c.due_at, sends.c.id),
+            )
+            .label("n"),
+        )
+        .where(*where)
+        .subquery()
+    )
     signed: list[Row[Any]] = []
     async with unit(rt.engine) as work:
         due = (
             await work.conn.execute(
                 select(sends)
-                .where(
-                    sends.c.asset == asset.value,
-                    sends.c.kind == "payout",
-                    sends.c.state == SendState.SCHEDULED,
-                    sends.c.released_at.is_not(None),
-                    sends.c.due_at <= now(),
-                )
+                .where(*where, sends.c.id.in_(select(first_of_key.c.id).where(first_of_key.c.n == 1)))
                 .order_by(sends.c.due_at, sends.c.id)
                 .limit(rt.settings.payout_batch_size)
                 .with_for_update(skip_locked=True)
             )
         ).all()
         busy = await _keys_in_flight(work, asset, {r.serial_key for r in due if r.serial_key is not None})
+        ready: list[Row[Any]] = []
         for row in due:
             if row.serial_key is not None:
                 if row.serial_key in busy:
-                    continue  # one send per (pool, recipient) in flight: the next round takes it
+                    continue  # one send per (pool, recipient) in flight: the next wave takes it
                 busy.add(row.serial_key)
+            ready.append(row)
+        if _bulk(adapter):
+            bulk = await _sign_bulk(work, adapter, ready)
+            if bulk is not None:
+                return bulk
+        for row in ready:
             one = Unit(work.conn)
             try:
                 async with work.conn.begin_nested():
                     signed.append(await _sign_one(one, adapter, row))
             except (MixhouseError, IntegrityError):
-                log.exception("payout not signed this round", send_id=row.id)
+                log.exception("send not signed in this batch", send_id=row.id, kind=kind)
                 continue
             work.entries.extend(one.entries)
     return signed
+
+
+def _bulk(adapter: ChainAdapter) -> bool:
+    """Whether sends of ``adapter`` are signed and recorded with one statement per batch: a
+    chain with nothing to sign (no raw transaction, txid or nonce) whose accepted sends are
+    final (Jobcoin)."""
+    return adapter.final_on_broadcast and not adapter.uses_nonces and not isinstance(adapter, UtxoChainAdapter)
+
+
+async def _sign_bulk(work: Unit, adapter: ChainAdapter, ready: list[Row[Any]]) -> list[Row[Any]] | None:
+    """``scheduled -> signed`` for all of ``ready`` in one statement (attempts counted), with
+    their audit entries; ``None`` (nothing changed) if a send in flight elsewhere took one of
+    their keys meanwhile, for the per-send savepoints to sort out."""
+    ids = []
+    for row in ready:
+        try:
+            prepared = await adapter.prepare_send(
+                from_address=row.from_address,
+                from_key_index=row.from_key_index,
+                to_address=row.to_address,
+                amount=row.amount,
+                fee=FeeQuote(per_send=row.network_fee_reserved, detail="as planned"),
+                nonce=None,
+            )
+        except MixhouseError:
+            log.exception("send not signed in this batch", send_id=row.id)
+            continue
+        if (prepared.raw_tx, prepared.txid, prepared.nonce) != (None, None, None):
+            return None  # something to store per send: the per-send path stores it
+        ids.append(row.id)
+    if not ids:
+        return []
+    try:
+        async with work.conn.begin_nested():
+            signed = await _transition_many(
+                work, ids, SendState.SCHEDULED, SendState.SIGNED, signed_at=now(), attempts=sends.c.attempts + 1
+            )
+    except IntegrityError:
+        return None
+    for row in signed:
+        work.audit(send_entry("send.signed", row, batch=True))
+    return signed
+
+
+async def _transition_many(
+    work: Unit, ids: list[int], from_state: SendState, to_state: SendState, **values: Any
+) -> list[Row[Any]]:
+    """Move the sends ``ids`` that are still in ``from_state`` to ``to_state`` in one statement;
+    returns the rows that moved (one already moved by another path is left out)."""
+    if (from_state, to_state) not in SEND_TRANSITIONS:
+        raise IllegalTransition(f"sends: {from_state} -> {to_state} is not allowed")
+    values.setdefault("updated_at", now())
+    result = await work.conn.execute(
+        sends.update()
+        .where(sends.c.id.in_(ids), sends.c.state == from_state)
+        .values(state=to_state, **values)
+        .returning(*sends.c)
+    )
+    return sorted(result.all(), key=lambda r: r.id)
 
 
 async def _keys_in_flight(work: Unit, asset: Asset, keys: set[str]) -> set[str]:
@@ -311,7 +510,30 @@ class _Outcome:
     retry_in: float = 0.0
 
 
+@runtime_checkable
+class BatchBroadcaster(Protocol):
+    """An adapter that sends many prepared sends in few requests (the Jobcoin adapter)."""
+
+    async def broadcast_many(self, batch: Sequence[PreparedSend]) -> list[ChainError | None]:
+        """Per send, ``None`` if it landed, else the error a single broadcast would raise."""
+        ...
+
+
+def _outcome_of(error: ChainError | None) -> _Outcome:
+    if error is None:
+        return _Outcome(True)
+    if isinstance(error, BroadcastRejected):
+        return _Outcome(False, f"rejected: {error}", _RETRY_REJECTED_SECONDS)
+    if isinstance(error, SendOutcomeUnknown):
+        return _Outcome(False, f"outcome unknown: {error}", _RETRY_UNKNOWN_SECONDS)
+    # Nothing was sent; its attempt is counted, so the per-send path still looks first.
+    return _Outcome(False, f"not sent: {error}", _RETRY_UNKNOWN_SECONDS)
+
+
 async def _broadcast_batch(adapter: ChainAdapter, batch: list[Row[Any]]) -> list[_Outcome]:
+    if isinstance(adapter, BatchBroadcaster) and not adapter.uses_nonces:
+        return [_outcome_of(e) for e in await adapter.broadcast_many([prepared_of(r) for r in batch])]
+
     async def one(row: Row[Any]) -> _Outcome:
         prepared: PreparedSend = prepared_of(row)
         try:
@@ -341,7 +563,27 @@ async def _record_batch(rt: Runtime, adapter: ChainAdapter, batch: list[Row[Any]
     moment = now()
     async with unit(rt.engine) as work:
         done_mixes: set[str] = set()
-        for row, outcome in zip(batch, outcomes, strict=True):
+        pairs = list(zip(batch, outcomes, strict=True))
+        if _bulk(adapter):
+            # Final on broadcast: every send that went through is confirmed by one statement.
+            landed = [row.id for row, outcome in pairs if outcome.ok]
+            pairs = [(row, outcome) for row, outcome in pairs if not outcome.ok]
+            if landed:
+                done_rows = await _transition_many(
+                    work,
+                    landed,
+                    SendState.SIGNED,
+                    SendState.CONFIRMED,
+                    broadcast_at=moment,
+                    confirmed_at=moment,
+                    last_error=None,
+                )
+                # One left out was recorded first by the per-send path (a recovery job).
+                for done in done_rows:
+                    work.audit(send_entry("send.confirmed", done, recovered=False, batch=True))
+                    done_mixes.add(done.mix_id)
+                confirmed += len(done_rows)
+        for row, outcome in pairs:
             if not outcome.ok:
                 await work.conn.execute(
                     sends.update().where(sends.c.id == row.id).values(last_error=(outcome.error or "")[:500])
@@ -372,6 +614,5 @@ async def _record_batch(rt: Runtime, adapter: ChainAdapter, batch: list[Row[Any]
                         work.defer(send_job(row.id, moment + timedelta(seconds=_CONFIRMATION_CHECK_SECONDS)))
             except IllegalTransition:
                 continue  # the per-send path recorded it first (a recovery job raced us)
-        for mix_id in sorted(done_mixes):  # one lock order across concurrent writers
-            await maybe_complete_mix(work, mix_id)
+        await complete_mixes(work, done_mixes)
     return confirmed

@@ -34,7 +34,7 @@ from mixhouse.jobs import send_job
 from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.pooling import pool_deposit
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.states import DepositState, MixState, SendState, now, transition
+from mixhouse.mixer.states import MIX_TRANSITIONS, DepositState, MixState, SendState, now, transition
 from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
@@ -506,6 +506,43 @@ async def maybe_complete_mix(work: Unit, mix_id: str) -> None:
     ).scalar_one()
     if open_sends == 0 and open_deposits == 0:
         await transition(work.conn, mixes, mix_id, MixState.MIXING, MixState.COMPLETED)
+        work.audit(AuditEntry("mix.completed", "mix", mix_id))
+
+
+async def complete_mixes(work: Unit, mix_ids: set[str]) -> None:
+    """:func:`maybe_complete_mix` for many mixes in three statements: lock the mixing ones
+    (in id order, one lock order across writers), find those with a send or deposit still
+    open (a fresh READ COMMITTED snapshot, taken after the locks), complete the others."""
+    if not mix_ids:
+        return
+    mixing = [
+        r.id
+        for r in await work.conn.execute(
+            select(mixes.c.id)
+            .where(mixes.c.id.in_(sorted(mix_ids)), mixes.c.state == MixState.MIXING)
+            .order_by(mixes.c.id)
+            .with_for_update()
+        )
+    ]
+    if not mixing:
+        return
+    open_sends = select(sends.c.mix_id).where(sends.c.mix_id.in_(mixing), sends.c.state != SendState.CONFIRMED)
+    open_deposits = select(deposits.c.mix_id).where(
+        deposits.c.mix_id.in_(mixing), deposits.c.state.in_([DepositState.SEEN, DepositState.SWEEPING])
+    )
+    busy = {r.mix_id for r in await work.conn.execute(open_sends.union(open_deposits))}
+    done = [m for m in mixing if m not in busy]
+    if not done:
+        return
+    if (MixState.MIXING, MixState.COMPLETED) not in MIX_TRANSITIONS:  # pragma: no cover - a data error
+        raise IllegalTransition("mixes: mixing -> completed is not allowed")
+    completed = await work.conn.execute(
+        mixes.update()
+        .where(mixes.c.id.in_(done), mixes.c.state == MixState.MIXING)
+        .values(state=MixState.COMPLETED, updated_at=now())
+        .returning(mixes.c.id)
+    )
+    for (mix_id,) in sorted(completed.all()):
         work.audit(AuditEntry("mix.completed", "mix", mix_id))
 
 
