@@ -8,7 +8,7 @@ soon as it is accepted (its output becomes a pool coin). Both come through :func
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, select
@@ -28,6 +28,14 @@ def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) 
     ``None`` where the chain has txids."""
     adapter = rt.adapter(asset)
     return None if adapter.has_idempotent_send else f"{adapter.asset.value}:{from_address}->{to_address}"
+
+
+def latest_release(seen_at: datetime, max_wait_seconds: int, round_seconds: int) -> datetime:
+    """The last moment a deposit's payouts may be released and still leave within the mix's
+    maximum wait of the deposit's arrival: two rounds and 5% of the wait early, since a busy
+    worker's rounds start and finish late."""
+    margin = 2 * round_seconds + max_wait_seconds / 20
+    return seen_at + timedelta(seconds=max(0.0, max_wait_seconds - margin))
 
 
 async def pool_deposit(
@@ -86,6 +94,7 @@ async def pool_deposit(
         quantum=plan.quantum,
         **(extra or {}),
     )
+    deadline = latest_release(dep.created_at, mix.max_wait_seconds, rt.settings.payout_round_seconds)
     rows = [
         {
             "kind": "payout",
@@ -97,7 +106,9 @@ async def pool_deposit(
             "to_address": p.to_address,
             "amount": p.amount,
             "network_fee_reserved": quote.per_send,
-            "due_at": pooled_at + timedelta(seconds=p.delay_seconds),
+            # Never later than the mix's promise: a deposit pooled late (a backlog of sweeps)
+            # has its pieces due by the latest release moment, not past it.
+            "due_at": max(pooled_at, min(pooled_at + timedelta(seconds=p.delay_seconds), deadline)),
             "state": SendState.SCHEDULED,
             "serial_key": serial_key_for(rt, dep.asset, adapter.pool_address, p.to_address),
         }

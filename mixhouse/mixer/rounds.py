@@ -40,7 +40,7 @@ from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, UtxoChain
 from mixhouse.db.tables import deposits, mixes, sends
 from mixhouse.errors import BroadcastRejected, ChainError, IllegalTransition, MixhouseError, SendOutcomeUnknown
 from mixhouse.jobs import send_job
-from mixhouse.mixer.pooling import pool_deposit
+from mixhouse.mixer.pooling import latest_release, pool_deposit
 from mixhouse.mixer.privacy.records import PublicDeposit
 from mixhouse.mixer.privacy.rules import DenominatedRules
 from mixhouse.mixer.privacy.score import release_set
@@ -184,14 +184,11 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
             rules=rules,
             timing=TimingRules(dep.delay_min_seconds, dep.max_wait_seconds),
         )
-        # The maximum wait counts from the deposit's arrival (the public moment, a scan before
-        # created_at) and must be met by the round that sends, not the one that releases: release
-        # early by two rounds and 5% of the wait (a busy worker's rounds start and finish late).
-        margin = 2 * rt.settings.payout_round_seconds + dep.max_wait_seconds / 20
-        waited = (moment - dep.created_at).total_seconds() + margin
+        # The maximum wait counts from the deposit's arrival and must be met by the round that
+        # sends, not the one that releases (see latest_release).
         if size >= settings.privacy_gate_k:
             decisions.append((dep, size, "anonymity set reached"))
-        elif waited >= dep.max_wait_seconds:
+        elif moment >= latest_release(dep.created_at, dep.max_wait_seconds, settings.payout_round_seconds):
             decisions.append((dep, size, "maximum wait reached"))
         else:
             held += 1
