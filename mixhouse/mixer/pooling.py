@@ -11,14 +11,23 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, select, text
 
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import FeeQuote
 from mixhouse.db.tables import deposits, mixes, sends
-from mixhouse.mixer.planner import plan_payouts
+from mixhouse.errors import IllegalTransition, InvalidAmount
+from mixhouse.mixer.planner import Plan, plan_payouts
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.states import DepositState, MixState, SendState, now, transition
+from mixhouse.mixer.states import (
+    DEPOSIT_TRANSITIONS,
+    MIX_TRANSITIONS,
+    DepositState,
+    MixState,
+    SendState,
+    now,
+    transition,
+)
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit
 
@@ -36,6 +45,33 @@ def latest_release(seen_at: datetime, max_wait_seconds: int, round_seconds: int)
     worker's rounds start and finish late."""
     margin = 2 * round_seconds + max_wait_seconds / 20
     return seen_at + timedelta(seconds=max(0.0, max_wait_seconds - margin))
+
+
+def payout_rows(
+    rt: Runtime, dep: Row[Any], mix: Row[Any], plan: Plan, *, quote: FeeQuote, pooled_at: datetime
+) -> list[dict[str, Any]]:
+    """The ``sends`` rows of a pooled deposit's planned pieces (one place for both poolers)."""
+    adapter = rt.adapter(dep.asset)
+    deadline = latest_release(dep.created_at, mix.max_wait_seconds, rt.settings.payout_round_seconds)
+    return [
+        {
+            "kind": "payout",
+            "asset": dep.asset,
+            "mix_id": dep.mix_id,
+            "deposit_id": dep.id,
+            "from_address": adapter.pool_address,
+            "from_key_index": None,
+            "to_address": p.to_address,
+            "amount": p.amount,
+            "network_fee_reserved": quote.per_send,
+            # Never later than the mix's promise: a deposit pooled late (a backlog of sweeps)
+            # has its pieces due by the latest release moment, not past it.
+            "due_at": max(pooled_at, min(pooled_at + timedelta(seconds=p.delay_seconds), deadline)),
+            "state": SendState.SCHEDULED,
+            "serial_key": serial_key_for(rt, dep.asset, adapter.pool_address, p.to_address),
+        }
+        for p in plan.payouts
+    ]
 
 
 async def pool_deposit(
@@ -67,7 +103,6 @@ async def pool_deposit(
     """
     dep = (await work.conn.execute(select(deposits).where(deposits.c.id == deposit_id))).one()
     mix = (await work.conn.execute(select(mixes).where(mixes.c.id == dep.mix_id).with_for_update())).one()
-    adapter = rt.adapter(dep.asset)
     plan = plan_payouts(
         pooled=pooled_amount,
         fee_min_bps=mix.fee_min_bps,
@@ -94,26 +129,7 @@ async def pool_deposit(
         quantum=plan.quantum,
         **(extra or {}),
     )
-    deadline = latest_release(dep.created_at, mix.max_wait_seconds, rt.settings.payout_round_seconds)
-    rows = [
-        {
-            "kind": "payout",
-            "asset": dep.asset,
-            "mix_id": dep.mix_id,
-            "deposit_id": dep.id,
-            "from_address": adapter.pool_address,
-            "from_key_index": None,
-            "to_address": p.to_address,
-            "amount": p.amount,
-            "network_fee_reserved": quote.per_send,
-            # Never later than the mix's promise: a deposit pooled late (a backlog of sweeps)
-            # has its pieces due by the latest release moment, not past it.
-            "due_at": max(pooled_at, min(pooled_at + timedelta(seconds=p.delay_seconds), deadline)),
-            "state": SendState.SCHEDULED,
-            "serial_key": serial_key_for(rt, dep.asset, adapter.pool_address, p.to_address),
-        }
-        for p in plan.payouts
-    ]
+    rows = payout_rows(rt, dep, mix, plan, quote=quote, pooled_at=pooled_at)
     # No job per payout: payout rounds (``mixer/rounds.py``) pick them up once they are due and
     # the release gate lets this deposit's payouts go, so payouts of many mixes leave together.
     await work.conn.execute(sends.insert().values(rows))
@@ -138,3 +154,128 @@ async def pool_deposit(
         )
     )
     return pooled
+
+
+_POOL_MANY_SQL = text(
+    """
+    UPDATE deposits d
+    SET state = :to_state, fee_amount = v.fee, network_fee_amount = v.network_fee,
+        payout_total = v.payout_total, quantum = v.quantum, pooled_at = :at, updated_at = :at
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:fees AS numeric[]), CAST(:network_fees AS numeric[]),
+                CAST(:totals AS numeric[]), CAST(:quanta AS numeric[]))
+         AS v(id, fee, network_fee, payout_total, quantum)
+    WHERE d.id = v.id AND d.state = :from_state
+    RETURNING d.id
+    """
+)
+
+
+async def pool_deposits(
+    rt: Runtime, work: Unit, items: list[tuple[int, int]], *, from_state: DepositState, quote: FeeQuote
+) -> list[int]:
+    """:func:`pool_deposit` for many deposits in a handful of statements, in ``work``'s
+    transaction: ``items`` are ``(deposit_id, pooled_amount)``.
+
+    A deposit whose payouts cannot be planned (:class:`~mixhouse.errors.InvalidAmount`) is left
+    as it is and not returned: the caller takes the one-by-one path for it.
+
+    Returns:
+        The ids of the deposits pooled.
+
+    Raises:
+        IllegalTransition: a deposit is no longer in ``from_state`` (nothing is kept: the
+            caller's transaction must roll back).
+    """
+    if not items:
+        return []
+    if (from_state, DepositState.POOLED) not in DEPOSIT_TRANSITIONS:
+        raise IllegalTransition(f"deposits: {from_state} -> pooled is not allowed")
+    amounts = dict(items)
+    deps = {d.id: d for d in await work.conn.execute(select(deposits).where(deposits.c.id.in_(list(amounts))))}
+    mix_ids = sorted({d.mix_id for d in deps.values()})
+    # Mix rows locked in id order: one lock order across concurrent writers.
+    mix_rows = {
+        m.id: m
+        for m in await work.conn.execute(
+            select(mixes).where(mixes.c.id.in_(mix_ids)).order_by(mixes.c.id).with_for_update()
+        )
+    }
+    pooled_at = now()
+    planned: list[tuple[Row[Any], Plan, int]] = []
+    for deposit_id, pooled_amount in items:
+        dep = deps[deposit_id]
+        mix = mix_rows[dep.mix_id]
+        try:
+            plan = plan_payouts(
+                pooled=pooled_amount,
+                fee_min_bps=mix.fee_min_bps,
+                fee_max_bps=mix.fee_max_bps,
+                withdrawal_addresses=list(mix.withdrawal_addresses),
+                network_fee_per_payout=quote.per_send,
+                min_payout=ASSETS[Asset(dep.asset)].dust,
+                delay_min_seconds=mix.delay_min_seconds,
+                delay_max_seconds=mix.delay_max_seconds,
+                rng=rt.rng,
+            )
+        except InvalidAmount:
+            continue
+        planned.append((dep, plan, (dep.network_fee_amount or 0) + plan.network_fee))
+    if not planned:
+        return []
+    moved = (
+        await work.conn.execute(
+            _POOL_MANY_SQL,
+            {
+                "ids": [d.id for d, _, _ in planned],
+                "fees": [p.fee for _, p, _ in planned],
+                "network_fees": [nf for _, _, nf in planned],
+                "totals": [p.payout_total for _, p, _ in planned],
+                "quanta": [p.quantum for _, p, _ in planned],
+                "to_state": DepositState.POOLED,
+                "from_state": from_state,
+                "at": pooled_at,
+            },
+        )
+    ).all()
+    if len(moved) != len(planned):
+        raise IllegalTransition(f"{len(planned) - len(moved)} deposits are no longer {from_state!r}")
+    rows = [
+        row
+        for dep, plan, _ in planned
+        for row in payout_rows(rt, dep, mix_rows[dep.mix_id], plan, quote=quote, pooled_at=pooled_at)
+    ]
+    # No jobs: payout rounds pick the payouts up (see pool_deposit).
+    await work.conn.execute(sends.insert(), rows)
+    by_state: dict[str, list[str]] = {}
+    for mix_id in sorted({dep.mix_id for dep, _, _ in planned}):
+        if mix_rows[mix_id].state != MixState.MIXING:
+            by_state.setdefault(mix_rows[mix_id].state, []).append(mix_id)
+    for state, ids in by_state.items():
+        if (state, MixState.MIXING) not in MIX_TRANSITIONS:
+            raise IllegalTransition(f"mixes: {state} -> mixing is not allowed")
+        await work.conn.execute(
+            mixes.update()
+            .where(mixes.c.id.in_(ids), mixes.c.state == state)
+            .values(state=MixState.MIXING, updated_at=pooled_at)
+        )
+        for mix_id in ids:
+            work.audit(AuditEntry("mix.mixing", "mix", mix_id, asset=mix_rows[mix_id].asset))
+    for dep, plan, network_fee in planned:
+        work.audit(
+            AuditEntry(
+                "deposit.pooled",
+                "deposit",
+                str(dep.id),
+                asset=dep.asset,
+                amount=amounts[dep.id],
+                details={
+                    "mix_id": dep.mix_id,
+                    "fee": str(plan.fee),
+                    "network_fee": str(network_fee),
+                    "payouts": len(plan.payouts),
+                    "quantum": str(plan.quantum),
+                    "payout_total": str(plan.payout_total),
+                },
+            )
+        )
+    return [dep.id for dep, _, _ in planned]

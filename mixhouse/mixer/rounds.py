@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -40,7 +40,7 @@ from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, UtxoChain
 from mixhouse.db.tables import deposits, mixes, sends
 from mixhouse.errors import BroadcastRejected, ChainError, IllegalTransition, MixhouseError, SendOutcomeUnknown
 from mixhouse.jobs import send_job
-from mixhouse.mixer.pooling import latest_release, pool_deposit
+from mixhouse.mixer.pooling import latest_release, pool_deposit, pool_deposits
 from mixhouse.mixer.privacy.records import PublicDeposit
 from mixhouse.mixer.privacy.rules import DenominatedRules
 from mixhouse.mixer.privacy.score import release_set
@@ -289,6 +289,39 @@ def batch_sweeps(adapter: ChainAdapter) -> bool:
     return adapter.final_on_broadcast and not adapter.uses_nonces and not isinstance(adapter, UtxoChainAdapter)
 
 
+class _NotAllPooled(Exception):
+    """A deposit of the batch could not be pooled: the bulk recording is undone."""
+
+
+async def _confirm_and_pool(
+    rt: Runtime, work: Unit, landed: list[int], quote: FeeQuote, moment: datetime
+) -> list[Row[Any]]:
+    """Confirm the landed sweeps and pool their deposits, in bulk; returns the sweeps confirmed
+    (one recorded first by the per-send path is left out).
+
+    Raises:
+        _NotAllPooled: a deposit's payouts could not be planned (the caller's savepoint undoes it all).
+    """
+    done = await _transition_many(
+        work,
+        landed,
+        SendState.SIGNED,
+        SendState.CONFIRMED,
+        broadcast_at=moment,
+        confirmed_at=moment,
+        network_fee_paid=0,
+        last_error=None,
+    )
+    pooled = await pool_deposits(
+        rt, work, [(d.deposit_id, d.amount) for d in done], from_state=DepositState.SWEEPING, quote=quote
+    )
+    if len(pooled) != len(done):
+        raise _NotAllPooled
+    for d in done:
+        work.audit(send_entry("send.confirmed", d, recovered=False, batch=True))
+    return done
+
+
 async def _record_sweeps(rt: Runtime, batch: list[Row[Any]], outcomes: list[_Outcome]) -> int:
     """Record the sweeps' outcomes and pool their deposits, in one transaction."""
     if not batch:
@@ -298,8 +331,21 @@ async def _record_sweeps(rt: Runtime, batch: list[Row[Any]], outcomes: list[_Out
     confirmed = 0
     moment = now()
     async with unit(rt.engine) as work:
+        pairs = sorted(zip(batch, outcomes, strict=True), key=lambda pair: (pair[0].mix_id, pair[0].id))
+        landed = [row.id for row, outcome in pairs if outcome.ok]
+        if landed:
+            bulk = Unit(work.conn)
+            try:
+                async with work.conn.begin_nested():
+                    swept = await _confirm_and_pool(rt, bulk, landed, quote, moment)
+            except (_NotAllPooled, IllegalTransition):
+                pass  # undone: one by one below, where a deposit that cannot be pooled waits alone
+            else:
+                work.entries.extend(bulk.entries)
+                pairs = [(row, outcome) for row, outcome in pairs if not outcome.ok]
+                confirmed += len(swept)
         # Mix order: pooling locks each deposit's mix row, one lock order across writers.
-        for row, outcome in sorted(zip(batch, outcomes, strict=True), key=lambda pair: (pair[0].mix_id, pair[0].id)):
+        for row, outcome in pairs:
             if not outcome.ok:
                 await work.conn.execute(
                     sends.update().where(sends.c.id == row.id).values(last_error=(outcome.error or "")[:500])

@@ -57,6 +57,15 @@ WRITERS_LOCK = 0x6A636C6564676572
 _WRITERS_SHARED = text("SELECT pg_advisory_xact_lock_shared(:k)").bindparams(k=WRITERS_LOCK)
 _WRITERS_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=WRITERS_LOCK)
 MAX_PAGE = 10_000
+_TRANSFER_MANY_SQL = text(
+    """
+    SELECT t.transfer_id, t.available
+    FROM unnest(CAST(:froms AS text[]), CAST(:tos AS text[]), CAST(:amounts AS numeric[]))
+         WITH ORDINALITY AS i(from_address, to_address, amount, n)
+    CROSS JOIN LATERAL ledger_transfer(i.from_address, i.to_address, i.amount, :lock) AS t
+    ORDER BY i.n
+    """
+)
 _TRANSFER_SQL = text("SELECT transfer_id, available FROM ledger_transfer(:from_, :to, CAST(:amount AS numeric), :lock)")
 _AMOUNT_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -196,6 +205,22 @@ async def mint(engine: AsyncEngine, address: str, amount: int) -> None:
         await conn.execute(ledger_transfers.insert().values(from_address=None, to_address=address, amount=amount))
 
 
+def check_transfer(from_address: str, to_address: str, amount: int) -> tuple[str, str, int]:
+    """``(from, to, amount)`` if :func:`transfer` would accept them (funds aside).
+
+    Raises:
+        InvalidAddress: either address is not a valid Jobcoin address.
+        InvalidInput: ``from_address == to_address``.
+        InvalidAmount: ``amount`` is not an ``int`` in ``1..MAX_BASE_UNITS``.
+    """
+    validate_address(from_address)
+    validate_address(to_address)
+    if from_address == to_address:
+        raise InvalidInput("the sender and the receiver are the same address")
+    _check_amount(amount)
+    return from_address, to_address, amount
+
+
 async def transfer(engine: AsyncEngine, from_address: str, to_address: str, amount: int) -> None:
     """Move ``amount`` base units from one address to another, atomically (one transaction).
 
@@ -210,11 +235,7 @@ async def transfer(engine: AsyncEngine, from_address: str, to_address: str, amou
         InvalidAmount: ``amount`` is not an ``int`` in ``1..MAX_BASE_UNITS``.
         InsufficientFunds: the sender's balance is below ``amount``; nothing changed.
     """
-    validate_address(from_address)
-    validate_address(to_address)
-    if from_address == to_address:
-        raise InvalidInput("the sender and the receiver are the same address")
-    _check_amount(amount)
+    check_transfer(from_address, to_address, amount)
     # One statement in autocommit (``ledger_transfer``, migration 0008, does the steps in the
     # order this module documents): the balance row locks are held for the statement only, not
     # across round trips, so transfers out of one busy address do not queue on the network.
@@ -227,6 +248,41 @@ async def transfer(engine: AsyncEngine, from_address: str, to_address: str, amou
         ).one()
     if moved.transfer_id is None:
         raise InsufficientFunds(f"{from_address!r} holds {moved.available} base units, {amount} are needed")
+
+
+async def transfer_many(engine: AsyncEngine, items: list[tuple[str, str, int]]) -> list[bool]:
+    """Move each ``(from, to, amount)`` as :func:`transfer` would, in order, in one statement
+    (one transaction: a crash moves all or none). Items must be valid (checked by the caller
+    with :func:`validate_address` and the amount rules); a sender too poor for one item only
+    fails that item.
+
+    Raises:
+        InvalidAddress, InvalidInput, InvalidAmount: an item :func:`check_transfer` refuses
+            (nothing moved).
+
+    Returns:
+        Per item, whether it moved (``False``: insufficient funds, nothing moved).
+    """
+    if not items:
+        return []
+    for item in items:
+        check_transfer(*item)
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
+        rows = (
+            await conn.execute(
+                _TRANSFER_MANY_SQL,
+                {
+                    "froms": [f for f, _, _ in items],
+                    "tos": [t for _, t, _ in items],
+                    "amounts": [a for _, _, a in items],
+                    "lock": WRITERS_LOCK,
+                },
+            )
+        ).all()
+    if len(rows) != len(items):  # pragma: no cover - the function returns one row per call
+        raise RuntimeError("ledger_transfer returned no row for an item")
+    return [row.transfer_id is not None for row in rows]
 
 
 def _to_transfer(row: Row[Any]) -> LedgerTransfer:

@@ -11,7 +11,7 @@ Routes (amounts are written as decimal strings in whole jobcoins, at most 8 deci
   ``fromAddress``, ``toAddress``, ``amount`` -> ``{"status": "OK"}``; too poor a sender ->
   422 ``{"error": "Insufficient Funds"}``.
 * ``POST /api/transactions/batch`` (our extension) with ``{"transactions": [...]}`` -> one
-  ``{"status": "OK"}`` or ``{"error": ...}`` per transfer, in order, each its own transaction.
+  ``{"status": "OK"}`` or ``{"error": ...}`` per transfer, in order, all in one transaction.
 * ``POST /api/mint`` and ``POST /create`` (the original's "create 50 coins" form) with
   ``address`` and optional ``amount`` (default ``"50"``) -> ``{"status": "OK"}``.
 * ``GET /`` -> a small HTML page with a mint form and a send form.
@@ -450,28 +450,35 @@ def create_ledger_app(
 
     async def send_batch(request: Request) -> dict[str, list[dict[str, str]]]:
         """Our extension: ``{"transactions": [{fromAddress, toAddress, amount}, ...]}`` (at most
-        1,000), each moved in its own transaction, in order, exactly as ``POST
-        /api/transactions`` would; answers one ``{"status": "OK"}`` or ``{"error": ...}`` per
-        item, in order. A body that is not such a list is refused whole (nothing moved)."""
+        1,000), each moved in order exactly as ``POST /api/transactions`` would, all in one
+        statement (one transaction: a crash moves all or none); answers one
+        ``{"status": "OK"}`` or ``{"error": ...}`` per item, in order. A body that is not such a
+        list is refused whole (nothing moved)."""
         body = await _read_body(request)
         items = body.get("transactions")
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
             raise InvalidInput(f"transactions must be a list of 1 to {MAX_BATCH} transfers")
         if not all(isinstance(item, dict) for item in items):
             raise InvalidInput("every transaction must be an object")
-        results: list[dict[str, str]] = []
+        results: list[dict[str, str] | None] = []
+        valid: list[tuple[str, str, int]] = []
         for fields in items:
             try:
-                from_address = _address_field(fields, "fromAddress")
-                to_address = _address_field(fields, "toAddress")
-                await ledger.transfer(_engine(request), from_address, to_address, _amount_field(fields))
-            except InsufficientFunds:
-                results.append({"error": "Insufficient Funds"})
+                transfer = ledger.check_transfer(
+                    _address_field(fields, "fromAddress"), _address_field(fields, "toAddress"), _amount_field(fields)
+                )
             except InvalidInput as exc:
                 results.append({"error": str(exc)})
             else:
-                results.append({"status": "OK"})
-        return {"results": results}
+                results.append(None)
+                valid.append(transfer)
+        # The valid ones in one statement (one transaction), in order.
+        moved = iter(await ledger.transfer_many(_engine(request), valid))
+        answers = [
+            result if result is not None else ({"status": "OK"} if next(moved) else {"error": "Insufficient Funds"})
+            for result in results
+        ]
+        return {"results": answers}
 
     app.add_api_route(
         "/api/transactions/batch",
