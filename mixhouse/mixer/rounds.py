@@ -109,6 +109,15 @@ async def run_round(rt: Runtime, asset: Asset) -> RoundResult:
             await lock_conn.commit()
 
 
+_RELEASE_DEPOSITS_SQL = text(
+    """
+    UPDATE deposits d SET released_at = :at, anonymity_set = v.size, updated_at = :at
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:sizes AS integer[])) AS v(id, size)
+    WHERE d.id = v.id AND d.released_at IS NULL
+    """
+)
+
+
 async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     """Release the payouts of every waiting deposit of ``asset`` whose anonymity set reached
     ``privacy_gate_k``, or whose mix's maximum wait is over.
@@ -195,31 +204,38 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     if not decisions:
         return 0, held
     utxo = isinstance(rt.adapter(asset), UtxoChainAdapter)
+    ids = [dep.id for dep, _, _ in decisions]
     async with unit(rt.engine) as work:
-        for dep, size, reason in decisions:
+        # Two statements for the whole round, not two per deposit.
+        await work.conn.execute(
+            _RELEASE_DEPOSITS_SQL, {"ids": ids, "sizes": [size for _, size, _ in decisions], "at": moment}
+        )
+        released = (
             await work.conn.execute(
-                deposits.update()
-                .where(deposits.c.id == dep.id, deposits.c.released_at.is_(None))
-                .values(released_at=moment, anonymity_set=size, updated_at=moment)
+                sends.update()
+                .where(sends.c.deposit_id.in_(ids), sends.c.kind == "payout", sends.c.released_at.is_(None))
+                .values(released_at=moment)
+                .returning(sends.c.id, sends.c.deposit_id, sends.c.due_at)
             )
-            payouts = (
-                await work.conn.execute(
-                    sends.update()
-                    .where(sends.c.deposit_id == dep.id, sends.c.kind == "payout", sends.c.released_at.is_(None))
-                    .values(released_at=moment)
-                    .returning(sends.c.id, sends.c.due_at)
-                )
-            ).all()
+        ).all()
+        per_deposit: dict[int, int] = {}
+        for send_id, deposit_id, due_at in sorted(released):
+            per_deposit[deposit_id] = per_deposit.get(deposit_id, 0) + 1
             if utxo:
-                for send_id, due_at in payouts:
-                    work.defer(send_job(send_id, due_at))
+                work.defer(send_job(send_id, due_at))
+        for dep, size, reason in decisions:
             work.audit(
                 AuditEntry(
                     "deposit.released",
                     "deposit",
                     str(dep.id),
                     asset=asset.value,
-                    details={"mix_id": dep.mix_id, "anonymity_set": size, "reason": reason, "payouts": len(payouts)},
+                    details={
+                        "mix_id": dep.mix_id,
+                        "anonymity_set": size,
+                        "reason": reason,
+                        "payouts": per_deposit.get(dep.id, 0),
+                    },
                 )
             )
     return len(decisions), held
