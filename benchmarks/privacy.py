@@ -108,7 +108,9 @@ async def _public_ledger(api_url: str) -> list[PublicTransfer]:
     return out
 
 
-async def run_scenario(population: Population, *, k: int, speed: float, workers: int, seed: int) -> None:
+async def run_scenario(
+    population: Population, *, k: int, speed: float, workers: int, seed: int, keep_db: bool = False
+) -> None:
     """Mix ``population`` with the real engine, attack the public ledger, print the figures."""
     users = _scaled(population.users, speed)
     server = _bench_server()
@@ -198,8 +200,11 @@ async def run_scenario(population: Population, *, k: int, speed: float, workers:
         await rt.aclose()
         await rt.engine.dispose()
         await engine.dispose()
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if keep_db:
+            print(f"  kept database {name}")
+        else:
+            with psycopg.connect(server, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     mixed_in = time.perf_counter() - started
     # Ground truth: each withdrawal address -> the ref of its user's deposit transfer.
     deposit_ref = {t.from_address: t.ref or "" for t in transfers if t.from_address in deposit_of}
@@ -349,6 +354,7 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--keep-db", action="store_true", help="keep the database for inspection")
     args = parser.parse_args()
     if args.part == "gate-cost":
         gate_cost([int(x) for x in (args.k or "2,5,10,20").split(",")])
@@ -356,7 +362,8 @@ def main() -> None:
     k = int(args.k) if args.k else Settings().privacy_gate_k
     for scenario in args.scenarios.split(","):
         population = SCENARIOS[scenario](args.seed)
-        asyncio.run(run_scenario(population, k=k, speed=args.speed, workers=args.workers, seed=args.seed))
+        options = {"k": k, "speed": args.speed, "workers": args.workers, "seed": args.seed, "keep_db": args.keep_db}
+        asyncio.run(run_scenario(population, **options))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from mixhouse import audit
 from mixhouse.chains.base import UtxoChainAdapter
+from mixhouse.errors import ConfigError
 from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_PAYOUT_ROUND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import expire_mixes
@@ -57,6 +58,24 @@ _ORPHAN_SENDS_SQL = text(
 )
 
 
+def every_seconds(seconds: int) -> str:
+    """A procrastinate cron (croniter's 6-field form, where the seconds field is the LAST one)
+    that fires every ``seconds`` seconds.
+
+    ``"*/5 * * * * *"`` reads as "every second of every fifth minute": periodic tasks written so
+    ran each second for one minute and then not at all for four (a scan, a payout round, a
+    reconciliation stopped for minutes at a time).
+
+    Raises:
+        ConfigError: an interval that a cron cannot express (not 1-59 s, nor whole minutes 1-59).
+    """
+    if 1 <= seconds < 60:
+        return f"* * * * * */{seconds}"
+    if seconds % 60 == 0 and 1 <= seconds // 60 < 60:
+        return f"*/{seconds // 60} * * * * 0"
+    raise ConfigError(f"a periodic interval of {seconds} s cannot be scheduled: use 1-59 s or whole minutes")
+
+
 def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     """A procrastinate App whose tasks close over ``rt`` (no module-level state).
 
@@ -76,7 +95,7 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     async def execute_send_task(send_id: int) -> None:
         await execute_send(rt, send_id)
 
-    @app.periodic(cron=f"*/{scan_every} * * * * *", periodic_id="scan")
+    @app.periodic(cron=every_seconds(scan_every), periodic_id="scan")
     # Periodic tasks take no procrastinate `lock`: a worker killed while running one would leave
     # it `doing` and block every later run, the recovery task included. `queueing_lock` only
     # keeps them from piling up; scans serialise on a session advisory lock instead, which
@@ -89,7 +108,7 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
             await run_sweeps(rt, asset)
         await expire_mixes(rt)
 
-    @app.periodic(cron=f"*/{reconcile_every} * * * * *", periodic_id="reconcile")
+    @app.periodic(cron=every_seconds(reconcile_every), periodic_id="reconcile")
     @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile")
     async def reconcile_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         for asset in rt.adapters:
@@ -97,7 +116,7 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
 
     round_every = rt.settings.payout_round_seconds
 
-    @app.periodic(cron=f"*/{round_every} * * * * *", periodic_id="payout_round")
+    @app.periodic(cron=every_seconds(round_every), periodic_id="payout_round")
     @app.task(name=TASK_PAYOUT_ROUND, queue=QUEUE, queueing_lock="payout_round")
     async def payout_round_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         # Every asset's due payouts leave together, gated; rounds serialise on an advisory lock.
@@ -107,7 +126,7 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     sources = sources_from_settings(rt.settings)
     sync_every = rt.settings.wallet_sync_interval_seconds
 
-    @app.periodic(cron=f"*/{sync_every} * * * * *", periodic_id="sync_wallets")
+    @app.periodic(cron=every_seconds(sync_every), periodic_id="sync_wallets")
     @app.task(name="sync_wallets", queue=QUEUE, queueing_lock="sync_wallets")
     async def sync_wallets_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         await sync_all(rt.engine, sources.get, bitcoin_network=rt.settings.bitcoin_network)
