@@ -72,6 +72,8 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
             "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
             "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
             "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
+            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
+            "MIXHOUSE_PRIVACY_GATE_K": "1",  # the gate off: a handful of mixes would wait for their maximum
         }
     )
     try:
