@@ -44,7 +44,7 @@ def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(700)
 async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly_once(
     database_url: str, engine: AsyncEngine, bcoin: Bcoin
 ) -> None:
@@ -83,8 +83,10 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
             mix = await create_mix(rt, MixRequest("BTC", addresses, 0, 3))
             await bcoin.fund(mix["deposit_address"], BTC // 4 + i * 1_000_000)
             mixes.append(mix)
-        for _ in range(3):
-            await bcoin.fund(adapter.pool_address, BTC * 9 // 10)  # operator liquidity in several coins
+        # Operator liquidity in several coins: payouts are 1-2-5 pieces now, several per address,
+        # and each spends a confirmed coin (unconfirmed change is not spent).
+        for _ in range(8):
+            await bcoin.fund(adapter.pool_address, BTC // 2)
         async with mining(bcoin, every=0.4):
             for _ in range(int(os.environ.get("MIXHOUSE_CRASH_KILLS", "10"))):
                 proc = _start_worker(env)
@@ -93,7 +95,7 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
                 await asyncio.to_thread(proc.wait)
             proc = _start_worker(env)
             try:
-                for _ in range(800):
+                for _ in range(1600):
                     await asyncio.sleep(0.25)
                     async with engine.connect() as conn:
                         states = [r.state for r in (await conn.execute(select(deposits.c.state))).all()]

@@ -57,8 +57,11 @@ SIMPLE_SEND_VBYTES = 141
 MAX_BLOCKS_PER_SCAN = 200
 # Blocks (or transactions) requested at once.
 FETCH_CONCURRENCY = 8
-# A first scan (no cursor) starts this many blocks below tip - confirmations: see scan().
-FIRST_SCAN_SLACK = 2
+# The first scan (no cursor yet) reads this many blocks below the confirmation depth: a day of
+# mainnet blocks, so deposits made while no worker ran yet (mixes created, workers started
+# later or killed at once) are still found. Recording the height when the first deposit address
+# is issued is the exact fix (issue 14).
+FIRST_SCAN_SLACK = 144
 # Confirmation target of the fee estimate, in blocks (about an hour).
 FEE_TARGET_BLOCKS = 6
 
@@ -233,8 +236,7 @@ class BitcoinAdapter(UtxoChainAdapter):
             watched: addresses to look for (any accepted form; compared canonically).
             cursor: ``"<next height>:<hash of the block below it>"`` from an earlier scan
                 (a bare ``"<height>"`` is accepted). ``None`` on the first scan: start at
-                ``max(0, tip - confirmations - 2)`` (a deposit address is younger than the
-                caller's first scan, as on EVM).
+                ``max(0, tip - confirmations - FIRST_SCAN_SLACK)`` (a day of blocks).
 
         Returns:
             The transfers and the next cursor. Reorgs: if the block below the cursor is no
