@@ -46,7 +46,7 @@ from mixhouse.mixer.privacy.rules import DenominatedRules
 from mixhouse.mixer.privacy.score import release_set
 from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.sends import allocate_nonce, complete_mixes, payouts_paused, prepared_of, send_entry
+from mixhouse.mixer.sends import complete_mixes, payouts_paused, prepared_of, send_entry, sign_account_send
 from mixhouse.mixer.states import SEND_TRANSITIONS, DepositState, SendState, now, transition
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
@@ -458,7 +458,7 @@ async def _sign_batch(rt: Runtime, adapter: ChainAdapter, asset: Asset, *, kind:
             one = Unit(work.conn)
             try:
                 async with work.conn.begin_nested():
-                    signed.append(await _sign_one(one, adapter, row))
+                    signed.append(await sign_account_send(one, adapter, row, batch=True))
             except (MixhouseError, IntegrityError):
                 log.exception("send not signed in this batch", send_id=row.id, kind=kind)
                 continue
@@ -534,32 +534,6 @@ async def _keys_in_flight(work: Unit, asset: Asset, keys: set[str]) -> set[str]:
         )
     )
     return {r.serial_key for r in rows}
-
-
-async def _sign_one(work: Unit, adapter: ChainAdapter, row: Row[Any]) -> Row[Any]:
-    nonce = await allocate_nonce(work, adapter, row.from_address) if adapter.uses_nonces else None
-    prepared = await adapter.prepare_send(
-        from_address=row.from_address,
-        from_key_index=row.from_key_index,
-        to_address=row.to_address,
-        amount=row.amount,
-        fee=FeeQuote(per_send=row.network_fee_reserved, detail="as planned"),
-        nonce=nonce,
-    )
-    signed = await transition(
-        work.conn,
-        sends,
-        row.id,
-        SendState.SCHEDULED,
-        SendState.SIGNED,
-        raw_tx=prepared.raw_tx,
-        txid=prepared.txid,
-        nonce=prepared.nonce,
-        signed_at=now(),
-        attempts=sends.c.attempts + 1,
-    )
-    work.audit(send_entry("send.signed", signed, batch=True))
-    return signed
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,37 +116,49 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
         return None
     if isinstance(adapter, UtxoChainAdapter):
         return await _sign_utxo(rt, adapter, row)
-    fee = FeeQuote(per_send=row.network_fee_reserved, detail="as planned")
     try:
         async with unit(rt.engine) as work:
-            nonce = await allocate_nonce(work, adapter, row.from_address) if adapter.uses_nonces else None
-            prepared = await adapter.prepare_send(
-                from_address=row.from_address,
-                from_key_index=row.from_key_index,
-                to_address=row.to_address,
-                amount=row.amount,
-                fee=fee,
-                nonce=nonce,
-            )
-            signed = await transition(
-                work.conn,
-                sends,
-                row.id,
-                SendState.SCHEDULED,
-                SendState.SIGNED,
-                raw_tx=prepared.raw_tx,
-                txid=prepared.txid,
-                nonce=prepared.nonce,
-                signed_at=now(),
-                attempts=sends.c.attempts + 1,
-            )
-            work.audit(send_entry("send.signed", signed))
-            return signed
+            return await sign_account_send(work, adapter, row)
     except IntegrityError:
         # Another send of the same (from, to) pair is in flight on a chain without txids:
         # wait for it, so the ledger history stays unambiguous.
         await _retry_later(rt, row.id, BUSY_RECHECK_SECONDS)
         return None
+
+
+async def sign_account_send(work: Unit, adapter: ChainAdapter, row: Row[Any], **audit_details: Any) -> Row[Any]:
+    """Sign a scheduled send of an account chain and store it (raw tx, txid, nonce), moving it
+    ``scheduled -> signed`` with its attempt counted, in ``work``'s transaction; the nonce comes
+    from the row-locked counter in the same transaction. Used by the per-send path and by the
+    payout rounds' batches.
+
+    Raises:
+        IllegalTransition: the send is no longer ``scheduled``.
+        IntegrityError: another send of the same (from, to) pair is in flight (Jobcoin).
+    """
+    nonce = await allocate_nonce(work, adapter, row.from_address) if adapter.uses_nonces else None
+    prepared = await adapter.prepare_send(
+        from_address=row.from_address,
+        from_key_index=row.from_key_index,
+        to_address=row.to_address,
+        amount=row.amount,
+        fee=FeeQuote(per_send=row.network_fee_reserved, detail="as planned"),
+        nonce=nonce,
+    )
+    signed = await transition(
+        work.conn,
+        sends,
+        row.id,
+        SendState.SCHEDULED,
+        SendState.SIGNED,
+        raw_tx=prepared.raw_tx,
+        txid=prepared.txid,
+        nonce=prepared.nonce,
+        signed_at=now(),
+        attempts=sends.c.attempts + 1,
+    )
+    work.audit(send_entry("send.signed", signed, **audit_details))
+    return signed
 
 
 async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any] | None:
