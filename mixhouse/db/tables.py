@@ -166,8 +166,12 @@ sends = Table(
     Column("broadcast_at", DateTime(timezone=True), nullable=True),
     Column("confirmed_at", DateTime(timezone=True), nullable=True),
     Column("released_at", DateTime(timezone=True), nullable=True),  # handed to a payout round
+    # The transaction that last set signed_at (a trigger fills it, migration 0009): reconciliation
+    # tells sends signed after its books snapshot by commit order, not by the signer's clock.
+    Column("signed_xid", Xid8, nullable=True),
     *_timestamps(),
 )
+Index("ix_sends_signed_xid", sends.c.signed_xid, postgresql_where=text("signed_xid IS NOT NULL"))
 Index("ix_sends_round", sends.c.asset, sends.c.due_at, postgresql_where=text("kind = 'payout' AND state = 'scheduled'"))
 Index("ix_sends_deposit", sends.c.deposit_id)
 Index("ix_sends_mix", sends.c.mix_id)

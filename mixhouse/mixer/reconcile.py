@@ -8,7 +8,17 @@ chain's balance legitimately differ, so the check is a range:
 * ``high = books + (amount of every sweep into the pool in flight)``
 
 where "in flight" is ``signed`` or ``broadcast`` when the books were read, plus anything signed
-after that read (it may have landed before the balance was read). A balance outside the range
+by a transaction the books' snapshot does not see (it may have landed before the balance was
+read). "Does not see" is commit order (``sends.signed_xid`` against the snapshot), not a clock:
+a send's ``signed_at`` is taken before its transaction commits, so a send signed just before the
+books were read and committed just after would be neither in the books nor "signed after" them
+(issue 14, item 5). Every send that lands was committed as signed before its broadcast, hence
+before the balance was read, hence before the late query, which reads a fresh snapshot.
+
+On UTXO chains the books are the ``available`` coins; a coin that a payout reserved and spent
+between the books' read and the chain's answer is dropped from the check, not called missing.
+
+A balance outside the range
 is a mismatch: it is logged, recorded in ``reconciliations`` (shown by the admin API) and
 pauses new payouts of that asset until a later check finds the books and the chain agree.
 """
@@ -16,10 +26,12 @@ pauses new payouts of that asset until a later check finds the books and the cha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Text, and_, case, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.types import UserDefinedType
 
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import UtxoChainAdapter
@@ -32,6 +44,18 @@ from mixhouse.unit import unit
 log = structlog.get_logger(__name__)
 
 _IN_FLIGHT = [SendState.SIGNED, SendState.BROADCAST]
+
+
+class _PgSnapshot(UserDefinedType[str]):
+    """PostgreSQL's ``pg_snapshot`` (a transaction snapshot), carried as its text form."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:  # noqa: ARG002 - SQLAlchemy's signature
+        return "PG_SNAPSHOT"
+
+
+PG_SNAPSHOT = _PgSnapshot()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +110,8 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
         books_row = (
             await conn.execute(
                 select(
-                    func.now().label("read_at"),
+                    # The snapshot this very statement reads (READ COMMITTED: one per statement).
+                    cast(func.pg_current_snapshot(), Text).label("snapshot"),
                     func.coalesce(func.sum(case((and_(into_pool, confirmed), sends.c.amount), else_=0)), 0).label(
                         "credits"
                     ),
@@ -112,6 +137,7 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
             )
         ).one()
     actual = await adapter.balance(pool)
+    snapshot = cast(books_row.snapshot, PG_SNAPSHOT)
     async with rt.engine.connect() as conn:
         late = (
             await conn.execute(
@@ -120,7 +146,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
                     func.coalesce(func.sum(case((into_pool, sends.c.amount), else_=0)), 0).label("in_"),
                 ).where(
                     sends.c.asset == asset.value,
-                    sends.c.signed_at >= books_row.read_at,
+                    # Implied by the next line; lets the index on signed_xid narrow the scan.
+                    sends.c.signed_xid >= func.pg_snapshot_xmin(snapshot),
+                    ~func.pg_visible_in_snapshot(sends.c.signed_xid, snapshot),
                 )
             )
         ).one()
@@ -148,11 +176,25 @@ async def _check_utxo_pool(rt: Runtime, adapter: UtxoChainAdapter) -> Reconcilia
                 )
             )
         ).all()
+    on_chain = {(c.txid, c.vout): await adapter.unspent_amount(c.txid, c.vout) for c in coins}
+    differs = [(c.txid, c.vout) for c in coins if on_chain[(c.txid, c.vout)] != int(c.amount)]
+    if differs:
+        # A payout reserves its coins (and commits) before it broadcasts: a coin spent on chain
+        # by our own payout since the books were read is no longer `available` now.
+        async with rt.engine.connect() as conn:
+            still_available = {
+                (r.txid, r.vout)
+                for r in await conn.execute(
+                    select(utxos.c.txid, utxos.c.vout).where(
+                        utxos.c.asset == adapter.asset.value,
+                        utxos.c.state == "available",
+                        tuple_(utxos.c.txid, utxos.c.vout).in_(differs),
+                    )
+                )
+            }
+        coins = [c for c in coins if (c.txid, c.vout) not in set(differs) - still_available]
     books = sum(int(c.amount) for c in coins)
-    actual = 0
-    for coin in coins:
-        on_chain = await adapter.unspent_amount(coin.txid, coin.vout)
-        actual += on_chain or 0
+    actual = sum(on_chain[(c.txid, c.vout)] or 0 for c in coins)
     return Reconciliation(
         asset=adapter.asset.value, pool_address=adapter.pool_address, books=books, low=books, high=books, actual=actual
     )
