@@ -199,6 +199,7 @@ def plan_payouts(
     delay_min_seconds: int,
     delay_max_seconds: int,
     rng: random.Random,
+    total: int | None = None,
 ) -> Plan:
     """Plan the payouts of one pooled deposit.
 
@@ -211,6 +212,9 @@ def plan_payouts(
             raised to at least this.
         delay_min_seconds, delay_max_seconds: the window the due times are drawn from.
         rng: the random source (``SystemRandom`` in production).
+        total: the payout total to plan for instead of a drawn fee (the release gate's pick
+            among :func:`candidate_totals`); a multiple of the quantum whose fee falls inside
+            the range once the pieces' network fees are charged.
 
     Returns:
         A :class:`Plan`: pieces from the 1-2-5 series times the quantum, summing to
@@ -219,7 +223,7 @@ def plan_payouts(
 
     Raises:
         InvalidAmount: the deposit cannot cover the fee, the network fees and one piece per
-            address.
+            address; or ``total`` is not a total this deposit can have.
     """
     n = len(withdrawal_addresses)
     if n < 1:
@@ -230,6 +234,9 @@ def plan_payouts(
     q = payout_quantum(pooled, fee_min_bps, fee_max_bps, minimum=min_payout)
     # Drawn below high - q so that the remainder (< q) added to it keeps the fee <= high.
     drawn = rng.randint(low, max(low, high - q + 1))
+    forced = total
+    if forced is not None and (forced <= 0 or forced % q):
+        raise InvalidAmount(f"{forced} base units is not a positive multiple of the quantum {q}")
     max_pieces = MAX_PIECES_PER_ADDRESS * n
     count = n
     for _ in range(max_pieces):
@@ -237,8 +244,11 @@ def plan_payouts(
         # after it: ask for at least ``count`` pieces until the count is what was charged (it
         # only grows, bounded by ``max_pieces``).
         network_fee = count * network_fee_per_payout
-        payable = pooled - drawn - network_fee
-        total = payable - payable % q
+        if forced is None:
+            payable = pooled - drawn - network_fee
+            total = payable - payable % q
+        else:
+            total = forced
         if total < n * q:
             raise InvalidAmount(
                 f"{pooled} base units cannot cover the fee, network fees and one payout to each of {n} addresses"
@@ -253,6 +263,8 @@ def plan_payouts(
         raise InvalidAmount("could not settle the number of payouts")
     network_fee = len(pieces) * network_fee_per_payout
     fee = pooled - network_fee - total
+    if forced is not None and not low <= fee <= high:
+        raise InvalidAmount(f"a payout total of {total} base units puts the fee outside the quoted range")
     # Every address once, then the other pieces to random addresses (no share ratio to test).
     targets = list(withdrawal_addresses)
     rng.shuffle(targets)
@@ -262,6 +274,19 @@ def plan_payouts(
         for address, amount in zip(targets, pieces, strict=True)
     )
     return Plan(fee=fee, network_fee=network_fee, quantum=q, payouts=payouts)
+
+
+def candidate_totals(
+    pooled: int, fee_min_bps: int, fee_max_bps: int, *, network_fee: int = 0, min_payout: int = 1
+) -> list[int]:
+    """Every payout total a pooled amount can have, base units, ascending: the multiples of its
+    quantum inside :func:`quoted_total_range` (with ``network_fee`` charged). The release gate
+    picks one of them (see ``mixer/rounds.py``); at most ``2 x fee range / quantum`` of them,
+    so at most 20."""
+    bottom, top = quoted_total_range(pooled, fee_min_bps, fee_max_bps, network_fee=network_fee, min_payout=min_payout)
+    q = payout_quantum(pooled, fee_min_bps, fee_max_bps, minimum=min_payout)
+    first = -(-bottom // q) * q
+    return list(range(max(first, q), top + 1, q))
 
 
 def quoted_total_range(

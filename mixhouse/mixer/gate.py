@@ -1,0 +1,353 @@
+"""The release gate: when a pooled deposit's payouts may leave, and with which total.
+
+Each payout round (``mixer/rounds.py``) first runs :func:`release_gate` for its asset. A pooled
+deposit whose first piece is due is measured with the analyzer's
+:func:`~mixhouse.mixer.privacy.score.release_set`: how many public deposits an attacker could
+not rule out as the one that paid its total, if its payouts left now.
+
+**The total is chosen here, not at pooling.** A deposit of ``P`` may pay any multiple of its
+quantum inside the quoted range (:func:`~mixhouse.mixer.planner.candidate_totals`, 2 to 20 of
+them). The fee drawn at pooling gave one of them at random; the gate measures them all and,
+where the drawn one is too thin, re-plans the deposit's pieces for another (:func:`decide`):
+
+* the drawn total's set is ``>= k``: released as planned;
+* another total's set is ``>= k``: re-planned for one of those, drawn uniformly (the pick
+  depends only on which totals reach ``k``, so it tells an attacker nothing more than
+  ``k`` does about which candidate deposit it was);
+* none reaches ``k`` and the mix's maximum wait is reached: released with the total whose set
+  is largest (ties drawn at random) - the lone amount of a quiet pool hides among as many
+  deposits as there are;
+* otherwise held for the next round.
+
+Why: a mix with one withdrawal address shows its whole total on that address, and the only
+deposits it can hide among are those within the fee range of it; the range's two ends give
+bands that overlap different deposits (measured in the README: the single-address attack's
+linked share about halves). A re-plan is one transaction with the release: the deposit's
+unreleased pieces are replaced, its fee and total updated, and audited
+(``deposit.replanned``), before anything is signed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, func, select, text
+
+from mixhouse.audit import AuditEntry
+from mixhouse.chains.base import FeeQuote, UtxoChainAdapter
+from mixhouse.db.tables import deposits, mixes, sends
+from mixhouse.errors import InvalidAmount
+from mixhouse.jobs import send_job
+from mixhouse.mixer.planner import Plan, candidate_totals, plan_payouts
+from mixhouse.mixer.pooling import latest_release, payout_rows
+from mixhouse.mixer.privacy.records import PublicDeposit
+from mixhouse.mixer.privacy.rules import DenominatedRules
+from mixhouse.mixer.privacy.score import release_set
+from mixhouse.mixer.privacy.timing import TimingRules
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import DepositState, SendState, now
+from mixhouse.money import ASSETS, Asset
+from mixhouse.unit import Unit, unit
+
+log = structlog.get_logger(__name__)
+
+REACHED = "anonymity set reached"
+MAX_WAIT = "maximum wait reached"
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    """A release.
+
+    Attributes:
+        total: the payout total to release with, base units (the planned one or another
+            candidate, which means a re-plan).
+        anonymity_set: the release set of that total.
+        reason: :data:`REACHED` or :data:`MAX_WAIT`.
+    """
+
+    total: int
+    anonymity_set: int
+    reason: str
+
+
+def decide(
+    planned: int, sizes: dict[int, int], *, k: int, max_wait_reached: bool, rng: random.Random
+) -> GateDecision | None:
+    """The gate's policy for one deposit (pure).
+
+    Args:
+        planned: the total planned at pooling, base units (a key of ``sizes``).
+        sizes: each candidate total -> its release set.
+        k: ``privacy_gate_k``.
+        max_wait_reached: whether the mix's latest release moment has come.
+        rng: the random source for the picks.
+
+    Returns:
+        The release, or ``None`` to hold the deposit.
+
+    Raises:
+        KeyError: ``planned`` is not in ``sizes``.
+    """
+    current = sizes[planned]
+    if current >= k:
+        return GateDecision(planned, current, REACHED)
+    enough = sorted(t for t, s in sizes.items() if s >= k)
+    if enough:
+        pick = rng.choice(enough)
+        return GateDecision(pick, sizes[pick], REACHED)
+    if not max_wait_reached:
+        return None
+    best = max(sizes.values())
+    if best <= current:
+        return GateDecision(planned, current, MAX_WAIT)
+    pick = rng.choice(sorted(t for t, s in sizes.items() if s == best))
+    return GateDecision(pick, best, MAX_WAIT)
+
+
+_RELEASE_DEPOSITS_SQL = text(
+    """
+    UPDATE deposits d SET released_at = :at, anonymity_set = v.size, updated_at = :at
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:sizes AS integer[])) AS v(id, size)
+    WHERE d.id = v.id AND d.released_at IS NULL
+    """
+)
+
+
+def _public_deposits(recent: Sequence[Row[Any, Any, Any, Any]]) -> list[PublicDeposit]:
+    # The public sees each deposit's amount at its arrival, and the network fees of the sweep and
+    # the payouts on chain: the fee rules apply to what is left (on Jobcoin, the whole amount).
+    public = [
+        PublicDeposit(
+            ref=str(r.id),
+            address="",
+            amount=int(r.amount) - int(r.network_fee_amount or 0),
+            at=r.created_at.timestamp(),
+        )
+        for r in recent
+    ]
+    return sorted(public, key=lambda d: d.amount)
+
+
+def _near(public: list[PublicDeposit], amounts: list[int], total: int) -> list[PublicDeposit]:
+    """The deposits that might pay ``total``: amounts in ``[total, 2 x total]`` (a superset of
+    any fee range under 50%, which the settings cap)."""
+    lo = bisect.bisect_left(amounts, total)
+    hi = bisect.bisect_right(amounts, 2 * total)
+    return public[lo:hi]
+
+
+async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
+    """Release the payouts of every waiting deposit of ``asset`` that :func:`decide` lets go,
+    re-planning those it gives another total, in one transaction.
+
+    Returns:
+        ``(released, still_held)`` deposit counts.
+    """
+    moment = now()
+    settings = rt.settings
+    payout = (sends.c.deposit_id == deposits.c.id) & (sends.c.kind == "payout")
+    async with rt.engine.connect() as conn:
+        waiting = (
+            await conn.execute(
+                select(
+                    deposits.c.id,
+                    deposits.c.asset,
+                    deposits.c.mix_id,
+                    deposits.c.fee_amount,
+                    deposits.c.network_fee_amount,
+                    deposits.c.payout_total,
+                    deposits.c.pooled_at,
+                    deposits.c.created_at,
+                    mixes.c.fee_min_bps,
+                    mixes.c.fee_max_bps,
+                    mixes.c.withdrawal_addresses,
+                    mixes.c.delay_min_seconds,
+                    mixes.c.delay_max_seconds,
+                    mixes.c.max_wait_seconds,
+                    select(func.max(sends.c.due_at)).where(payout).scalar_subquery().label("last_due_at"),
+                    select(func.count()).where(payout).scalar_subquery().label("pieces"),
+                    select(func.max(sends.c.network_fee_reserved)).where(payout).scalar_subquery().label("reserve"),
+                )
+                .join(mixes, mixes.c.id == deposits.c.mix_id)
+                .where(
+                    deposits.c.asset == asset.value,
+                    deposits.c.state == DepositState.POOLED,
+                    deposits.c.released_at.is_(None),
+                    select(func.min(sends.c.due_at)).where(payout).scalar_subquery() <= moment,
+                )
+                .order_by(deposits.c.pooled_at)
+            )
+        ).all()
+        if not waiting:
+            return 0, 0
+        longest = max(w.max_wait_seconds for w in waiting)
+        recent = (
+            await conn.execute(
+                select(deposits.c.id, deposits.c.amount, deposits.c.network_fee_amount, deposits.c.created_at).where(
+                    deposits.c.asset == asset.value,
+                    deposits.c.state.in_([DepositState.SWEEPING, DepositState.POOLED]),
+                    deposits.c.created_at >= moment - timedelta(seconds=longest),
+                )
+            )
+        ).all()
+    public = _public_deposits(recent)
+    amounts = [d.amount for d in public]
+    dust = ASSETS[asset].dust
+    rules = DenominatedRules(settings.fee_min_bps, settings.fee_max_bps, min_payout=dust)
+    decisions: list[tuple[Any, GateDecision, int]] = []
+    held = 0
+    for dep in waiting:
+        planned = int(dep.payout_total)
+        reserve = int(dep.reserve or 0)
+        pooled = int(dep.fee_amount) + planned + int(dep.pieces) * reserve
+        totals = candidate_totals(
+            pooled, dep.fee_min_bps, dep.fee_max_bps, network_fee=int(dep.pieces) * reserve, min_payout=dust
+        )
+        if planned not in totals:
+            totals.append(planned)  # a chain with network fees per piece: the count differs
+        # The attacker will see this mix's payouts from now until its last piece falls due.
+        timing = TimingRules(dep.delay_min_seconds, dep.max_wait_seconds)
+        last = max(moment, dep.last_due_at).timestamp()
+        sizes = {
+            t: release_set(
+                t,
+                first_payout_at=moment.timestamp(),
+                last_payout_at=last,
+                recent_deposits=_near(public, amounts, t),
+                rules=rules,
+                timing=timing,
+            )
+            for t in totals
+        }
+        # The maximum wait counts from the deposit's arrival and must be met by the round that
+        # sends, not the one that releases (see latest_release).
+        due = moment >= latest_release(dep.created_at, dep.max_wait_seconds, settings.payout_round_seconds)
+        decision = decide(planned, sizes, k=settings.privacy_gate_k, max_wait_reached=due, rng=rt.rng)
+        if decision is None:
+            held += 1
+        else:
+            decisions.append((dep, decision, sizes[planned]))
+    if not decisions:
+        return 0, held
+    utxo = isinstance(rt.adapter(asset), UtxoChainAdapter)
+    async with unit(rt.engine) as work:
+        final: list[tuple[Any, GateDecision]] = []
+        for dep, decision, planned_size in decisions:
+            kept = decision.total == int(dep.payout_total) or not await _replan(rt, work, dep, decision, moment)
+            final.append(
+                (dep, GateDecision(int(dep.payout_total), planned_size, decision.reason) if kept else decision)
+            )
+        released_ids = [dep.id for dep, _ in final]
+        sizes_out = [decision.anonymity_set for _, decision in final]
+        # Two statements for the whole round, not two per deposit.
+        await work.conn.execute(_RELEASE_DEPOSITS_SQL, {"ids": released_ids, "sizes": sizes_out, "at": moment})
+        released = (
+            await work.conn.execute(
+                sends.update()
+                .where(sends.c.deposit_id.in_(released_ids), sends.c.kind == "payout", sends.c.released_at.is_(None))
+                .values(released_at=moment)
+                .returning(sends.c.id, sends.c.deposit_id, sends.c.due_at)
+            )
+        ).all()
+        per_deposit: dict[int, int] = {}
+        for send_id, deposit_id, due_at in sorted(released):
+            per_deposit[deposit_id] = per_deposit.get(deposit_id, 0) + 1
+            if utxo:
+                work.defer(send_job(send_id, due_at))
+        for dep, decision in final:
+            work.audit(
+                AuditEntry(
+                    "deposit.released",
+                    "deposit",
+                    str(dep.id),
+                    asset=asset.value,
+                    details={
+                        "mix_id": dep.mix_id,
+                        "anonymity_set": decision.anonymity_set,
+                        "reason": decision.reason,
+                        "payouts": per_deposit.get(dep.id, 0),
+                    },
+                )
+            )
+    return len(decisions), held
+
+
+async def _replan(rt: Runtime, work: Unit, dep: Row[Any], decision: GateDecision, moment: datetime) -> bool:
+    """Replace ``dep``'s unreleased pieces by a plan for ``decision.total``, in ``work``;
+    ``False`` (nothing changed) when that total cannot be planned after all."""
+    reserve = int(dep.reserve or 0)
+    pooled = int(dep.fee_amount) + int(dep.payout_total) + int(dep.pieces) * reserve
+    try:
+        plan: Plan = plan_payouts(
+            pooled=pooled,
+            fee_min_bps=dep.fee_min_bps,
+            fee_max_bps=dep.fee_max_bps,
+            withdrawal_addresses=list(dep.withdrawal_addresses),
+            network_fee_per_payout=reserve,
+            min_payout=ASSETS[Asset(dep.asset)].dust,
+            delay_min_seconds=dep.delay_min_seconds,
+            delay_max_seconds=dep.delay_max_seconds,
+            rng=rt.rng,
+            total=decision.total,
+        )
+    except InvalidAmount:
+        log.warning("gate kept the planned total", deposit_id=dep.id, reason="candidate total not plannable")
+        return False
+    savepoint = await work.conn.begin_nested()
+    removed = (
+        await work.conn.execute(
+            sends.delete()
+            .where(
+                sends.c.deposit_id == dep.id,
+                sends.c.kind == "payout",
+                sends.c.state == SendState.SCHEDULED,
+                sends.c.released_at.is_(None),
+            )
+            .returning(sends.c.id)
+        )
+    ).all()
+    if len(removed) != int(dep.pieces):
+        # Another path touched a piece meanwhile: keep the plan as it was.
+        await savepoint.rollback()
+        log.warning("gate kept the planned total", deposit_id=dep.id, reason="pieces changed meanwhile")
+        return False
+    quote = FeeQuote(per_send=reserve, detail="as planned")
+    await work.conn.execute(
+        sends.insert().values(payout_rows(rt, dep, dep, plan, quote=quote, pooled_at=dep.pooled_at))
+    )
+    sweep_fee = int(dep.network_fee_amount or 0) - int(dep.pieces) * reserve
+    await work.conn.execute(
+        deposits.update()
+        .where(deposits.c.id == dep.id, deposits.c.released_at.is_(None))
+        .values(
+            fee_amount=plan.fee,
+            payout_total=plan.payout_total,
+            network_fee_amount=sweep_fee + plan.network_fee,
+            updated_at=moment,
+        )
+    )
+    await savepoint.commit()
+    work.audit(
+        AuditEntry(
+            "deposit.replanned",
+            "deposit",
+            str(dep.id),
+            asset=dep.asset,
+            details={
+                "mix_id": dep.mix_id,
+                "payout_total": str(plan.payout_total),
+                "previous_payout_total": str(dep.payout_total),
+                "fee": str(plan.fee),
+                "payouts": len(plan.payouts),
+                "anonymity_set": decision.anonymity_set,
+            },
+        )
+    )
+    return True
