@@ -219,6 +219,7 @@ async def run_scenario(
         max_wait_seconds=max_wait + 5,
         max_addresses=ATTACK_MAX_ADDRESSES,
         round_seconds=round_seconds,
+        gate_k=k,
     )
     # Does the engine keep its documented promise? (An attacker would notice if it did not.)
     deposit_at = {d.ref: d.at for d in view.deposits}

@@ -119,6 +119,7 @@ async def _direct_view(rt: Runtime, engine: AsyncEngine) -> tuple[PublicView, di
         max_wait_seconds=max(d.max_wait_seconds for d in deps),
         max_addresses=min(rt.settings.max_withdrawal_addresses, MAX_ANALYSED_ADDRESSES),
         round_seconds=rt.settings.payout_round_seconds,
+        gate_k=rt.settings.privacy_gate_k,
     )
     return view, truth, timing
 

@@ -177,7 +177,8 @@ class DepositOut(BaseModel):
     """A deposit seen on the mix's deposit address.
 
     ``fee_amount``, ``network_fee_amount`` and ``payout_total`` are set once the deposit is
-    planned (swept into the pool), else null.
+    planned (swept into the pool), else null. Until ``released_at`` is set the release gate may
+    re-choose them inside the quoted range (``mixer/gate.py``); from then on they are final.
     """
 
     id: int
@@ -191,7 +192,10 @@ class DepositOut(BaseModel):
     fee_amount_coins: str | None
     network_fee_amount: str | None
     network_fee_amount_coins: str | None
-    payout_total: str | None = Field(description="Exactly what the withdrawal addresses receive for this deposit.")
+    payout_total: str | None = Field(
+        description="Exactly what the withdrawal addresses receive for this deposit; final once released_at is set "
+        "(before, the release gate may re-choose it inside the quoted range)."
+    )
     payout_total_coins: str | None
     anonymity_set: int | None = Field(
         description="When its payouts were released: how many deposits (this one included) could, by amount "

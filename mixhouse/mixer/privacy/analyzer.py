@@ -11,6 +11,8 @@ Attacks (names are the keys of :attr:`Report.attacks`):
   deposit not claimed yet.
 * ``single``: each address taken alone as a whole mix (time-compatible deposits that could
   pay its total); the parsimonious attacker against denominated payouts.
+* ``single+gate``: ``single``, with the candidates the release gate's documented choice of
+  total rules out removed (:mod:`~mixhouse.mixer.privacy.inversion`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from mixhouse.mixer.privacy.amounts import DEFAULT_GROUP_CAP, GroupSearch, search_groups, single_candidates
 from mixhouse.mixer.privacy.grouping import Peeled, found_groups, peel, unpeeled
+from mixhouse.mixer.privacy.inversion import gate_inversion_candidates
 from mixhouse.mixer.privacy.records import AddressRecord, PublicView, address_records
 from mixhouse.mixer.privacy.rules import FeeRules
 from mixhouse.mixer.privacy.structure import admits, group_shape, machine_made, plausible_address
@@ -31,7 +34,8 @@ AMOUNT_WINDOW_STRUCTURE = "amount+window+structure"
 TIMING = "timing"
 TIMING_FIFO = "timing+fifo"
 SINGLE = "single"
-ATTACKS = (AMOUNT, AMOUNT_WINDOW, AMOUNT_WINDOW_STRUCTURE, TIMING, TIMING_FIFO, SINGLE)
+SINGLE_GATE = "single+gate"
+ATTACKS = (AMOUNT, AMOUNT_WINDOW, AMOUNT_WINDOW_STRUCTURE, TIMING, TIMING_FIFO, SINGLE, SINGLE_GATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +185,13 @@ def analyze(
                 name,
                 {a: AddressFinding(a, window.get(a, frozenset()), links.get(a)) for a in addresses},
             )
-        else:  # SINGLE
+        elif name == SINGLE:
             results[name] = AttackResult(
                 name, _findings(single_candidates(deposits, records, rules, timing), addresses)
             )
+        else:  # SINGLE_GATE
+            inverted = gate_inversion_candidates(deposits, records, rules, timing, k=timing.gate_k)
+            results[name] = AttackResult(name, _findings(inverted, addresses))
     return Report(
         attacks=results,
         withdrawal_addresses=addresses,

@@ -276,6 +276,7 @@ async def read_live_pool(
         max_wait_seconds=max((r.max_wait_seconds for r in deposit_rows), default=default_wait),
         max_addresses=min(settings.max_withdrawal_addresses, MAX_ANALYSED_ADDRESSES),
         round_seconds=settings.payout_round_seconds,
+        gate_k=settings.privacy_gate_k,
     )
     return LivePool(
         asset=which,

@@ -29,12 +29,14 @@ class TimingRules:
         round_seconds: when payouts are released on round boundaries (a payout due at ``t``
             leaves at the next multiple of it), the extra slack a payout may take; ``None``
             when payouts leave when due.
+        gate_k: the release gate's ``k`` (``privacy_gate_k``; 1: no gate).
     """
 
     delay_min_seconds: float
     max_wait_seconds: float
     max_addresses: int = 10
     round_seconds: float | None = None
+    gate_k: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.delay_min_seconds <= self.max_wait_seconds:
