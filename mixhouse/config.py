@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # Payout rounds: every round, the due payouts of every mix leave together, in one batch.
     payout_round_seconds: int = Field(default=10, ge=1, le=59)  # a seconds field of the cron tick
     payout_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # UTXO chains (Bitcoin): at most this many payouts (outputs, change not counted) share one
+    # transaction; 1 turns batching off (each payout its own transaction and job, as before).
+    utxo_batch_max_outputs: int = Field(default=50, ge=1, le=1000)
     # The release gate: a deposit's payouts leave only once the analyzer counts at least this
     # many deposits that could have paid them (its own included), or once the mix's maximum
     # wait (its delay_max plus privacy_max_extra_wait_seconds, shown at creation) is reached.

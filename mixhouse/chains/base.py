@@ -299,6 +299,9 @@ class UtxoSpend:
         change_vout: the output index of the change, ``None`` when there is no change.
         change_amount: satoshi returned to the pool (0 without change).
         fee: satoshi paid to miners.
+        vsize: the signed transaction's virtual size in vbytes (0 if the adapter does not say).
+        payment_vbytes: per payment, in the order given, the vbytes its output adds (what a
+            batch's fee is split by; empty if the adapter does not say).
     """
 
     prepared: PreparedSend
@@ -306,6 +309,8 @@ class UtxoSpend:
     change_vout: int | None
     change_amount: int
     fee: int
+    vsize: int = 0
+    payment_vbytes: tuple[int, ...] = ()
 
 
 class UtxoChainAdapter(ChainAdapter):

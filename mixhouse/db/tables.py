@@ -169,8 +169,35 @@ sends = Table(
     # The transaction that last set signed_at (a trigger fills it, migration 0009): reconciliation
     # tells sends signed after its books snapshot by commit order, not by the signer's clock.
     Column("signed_xid", Xid8, nullable=True),
+    # UTXO chains: the shared transaction this payout is an output of (migration 0011); NULL
+    # for a payout with a transaction of its own.
+    Column("batch_id", BigInteger, ForeignKey("payout_batches.id"), nullable=True),
     *_timestamps(),
 )
+Index("ix_sends_batch", sends.c.batch_id, postgresql_where=text("batch_id IS NOT NULL"))
+
+# UTXO chains: one transaction paying the payouts of several mixes (mixer/utxo_batches.py).
+# Stored with its raw bytes, inputs reserved and change recorded before it is broadcast.
+payout_batches = Table(
+    "payout_batches",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("asset", Text, nullable=False),
+    # 'open' (signed, maybe broadcast), 'confirmed', or 'replanned' (can never confirm: an
+    # input was spent elsewhere; its payouts went back to scheduled)
+    Column("state", Text, nullable=False),
+    Column("txid", Text, nullable=False),
+    Column("raw_tx", LargeBinary, nullable=False),
+    Column("payouts", Integer, nullable=False),
+    Column("fee", Amount, nullable=False),  # satoshi to miners, split over the payouts
+    Column("fee_shares", JSONB, nullable=False),  # {send id: its share of fee, decimal string}
+    Column("change_amount", Amount, nullable=False),
+    Column("vsize", Integer, nullable=False),
+    Column("broadcast_at", DateTime(timezone=True), nullable=True),
+    Column("confirmed_at", DateTime(timezone=True), nullable=True),
+    *_timestamps(),
+)
+Index("ix_payout_batches_open", payout_batches.c.asset, postgresql_where=text("state = 'open'"))
 Index("ix_sends_signed_xid", sends.c.signed_xid, postgresql_where=text("signed_xid IS NOT NULL"))
 Index("ix_sends_round", sends.c.asset, sends.c.due_at, postgresql_where=text("kind = 'payout' AND state = 'scheduled'"))
 Index("ix_sends_deposit", sends.c.deposit_id)
@@ -283,6 +310,9 @@ utxos = Table(
     Column("state", Text, nullable=False),
     Column("reserved_by_send", BigInteger, ForeignKey("sends.id"), nullable=True),
     Column("created_by_send", BigInteger, ForeignKey("sends.id"), nullable=True),
+    # The same two links for a batched payout transaction (migration 0011).
+    Column("reserved_by_batch", BigInteger, ForeignKey("payout_batches.id"), nullable=True),
+    Column("created_by_batch", BigInteger, ForeignKey("payout_batches.id"), nullable=True),
     *_timestamps(),
 )
 Index("ix_utxos_available", utxos.c.asset, utxos.c.state)

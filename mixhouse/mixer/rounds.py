@@ -19,8 +19,9 @@ things, each in as few durable transactions as possible:
    to the per-send state machine (``mixer/sends.py``), which already never sends twice: a
    ``signed`` send with attempts counted is looked up on the ledger before it is ever sent again.
 
-UTXO chains are released the same way, and their payouts go through the per-send path (each
-spends pool coins chosen for it).
+UTXO chains are released the same way; their due payouts are paid by batches, the payouts of
+several mixes in one transaction (``mixer/utxo_batches.py``), or with
+``utxo_batch_max_outputs = 1`` by the per-send path (each spends pool coins chosen for it).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import complete_mixes, payouts_paused, prepared_of, send_entry, sign_account_send
 from mixhouse.mixer.states import SEND_TRANSITIONS, DepositState, SendState, now, transition
+from mixhouse.mixer.utxo_batches import batching_on, run_utxo_batches
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
 
@@ -244,7 +246,11 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
 async def _send_due(rt: Runtime, asset: Asset) -> tuple[int, int]:
     adapter = rt.adapter(asset)
     if isinstance(adapter, UtxoChainAdapter):
-        return 0, 0  # released UTXO payouts have their own jobs (coin selection per payout)
+        if not batching_on(rt):
+            return 0, 0  # released UTXO payouts have their own jobs (coin selection per payout)
+        # Several mixes' payouts in one transaction each (mixer/utxo_batches.py).
+        done = await run_utxo_batches(rt, adapter, asset)
+        return done.signed, done.confirmed
     signed = confirmed = 0
     # Waves: a recipient with several pieces gets one per wave (one send per pair in flight),
     # so a round sends them all, one after another, instead of one per round.

@@ -87,6 +87,12 @@ async def execute_send(rt: Runtime, send_id: int) -> str:
     """
     row = await _load(rt, send_id)
     adapter = rt.adapter(row.asset)
+    if row.batch_id is not None and isinstance(adapter, UtxoChainAdapter):
+        # An output of a shared transaction: the batch moves as one (imported here, it imports us).
+        from mixhouse.mixer.utxo_batches import advance_batch  # noqa: PLC0415
+
+        await advance_batch(rt, adapter, row.batch_id)
+        return str((await _load(rt, send_id)).state)
     just_signed = False
     if row.state == SendState.SCHEDULED:
         signed = await _sign(rt, adapter, row)
@@ -107,6 +113,10 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
     if row.kind == "payout" and row.released_at is None:
         # The release gate has not let this payout go: a payout round will, not this job.
         return None
+    if row.kind == "payout" and isinstance(adapter, UtxoChainAdapter) and rt.settings.utxo_batch_max_outputs > 1:
+        # Released UTXO payouts are the rounds' to sign, several in one transaction
+        # (mixer/utxo_batches.py); a job of its own would only take one out of its batch.
+        return None
     if row.due_at > now():
         await _retry_later(rt, row.id, (row.due_at - now()).total_seconds())
         return None
@@ -115,7 +125,7 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
         await _retry_later(rt, row.id, PAUSED_RECHECK_SECONDS)
         return None
     if isinstance(adapter, UtxoChainAdapter):
-        return await _sign_utxo(rt, adapter, row)
+        return await sign_utxo_payout(rt, adapter, row)
     try:
         async with unit(rt.engine) as work:
             return await sign_account_send(work, adapter, row)
@@ -161,9 +171,19 @@ async def sign_account_send(work: Unit, adapter: ChainAdapter, row: Row[Any], **
     return signed
 
 
-async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any] | None:
-    """Choose pool coins (never the paying mix's own deposit), sign, and store the transaction
-    with its inputs reserved and its change recorded, in one unit."""
+async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any] | None:
+    """Pay one UTXO payout with a transaction of its own: choose pool coins (never the paying
+    mix's own deposit), sign, and store the transaction with its inputs reserved and its change
+    recorded, in one unit. Used by per-send jobs when batching is off, and by the rounds for a
+    payout their batch could not take.
+
+    Returns:
+        The signed row, or ``None`` if the pool cannot pay it now (recorded, retried later).
+
+    Raises:
+        IllegalTransition: not a payout, or no longer ``scheduled``.
+        ChainError: the node failed.
+    """
     if row.kind != "payout":
         # Deposits on UTXO chains join the pool as coins; nothing else may spend pool coins.
         raise IllegalTransition(f"send {row.id}: a UTXO chain has no {row.kind} sends")
@@ -185,7 +205,7 @@ async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> R
             ).all()
             change_index = await next_key_index(work, f"{row.asset}:change")
             spend = await adapter.prepare_utxo_send(
-                coins=[_coin_of(c) for c in coin_rows],
+                coins=[coin_of(c) for c in coin_rows],
                 exclude_owner=row.mix_id,
                 payments=[(row.to_address, row.amount)],
                 change_index=change_index,
@@ -244,7 +264,8 @@ async def _sign_utxo(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> R
         return None
 
 
-def _coin_of(row: Row[Any]) -> PoolCoin:
+def coin_of(row: Row[Any]) -> PoolCoin:
+    """The :class:`PoolCoin` of a ``utxos`` row."""
     return PoolCoin(
         txid=row.txid,
         vout=row.vout,
@@ -265,7 +286,7 @@ async def _replan_if_inputs_spent(rt: Runtime, adapter: UtxoChainAdapter, row: R
     ours absent), release its coins and schedule it again. Returns True if re-planned."""
     async with rt.engine.connect() as conn:
         inputs = (await conn.execute(select(utxos).where(utxos.c.reserved_by_send == row.id))).all()
-    coins = [_coin_of(c) for c in inputs]
+    coins = [coin_of(c) for c in inputs]
     if not await adapter.is_spent_elsewhere(prepared_of(row), coins):
         return False
     still_unspent = {(c.txid, c.vout) for c in coins if await adapter.unspent_amount(c.txid, c.vout) is not None}

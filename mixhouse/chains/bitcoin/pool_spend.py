@@ -13,7 +13,8 @@ import random
 from collections.abc import Sequence
 
 from mixhouse.chains.base import PoolCoin, PreparedSend, UtxoSpend
-from mixhouse.chains.bitcoin.coinselect import Coin, select_coins
+from mixhouse.chains.bitcoin.coinselect import Coin, output_vbytes, select_coins
+from mixhouse.chains.bitcoin.networks import script_pubkey
 from mixhouse.chains.bitcoin.txbuild import build_signed_tx
 from mixhouse.errors import InvalidAmount
 from mixhouse.keys.bip84 import Bip84Keyring
@@ -46,7 +47,7 @@ def build_pool_spend(
         fee_rate: sat/vB.
         max_fee: satoshi cap on the miner fee.
         rng_seed: seed of tie-breaking and output order (the send id: a retry of the same send
-            signs the same transaction).
+            signs the same transaction; a batch of several payouts passes a fresh secret seed).
         dust: smallest change worth an output, satoshi.
 
     Returns:
@@ -61,12 +62,15 @@ def build_pool_spend(
         raise InvalidAmount("a transaction needs at least one payment")
     rng = random.Random(rng_seed)  # noqa: S311 - deterministic per send by design, not a secret
     by_outpoint = {(c.txid, c.vout): c for c in coins}
+    # The fee is estimated from the real output sizes (a P2TR or P2WSH output is 43 vB, not 31).
+    payment_vbytes = tuple(output_vbytes(script_pubkey(address, network)) for address, _ in payments)
     selection = select_coins(
         coins=[Coin(c.txid, c.vout, c.amount, c.address, c.owner) for c in coins],
         targets=sum(amount for _, amount in payments),
         fee_rate=fee_rate,
         exclude_owner=exclude_owner,
         n_outputs=len(payments),
+        outputs_vbytes=sum(payment_vbytes),
         max_fee=max_fee,
         rng=rng,
         dust=dust,
@@ -100,4 +104,6 @@ def build_pool_spend(
         change_vout=change_vout,
         change_amount=selection.change,
         fee=signed.fee,
+        vsize=signed.vsize,
+        payment_vbytes=payment_vbytes,
     )
