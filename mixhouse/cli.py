@@ -21,6 +21,7 @@ from mixhouse.db.engine import make_engine, resolve_database_url
 from mixhouse.db.migrate import upgrade
 from mixhouse.errors import MixhouseError
 from mixhouse.logs import configure_logging, uvicorn_log_config
+from mixhouse.termination import exit_cleanly_on_sigterm, run_async
 
 app = typer.Typer(help="Mixhouse: a self-hosted cryptocurrency operations platform.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The local Jobcoin-compatible ledger (a development chain).", no_args_is_help=True)
@@ -38,6 +39,10 @@ console = Console()
 
 
 def _prepare() -> tuple[Settings, str]:
+    # Before anything is started: SIGTERM then unwinds like Ctrl-C, and what the command
+    # started (the embedded PostgreSQL first) is stopped on the way out. uvicorn re-raises the
+    # SIGTERM it caught through this handler too.
+    exit_cleanly_on_sigterm()
     settings = Settings()
     configure_logging(settings)
     url = resolve_database_url(settings)
@@ -60,11 +65,11 @@ def demo(
     if chain == "bitcoin":
         from mixhouse.demo_bitcoin import run_bitcoin_demo  # noqa: PLC0415 - keeps `mixhouse --help` fast
 
-        code = asyncio.run(run_bitcoin_demo(settings, url, give_up_after=timeout, console=console))
+        code = run_async(run_bitcoin_demo(settings, url, give_up_after=timeout, console=console))
     elif chain == "jobcoin":
         from mixhouse.demo import run_demo  # noqa: PLC0415
 
-        code = asyncio.run(run_demo(settings, url, give_up_after=timeout, console=console))
+        code = run_async(run_demo(settings, url, give_up_after=timeout, console=console))
     else:
         console.print(f"[red]error:[/red] unknown chain {chain!r}: use jobcoin or bitcoin")
         code = 2
@@ -109,7 +114,7 @@ def worker(
     if concurrency is not None:
         options["concurrency"] = concurrency
     try:
-        asyncio.run(run_worker(rt, url, **options))
+        run_async(run_worker(rt, url, **options))
     except KeyboardInterrupt:
         console.print("worker stopped")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 
 import uvicorn
 
@@ -21,13 +21,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def _signals_left_alone() -> Iterator[None]:
+    yield
+
+
 @asynccontextmanager
 async def running_server(server: uvicorn.Server) -> AsyncIterator[uvicorn.Server]:
     """Start ``server`` in a task, wait until it listens, stop it on exit.
 
+    The process owns its signals, not the server: uvicorn's ``serve()`` would otherwise take
+    SIGINT/SIGTERM for itself and re-raise them when it stops, a second Ctrl-C in the middle of
+    the clean-up the first one started (see :mod:`mixhouse.termination`).
+
     Raises:
         RuntimeError: the server stopped before it started listening (port taken...).
     """
+    server.capture_signals = _signals_left_alone  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

