@@ -171,8 +171,13 @@ async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 
             continue  # another worker's recovery retried it first
         count += 1
     async with unit(rt.engine) as work:
-        # UTXO payouts are released to per-send jobs (coin selection per payout); the rest to rounds.
-        round_assets = [a.value for a, adapter in rt.adapters.items() if not isinstance(adapter, UtxoChainAdapter)]
+        # Released payouts are the rounds' to sign; UTXO payouts only while batching is on (else
+        # each has its own job, coin selection per payout).
+        round_assets = [
+            a.value
+            for a, adapter in rt.adapters.items()
+            if not isinstance(adapter, UtxoChainAdapter) or rt.settings.utxo_batch_max_outputs > 1
+        ]
         orphans = (
             await work.conn.execute(
                 _ORPHAN_SENDS_SQL, {"idle": idle_seconds, "task": TASK_EXECUTE_SEND, "round_assets": round_assets}
