@@ -202,30 +202,96 @@ def mix_status(mix_id: str) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="A directory of signed checkpoints to check the log against.")
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option(help="The checkpoint signer's public key (hex); default: that of MIXHOUSE_AUDIT_CHECKPOINT_KEY."),
+    ] = None,
+) -> None:
     """Seal the audit entries of finished transactions, then recompute the audit log's hash
-    chain; exit 1 if it is broken."""
-    from mixhouse import audit  # noqa: PLC0415
+    chain, and with --checkpoints check it still holds every checkpointed position with the
+    same hash; exit 1 if it is broken."""
+    from mixhouse import audit, audit_anchor  # noqa: PLC0415
 
-    _, url = _prepare()
+    settings, url = _prepare()
+    trusted: bytes | None = None
+    if checkpoints is not None:
+        if public_key is not None:
+            trusted = bytes.fromhex(public_key)
+        elif settings.audit_checkpoint_key is not None:
+            trusted = audit_anchor.signing_key(settings.audit_checkpoint_key.get_secret_value()).public_key.format()
+        else:
+            console.print("[red]give --public-key or set MIXHOUSE_AUDIT_CHECKPOINT_KEY[/red]")
+            raise typer.Exit(code=2)
 
-    async def _run() -> audit.ChainReport:
+    async def _run() -> tuple[audit.ChainReport, audit_anchor.AnchorReport | None]:
         engine = make_engine(url, pool_size=1)
         try:
             async with engine.connect() as conn:
-                return await audit.verify_chain(conn)
+                report = await audit.verify_chain(conn)
+                anchored = None
+                if checkpoints is not None and trusted is not None:
+                    found = audit_anchor.load_checkpoints(checkpoints)
+                    anchored = await audit_anchor.verify_checkpoints(conn, found, trusted)
+                return report, anchored
         finally:
             await engine.dispose()
 
     try:
-        report = asyncio.run(_run())
+        report, anchored = asyncio.run(_run())
     except MixhouseError as exc:
         console.print(f"[red]audit log BROKEN:[/red] {exc}")
         raise typer.Exit(code=1) from exc
     console.print(f"audit log OK: {report.verified} entries verified")
+    if anchored is not None:
+        console.print(f"matches {anchored.checked} checkpoints (newest at position {anchored.newest_seq})")
     if report.unsealed:
         # Entries of transactions still running during the seal: chained by a later seal.
         console.print(f"{report.unsealed} newer entries not sealed yet (their transactions were still open)")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to write it (default MIXHOUSE_AUDIT_CHECKPOINT_DIR).")
+    ] = None,
+) -> None:
+    """Seal, then write a checkpoint of the chain head signed with MIXHOUSE_AUDIT_CHECKPOINT_KEY
+    (keep the directory outside the database's reach)."""
+    from mixhouse import audit_anchor  # noqa: PLC0415
+
+    settings, url = _prepare()
+    target = directory or settings.audit_checkpoint_dir
+    if settings.audit_checkpoint_key is None or target is None:
+        console.print("[red]set MIXHOUSE_AUDIT_CHECKPOINT_KEY and give --dir (or MIXHOUSE_AUDIT_CHECKPOINT_DIR)[/red]")
+        raise typer.Exit(code=2)
+    key = audit_anchor.signing_key(settings.audit_checkpoint_key.get_secret_value())
+
+    async def _run() -> audit_anchor.Checkpoint:
+        engine = make_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await audit_anchor.make_checkpoint(conn, key)
+        finally:
+            await engine.dispose()
+
+    checkpoint = asyncio.run(_run())
+    path = audit_anchor.write_checkpoint(target, checkpoint)
+    console.print(f"checkpoint of position {checkpoint.seq} written to {path}")
+
+
+@audit_app.command("keygen")
+def audit_keygen() -> None:
+    """Print a new checkpoint signing key (MIXHOUSE_AUDIT_CHECKPOINT_KEY) and its public key."""
+    from mixhouse import audit_anchor  # noqa: PLC0415
+
+    key = audit_anchor.new_signing_key()
+    # Printed once for the operator to store as a secret; never logged.
+    typer.echo(f"MIXHOUSE_AUDIT_CHECKPOINT_KEY={key.secret.hex()}")
+    typer.echo(f"public key: {key.public_key.format().hex()}")
 
 
 @privacy_app.command("report")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mixhouse.errors import ConfigError
@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # uvicorn worker processes of `mixhouse serve` (mixhouse.api.serving): one serves about a
+    # core's worth of requests; 1 keeps the API in the command's own process.
+    api_workers: int = Field(default=1, ge=1, le=64)
     admin_api_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
 
     # Fees: the range is quoted when a mix is created; the fee of each pooled deposit is drawn
@@ -88,6 +91,21 @@ class Settings(BaseSettings):
     http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
     http_max_json_depth: int = Field(default=64, ge=4, le=200)
 
+    # Mix creation limits (mixhouse.mixer.admission), kept in PostgreSQL so that every API
+    # process shares them. A client (its network address, IPv6 by prefix) creates at most
+    # mix_create_rate_per_client mixes per mix_create_rate_window_seconds, as a burst or
+    # spread out (0 turns it off). At most max_open_mixes mixes await a deposit at once
+    # (0: no cap). Beyond either: 429 with Retry-After.
+    mix_create_rate_per_client: int = Field(default=30, ge=0)
+    mix_create_rate_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    max_open_mixes: int = Field(default=50_000, ge=0)
+    # The client of a request is its peer address, or, when the peer is one of these
+    # proxies (addresses or networks, JSON in the env: ["10.0.0.0/8"]), the address the
+    # proxies put in X-Forwarded-For (the rightmost one that is not itself a trusted proxy).
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    # IPv6 clients are counted by network: one host usually holds a whole /64.
+    rate_limit_ipv6_prefix: int = Field(default=64, ge=16, le=128)
+
     # Ethereum (any JSON-RPC node; anvil in development)
     evm_enabled: bool = False
     evm_rpc_url: str = "http://127.0.0.1:8545"
@@ -115,6 +133,11 @@ class Settings(BaseSettings):
     # Workers
     scan_interval_seconds: int = Field(default=5, ge=1)
     reconcile_interval_seconds: int = Field(default=30, ge=1)
+    # Signed checkpoints of the audit chain head (mixhouse.audit_anchor), written by the worker
+    # every interval when both the key (32 bytes hex) and the directory are set.
+    audit_checkpoint_key: SecretStr | None = None
+    audit_checkpoint_dir: Path | None = None
+    audit_checkpoint_interval_seconds: int = Field(default=600, ge=1)
     wallet_sync_interval_seconds: int = Field(default=30, ge=1)
     # Where wallet sync reads Bitcoin history: the operator's node (bitcoin_rpc_url), or a
     # provider API for deployments without one.
@@ -129,6 +152,12 @@ class Settings(BaseSettings):
 
     # Screening: extra newline-separated addresses to refuse, on top of the OFAC lists.
     denylist_file: Path | None = None
+
+    # Web pages (mixhouse.web): per asset, a block explorer's transaction page with ``{txid}``
+    # where the txid goes, e.g. {"BTC": "https://mempool.space/tx/{txid}"} (JSON in the env).
+    explorer_tx_urls: dict[str, str] = Field(default_factory=dict)
+    # Operator sessions of the admin dashboard expire this long after login.
+    admin_session_seconds: int = Field(default=8 * 3600, ge=60)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

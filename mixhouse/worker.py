@@ -25,7 +25,7 @@ import procrastinate.worker
 import structlog
 from sqlalchemy import text
 
-from mixhouse import audit
+from mixhouse import audit, audit_anchor
 from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.errors import ConfigError
 from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_PAYOUT_ROUND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
@@ -146,6 +146,19 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     @app.task(name="seal_audit", queue=QUEUE, queueing_lock="seal_audit")
     async def seal_audit_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         await audit.seal(rt.engine, wait=False)
+
+    key_secret, checkpoint_dir = rt.settings.audit_checkpoint_key, rt.settings.audit_checkpoint_dir
+    if key_secret is not None and checkpoint_dir is not None:
+        key = audit_anchor.signing_key(key_secret.get_secret_value())
+        checkpoint_every = every_seconds(rt.settings.audit_checkpoint_interval_seconds)
+
+        # Signed checkpoints of the chain head, for the operator to keep outside the database.
+        @app.periodic(cron=checkpoint_every, periodic_id="audit_checkpoint")
+        @app.task(name="audit_checkpoint", queue=QUEUE, queueing_lock="audit_checkpoint")
+        async def audit_checkpoint_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
+            async with rt.engine.connect() as conn:
+                checkpoint = await audit_anchor.make_checkpoint(conn, key)
+            audit_anchor.write_checkpoint(checkpoint_dir, checkpoint)
 
     @app.periodic(cron="* * * * * *", periodic_id="recover")
     @app.task(name="recover", queue=QUEUE, queueing_lock="recover")
