@@ -4,10 +4,11 @@ A round runs every ``payout_round_seconds`` per asset (one round per asset at a 
 workers: a session advisory lock that dies with a killed worker's connection). It does three
 things, each in as few durable transactions as possible:
 
-1. **Gate.** Each pooled deposit whose payouts are not yet released and whose first payout is
-   due is measured with the analyzer's :func:`release_set`: how many public
-   deposits could have paid its total at this moment. At ``privacy_gate_k`` or more, or once
-   the mix's maximum wait is reached, its payouts are released (``sends.released_at``), with
+1. **Gate** (``mixer/gate.py``). Each pooled deposit whose payouts are not yet released and
+   whose first payout is due is measured with the analyzer's release set: how many public
+   deposits could have paid its total at this moment, for each total it may have. At
+   ``privacy_gate_k`` or more, or once the mix's maximum wait is reached, its payouts are
+   released (``sends.released_at``), re-planned first if the gate picked another total, with
    the set size recorded on the deposit and in the audit log. Until then nothing is signed.
 2. **Sign.** The released, due payouts (account chains) are signed and stored in ONE
    transaction, each moving ``scheduled -> signed`` with ``attempts = 1`` (counted before any
@@ -36,21 +37,17 @@ import structlog
 from sqlalchemy import Row, Text, cast, func, select, text, true
 from sqlalchemy.exc import IntegrityError
 
-from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, UtxoChainAdapter
-from mixhouse.db.tables import deposits, mixes, sends
+from mixhouse.db.tables import sends
 from mixhouse.errors import BroadcastRejected, ChainError, IllegalTransition, MixhouseError, SendOutcomeUnknown
 from mixhouse.jobs import send_job
-from mixhouse.mixer.pooling import latest_release, pool_deposit, pool_deposits
-from mixhouse.mixer.privacy.records import PublicDeposit
-from mixhouse.mixer.privacy.rules import DenominatedRules
-from mixhouse.mixer.privacy.score import release_set
-from mixhouse.mixer.privacy.timing import TimingRules
+from mixhouse.mixer.gate import release_gate
+from mixhouse.mixer.pooling import pool_deposit, pool_deposits
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import complete_mixes, payouts_paused, prepared_of, send_entry, sign_account_send
 from mixhouse.mixer.states import SEND_TRANSITIONS, DepositState, SendState, now, transition
 from mixhouse.mixer.utxo_batches import batching_on, run_utxo_batches
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset
 from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
@@ -109,138 +106,6 @@ async def run_round(rt: Runtime, asset: Asset) -> RoundResult:
                 text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": f"mixhouse:payout_round:{asset.value}"}
             )
             await lock_conn.commit()
-
-
-_RELEASE_DEPOSITS_SQL = text(
-    """
-    UPDATE deposits d SET released_at = :at, anonymity_set = v.size, updated_at = :at
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:sizes AS integer[])) AS v(id, size)
-    WHERE d.id = v.id AND d.released_at IS NULL
-    """
-)
-
-
-async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
-    """Release the payouts of every waiting deposit of ``asset`` whose anonymity set reached
-    ``privacy_gate_k``, or whose mix's maximum wait is over.
-
-    Returns:
-        ``(released, still_held)`` deposit counts.
-    """
-    moment = now()
-    settings = rt.settings
-    async with rt.engine.connect() as conn:
-        waiting = (
-            await conn.execute(
-                select(
-                    deposits.c.id,
-                    deposits.c.mix_id,
-                    deposits.c.payout_total,
-                    deposits.c.pooled_at,
-                    deposits.c.created_at,
-                    mixes.c.delay_min_seconds,
-                    mixes.c.max_wait_seconds,
-                    select(func.max(sends.c.due_at))
-                    .where(sends.c.deposit_id == deposits.c.id, sends.c.kind == "payout")
-                    .scalar_subquery()
-                    .label("last_due_at"),
-                )
-                .join(mixes, mixes.c.id == deposits.c.mix_id)
-                .where(
-                    deposits.c.asset == asset.value,
-                    deposits.c.state == DepositState.POOLED,
-                    deposits.c.released_at.is_(None),
-                    select(func.min(sends.c.due_at))
-                    .where(sends.c.deposit_id == deposits.c.id, sends.c.kind == "payout")
-                    .scalar_subquery()
-                    <= moment,
-                )
-                .order_by(deposits.c.pooled_at)
-            )
-        ).all()
-        if not waiting:
-            return 0, 0
-        longest = max(w.max_wait_seconds for w in waiting)
-        recent = (
-            await conn.execute(
-                select(deposits.c.id, deposits.c.amount, deposits.c.network_fee_amount, deposits.c.created_at).where(
-                    deposits.c.asset == asset.value,
-                    deposits.c.state.in_([DepositState.SWEEPING, DepositState.POOLED]),
-                    deposits.c.created_at >= moment - timedelta(seconds=longest),
-                )
-            )
-        ).all()
-    # The public sees each deposit's amount at its arrival, and the network fees of the sweep and
-    # the payouts on chain: the fee rules apply to what is left (on Jobcoin, the whole amount).
-    public = [
-        PublicDeposit(
-            ref=str(r.id),
-            address="",
-            amount=int(r.amount) - int(r.network_fee_amount or 0),
-            at=r.created_at.timestamp(),
-        )
-        for r in recent
-    ]
-    dust = ASSETS[asset].dust
-    rules = DenominatedRules(settings.fee_min_bps, settings.fee_max_bps, min_payout=dust)
-    decisions: list[tuple[Any, int, str]] = []
-    held = 0
-    for dep in waiting:
-        # The attacker will see this mix's payouts from now until its last piece falls due.
-        size = release_set(
-            int(dep.payout_total),
-            first_payout_at=moment.timestamp(),
-            last_payout_at=max(moment, dep.last_due_at).timestamp(),
-            recent_deposits=public,
-            rules=rules,
-            timing=TimingRules(dep.delay_min_seconds, dep.max_wait_seconds),
-        )
-        # The maximum wait counts from the deposit's arrival and must be met by the round that
-        # sends, not the one that releases (see latest_release).
-        if size >= settings.privacy_gate_k:
-            decisions.append((dep, size, "anonymity set reached"))
-        elif moment >= latest_release(dep.created_at, dep.max_wait_seconds, settings.payout_round_seconds):
-            decisions.append((dep, size, "maximum wait reached"))
-        else:
-            held += 1
-    if not decisions:
-        return 0, held
-    utxo = isinstance(rt.adapter(asset), UtxoChainAdapter)
-    ids = [dep.id for dep, _, _ in decisions]
-    async with unit(rt.engine) as work:
-        # Two statements for the whole round, not two per deposit.
-        await work.conn.execute(
-            _RELEASE_DEPOSITS_SQL, {"ids": ids, "sizes": [size for _, size, _ in decisions], "at": moment}
-        )
-        released = (
-            await work.conn.execute(
-                sends.update()
-                .where(sends.c.deposit_id.in_(ids), sends.c.kind == "payout", sends.c.released_at.is_(None))
-                .values(released_at=moment)
-                .returning(sends.c.id, sends.c.deposit_id, sends.c.due_at)
-            )
-        ).all()
-        per_deposit: dict[int, int] = {}
-        for send_id, deposit_id, due_at in sorted(released):
-            per_deposit[deposit_id] = per_deposit.get(deposit_id, 0) + 1
-            if utxo:
-                work.defer(send_job(send_id, due_at))
-        for dep, size, reason in decisions:
-            work.audit(
-                AuditEntry(
-                    "deposit.released",
-                    "deposit",
-                    str(dep.id),
-                    asset=asset.value,
-                    details={
-                        "mix_id": dep.mix_id,
-                        "anonymity_set": size,
-                        "reason": reason,
-                        "payouts": per_deposit.get(dep.id, 0),
-                    },
-                )
-            )
-    return len(decisions), held
 
 
 async def _send_due(rt: Runtime, asset: Asset) -> tuple[int, int]:
