@@ -8,12 +8,12 @@ workers racing on the same row cannot both act.
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mixhouse.clock import now
 from mixhouse.errors import IllegalTransition
 
 
@@ -103,7 +103,7 @@ async def transition(
     """
     if (from_state, to_state) not in _TABLE_TRANSITIONS[table.name]:
         raise IllegalTransition(f"{table.name}: {from_state} -> {to_state} is not allowed")
-    values.setdefault("updated_at", datetime.now(UTC))
+    values.setdefault("updated_at", now())
     result = await conn.execute(
         table.update()
         .where(table.c.id == row_id, table.c.state == from_state)
@@ -114,11 +114,6 @@ async def transition(
     if row is None:
         raise IllegalTransition(f"{table.name} {row_id} is not in state {from_state!r}")
     return row
-
-
-def now() -> datetime:
-    """The current time, timezone-aware UTC (what every timestamp column stores)."""
-    return datetime.now(UTC)
 
 
 __all__ = [

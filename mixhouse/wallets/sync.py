@@ -22,9 +22,9 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.clock import now
 from mixhouse.db.tables import wallet_addresses
 from mixhouse.errors import ChainError, InvalidAddress
-from mixhouse.mixer.states import now
 from mixhouse.wallets import service, store
 from mixhouse.wallets.records import HistorySource
 
