@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.chains.jobcoin import ledger
-from mixhouse.db.tables import sends
+from mixhouse.db.tables import sends, utxos
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
@@ -26,6 +27,8 @@ from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.unit import unit
 from tests.e2e import fast_settings, local_ledger
+from tests.fixtures.bcoin import Bcoin
+from tests.test_e2e_bitcoin import bitcoin_settings
 
 COIN = 10**8
 WAIT = 30.0  # seconds: a deadline for each step, never a fixed sleep
@@ -131,3 +134,67 @@ async def test_a_real_deficit_next_to_a_payout_in_flight_still_pauses_payouts(
         finally:
             await rt.aclose()
             await rt.engine.dispose()
+
+
+async def _pool_coin(bcoin: Bcoin, adapter: UtxoChainAdapter, sat: int) -> tuple[str, int]:
+    """Pay ``sat`` to the pool on the node; returns the new coin's outpoint."""
+    txid = await bcoin.fund(adapter.pool_address, sat)
+    await bcoin.mine(3)
+    for vout in range(4):
+        if await adapter.unspent_amount(txid, vout) == sat:
+            return txid, vout
+    raise AssertionError("the funding output was not found")
+
+
+@pytest.mark.parametrize("ours", [True, False])
+async def test_a_pool_coin_our_payout_spent_during_the_check_is_not_a_deficit(
+    database_url: str, engine: AsyncEngine, bcoin: Bcoin, monkeypatch: pytest.MonkeyPatch, ours: bool
+) -> None:
+    """UTXO pools: a coin read as available, then reserved and spent by one of our payouts
+    before the chain was asked, is in flight, not missing. A coin spent by anyone else is."""
+    rt = build_runtime(bitcoin_settings(database_url, bcoin), database_url)
+    try:
+        adapter = rt.adapter("BTC")
+        assert isinstance(adapter, UtxoChainAdapter)
+        coins = [await _pool_coin(bcoin, adapter, sat) for sat in (150_000, 250_000)]
+        async with engine.begin() as conn:
+            for (txid, vout), sat in zip(coins, (150_000, 250_000), strict=True):
+                await conn.execute(
+                    insert(utxos).values(
+                        asset="BTC",
+                        txid=txid,
+                        vout=vout,
+                        address=adapter.pool_address,
+                        key_chain=1,
+                        key_index=0,
+                        amount=sat,
+                        state="available",
+                    )
+                )
+        assert (await reconcile(rt, Asset.BTC)).ok
+        spent_txid, spent_vout = coins[0]
+        real_unspent = adapter.unspent_amount
+
+        async def spent_while_checking(txid: str, vout: int) -> int | None:
+            if (txid, vout) != (spent_txid, spent_vout):
+                return await real_unspent(txid, vout)
+            if ours:
+                # A payout reserves the coin (committed) before its transaction is broadcast.
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        update(utxos).where(utxos.c.txid == txid, utxos.c.vout == vout).values(state="reserved")
+                    )
+            return None  # gone from the chain's UTXO set
+
+        monkeypatch.setattr(adapter, "unspent_amount", spent_while_checking)
+        result = await reconcile(rt, Asset.BTC)
+        monkeypatch.undo()
+        if ours:
+            assert result.ok, result.detail()
+            assert result.books == result.actual == 250_000
+        else:
+            assert not result.ok
+            assert "deficit of 150000" in result.detail()
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
