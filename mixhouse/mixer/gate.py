@@ -143,6 +143,37 @@ def _near(public: list[PublicDeposit], amounts: list[int], total: int) -> list[P
     return public[lo:hi]
 
 
+def _sizes(
+    planned: int,
+    totals: list[int],
+    k: int,
+    *,
+    public: list[PublicDeposit],
+    amounts: list[int],
+    span: tuple[float, float],
+    rules: DenominatedRules,
+    timing: TimingRules,
+) -> dict[int, int]:
+    """Release sets of the planned total and, when it falls short of ``k``, of the others
+    (measuring them is most of a round's work, and they do not matter once it reaches ``k``,
+    which it always does with the gate off)."""
+
+    def size_of(total: int) -> int:
+        return release_set(
+            total,
+            first_payout_at=span[0],
+            last_payout_at=span[1],
+            recent_deposits=_near(public, amounts, total),
+            rules=rules,
+            timing=timing,
+        )
+
+    sizes = {planned: size_of(planned)}
+    if sizes[planned] < k:
+        sizes.update({t: size_of(t) for t in totals if t != planned})
+    return sizes
+
+
 async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     """Release the payouts of every waiting deposit of ``asset`` that :func:`decide` lets go,
     re-planning those it gives another total, in one transaction.
@@ -213,19 +244,16 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
         if planned not in totals:
             totals.append(planned)  # a chain with network fees per piece: the count differs
         # The attacker will see this mix's payouts from now until its last piece falls due.
-        timing = TimingRules(dep.delay_min_seconds, dep.max_wait_seconds)
-        last = max(moment, dep.last_due_at).timestamp()
-        sizes = {
-            t: release_set(
-                t,
-                first_payout_at=moment.timestamp(),
-                last_payout_at=last,
-                recent_deposits=_near(public, amounts, t),
-                rules=rules,
-                timing=timing,
-            )
-            for t in totals
-        }
+        sizes = _sizes(
+            planned,
+            totals,
+            settings.privacy_gate_k,
+            public=public,
+            amounts=amounts,
+            span=(moment.timestamp(), max(moment, dep.last_due_at).timestamp()),
+            rules=rules,
+            timing=TimingRules(dep.delay_min_seconds, dep.max_wait_seconds),
+        )
         # The maximum wait counts from the deposit's arrival and must be met by the round that
         # sends, not the one that releases (see latest_release).
         due = moment >= latest_release(dep.created_at, dep.max_wait_seconds, settings.payout_round_seconds)
