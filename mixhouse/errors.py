@@ -60,5 +60,22 @@ class SendOutcomeUnknown(ChainError):
     """
 
 
+class RateLimited(MixhouseError):
+    """A client asked for more than its share (mix creations per window); nothing changed.
+
+    Attributes:
+        retry_after_seconds: whole seconds after which the same request would be admitted
+            (the ``Retry-After`` of the 429), at least 1.
+    """
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+
+class OpenMixesCapped(RateLimited):
+    """The service already has as many open mixes (awaiting a deposit) as it accepts."""
+
+
 class AuditChainBroken(MixhouseError):
     """The hash chain of the audit log does not verify."""

@@ -12,6 +12,8 @@ exception                                   status  ``type``
 :class:`~mixhouse.errors.IllegalTransition`  409    ``urn:mixhouse:problem:conflict``
 :class:`~mixhouse.errors.PayoutsPaused`      503    ``urn:mixhouse:problem:payouts-paused``
 :class:`~mixhouse.errors.ChainError`         502    ``urn:mixhouse:problem:chain-unavailable``
+:class:`~mixhouse.errors.RateLimited`        429    ``urn:mixhouse:problem:rate-limited``
+:class:`~mixhouse.errors.OpenMixesCapped`    429    ``urn:mixhouse:problem:too-many-open-mixes``
 database unreachable (connection failures)   503    ``urn:mixhouse:problem:database-unavailable``
 a value the database refuses (``DataError``)  422    ``urn:mixhouse:problem:invalid-input``
 a NUL character in the path or query         400    ``urn:mixhouse:problem:nul-character``
@@ -28,7 +30,8 @@ A body is ``{"type", "title", "status", "detail", "instance"}`` plus, for valida
 that is logged with the traceback; the body carries nothing else about the failure).
 ``instance`` is the request path. Chain errors are logged in full but answered with a fixed
 detail, since node messages can name internal URLs. A 503 for the database carries
-``Retry-After``; a 405 lists in ``Allow`` every method served on the path, not only those of
+``Retry-After``, and so does a 429 (whole seconds, repeated as ``retry_after_seconds`` in the
+body); a 405 lists in ``Allow`` every method served on the path, not only those of
 the first route that matched. The three refusals of :mod:`mixhouse.http_guard` (NUL, size,
 depth) are answered before routing, by :func:`guard_refusal`. Logged paths go through
 :func:`mixhouse.logs.redact_path`, so no mix id reaches the log.
@@ -60,7 +63,9 @@ from mixhouse.errors import (
     InvalidInput,
     MixhouseError,
     NotFound,
+    OpenMixesCapped,
     PayoutsPaused,
+    RateLimited,
 )
 from mixhouse.http_guard import Refusal, allow_header
 from mixhouse.logs import redact_path
@@ -95,6 +100,8 @@ _DOMAIN_KINDS: dict[type[MixhouseError], _Kind] = {
     IllegalTransition: _Kind(409, "conflict", "Conflict"),
     PayoutsPaused: _Kind(503, "payouts-paused", "Payouts paused"),
     ChainError: _Kind(502, "chain-unavailable", "Chain unavailable"),
+    RateLimited: _Kind(429, "rate-limited", "Too many requests"),
+    OpenMixesCapped: _Kind(429, "too-many-open-mixes", "Too many open mixes"),
 }
 
 _CHAIN_DETAIL = "a blockchain node or ledger failed or answered something unusable; try again later"
@@ -155,6 +162,16 @@ async def _mixhouse_error(request: Request, exc: Exception) -> ProblemResponse:
             "chain error answered 502", path=redact_path(request.url.path), error=str(exc), kind=type(exc).__name__
         )
         detail = _CHAIN_DETAIL
+    if isinstance(exc, RateLimited):
+        return problem(
+            kind.status,
+            kind.title,
+            detail,
+            type_=_TYPE_PREFIX + kind.slug,
+            instance=request.url.path,
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+            retry_after_seconds=exc.retry_after_seconds,
+        )
     return problem(kind.status, kind.title, detail, type_=_TYPE_PREFIX + kind.slug, instance=request.url.path)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from mixhouse.api import RuntimeDep
+from mixhouse.api.client_address import client_identity
 from mixhouse.api.problems import problem_responses
 from mixhouse.api.schemas import MixCreate, MixOut, MixStatusOut
-from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
+from mixhouse.mixer.admission import admit_mix_creation
+from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.status import read_mix_status
 
 router = APIRouter(prefix="/api/v1/mixes", tags=["mixes"])
 
@@ -20,7 +23,7 @@ def _status_url(request: Request, mix_id: str) -> str:
     "",
     status_code=201,
     response_model=MixOut,
-    responses=problem_responses(400, 413, 422, 500, 503),
+    responses=problem_responses(400, 413, 422, 429, 500, 503),
     summary="Create a mix",
 )
 async def post_mix(body: MixCreate, rt: RuntimeDep, request: Request, response: Response) -> MixOut:
@@ -33,8 +36,11 @@ async def post_mix(body: MixCreate, rt: RuntimeDep, request: Request, response: 
     Errors (problem+json): 400 malformed JSON, JSON nested too deeply or a NUL in the query;
     413 a body over the size limit; 422 invalid fields, unknown or disabled asset, too many
     or duplicate addresses, an address invalid for the chain (bad EIP-55 checksum...) or
-    belonging to this service, a bad delay window; 503 the database is unreachable.
+    belonging to this service, a bad delay window; 429 (with ``Retry-After``) this client
+    created its share of mixes for the window, or the service's cap of open mixes is reached;
+    503 the database is unreachable.
     """
+    await admit_mix_creation(rt, client_identity(request, rt.settings))
     row = await create_mix(
         rt,
         MixRequest(
@@ -62,5 +68,5 @@ async def get_mix_status(mix_id: str, rt: RuntimeDep, request: Request) -> MixSt
     Errors: 404 for any id that is not a mix (malformed and unknown ids are not told apart);
     400 for a NUL character in the path; 503 while the database is unreachable.
     """
-    status = await get_mix(rt, mix_id)
+    status = await read_mix_status(rt, mix_id)  # one statement: this is the route users poll
     return MixStatusOut.from_status(status, _status_url(request, mix_id))

@@ -104,6 +104,19 @@ mixes = Table(
     UniqueConstraint("asset", "deposit_address", name="uq_mixes_deposit_address"),
 )
 Index("ix_mixes_watch", mixes.c.asset, mixes.c.watch_until)
+# The open mixes, counted against settings.max_open_mixes on every creation (migration 0010).
+Index("ix_mixes_open", mixes.c.expires_at, postgresql_where=text("state = 'awaiting_deposit'"))
+
+# Mix creations per client (mixhouse.mixer.admission): the generic cell rate algorithm's
+# theoretical arrival time of the client's next creation. A row whose ``tat`` has passed says
+# nothing more than no row, and is deleted.
+mix_creation_rates = Table(
+    "mix_creation_rates",
+    metadata,
+    Column("client", Text, primary_key=True),  # an IPv4 address or an IPv6 network
+    Column("tat", DateTime(timezone=True), nullable=False),
+)
+Index("ix_mix_creation_rates_tat", mix_creation_rates.c.tat)
 
 deposits = Table(
     "deposits",
