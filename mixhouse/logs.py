@@ -56,7 +56,8 @@ SENSITIVE_KEYS = frozenset(
 MIX_ID_KEYS = frozenset({"mix_id", "owner_mix_id"})
 
 _USER_KEY = re.compile(r"mh_[A-Za-z0-9_\-]{6,}")
-_MIX_PATH = re.compile(r"(/api/v1/mixes/)[^/?#\s\"'<>]+")
+# The API's mix paths and the mix page's (/mix/<id>, /mix/<id>/events; not /mix/check).
+_MIX_PATH = re.compile(r"(/api/v1/mixes/|/mix/)(?!check(?:[/?#\s]|$))[^/?#\s\"'<>]+")
 # SQLAlchemy appends the bound parameters on their own line of an error message.
 _SQL_PARAMETERS = re.compile(r"\[parameters: [^\n]*")
 # Query parameters whose values say nothing about a particular mix (filters, page sizes).

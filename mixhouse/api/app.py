@@ -30,6 +30,7 @@ from mixhouse.api.schemas import HealthOut
 from mixhouse.http_guard import RequestGuardMiddleware
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.recursion import pin_recursion_limit
+from mixhouse.web.mount import mount_web
 
 log = structlog.get_logger(__name__)
 
@@ -81,4 +82,5 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(wallets_router)
     app.include_router(health_router)
+    mount_web(app)  # the pages: /, /mix/{id}, /static
     return app

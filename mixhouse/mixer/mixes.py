@@ -15,6 +15,7 @@ from mixhouse.db.tables import deposits, key_counters, mixes, sends
 from mixhouse.errors import InvalidAddress, InvalidInput, NotFound
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MixState, now, transition
+from mixhouse.mixer.withdrawals import IS_DEPOSIT, check_withdrawals
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
 
@@ -51,14 +52,12 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
     settings = rt.settings
     adapter = rt.adapter(request.asset)
     asset = adapter.asset
-    count = len(request.withdrawal_addresses)
-    if not 1 <= count <= settings.max_withdrawal_addresses:
-        raise InvalidInput(f"give between 1 and {settings.max_withdrawal_addresses} withdrawal addresses")
-    normalized = [adapter.normalize_address(a) for a in request.withdrawal_addresses]
-    if len({a.lower() for a in normalized}) != count:
-        raise InvalidInput("withdrawal addresses must be distinct")
-    if adapter.pool_address.lower() in {a.lower() for a in normalized}:
-        raise InvalidAddress("a withdrawal address cannot be the pool address")
+    # The same rules (and messages) as the mix page's as-you-type check.
+    checked = check_withdrawals(adapter, request.withdrawal_addresses, max_addresses=settings.max_withdrawal_addresses)
+    if (refused := checked.first_error()) is not None:
+        raise refused
+    normalized = [a for a in checked.normalized if a is not None]
+    count = len(normalized)
     delay_min = settings.default_delay_min_seconds if request.delay_min_seconds is None else request.delay_min_seconds
     delay_max = settings.default_delay_max_seconds if request.delay_max_seconds is None else request.delay_max_seconds
     if not 0 <= delay_min <= delay_max <= settings.max_delay_seconds:
@@ -74,7 +73,7 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
             select(mixes.c.id).where(mixes.c.asset == asset.value, mixes.c.deposit_address.in_(normalized)).limit(1)
         )
         if ours.first() is not None:
-            raise InvalidAddress("a withdrawal address cannot be a deposit address of this service")
+            raise InvalidAddress(IS_DEPOSIT)
         index = await next_key_index(work, asset.value)
         deposit_address = adapter.deposit_address(index)
         row = (
