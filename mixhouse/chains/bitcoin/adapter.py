@@ -120,6 +120,10 @@ class BitcoinAdapter(UtxoChainAdapter):
         self.pool_address = keyring.address(1, 0)
         # Outputs of mempool transactions already decoded, by txid (pruned every scan).
         self._mempool_outputs: dict[str, tuple[_Output, ...]] = {}
+        # Canonical forms of watched addresses that needed decoding, by the text given (kept
+        # for the addresses still watched, rebuilt every scan).
+        self._canonical_watched: dict[str, str] = {}
+        self._segwit_prefix = networks.get_network(network).bech32_hrp + "1"
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -251,7 +255,7 @@ class BitcoinAdapter(UtxoChainAdapter):
             InvalidAddress: a watched address is not of this network.
             ChainError: the node failed.
         """
-        wanted = {self.normalize_address(address) for address in watched}
+        wanted = self._wanted(watched)
         tip = await self._rpc.getblockcount()
         start, expected_parent = await self._start(cursor, tip)
         if start > tip:
@@ -279,6 +283,35 @@ class BitcoinAdapter(UtxoChainAdapter):
         if end == tip:
             transfers.extend(await self._scan_mempool(wanted))
         return ScanResult(tuple(transfers), self._cursor(end + 1, previous))
+
+    def _wanted(self, watched: Sequence[str]) -> set[str]:
+        """The canonical forms of ``watched``, without decoding the mixer's own addresses.
+
+        Decoding a bech32 address costs about 0.25 ms here: 25 s per scan at 100,000 watched
+        mixes. The mixer's deposit addresses are stored as :meth:`deposit_address` made them,
+        in their canonical form (lower-case bech32 of this network), and such a text is taken
+        as it is: were it not a valid address, no output (whose addresses are derived from
+        its script, hence canonical) could equal it. Any other text (upper case, base58, space
+        around it) is normalised once and remembered while it stays watched.
+
+        Raises:
+            InvalidAddress: a watched address that needs normalising is not of this network.
+        """
+        previous = self._canonical_watched
+        remembered: dict[str, str] = {}
+        wanted: set[str] = set()
+        prefix = self._segwit_prefix
+        for address in watched:
+            if address.startswith(prefix) and address.islower() and address.strip() == address:
+                wanted.add(address)
+                continue
+            canonical = previous.get(address)
+            if canonical is None:
+                canonical = self.normalize_address(address)
+            remembered[address] = canonical
+            wanted.add(canonical)
+        self._canonical_watched = remembered
+        return wanted
 
     async def _start(self, cursor: str | None, tip: int) -> tuple[int, str | None]:
         """First height to read and the hash its parent must have (``None``: unchecked)."""
