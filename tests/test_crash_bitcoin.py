@@ -1,9 +1,11 @@
 """Crash test on Bitcoin: a worker SIGKILLed at random moments never pays a payout twice.
 
 Mixes are in flight on the bcoin regtest node while a real worker process is killed and
-restarted; blocks are mined all along. At the end every withdrawal address holds exactly the
-payouts recorded for it (the node's own view), no payout spent its own mix's deposit, and the
-books of the UTXO pool agree with the chain.
+restarted; blocks are mined all along. Payouts leave in batches (several mixes' payouts in
+one transaction); the test counts the kills that hit a batch in flight (signed, not yet
+confirmed). At the end every withdrawal address holds exactly the payouts recorded for it
+(the node's own view), no payout spent the deposit of a mix it pays, and the books of the UTXO
+pool agree with the chain.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 
 import pytest
@@ -22,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
-from mixhouse.db.tables import deposits, sends
+from mixhouse.db.tables import deposits, payout_batches, sends
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
@@ -42,6 +45,22 @@ def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+async def _batch_open_or_done(engine: AsyncEngine, *, within: float) -> None:
+    """Return once a payout batch is open (signed, not confirmed), once every payout is
+    confirmed after some were made, or after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            if (
+                await conn.execute(select(payout_batches.c.id).where(payout_batches.c.state == "open"))
+            ).first() is not None:
+                return
+            payouts = (await conn.execute(select(sends.c.state).where(sends.c.kind == "payout"))).scalars().all()
+        if payouts and set(payouts) == {"confirmed"}:
+            return
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(700)
@@ -87,12 +106,21 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
         # and each spends a confirmed coin (unconfirmed change is not spent).
         for _ in range(8):
             await bcoin.fund(adapter.pool_address, BTC // 2)
+        kills_in_batch = 0
         async with mining(bcoin, every=0.4):
             for _ in range(int(os.environ.get("MIXHOUSE_CRASH_KILLS", "10"))):
                 proc = _start_worker(env)
                 await asyncio.sleep(rnd.uniform(1.0, 3.5))
+                # Aim at a batch in flight while payouts are left: wait (bounded) for one to be open.
+                await _batch_open_or_done(engine, within=10.0)
+                await asyncio.sleep(rnd.uniform(0.0, 0.3))
                 proc.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(proc.wait)
+                async with engine.connect() as conn:
+                    in_flight = (
+                        await conn.execute(select(payout_batches.c.id).where(payout_batches.c.state == "open"))
+                    ).first()
+                kills_in_batch += in_flight is not None
             proc = _start_worker(env)
             try:
                 for _ in range(1600):
@@ -108,15 +136,26 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
             rows = (await conn.execute(select(sends))).all()
             deps = {d.mix_id: d for d in (await conn.execute(select(deposits))).all()}
             assert await audit.verify(conn) > 0
+            batches = (await conn.execute(select(payout_batches))).all()
         stuck = [(s.id, s.state, s.last_error) for s in rows if s.state != "confirmed"]
         assert not stuck, f"sends not finished: {stuck}"
+        # Every payout left in a batch, and batches paid several mixes at once.
+        assert all(s.batch_id is not None for s in rows)
+        shared = [b for b in batches if len({s.mix_id for s in rows if s.batch_id == b.id}) > 1]
+        assert shared, "no transaction paid two mixes"
+        print(
+            f"{kills_in_batch} kills hit a batch in flight; {len(batches)} batches "
+            f"({sum(b.state == 'replanned' for b in batches)} re-planned), {len(shared)} paying several mixes, "
+            f"{len(rows)} payouts"
+        )
         assert len(deps) == len(mixes)
         expected: dict[str, int] = defaultdict(int)
         for send in rows:
             expected[send.to_address] += send.amount
             tx = await bcoin.rpc("getrawtransaction", send.txid, True)
             spent = {f"{vin['txid']}:{vin['vout']}" for vin in tx["vin"]}
-            assert deps[send.mix_id].chain_ref not in spent, "a payout spent its own mix's deposit"
+            members = {s.mix_id for s in rows if s.txid == send.txid}
+            assert not spent & {deps[m].chain_ref for m in members}, "a payout spent the deposit of a mix it pays"
         for address, amount in expected.items():
             assert await adapter.balance(address) == amount, f"{address} was paid twice or not at all"
         for mix in mixes:
