@@ -52,6 +52,7 @@ bench: install
 	$(PY) -m benchmarks.bitcoin_payouts
 	$(PY) -m benchmarks.wallets
 	$(PY) -m benchmarks.wallets_node
+	$(PY) -m benchmarks.scan
 
 clean:
 	rm -rf $(VENV) node_modules .mixhouse .pytest_cache .mypy_cache
