@@ -173,19 +173,21 @@ async def _report(rpc: BitcoinRpc, status: dict[str, Any], withdrawals: list[str
         table.add_column(column)
     received = dict.fromkeys(withdrawals, 0)
     spends_own_deposit = False
-    for send in (s for s in status["sends"] if s["kind"] == "payout"):
-        raw = await rpc.getrawtransaction(send["txid"], False)
+    # Several payouts (of this mix and others) may share one transaction: read each once.
+    txids = list(dict.fromkeys(s["txid"] for s in status["sends"] if s["kind"] == "payout"))
+    for txid in txids:
+        raw = await rpc.getrawtransaction(txid, False)
         tx = Transaction.parse(bytes.fromhex(str(raw)))
         inputs = [f"{vin.txid.hex()}:{vin.vout}" for vin in tx.vin]
         spends_own_deposit |= deposit["chain_ref"] in inputs
-        verbose = await rpc.getrawtransaction(send["txid"], True)
+        verbose = await rpc.getrawtransaction(txid, True)
         confirmations = verbose.get("confirmations", 0) if isinstance(verbose, dict) else 0
         for out in tx.vout:
             address = address_of_script(out.script_pubkey.data, "regtest")
             if address in received:
                 received[address] += out.value
                 table.add_row(
-                    send["txid"][:16] + "…", str(len(inputs)), address, format_amount(out.value, 8), str(confirmations)
+                    txid[:16] + "…", str(len(inputs)), address, format_amount(out.value, 8), str(confirmations)
                 )
     console.print(table)
     total = sum(received.values())
