@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -176,7 +176,7 @@ def _request(peer: str | None, forwarded: list[str] | None = None) -> Request:
 
 
 @pytest.fixture
-def proxied() -> Iterator[Settings]:
+def proxied() -> Settings:
     return _settings("postgresql://unused", trusted_proxies=["10.0.0.0/8", "2001:db8:ffff::1"])
 
 
