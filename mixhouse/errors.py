@@ -45,6 +45,11 @@ class PayoutsPaused(MixhouseError):
     """Reconciliation found a mismatch for this asset; no new payouts leave until it clears."""
 
 
+class KeysExhausted(MixhouseError):
+    """No deposit key is left to issue for an asset: its BIP-32 account used every soft index
+    (``2**31`` of them); the operator must move the asset to a new account or seed."""
+
+
 class ChainError(MixhouseError):
     """A chain node or ledger API failed or answered something we cannot use."""
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from mixhouse.api.app import create_app
 from mixhouse.config import DEV_ADMIN_KEY, Settings
-from mixhouse.db.tables import mixes
+from mixhouse.db.tables import key_counters, mixes
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.setup import build_runtime
@@ -78,3 +78,18 @@ async def test_admin_pool_shows_the_utxo_pool(btc_client: tuple[httpx.AsyncClien
     assert pool["asset"] == "BTC"
     assert pool["pool_address"] == rt.adapter("BTC").pool_address
     assert pool["books"] == "0"
+
+
+async def test_past_the_last_soft_index_mix_creation_answers_503(btc_client: tuple[httpx.AsyncClient, Runtime]) -> None:
+    """Issue 14 item 2: an HD index past 2^31 - 1 answered 500; now a 503 problem, nothing made."""
+    client, rt = btc_client
+    async with rt.engine.begin() as conn:
+        await conn.execute(key_counters.insert().values(asset="BTC", next_index=2**31))
+    user = Bip84Keyring(MNEMONIC, "regtest", passphrase="a user").address(0, 0)
+    response = await client.post("/api/v1/mixes", json={"asset": "BTC", "withdrawal_addresses": [user]})
+    assert response.status_code == 503, response.text
+    assert response.json()["type"] == "urn:mixhouse:problem:keys-exhausted"
+    assert await _mix_count(rt) == 0
+    async with rt.engine.connect() as conn:
+        left = (await conn.execute(select(key_counters.c.next_index).where(key_counters.c.asset == "BTC"))).scalar_one()
+    assert left == 2**31, "the refused creation took no index"

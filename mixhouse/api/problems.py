@@ -11,6 +11,7 @@ exception                                   status  ``type``
 :class:`~mixhouse.errors.NotFound`           404    ``urn:mixhouse:problem:not-found``
 :class:`~mixhouse.errors.IllegalTransition`  409    ``urn:mixhouse:problem:conflict``
 :class:`~mixhouse.errors.PayoutsPaused`      503    ``urn:mixhouse:problem:payouts-paused``
+:class:`~mixhouse.errors.KeysExhausted`      503    ``urn:mixhouse:problem:keys-exhausted``
 :class:`~mixhouse.errors.ChainError`         502    ``urn:mixhouse:problem:chain-unavailable``
 :class:`~mixhouse.errors.RateLimited`        429    ``urn:mixhouse:problem:rate-limited``
 :class:`~mixhouse.errors.OpenMixesCapped`    429    ``urn:mixhouse:problem:too-many-open-mixes``
@@ -61,6 +62,7 @@ from mixhouse.errors import (
     InvalidAddress,
     InvalidAmount,
     InvalidInput,
+    KeysExhausted,
     MixhouseError,
     NotFound,
     OpenMixesCapped,
@@ -99,6 +101,7 @@ _DOMAIN_KINDS: dict[type[MixhouseError], _Kind] = {
     NotFound: _Kind(404, "not-found", "Not found"),
     IllegalTransition: _Kind(409, "conflict", "Conflict"),
     PayoutsPaused: _Kind(503, "payouts-paused", "Payouts paused"),
+    KeysExhausted: _Kind(503, "keys-exhausted", "No deposit addresses left"),
     ChainError: _Kind(502, "chain-unavailable", "Chain unavailable"),
     RateLimited: _Kind(429, "rate-limited", "Too many requests"),
     OpenMixesCapped: _Kind(429, "too-many-open-mixes", "Too many open mixes"),

@@ -7,17 +7,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from mixhouse.audit import AuditEntry
 from mixhouse.db.tables import deposits, key_counters, mixes, sends
-from mixhouse.errors import InvalidAddress, InvalidInput, NotFound
+from mixhouse.errors import InvalidAddress, InvalidInput, KeysExhausted, NotFound
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MixState, now, transition
 from mixhouse.mixer.withdrawals import IS_DEPOSIT, check_withdrawals
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,13 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
         if ours.first() is not None:
             raise InvalidAddress(IS_DEPOSIT)
         index = await next_key_index(work, asset.value)
-        deposit_address = adapter.deposit_address(index)
+        try:
+            deposit_address = adapter.deposit_address(index)
+        except ValueError as exc:
+            # Past the account's last soft BIP-32 index: nothing is created (the counter's
+            # increment rolls back with this unit), and the operator is told, not a 500.
+            log.exception("deposit key space exhausted", asset=asset.value)
+            raise KeysExhausted(f"no deposit address left for {asset.value}; try again later") from exc
         row = (
             await work.conn.execute(
                 mixes.insert()
