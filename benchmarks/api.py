@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -80,11 +81,17 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     failures: int
+    server_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
         """Requests per second."""
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Server CPU time per request, in ms."""
+        return self.server_cpu_s * 1000 / self.requests if self.requests else 0.0
 
 
 # -- wrk ------------------------------------------------------------------------------------
@@ -221,10 +228,34 @@ def _run_python(base: str, scenario: Scenario, *, connections: int, seconds: flo
     )
 
 
-def _load(wrk: str | None, base: str, scenario: Scenario, *, connections: int, seconds: float) -> LoadResult:
+def _load(
+    wrk: str | None, base: str, scenario: Scenario, *, connections: int, seconds: float, server: int
+) -> LoadResult:
+    cpu = _cpu_seconds(server)
     if wrk is not None:
-        return _run_wrk(wrk, base, scenario, connections=connections, seconds=seconds)
-    return _run_python(base, scenario, connections=connections, seconds=seconds)
+        result = _run_wrk(wrk, base, scenario, connections=connections, seconds=seconds)
+    else:
+        result = _run_python(base, scenario, connections=connections, seconds=seconds)
+    return dataclasses.replace(result, server_cpu_s=_cpu_seconds(server) - cpu)
+
+
+def _cpu_seconds(root: int) -> float:
+    """CPU time (user + system, s) used so far by process ``root`` and its descendants (Linux
+    ``/proc``; 0 elsewhere). Per request, it is what the server costs whatever else runs."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    total, frontier = 0.0, {root}
+    while frontier:
+        total += sum(stats[pid][1] for pid in frontier if pid in stats)
+        frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier}
+    return total
 
 
 # -- the server and its data ----------------------------------------------------------------
@@ -239,6 +270,10 @@ def _start_server(url: str, port: int, api_workers: int | None, log: Path) -> su
         MIXHOUSE_JOBCOIN_ENABLED="true",
         MIXHOUSE_EVM_ENABLED="false",
         MIXHOUSE_BITCOIN_ENABLED="false",
+        # One client creates thousands of mixes here: the per-client rate limit and the cap on
+        # open mixes would answer 429 and measure the limiter, not the creation path.
+        MIXHOUSE_MIX_CREATE_RATE_PER_CLIENT="0",
+        MIXHOUSE_MAX_OPEN_MIXES="0",
         PYTHONPATH=str(ROOT),
     )
     if api_workers is not None:
@@ -356,8 +391,8 @@ def bench(
             print("  for the 2 cores, so these figures are lower bounds")
         print(
             f"server: python -m mixhouse serve, MIXHOUSE_API_WORKERS={workers}, {os.cpu_count()} cores; "
-            f"{n_mixes} mixes, half with 1 deposit + 1 sweep + 3 payouts; "
-            f"median of {runs} runs of {seconds:g} s"
+            f"{n_mixes} mixes, half with 1 deposit + 1 sweep + 3 payouts; creation rate limit off; "
+            f"median of {runs} runs of {seconds:g} s; load average before: {os.getloadavg()[0]:.1f}"
         )
         print(f"mix creation, one sequential client: {create_rate:.0f} mixes/s")
         mix_paths = [f"{MIXES_PATH}/{i}" for i in ids]
@@ -368,10 +403,24 @@ def bench(
         ]
         for conns in connections:
             for scenario in scenarios:
-                _load(wrk if use_wrk else None, base, scenario, connections=conns, seconds=WARMUP_SECONDS)
+                _load(
+                    wrk if use_wrk else None,
+                    base,
+                    scenario,
+                    connections=conns,
+                    seconds=WARMUP_SECONDS,
+                    server=process.pid,
+                )
                 results = sorted(
                     (
-                        _load(wrk if use_wrk else None, base, scenario, connections=conns, seconds=seconds)
+                        _load(
+                            wrk if use_wrk else None,
+                            base,
+                            scenario,
+                            connections=conns,
+                            seconds=seconds,
+                            server=process.pid,
+                        )
                         for _ in range(runs)
                     ),
                     key=lambda r: r.rate,
@@ -380,7 +429,8 @@ def bench(
                 spread = ", ".join(f"{r.rate:.0f}" for r in results)
                 print(
                     f"{scenario.label:26} c={conns:<3} {mid.rate:7.0f} req/s  p50 {mid.p50_ms:6.1f} ms  "
-                    f"p99 {mid.p99_ms:6.1f} ms  failed {mid.failures}  (runs: {spread} req/s)"
+                    f"p99 {mid.p99_ms:6.1f} ms  failed {mid.failures}  server CPU {mid.cpu_ms_per_request:.2f} ms/req"
+                    f"  (runs: {spread} req/s)"
                 )
     finally:
         if process is not None:

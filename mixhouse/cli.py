@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 
@@ -20,7 +19,7 @@ from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine, resolve_database_url
 from mixhouse.db.migrate import upgrade
 from mixhouse.errors import MixhouseError
-from mixhouse.logs import configure_logging, uvicorn_log_config
+from mixhouse.logs import configure_logging
 from mixhouse.termination import exit_cleanly_on_sigterm, run_async
 
 app = typer.Typer(help="Mixhouse: a self-hosted cryptocurrency operations platform.", no_args_is_help=True)
@@ -91,13 +90,10 @@ def devnet_bitcoin(port: Annotated[int, typer.Option(help="RPC port on 127.0.0.1
 @app.command()
 def serve() -> None:
     """Serve the HTTP API (and the OpenAPI docs at /docs)."""
-    from mixhouse.api.app import create_app  # noqa: PLC0415
-    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
+    from mixhouse.api.serving import serve_api  # noqa: PLC0415
 
     settings, url = _prepare()
-    rt = build_runtime(settings, url)
-    # The redacting log config keeps mix ids (paths /api/v1/mixes/{id}) out of the access log.
-    uvicorn.run(create_app(rt), host=settings.api_host, port=settings.api_port, log_config=uvicorn_log_config())
+    serve_api(settings, url)  # MIXHOUSE_API_WORKERS processes; mix ids kept out of the access log
 
 
 @app.command()

@@ -13,8 +13,12 @@ from fastapi import Depends, Request
 from mixhouse.mixer.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The runtime :func:`mixhouse.api.app.create_app` stored in ``app.state.runtime``."""
+async def get_runtime(request: Request) -> Runtime:
+    """The runtime :func:`mixhouse.api.app.create_app` stored in ``app.state.runtime``.
+
+    ``async`` although it awaits nothing: FastAPI runs a plain ``def`` dependency in a worker
+    thread, a thread hop on every request.
+    """
     return cast(Runtime, request.app.state.runtime)
 
 

@@ -27,6 +27,7 @@ from mixhouse.api.routes_admin import router as admin_router
 from mixhouse.api.routes_mixes import router as mixes_router
 from mixhouse.api.routes_wallets import router as wallets_router
 from mixhouse.api.schemas import HealthOut
+from mixhouse.db.engine import read_first
 from mixhouse.http_guard import RequestGuardMiddleware
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.recursion import pin_recursion_limit
@@ -42,8 +43,7 @@ async def health(rt: RuntimeDep, response: Response) -> HealthOut:
     """``{"status": "ok", "database": true}`` when ``SELECT 1`` answers; else 503 with
     ``{"status": "unavailable", "database": false}``."""
     try:
-        async with rt.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await read_first(rt.engine, text("SELECT 1"))
     except Exception:
         log.exception("health check: database unreachable")
         response.status_code = 503

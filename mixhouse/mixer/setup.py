@@ -50,14 +50,25 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
     return adapters
 
 
-def build_runtime(settings: Settings, database_url: str, *, pool_size: int = 10) -> Runtime:
-    """The runtime of a process: engine on ``database_url`` (libpq URI), adapters, screener."""
+def build_runtime(
+    settings: Settings,
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    pre_ping: bool = True,
+    max_overflow: int | None = None,
+) -> Runtime:
+    """The runtime of a process: engine on ``database_url`` (libpq URI), adapters, screener.
+
+    ``pool_size``, ``pre_ping`` and ``max_overflow`` as in :func:`mixhouse.db.engine.make_engine`
+    (the API's differ).
+    """
     denylist: list[str] = []
     if settings.denylist_file is not None:
         denylist = settings.denylist_file.read_text(encoding="utf-8").split()
     return Runtime(
         settings=settings,
-        engine=make_engine(database_url, pool_size=pool_size),
+        engine=make_engine(database_url, pool_size=pool_size, pre_ping=pre_ping, max_overflow=max_overflow),
         adapters=build_adapters(settings),
         screener=Screener(denylist),
     )

@@ -1,0 +1,91 @@
+"""``mixhouse serve``: the HTTP API in one uvicorn process or in ``settings.api_workers``.
+
+One Python process serves about one core's worth of requests (the event loop, FastAPI and
+the JSON work are single-threaded), so on a machine with several cores the API runs several
+uvicorn workers sharing one listening socket (uvicorn's own supervisor: it restarts a worker
+that dies and stops them all on SIGINT/SIGTERM). Each worker is a fresh interpreter that
+builds its own :class:`~mixhouse.mixer.runtime.Runtime` from the environment through
+:func:`worker_app`; the parent has already applied the migrations and, for the embedded
+PostgreSQL, started the server and put its URI in ``MIXHOUSE_DATABASE_URL``, so the workers
+connect to the same database and never start one of their own.
+
+The API's engine has no pool pre-ping (see :func:`mixhouse.db.engine.make_engine`): reads
+retry on a fresh connection instead, and a write that meets a dead connection answers 503.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from mixhouse.api.app import create_app
+from mixhouse.config import Settings
+from mixhouse.logs import configure_logging, uvicorn_log_config
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.setup import build_runtime
+
+# uvicorn imports the factory by name in each worker process.
+WORKER_FACTORY = "mixhouse.api.serving:worker_app"
+
+
+# Connections of one API process. A request holds one for a single statement (a status read,
+# /health) or one short transaction, so 20 keep two cores busy; with no overflow a burst
+# waits for a free connection rather than starting PostgreSQL backends per request.
+API_POOL_SIZE = 20
+
+
+def api_runtime(settings: Settings, database_url: str) -> Runtime:
+    """The runtime of one API process: ``API_POOL_SIZE`` connections, no overflow, no pre-ping
+    (see the module docstring and :func:`mixhouse.db.engine.make_engine`)."""
+    return build_runtime(settings, database_url, pool_size=API_POOL_SIZE, max_overflow=0, pre_ping=False)
+
+
+def worker_app() -> FastAPI:
+    """The app of one uvicorn worker, built from the environment (``MIXHOUSE_*``).
+
+    Its runtime is closed (adapters, engine) when the worker shuts down.
+
+    Raises:
+        RuntimeError: ``MIXHOUSE_DATABASE_URL`` is unset (the parent process sets it).
+    """
+    settings = Settings()
+    if not settings.database_url:
+        raise RuntimeError("an API worker needs MIXHOUSE_DATABASE_URL (set by mixhouse serve)")
+    configure_logging(settings)
+    rt = api_runtime(settings, settings.database_url)
+    app = create_app(rt)
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def closing(app_: FastAPI) -> AsyncIterator[None]:
+        async with inner(app_):
+            try:
+                yield
+            finally:
+                await rt.aclose()
+                await rt.engine.dispose()
+
+    app.router.lifespan_context = closing
+    return app
+
+
+def serve_api(settings: Settings, database_url: str) -> None:
+    """Serve the API on ``settings.api_host:api_port`` until SIGINT/SIGTERM.
+
+    ``settings.api_workers`` 1 serves in this process; more start that many worker processes
+    (see the module docstring). ``database_url`` is the libpq URI the migrations were applied
+    to. The access log goes through the redacting config of :mod:`mixhouse.logs`, which keeps
+    mix ids (paths ``/api/v1/mixes/{id}``) out of it.
+    """
+    host, port, log_config = settings.api_host, settings.api_port, uvicorn_log_config()
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(api_runtime(settings, database_url)), host=host, port=port, log_config=log_config)
+        return
+    # The workers read their settings from the environment: give them the database this
+    # process resolved (an embedded server's socket URI when none was configured).
+    os.environ["MIXHOUSE_DATABASE_URL"] = database_url
+    uvicorn.run(WORKER_FACTORY, factory=True, workers=settings.api_workers, host=host, port=port, log_config=log_config)

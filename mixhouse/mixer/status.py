@@ -1,0 +1,100 @@
+"""A mix's status as its owner reads it, in one statement: :func:`read_mix_status`.
+
+``GET /api/v1/mixes/{id}`` is the route every user polls, so its read is one round trip: the
+mix row with its deposits and payouts aggregated into two JSON arrays by PostgreSQL, run in
+autocommit (no ``BEGIN``/``ROLLBACK``). Three separate reads inside a transaction, after the
+pool's pre-ping, took six round trips (issue 14, item 8).
+
+Only the columns the status shows are aggregated (never a payout's raw transaction). JSON
+turns them into JSON values, which are read back exactly: amounts are ``NUMERIC(78,0)``, so
+JSON integers that Python parses as ``int`` (never a float); timestamps are ISO 8601 strings
+in the session's time zone, parsed back into aware datetimes equal to the typed columns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from itertools import chain
+from typing import Any
+
+from sqlalchemy import Column, ColumnElement, bindparam, func, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+from mixhouse.db.engine import read_first
+from mixhouse.db.tables import deposits, mixes, sends
+from mixhouse.errors import NotFound
+from mixhouse.mixer.runtime import Runtime
+
+# What mixhouse.api.schemas.DepositOut and PayoutOut read, and which of it are timestamps.
+_DEPOSIT_COLUMNS = (
+    "id",
+    "asset",
+    "state",
+    "amount",
+    "from_addresses",
+    "confirmations",
+    "reason",
+    "fee_amount",
+    "network_fee_amount",
+    "payout_total",
+    "anonymity_set",
+    "released_at",
+    "created_at",
+)
+_PAYOUT_COLUMNS = ("id", "kind", "asset", "to_address", "amount", "state", "due_at", "txid", "confirmed_at")
+_TIMESTAMPS = frozenset({"released_at", "created_at", "due_at", "confirmed_at"})
+
+
+def _json_rows(columns: list[Column[Any]], order_by: Column[Any], where: ColumnElement[bool]) -> Any:
+    """A scalar subquery: the rows matching ``where`` as a JSON array of objects, ``[]`` if none."""
+    # Keys inline (our own column names): a bound key has no type PostgreSQL can infer.
+    row = func.jsonb_build_object(*chain.from_iterable((literal_column(f"'{c.name}'"), c) for c in columns))
+    aggregated = func.jsonb_agg(aggregate_order_by(row, order_by))
+    return select(func.coalesce(aggregated, literal_column("'[]'::jsonb"))).where(where).scalar_subquery()
+
+
+# Built once, with the id as a bound parameter: SQLAlchemy's cache key of this statement (a
+# walk of its whole tree, subqueries included) took longer than the query when a fresh
+# ``.where(mixes.c.id == mix_id)`` was built per request.
+_STATUS = select(
+    mixes,
+    _json_rows([deposits.c[n] for n in _DEPOSIT_COLUMNS], deposits.c.id, deposits.c.mix_id == mixes.c.id).label(
+        "status_deposits"
+    ),
+    _json_rows(
+        [sends.c[n] for n in _PAYOUT_COLUMNS], sends.c.id, (sends.c.mix_id == mixes.c.id) & (sends.c.kind == "payout")
+    ).label("status_payouts"),
+).where(mixes.c.id == bindparam("mix_id"))
+
+
+def _typed(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its timestamp strings parsed (amounts are already ``int``)."""
+    for name in _TIMESTAMPS:
+        value = record.get(name)
+        if value is not None:
+            record[name] = datetime.fromisoformat(value)
+    return record
+
+
+async def read_mix_status(rt: Runtime, mix_id: str) -> dict[str, Any]:
+    """The mix, its deposits and its payouts, read in one statement (see the module docstring).
+
+    Returns:
+        ``{"mix": {every mixes column}, "deposits": [...], "sends": [...]}``, the shape of
+        :func:`mixhouse.mixer.mixes.get_mix` restricted to what the status shows: deposits
+        with the columns of ``_DEPOSIT_COLUMNS``, sends of kind ``payout`` only with those of
+        ``_PAYOUT_COLUMNS``, each list ordered by id. Amounts are ``int`` base units,
+        timestamps aware datetimes.
+
+    Raises:
+        NotFound: no mix has this id.
+        sqlalchemy.exc.DBAPIError: the database failed or stayed unreachable (see
+            :func:`mixhouse.db.engine.read_first`).
+    """
+    row = await read_first(rt.engine, _STATUS, {"mix_id": mix_id})
+    if row is None:
+        raise NotFound("no mix with this id")
+    mix = dict(row._mapping)
+    deps = mix.pop("status_deposits")
+    payouts = mix.pop("status_payouts")
+    return {"mix": mix, "deposits": [_typed(d) for d in deps], "sends": [_typed(p) for p in payouts]}
