@@ -24,7 +24,14 @@ $(CHROMIUM):
 	command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) for the browser tests"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-install: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
+# promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yml in the tests.
+PROMTOOL := /usr/bin/promtool
+
+$(PROMTOOL):
+	command -v apt-get >/dev/null || { echo "install promtool at $(PROMTOOL) to check the alert rules"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+
+install: $(STAMP) $(NODE_STAMP) $(CHROMIUM) $(PROMTOOL)
 
 demo: $(STAMP)
 	$(VENV)/bin/mixhouse demo
