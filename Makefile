@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo demo-bitcoin test lint typecheck unit bench clean
+.PHONY: install demo demo-bitcoin test lint typecheck unit bench bench-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ $(PROMTOOL):
 	command -v apt-get >/dev/null || { echo "install promtool at $(PROMTOOL) to check the alert rules"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 
+# wrk (Debian's package) generates the HTTP load of benchmarks/api.py; without it the benchmark
+# falls back to a slower Python generator and says so.
+WRK := /usr/bin/wrk
+
+$(WRK):
+	command -v apt-get >/dev/null || { echo "install wrk at $(WRK) for benchmarks/api.py"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+
+bench-tools: $(WRK)
+
 install: $(STAMP) $(NODE_STAMP) $(CHROMIUM) $(PROMTOOL)
 
 demo: $(STAMP)
@@ -51,7 +61,7 @@ unit: install
 
 test: lint typecheck unit
 
-bench: install
+bench: install $(WRK)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.privacy
 	$(PY) -m benchmarks.privacy gate-cost
@@ -60,6 +70,7 @@ bench: install
 	$(PY) -m benchmarks.wallets
 	$(PY) -m benchmarks.wallets_node
 	$(PY) -m benchmarks.scan
+	$(PY) -m benchmarks.api
 
 clean:
 	rm -rf $(VENV) node_modules .mixhouse .pytest_cache .mypy_cache
