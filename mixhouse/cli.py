@@ -477,3 +477,35 @@ def fixtures(
         f"{summary.added_addresses} addresses added, {summary.written} transaction rows written"
     )
     console.print("give a demo user a key with: mixhouse apikey create demo-user-1")
+
+
+operator_app = typer.Typer(help="Operators of the admin dashboard (/admin).", no_args_is_help=True)
+app.add_typer(operator_app, name="operator")
+
+
+@operator_app.command("create")
+def operator_create(
+    name: Annotated[str, typer.Argument(help="The operator's login name")],
+    password: Annotated[
+        str,
+        typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar="MIXHOUSE_OPERATOR_PASSWORD"),
+    ],
+) -> None:
+    """Create an operator of /admin (or set a new password, which ends its sessions). The
+    password (12 characters or more) is stored as an Argon2id hash only."""
+    from mixhouse.web.operators import create_operator  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _run() -> None:
+        engine = make_engine(url, pool_size=1)
+        try:
+            await create_operator(engine, name, password)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(_run())
+    except MixhouseError as exc:
+        raise _fail(exc) from exc
+    console.print(f"operator {name!r} can log in at /admin")

@@ -118,6 +118,27 @@ mix_creation_rates = Table(
 )
 Index("ix_mix_creation_rates_tat", mix_creation_rates.c.tat)
 
+# Operators of the admin dashboard (mixhouse.web.operators): Argon2id password hashes, and
+# sessions kept by the SHA-256 of their cookie token.
+operators = Table(
+    "operators",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("token_hash", LargeBinary, primary_key=True),
+    Column("operator", Text, ForeignKey("operators.name", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_operator_sessions_expires", operator_sessions.c.expires_at)
+
 deposits = Table(
     "deposits",
     metadata,

@@ -1,0 +1,158 @@
+"""The admin dashboard: ``/admin`` behind an operator login (session cookie, CSRF-protected
+forms), updated live by server-sent events (``/admin/events``).
+
+It shows, per asset, the pool's books against the chain at the last reconciliation and
+whether payouts are paused; mixes by state; frozen and held deposits with their reasons; the
+newest audit entries, with a button that recomputes the audit log's hash chain. It reads
+through the admin API's own functions (:mod:`mixhouse.api.routes_admin`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from sqlalchemy import func, select
+
+from mixhouse import audit
+from mixhouse.api import RuntimeDep
+from mixhouse.api.routes_admin import list_deposits
+from mixhouse.api.routes_admin import pool as pool_report
+from mixhouse.api.schemas import AuditEntryOut
+from mixhouse.db.tables import audit_log, mixes
+from mixhouse.errors import AuditChainBroken
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import DepositState
+from mixhouse.web.operators import Session, login, logout, session_for
+from mixhouse.web.sse import change_stream, sse_response
+from mixhouse.web.templating import PAGE_HEADERS, render, render_fragment
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+COOKIE = "mh_admin"
+DASHBOARD_POLL_SECONDS = 1.0
+AUDIT_SHOWN = 30
+
+
+async def _session(rt: Runtime, request: Request) -> Session | None:
+    return await session_for(rt.engine, request.cookies.get(COOKIE))
+
+
+def _to_login() -> RedirectResponse:
+    return RedirectResponse("/admin/login", status_code=303, headers=PAGE_HEADERS)
+
+
+def _csrf_ok(session: Session, given: str | None) -> bool:
+    return secrets.compare_digest((given or "").encode(), session.csrf_token.encode())
+
+
+async def dashboard_context(rt: Runtime) -> dict[str, Any]:
+    """What the dashboard shows, read now: pools, mixes by state, deposits needing the
+    operator, the newest audit entries."""
+    pools = (await pool_report(rt)).pools
+    flagged = (
+        await list_deposits(rt, state=[DepositState.FROZEN, DepositState.HELD], asset=None, limit=100, after=None)
+    ).items
+    async with rt.engine.connect() as conn:
+        by_state = [
+            (str(r[0]), str(r[1]), int(r[2]))
+            for r in await conn.execute(
+                select(mixes.c.asset, mixes.c.state, func.count()).group_by(mixes.c.asset, mixes.c.state)
+            )
+        ]
+        entries = [
+            AuditEntryOut.from_row(dict(r._mapping))
+            for r in await conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(AUDIT_SHOWN))
+        ]
+    return {"pools": pools, "by_state": sorted(by_state), "flagged": flagged, "entries": entries}
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request) -> HTMLResponse:
+    """The login form."""
+    return render(request, "admin_login.html", {"error": None})
+
+
+@router.post("/login", response_model=None)
+async def login_submit(
+    request: Request,
+    rt: RuntimeDep,
+    name: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    """Check the credentials; on success set the session cookie and go to the dashboard.
+
+    A wrong name or password is the same 401 page (not told apart).
+    """
+    token = await login(rt.engine, name, password, lifetime_seconds=rt.settings.admin_session_seconds)
+    if token is None:
+        return render(request, "admin_login.html", {"error": "wrong name or password"}, status_code=401)
+    response = RedirectResponse("/admin", status_code=303, headers=PAGE_HEADERS)
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=rt.settings.admin_session_seconds,
+        httponly=True,
+        samesite="strict",
+        secure=rt.settings.environment == "production",
+        path="/admin",
+    )
+    return response
+
+
+@router.post("/logout", response_model=None)
+async def logout_submit(request: Request, rt: RuntimeDep, csrf_token: Annotated[str, Form()] = "") -> Response:
+    """End the session (CSRF-checked) and go back to the login form."""
+    session = await _session(rt, request)
+    if session is None:
+        return _to_login()
+    if not _csrf_ok(session, csrf_token):
+        return render(request, "admin_refused.html", {"reason": "missing or wrong CSRF token"}, status_code=403)
+    await logout(rt.engine, request.cookies.get(COOKIE, ""))
+    response = _to_login()
+    response.delete_cookie(COOKIE, path="/admin")
+    return response
+
+
+@router.get("", response_class=HTMLResponse, response_model=None)
+async def dashboard(request: Request, rt: RuntimeDep) -> Response:
+    """The dashboard (303 to the login form without a live session)."""
+    session = await _session(rt, request)
+    if session is None:
+        return _to_login()
+    context = await dashboard_context(rt)
+    context.update({"session": session, "verified": None})
+    return render(request, "admin.html", context)
+
+
+@router.post("/audit/verify", response_class=HTMLResponse, response_model=None)
+async def audit_verify(request: Request, rt: RuntimeDep, csrf_token: Annotated[str, Form()] = "") -> Response:
+    """Recompute the audit log's hash chain (CSRF-checked form); the dashboard shows the result."""
+    session = await _session(rt, request)
+    if session is None:
+        return _to_login()
+    if not _csrf_ok(session, csrf_token):
+        return render(request, "admin_refused.html", {"reason": "missing or wrong CSRF token"}, status_code=403)
+    try:
+        async with rt.engine.begin() as conn:
+            count = await audit.verify(conn)
+        verified: dict[str, Any] = {"ok": True, "detail": f"{count} sealed entries verified"}
+    except AuditChainBroken as exc:
+        verified = {"ok": False, "detail": str(exc)}
+    context = await dashboard_context(rt)
+    context.update({"session": session, "verified": verified})
+    return render(request, "admin.html", context)
+
+
+@router.get("/events", response_model=None)
+async def dashboard_events(request: Request, rt: RuntimeDep) -> Response | StreamingResponse:
+    """Server-sent events: ``dashboard`` with the dashboard's live block whenever it changes."""
+    if await _session(rt, request) is None:
+        return Response(status_code=401)
+
+    async def snapshot() -> str:
+        return render_fragment("_admin_live.html", await dashboard_context(rt))
+
+    return sse_response(change_stream(request, snapshot, event="dashboard", interval=DASHBOARD_POLL_SECONDS))
