@@ -58,6 +58,9 @@ def _fail(exc: MixhouseError) -> typer.Exit:
 def demo(
     chain: Annotated[str, typer.Option(help="jobcoin (local ledger) or bitcoin (local regtest node)")] = "jobcoin",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 180.0,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep serving the pages after the demo, until Ctrl-C.")
+    ] = False,
 ) -> None:
     """Mix coins end to end on embedded PostgreSQL and a local chain, and show it."""
     settings, url = _prepare()
@@ -68,7 +71,7 @@ def demo(
     elif chain == "jobcoin":
         from mixhouse.demo import run_demo  # noqa: PLC0415
 
-        code = run_async(run_demo(settings, url, give_up_after=timeout, console=console))
+        code = run_async(run_demo(settings, url, give_up_after=timeout, console=console, serve=serve))
     else:
         console.print(f"[red]error:[/red] unknown chain {chain!r}: use jobcoin or bitcoin")
         code = 2

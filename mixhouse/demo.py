@@ -53,8 +53,14 @@ def demo_settings(settings: Settings, ledger_port: int) -> Settings:
     )
 
 
-async def run_demo(settings: Settings, database_url: str, *, give_up_after: float, console: Console) -> int:
-    """Run the demo; returns the process exit code (0 when every check passed)."""
+async def run_demo(
+    settings: Settings, database_url: str, *, give_up_after: float, console: Console, serve: bool = False
+) -> int:
+    """Run the demo; returns the process exit code (0 when every check passed).
+
+    With ``serve``, keep the ledger, the API with its pages and the worker running after the
+    checks, until the task is cancelled (Ctrl-C), so that the pages can be opened.
+    """
     ledger_port, api_port = free_port(), free_port()
     settings = demo_settings(settings, ledger_port)
     rt = build_runtime(settings, database_url)
@@ -67,13 +73,16 @@ async def run_demo(settings: Settings, database_url: str, *, give_up_after: floa
             background(run_worker(rt, database_url, concurrency=4)),
             httpx.AsyncClient(timeout=10) as http,
         ):
-            return await _scenario(
-                http,
-                f"http://127.0.0.1:{ledger_port}/api",
-                f"http://127.0.0.1:{api_port}",
-                give_up_after,
-                console,
-            )
+            base = f"http://127.0.0.1:{api_port}"
+            console.print(f"mix page: [bold]{base}/[/bold]   admin dashboard: [bold]{base}/admin[/bold]")
+            code = await _scenario(http, f"http://127.0.0.1:{ledger_port}/api", base, give_up_after, console)
+            if serve:
+                console.print(
+                    f"serving until Ctrl-C: mix page {base}/ , dashboard {base}/admin "
+                    "(create an operator with: mixhouse operator create NAME)"
+                )
+                await asyncio.Event().wait()
+            return code
     finally:
         await rt.aclose()
         await rt.engine.dispose()
@@ -96,6 +105,7 @@ async def _scenario(http: httpx.AsyncClient, ledger: str, api: str, give_up_afte
     )
     created.raise_for_status()
     mix = created.json()
+    console.print(f"its page: [bold]{api}/mix/{mix['id']}[/bold]")
     console.print(
         f"mix created: deposit address [bold]{mix['deposit_address']}[/bold], fee {mix['fee_percent_range']}%, "
         f"payouts within 1-20 s to {', '.join(withdrawals)}"
