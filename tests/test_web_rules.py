@@ -12,7 +12,8 @@ from mixhouse.mixer.withdrawals import IS_DEPOSIT, IS_POOL, NOT_DISTINCT, check_
 from mixhouse.web.mix_pages import duration
 from mixhouse.web.payment_uri import payment_uri, qr_svg
 
-ADAPTER = JobcoinAdapter("http://127.0.0.1:9/api", "mixhouse-pool", address_secret=b"test-secret-of-the-web-rules-tests")
+SECRET = b"test-secret-of-the-web-rules-tests"
+ADAPTER = JobcoinAdapter("http://127.0.0.1:9/api", "mixhouse-pool", address_secret=SECRET)
 
 
 def test_each_problem_is_tied_to_its_field() -> None:
@@ -53,8 +54,9 @@ def test_qr_svg_encodes_the_uri() -> None:
     assert svg.startswith("<svg")
     assert "viewBox" in svg
     assert "width=" not in svg.split(">", 1)[0]  # scales with CSS
-    # The same symbol segno draws for the text (the SVG is that matrix, nothing else).
-    assert segno.make("bitcoin:BCRT1QXYZ", error="m", micro=False).version >= 1
+    # The symbol of exactly this text, with its 4-module quiet zone, at scale 4.
+    width, height = segno.make("bitcoin:BCRT1QXYZ", error="m", micro=False).symbol_size(scale=4, border=4)
+    assert f'viewBox="0 0 {width} {height}"' in svg
 
 
 def test_mix_page_paths_are_redacted_in_logs() -> None:
