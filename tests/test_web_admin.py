@@ -56,6 +56,8 @@ async def test_operator_sees_a_frozen_deposit_arrive_live(database_url: str, eng
         await page.wait_for_selector("#flagged tr[data-state=frozen]", timeout=60_000)
         await page.wait_for_selector('#audit tr[data-action="deposit.frozen"]', timeout=30_000)
         assert await page.evaluate("window.__notReloaded === true")
+        await page.wait_for_selector("#scans li[data-asset=JOBCOIN]")
+        assert int(await page.text_content("#workers-alive") or "0") >= 1
         row = await page.text_content("#flagged tr[data-state=frozen]") or ""
         assert "listed-sender" in row
         assert "5" in row

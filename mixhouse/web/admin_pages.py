@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from mixhouse import audit
 from mixhouse.api import RuntimeDep
@@ -50,7 +50,7 @@ def _csrf_ok(session: Session, given: str | None) -> bool:
 
 async def dashboard_context(rt: Runtime) -> dict[str, Any]:
     """What the dashboard shows, read now: pools, mixes by state, deposits needing the
-    operator, the newest audit entries."""
+    operator, the newest audit entries, chain scans, live workers and wallet sync status."""
     pools = (await pool_report(rt)).pools
     flagged = (
         await list_deposits(rt, state=[DepositState.FROZEN, DepositState.HELD], asset=None, limit=100, after=None)
@@ -66,7 +66,43 @@ async def dashboard_context(rt: Runtime) -> dict[str, Any]:
             AuditEntryOut.from_row(dict(r._mapping))
             for r in await conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(AUDIT_SHOWN))
         ]
-    return {"pools": pools, "by_state": sorted(by_state), "flagged": flagged, "entries": entries}
+        # Health: each chain scan's last progress, live workers, wallet sync by status (the same
+        # figures as /metrics; ages on the database's clock, floored at 0).
+        scans = [
+            (str(r[0]), int(r[1]))
+            for r in await conn.execute(
+                text(
+                    "SELECT asset, greatest(extract(epoch FROM now() - updated_at), 0)::bigint "
+                    "FROM chain_cursors ORDER BY asset"
+                )
+            )
+        ]
+        workers = int(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM procrastinate_workers "
+                        "WHERE last_heartbeat > now() - make_interval(secs => :stalled)"
+                    ),
+                    {"stalled": rt.settings.worker_stalled_after_seconds},
+                )
+            ).scalar_one()
+        )
+        wallet_sync = [
+            (str(r[0]), str(r[1]), int(r[2]))
+            for r in await conn.execute(
+                text("SELECT chain, status, count(*) FROM wallet_addresses GROUP BY chain, status ORDER BY 1, 2")
+            )
+        ]
+    return {
+        "pools": pools,
+        "by_state": sorted(by_state),
+        "flagged": flagged,
+        "entries": entries,
+        "scans": scans,
+        "workers": workers,
+        "wallet_sync": wallet_sync,
+    }
 
 
 @router.get("/login", response_class=HTMLResponse)
