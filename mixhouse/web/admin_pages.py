@@ -25,6 +25,7 @@ from mixhouse.db.tables import audit_log, mixes
 from mixhouse.errors import AuditChainBroken
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState
+from mixhouse.money import ASSETS, Asset, format_amount
 from mixhouse.web.operators import Session, login, logout, session_for
 from mixhouse.web.sse import change_stream, sse_response
 from mixhouse.web.templating import PAGE_HEADERS, render, render_fragment
@@ -50,7 +51,8 @@ def _csrf_ok(session: Session, given: str | None) -> bool:
 
 async def dashboard_context(rt: Runtime) -> dict[str, Any]:
     """What the dashboard shows, read now: pools, mixes by state, deposits needing the
-    operator, the newest audit entries, chain scans, live workers and wallet sync status."""
+    operator, payouts due within the hour, the newest audit entries, chain scans, live
+    workers and wallet sync status."""
     pools = (await pool_report(rt)).pools
     flagged = (
         await list_deposits(rt, state=[DepositState.FROZEN, DepositState.HELD], asset=None, limit=100, after=None)
@@ -94,7 +96,17 @@ async def dashboard_context(rt: Runtime) -> dict[str, Any]:
                 text("SELECT chain, status, count(*) FROM wallet_addresses GROUP BY chain, status ORDER BY 1, 2")
             )
         ]
+        due_soon = [
+            (str(r[0]), int(r[1]), format_amount(int(r[2]), ASSETS[Asset(str(r[0]))].decimals))
+            for r in await conn.execute(
+                text(
+                    "SELECT asset, count(*), coalesce(sum(amount), 0) FROM sends WHERE kind = 'payout' "
+                    "AND state = 'scheduled' AND due_at < now() + interval '1 hour' GROUP BY asset ORDER BY asset"
+                )
+            )
+        ]
     return {
+        "due_soon": due_soon,
         "pools": pools,
         "by_state": sorted(by_state),
         "flagged": flagged,
