@@ -236,8 +236,7 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     held = 0
     for dep in waiting:
         planned = int(dep.payout_total)
-        reserve = int(dep.reserve or 0)
-        pooled = int(dep.fee_amount) + planned + int(dep.pieces) * reserve
+        pooled, reserve = _pooled(dep)
         totals = candidate_totals(
             pooled, dep.fee_min_bps, dep.fee_max_bps, network_fee=int(dep.pieces) * reserve, min_payout=dust
         )
@@ -307,11 +306,17 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     return len(decisions), held
 
 
+def _pooled(dep: Any) -> tuple[int, int]:  # a row of release_gate's waiting query
+    """``(pooled amount, network fee reserved per piece)`` of a waiting deposit, base units:
+    what its plan split into fee, network fees and payout total."""
+    reserve = int(dep.reserve or 0)
+    return int(dep.fee_amount) + int(dep.payout_total) + int(dep.pieces) * reserve, reserve
+
+
 async def _replan(rt: Runtime, work: Unit, dep: Row[Any], decision: GateDecision, moment: datetime) -> bool:
     """Replace ``dep``'s unreleased pieces by a plan for ``decision.total``, in ``work``;
     ``False`` (nothing changed) when that total cannot be planned after all."""
-    reserve = int(dep.reserve or 0)
-    pooled = int(dep.fee_amount) + int(dep.payout_total) + int(dep.pieces) * reserve
+    pooled, reserve = _pooled(dep)
     try:
         plan: Plan = plan_payouts(
             pooled=pooled,
