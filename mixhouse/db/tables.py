@@ -176,7 +176,9 @@ sends = Table(
     "sends",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("kind", Text, nullable=False),  # 'sweep' (deposit -> pool) or 'payout' (pool -> user)
+    # 'sweep' (deposit -> pool), 'payout' (pool -> user) or 'refund' (a held deposit -> an
+    # address the operator gives, mixer/refunds.py)
+    Column("kind", Text, nullable=False),
     Column("asset", Text, nullable=False),
     Column("mix_id", Text, ForeignKey("mixes.id"), nullable=False),
     Column("deposit_id", BigInteger, ForeignKey("deposits.id"), nullable=False),
@@ -237,6 +239,8 @@ Index("ix_sends_round", sends.c.asset, sends.c.due_at, postgresql_where=text("ki
 Index("ix_sends_deposit", sends.c.deposit_id)
 Index("ix_sends_mix", sends.c.mix_id)
 Index("ix_sends_state", sends.c.asset, sends.c.state)
+# At most one refund per deposit (migration 0013): the last guard of refunds' exactly-once.
+Index("uq_sends_one_refund", sends.c.deposit_id, unique=True, postgresql_where=text("kind = 'refund'"))
 Index(
     "uq_sends_one_in_flight",
     sends.c.serial_key,
@@ -258,6 +262,10 @@ chain_cursors = Table(
     Column("asset", Text, primary_key=True),
     Column("cursor", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The chain's height the last scan saw and the height it read through (ScanResult.tip and
+    # .scanned; migration 0014); NULL where the adapter cannot tell.
+    Column("tip_height", BigInteger),
+    Column("scanned_height", BigInteger),
 )
 
 key_counters = Table(
@@ -265,6 +273,29 @@ key_counters = Table(
     metadata,
     Column("asset", Text, primary_key=True),
     Column("next_index", BigInteger, nullable=False),
+)
+
+# An operator's written acknowledgement of one reconciliation mismatch (migration 0013,
+# mixer/acknowledgements.py): the figures it covers and the discrepancy range it accepts.
+reconciliation_acknowledgements = Table(
+    "reconciliation_acknowledgements",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("asset", Text, nullable=False),
+    Column("expected", Amount, nullable=False),
+    Column("actual", Amount, nullable=False),
+    Column("low", Amount, nullable=False),
+    Column("high", Amount, nullable=False),
+    Column("discrepancy_low", Amount, nullable=False),  # actual - high at the acknowledged check
+    Column("discrepancy_high", Amount, nullable=False),  # actual - low
+    Column("operator", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index(
+    "ix_reconciliation_acknowledgements_asset",
+    reconciliation_acknowledgements.c.asset,
+    reconciliation_acknowledgements.c.id,
 )
 
 reconciliations = Table(
@@ -277,6 +308,11 @@ reconciliations = Table(
     Column("actual", Amount, nullable=False),
     Column("ok", Boolean, nullable=False),
     Column("detail", Text, nullable=False),
+    # The range of the check (NULL before migration 0013) and the acknowledgement covering its
+    # mismatch, if any: a covered mismatch does not pause payouts.
+    Column("low", Amount, nullable=True),
+    Column("high", Amount, nullable=True),
+    Column("acknowledgement_id", BigInteger, ForeignKey("reconciliation_acknowledgements.id"), nullable=True),
 )
 
 sanctioned_addresses = Table(

@@ -28,7 +28,9 @@ class MixState(enum.StrEnum):
 
 class DepositState(enum.StrEnum):
     """A deposit: seen on chain, then frozen (sanctions), held (outside limits), or swept
-    into the pool; ``dropped`` when a reorg removed it before it confirmed."""
+    into the pool; ``dropped`` when a reorg removed it before it confirmed. A held deposit
+    the operator refunds is ``refunding`` while its refund send is in flight, then
+    ``refunded`` (mixer/refunds.py)."""
 
     SEEN = "seen"
     FROZEN = "frozen"
@@ -36,10 +38,12 @@ class DepositState(enum.StrEnum):
     SWEEPING = "sweeping"
     POOLED = "pooled"
     DROPPED = "dropped"
+    REFUNDING = "refunding"
+    REFUNDED = "refunded"
 
 
 class SendState(enum.StrEnum):
-    """A send (a sweep or a payout): scheduled, signed and stored, broadcast, confirmed."""
+    """A send (a sweep, a payout or a refund): scheduled, signed and stored, broadcast, confirmed."""
 
     SCHEDULED = "scheduled"
     SIGNED = "signed"
@@ -67,6 +71,9 @@ DEPOSIT_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
         (DepositState.SWEEPING, DepositState.POOLED),
         # UTXO chains: an accepted deposit's output joins the pool at once, without a sweep.
         (DepositState.SEEN, DepositState.POOLED),
+        # The operator refunds a held deposit (never a frozen one): scheduled, then confirmed.
+        (DepositState.HELD, DepositState.REFUNDING),
+        (DepositState.REFUNDING, DepositState.REFUNDED),
     }
 )
 
