@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -52,9 +52,9 @@ from mixhouse.db.migrate import upgrade
 from mixhouse.db.tables import deposits, sends
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.planner import plan_payouts
-from mixhouse.mixer.privacy.analyzer import analyze
+from mixhouse.mixer.privacy.analyzer import AddressFinding, analyze
 from mixhouse.mixer.privacy.population import Population, SimUser, all_equal, burst, deposit_amount, quiet, realistic
-from mixhouse.mixer.privacy.records import PublicDeposit, PublicTransfer, view_from_transfers
+from mixhouse.mixer.privacy.records import PublicDeposit, PublicTransfer, PublicView, view_from_transfers
 from mixhouse.mixer.privacy.rules import DenominatedRules
 from mixhouse.mixer.privacy.score import percentile, release_set, score
 from mixhouse.mixer.privacy.timing import TimingRules
@@ -109,7 +109,14 @@ async def _public_ledger(api_url: str) -> list[PublicTransfer]:
 
 
 async def run_scenario(
-    population: Population, *, k: int, speed: float, workers: int, seed: int, keep_db: bool = False
+    population: Population,
+    *,
+    k: int,
+    speed: float,
+    workers: int,
+    seed: int,
+    keep_db: bool = False,
+    show_linked: bool = False,
 ) -> None:
     """Mix ``population`` with the real engine, attack the public ledger, print the figures."""
     users = _scaled(population.users, speed)
@@ -250,6 +257,31 @@ async def run_scenario(
         )
     best = result.attacks[result.best]
     print(f"  best attack: {result.best}: {best.linked_pct:.1f}% linked at {best.precision_pct:.1f}% precision")
+    if show_linked:
+        _print_linked(report.attacks[result.best].findings, truth, users, view)
+
+
+def _print_linked(
+    findings: Mapping[str, AddressFinding],
+    truth: Mapping[str, str],
+    users: Sequence[SimUser],
+    view: PublicView,
+) -> None:
+    """The addresses the best attack linked rightly: their deposit, its mix's size and payouts."""
+    user_of = {w: u for u in users for w in u.withdrawal_addresses}
+    at_of = {d.ref: d.at for d in view.deposits}
+    for address, ref in sorted(truth.items()):
+        finding = findings.get(address)
+        if finding is None or finding.claimed != ref:
+            continue
+        u = user_of[address]
+        paid = sorted(p.at - at_of[ref] for p in view.payouts if p.to_address == address)
+        total = sum(p.amount for p in view.payouts if p.to_address == address)
+        print(
+            f"    linked: deposit {u.amount / 10**8:.8f} at {u.arrives_at:.0f} s, {len(u.withdrawal_addresses)} "
+            f"address(es); this one got {total / 10**8:.8f} in {len(paid)} piece(s) "
+            f"{paid[0]:.0f}-{paid[-1]:.0f} s after the deposit"
+        )
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -356,6 +388,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--keep-db", action="store_true", help="keep the database for inspection")
+    parser.add_argument("--show-linked", action="store_true", help="list the addresses the best attack linked")
     args = parser.parse_args()
     if args.part == "gate-cost":
         gate_cost([int(x) for x in (args.k or "2,5,10,20").split(",")])
@@ -363,8 +396,17 @@ def main() -> None:
     k = int(args.k) if args.k else Settings().privacy_gate_k
     for scenario in args.scenarios.split(","):
         population = SCENARIOS[scenario](args.seed)
-        options = {"k": k, "speed": args.speed, "workers": args.workers, "seed": args.seed, "keep_db": args.keep_db}
-        asyncio.run(run_scenario(population, **options))
+        asyncio.run(
+            run_scenario(
+                population,
+                k=k,
+                speed=args.speed,
+                workers=args.workers,
+                seed=args.seed,
+                keep_db=args.keep_db,
+                show_linked=args.show_linked,
+            )
+        )
 
 
 if __name__ == "__main__":

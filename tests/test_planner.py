@@ -90,11 +90,31 @@ def test_plan_is_exact_in_series_and_inside_the_quoted_range(
     # The quoted range (before the deposit) contains what is paid.
     bottom, top = quoted_total_range(pooled, fee_min, fee_max, network_fee=plan.network_fee)
     assert bottom <= plan.payout_total <= top
+    if len(addrs) > 1:
+        # No address of a multi-address mix receives a total the deposit could pay alone
+        # (it would pass for a single-address mix of this deposit).
+        received = Counter[str]()
+        for p in plan.payouts:
+            received[p.to_address] += p.amount
+        assert max(received.values()) < bottom
 
 
 @given(pooled=st.integers(min_value=COIN, max_value=10**5 * COIN), seed=SEEDS)
 def test_a_plan_is_reproducible_from_its_seed(pooled: int, seed: int) -> None:
     assert _plan(pooled, ("a", "b", "c"), seed=seed) == _plan(pooled, ("a", "b", "c"), seed=seed)
+
+
+@pytest.mark.parametrize("pooled", [7_379_444_720, 3_089_582_890, 5_185_221_147, 10_300_000_000])
+def test_no_address_of_a_two_address_mix_looks_like_the_whole_mix(pooled: int) -> None:
+    # The deposits of the realistic population whose larger address the "single" attack linked
+    # before the rule (one address got 72 of a 73.79 total), and a total of one big piece.
+    bottom, _ = quoted_total_range(pooled, 100, 300)
+    for seed in range(300):
+        plan = _plan(pooled, ("a", "b"), seed=seed)
+        received = Counter[str]()
+        for p in plan.payouts:
+            received[p.to_address] += p.amount
+        assert max(received.values()) < bottom, seed
 
 
 def test_totals_of_similar_deposits_share_a_coarse_grid() -> None:

@@ -18,7 +18,9 @@ What it does to hide the link between a deposit and its payouts (issue 13, measu
   (1, 2, 5, 10, 20, 50... times ``q``), like banknotes, so a single payout says nothing about
   which deposit it belongs to; pieces are split at random beyond the greedy decomposition.
 * **No shape rules to filter on.** Pieces go to the withdrawal addresses at random (each
-  address at least one), with no bound on the ratio of shares and no fixed payout count.
+  address at least one), with no bound on the ratio of shares and no fixed payout count, except
+  that no address of a multi-address mix receives a whole total of its deposit (it would pass
+  for a single-address mix of it).
 
 Sources: the 1-2-5 series is IEC 60063's preferred-number "E3"-like banknote series; the
 design follows the "equal outputs" idea of CoinJoin denominations (Wasabi, JoinMarket).
@@ -256,6 +258,11 @@ def plan_payouts(
         pieces = denominate(total, q, min_pieces=count, max_pieces=max_pieces, rng=rng)
         if len(pieces) < count:
             raise InvalidAmount(f"{total} base units cannot be split into {count} payouts of at least {q}")
+        if n > 1 and max(pieces) >= pooled - len(pieces) * network_fee_per_payout - high and count < max_pieces:
+            # One piece as large as a whole total of this deposit would make its address look
+            # like a single-address mix of it (see _assign): split it.
+            count = len(pieces) + 1
+            continue
         if len(pieces) == count or network_fee_per_payout == 0:
             break
         count = len(pieces)
@@ -265,15 +272,53 @@ def plan_payouts(
     fee = pooled - network_fee - total
     if forced is not None and not low <= fee <= high:
         raise InvalidAmount(f"a payout total of {total} base units puts the fee outside the quoted range")
-    # Every address once, then the other pieces to random addresses (no share ratio to test).
-    targets = list(withdrawal_addresses)
-    rng.shuffle(targets)
-    targets += [rng.choice(withdrawal_addresses) for _ in range(len(pieces) - n)]
+    targets = _assign(pieces, withdrawal_addresses, below=pooled - network_fee - high, rng=rng)
     payouts = tuple(
         PlannedPayout(address, amount, rng.randint(delay_min_seconds, delay_max_seconds))
         for address, amount in zip(targets, pieces, strict=True)
     )
     return Plan(fee=fee, network_fee=network_fee, quantum=q, payouts=payouts)
+
+
+# Random assignments tried before the balanced fallback of _assign.
+_ASSIGN_ATTEMPTS = 32
+
+
+def _assign(pieces: Sequence[int], addresses: Sequence[str], *, below: int, rng: random.Random) -> list[str]:
+    """The withdrawal address of each piece: every address once, the other pieces at random
+    (no share ratio to test), and, when there are several addresses, no address receiving
+    ``below`` base units or more in all.
+
+    ``below`` is the smallest total the deposit could pay out on its own. An address of a
+    multi-address mix that received that much would pass for a whole single-address mix of
+    this deposit, and the "single" attack would link it (measured: 3 of the 12 addresses it
+    linked in the realistic population of issue 13). Random draws are tried first; if none
+    fits, pieces go largest first to the address with the least so far, which fits whenever
+    no piece is itself ``below`` or more (plan_payouts splits such a piece).
+    """
+    n = len(addresses)
+    for _ in range(_ASSIGN_ATTEMPTS):
+        targets = list(addresses)
+        rng.shuffle(targets)
+        targets += [rng.choice(addresses) for _ in range(len(pieces) - n)]
+        if n == 1:
+            return targets
+        sums: dict[str, int] = {}
+        for address, amount in zip(targets, pieces, strict=True):
+            sums[address] = sums.get(address, 0) + amount
+        if max(sums.values()) < below:
+            return targets
+    order = sorted(range(len(pieces)), key=lambda i: -pieces[i])
+    shuffled = list(addresses)
+    rng.shuffle(shuffled)
+    totals = dict.fromkeys(shuffled, 0)
+    out = [""] * len(pieces)
+    for rank, i in enumerate(order):
+        # The first n pieces go one to each address, so every address is paid at least once.
+        address = shuffled[rank] if rank < n else min(shuffled, key=lambda a: totals[a])
+        out[i] = address
+        totals[address] += pieces[i]
+    return out
 
 
 def candidate_totals(
