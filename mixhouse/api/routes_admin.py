@@ -6,6 +6,11 @@ is a 401 problem. ``/privacy`` runs the privacy analyzer over the live pool
 page carries ``next_after``, passed back as ``?after=`` (opaque for mixes, an id for deposits and audit).
 An id cursor is ``1..2**63-1`` (PostgreSQL ``bigint``); anything else is a 422 problem, as is
 a mix cursor that was not made by :func:`encode_mix_cursor`.
+
+Two actions move state: ``POST /deposits/{id}/refund`` refunds a held deposit
+(:mod:`mixhouse.mixer.refunds`) and ``POST /reconciliations/{asset}/acknowledge`` acknowledges a
+reconciliation mismatch so that payouts resume (:mod:`mixhouse.mixer.acknowledgements`). The
+dashboard's forms call the same functions.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy import and_, case, func, select, tuple_
 
 from mixhouse.api import RuntimeDep
 from mixhouse.api.problems import problem_responses
 from mixhouse.api.schemas import (
+    AcknowledgementCreate,
+    AcknowledgementOut,
     AdminDepositOut,
     AdminDepositPage,
     AdminMixOut,
@@ -32,11 +39,16 @@ from mixhouse.api.schemas import (
     PoolOut,
     PoolReport,
     PrivacyReportOut,
+    RefundCreate,
+    RefundOut,
+    RefundRequestOut,
 )
 from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, sends, utxos
 from mixhouse.errors import InvalidInput
+from mixhouse.mixer.acknowledgements import Acknowledgement, acknowledge
 from mixhouse.mixer.privacy.live import MAX_HOURS, MAX_PAYOUTS, MIN_HOURS, privacy_report
+from mixhouse.mixer.refunds import RefundRequest, RefundUnsupported, request_refund
 from mixhouse.mixer.states import DepositState, MixState, SendState
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The operator's key (MIXHOUSE_ADMIN_API_KEY).")
@@ -276,3 +288,105 @@ async def audit(
         items=[AuditEntryOut.from_row(r) for r in page],
         next_after=int(page[-1]["id"]) if more else None,
     )
+
+
+API_KEY_OPERATOR = "api key"
+
+
+def refund_answer(outcome: RefundRequest) -> RefundRequestOut:
+    """The body of a refund request's answer (shared with the dashboard)."""
+    return RefundRequestOut(
+        created=outcome.created, deposit_state=outcome.deposit_state, refund=RefundOut.from_row(outcome.send)
+    )
+
+
+def acknowledgement_answer(ack: Acknowledgement) -> AcknowledgementOut:
+    """The body of an acknowledgement's answer."""
+    return AcknowledgementOut(
+        id=ack.id,
+        asset=ack.asset,
+        expected=str(ack.expected),
+        actual=str(ack.actual),
+        low=str(ack.low),
+        high=str(ack.high),
+        discrepancy_low=str(ack.discrepancy_low),
+        discrepancy_high=str(ack.discrepancy_high),
+        operator=ack.operator,
+        reason=ack.reason,
+        created_at=ack.created_at,
+        created=ack.created,
+    )
+
+
+@router.post(
+    "/deposits/{deposit_id}/refund",
+    summary="Refund a held deposit",
+    status_code=202,
+    responses={
+        200: {"model": RefundRequestOut, "description": "The refund already existed (same address): here it is."},
+        **problem_responses(404, 409, 501),
+    },
+)
+async def refund_deposit(
+    rt: RuntimeDep,
+    response: Response,
+    deposit_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    body: RefundCreate,
+) -> RefundRequestOut:
+    """Refund held deposit ``deposit_id`` to ``address``, exactly once: a send from the deposit
+    address for the deposit's amount minus the network fee (ETH gas; Jobcoin none), through the
+    same send state machine as every payout.
+
+    202 with the new refund; 200 with the existing one when the deposit is already being (or
+    was) refunded to the same address (a double click, a retry, two operators). Errors: 404 no
+    such deposit; 409 frozen (sanctions: frozen funds are never refunded), not held, or already
+    refunding to another address (a refund is never redirected); 422 a malformed address, the
+    pool's or a deposit address, or a deposit too small to pay the refund's network fee; 501 on
+    Bitcoin (held deposits' outputs are not recorded as coins yet).
+    """
+    try:
+        outcome = await request_refund(
+            rt, deposit_id=deposit_id, address=body.address, operator=body.operator or API_KEY_OPERATOR
+        )
+    except RefundUnsupported as exc:
+        raise HTTPException(status_code=501, detail=str(exc)) from exc
+    if not outcome.created:
+        response.status_code = 200
+    return refund_answer(outcome)
+
+
+@router.post(
+    "/reconciliations/{asset}/acknowledge",
+    summary="Acknowledge a reconciliation mismatch (resume payouts)",
+    status_code=201,
+    responses={
+        200: {"model": AcknowledgementOut, "description": "This mismatch was already acknowledged: here it is."},
+        **problem_responses(404, 409),
+    },
+)
+async def acknowledge_mismatch(
+    rt: RuntimeDep,
+    response: Response,
+    asset: Annotated[str, Path(max_length=16, description="JOBCOIN, ETH or BTC, exactly.")],
+    body: AcknowledgementCreate,
+) -> AcknowledgementOut:
+    """Acknowledge the current reconciliation mismatch of ``asset`` with a written reason;
+    payouts of the asset resume at once and keep flowing while later checks show the same
+    discrepancy (chain minus books); a different mismatch pauses them again.
+
+    201 with the new acknowledgement; 200 with the existing one if this mismatch was already
+    acknowledged. Errors: 404 never reconciled; 409 the last check agrees, or its figures are
+    not the ``expected``/``actual`` given (it changed since they were read); 422 an asset not
+    enabled, an empty reason.
+    """
+    ack = await acknowledge(
+        rt,
+        asset=asset,
+        operator=body.operator or API_KEY_OPERATOR,
+        reason=body.reason,
+        expected=None if body.expected is None else int(body.expected),
+        actual=None if body.actual is None else int(body.actual),
+    )
+    if not ack.created:
+        response.status_code = 200
+    return acknowledgement_answer(ack)

@@ -91,6 +91,38 @@ class MixCreate(BaseModel):
     )
 
 
+class RefundCreate(BaseModel):
+    """``POST /api/v1/admin/deposits/{id}/refund``: where to refund a held deposit.
+
+    ``address`` is checked by the chain's own rules and must not be ours (the pool or a
+    deposit address). ``operator`` names who asks in the audit log (default ``"api key"``).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"address": "alice-back"}]})
+
+    address: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    operator: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
+class AcknowledgementCreate(BaseModel):
+    """``POST /api/v1/admin/reconciliations/{asset}/acknowledge``: the operator's written reason.
+
+    ``expected`` and ``actual`` (base units, decimal strings) are the books and chain figures
+    the operator looked at; when given they must still be the last check's (else 409).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"reason": "1 JOBCOIN moved out by hand for the audit sample"}]},
+    )
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    operator: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    expected: Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,78}$")] | None = None
+    actual: Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,78}$")] | None = None
+
+
 # -- output ---------------------------------------------------------------------------------
 
 
@@ -173,16 +205,84 @@ class MixOut(BaseModel):
         return cls(**cls.fields_from_row(row, status_url))
 
 
+class RefundOut(BaseModel):
+    """The operator's refund of a held deposit: a send from its deposit address.
+
+    ``amount`` is what the refund address receives: the deposit minus ``network_fee_reserved``.
+    ``txid`` is null until signed, and on Jobcoin (which has no transaction ids).
+    """
+
+    send_id: int
+    deposit_id: int
+    state: str = Field(description="scheduled, signed, broadcast or confirmed.")
+    to_address: str
+    amount: str
+    amount_coins: str
+    network_fee_reserved: str
+    network_fee_reserved_coins: str
+    txid: str | None
+    confirmed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RefundOut:
+        """Build from a ``sends`` row of kind ``refund`` (``id``, ``deposit_id``, ``asset``...)."""
+        asset = str(row["asset"])
+        fee = int(row.get("network_fee_reserved") or 0)
+        return cls(
+            send_id=row["id"],
+            deposit_id=row["deposit_id"],
+            state=row["state"],
+            to_address=row["to_address"],
+            amount=str(row["amount"]),
+            amount_coins=_coins(row["amount"], asset),
+            network_fee_reserved=str(fee),
+            network_fee_reserved_coins=_coins(fee, asset),
+            txid=row.get("txid"),
+            confirmed_at=row.get("confirmed_at"),
+        )
+
+
+class RefundRequestOut(BaseModel):
+    """The answer of a refund request: the refund, new (202) or existing (200)."""
+
+    created: bool = Field(description="True when this request scheduled the refund; false when it already existed.")
+    deposit_state: str = Field(description="refunding, or refunded once the send confirmed.")
+    refund: RefundOut
+
+
+class AcknowledgementOut(BaseModel):
+    """An operator's acknowledgement of a reconciliation mismatch (base units as strings).
+
+    Payouts of the asset flow while later checks show a discrepancy (chain minus books) in
+    ``[discrepancy_low, discrepancy_high]``; another mismatch pauses them again.
+    """
+
+    id: int
+    asset: str
+    expected: str
+    actual: str
+    low: str
+    high: str
+    discrepancy_low: str
+    discrepancy_high: str
+    operator: str
+    reason: str
+    created_at: datetime
+    created: bool = Field(description="False when the current mismatch was already acknowledged (this is that one).")
+
+
 class DepositOut(BaseModel):
     """A deposit seen on the mix's deposit address.
 
     ``fee_amount``, ``network_fee_amount`` and ``payout_total`` are set once the deposit is
     planned (swept into the pool), else null. Until ``released_at`` is set the release gate may
     re-choose them inside the quoted range (``mixer/gate.py``); from then on they are final.
+    A held deposit the operator refunds carries its ``refund`` (else null); its
+    ``network_fee_amount`` is then the refund's network fee.
     """
 
     id: int
-    state: str = Field(description="seen, frozen, held, sweeping, pooled or dropped.")
+    state: str = Field(description="seen, frozen, held, sweeping, pooled, dropped, refunding or refunded.")
     amount: str
     amount_coins: str
     from_addresses: list[str]
@@ -203,10 +303,11 @@ class DepositOut(BaseModel):
     )
     released_at: datetime | None = Field(description="When the release gate let its payouts go.")
     created_at: datetime
+    refund: RefundOut | None = Field(default=None, description="The operator's refund of this held deposit, if any.")
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> DepositOut:
-        """Build from a ``deposits`` row."""
+        """Build from a ``deposits`` row, with its refund's ``sends`` row under ``refund`` if any."""
         asset = str(row["asset"])
         return cls(
             id=row["id"],
@@ -225,6 +326,7 @@ class DepositOut(BaseModel):
             anonymity_set=row.get("anonymity_set"),
             released_at=row.get("released_at"),
             created_at=row["created_at"],
+            refund=None if row.get("refund") is None else RefundOut.from_row(row["refund"]),
         )
 
 
@@ -284,6 +386,9 @@ class MixStatusOut(MixOut):
         asset = str(mix["asset"])
         deps: Sequence[Mapping[str, Any]] = status["deposits"]
         payouts = [s for s in status["sends"] if s["kind"] == "payout"]
+        # get_mix lists refunds among the sends; read_mix_status puts each on its deposit.
+        refunds = {s["deposit_id"]: s for s in status["sends"] if s["kind"] == "refund"}
+        deps = [{**d, "refund": d.get("refund") or refunds.get(d["id"])} for d in deps]
         deposited = sum(int(d["amount"]) for d in deps if d["state"] != "dropped")
         paid_out = sum(int(p["amount"]) for p in payouts if p["state"] == "confirmed")
         pending = sum(int(p["amount"]) for p in payouts if p["state"] != "confirmed")
@@ -369,6 +474,9 @@ class ReconciliationOut(BaseModel):
     expected_coins: str
     actual: str = Field(description="The on-chain balance of the pool, base units.")
     actual_coins: str
+    acknowledgement_id: int | None = Field(
+        default=None, description="The operator's acknowledgement that covers this mismatch (payouts flow), if any."
+    )
 
 
 class PoolOut(BaseModel):
@@ -377,7 +485,8 @@ class PoolOut(BaseModel):
     ``books``: confirmed sweeps into the pool minus confirmed payouts and the network fees
     the pool paid for them. ``fees_earned``: fees of pooled deposits. ``scheduled_payouts``:
     payouts not signed yet; ``in_flight_payouts``: signed or broadcast, not confirmed.
-    ``payouts_paused`` is true when the last reconciliation found a mismatch.
+    ``payouts_paused`` is true when the last reconciliation found a mismatch that no operator
+    acknowledgement covers.
     """
 
     asset: str
@@ -416,6 +525,7 @@ class PoolOut(BaseModel):
                 expected_coins=_coins(reconciliation["expected"], asset),
                 actual=str(reconciliation["actual"]),
                 actual_coins=_coins(reconciliation["actual"], asset),
+                acknowledgement_id=reconciliation.get("acknowledgement_id"),
             )
         return cls(
             asset=asset,
@@ -429,7 +539,7 @@ class PoolOut(BaseModel):
             in_flight_payouts=str(in_flight_payouts),
             in_flight_payouts_coins=_coins(in_flight_payouts, asset),
             reconciliation=recon,
-            payouts_paused=recon is not None and not recon.ok,
+            payouts_paused=recon is not None and not recon.ok and recon.acknowledgement_id is None,
         )
 
 

@@ -20,7 +20,12 @@ between the books' read and the chain's answer is dropped from the check, not ca
 
 A balance outside the range
 is a mismatch: it is logged, recorded in ``reconciliations`` (shown by the admin API) and
-pauses new payouts of that asset until a later check finds the books and the chain agree.
+pauses new payouts of that asset until a later check finds the books and the chain agree, or
+the operator acknowledges the mismatch (:mod:`mixhouse.mixer.acknowledgements`): payouts then
+flow while later checks show the same discrepancy, and a different one pauses them again.
+
+Refunds of held deposits (:mod:`mixhouse.mixer.refunds`) are neither: they leave from a
+deposit address that never entered the pool's books.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from sqlalchemy.types import UserDefinedType
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.db.tables import reconciliations, sends, utxos
+from mixhouse.mixer.acknowledgements import still_covered
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import SendState, now
 from mixhouse.money import Asset
@@ -206,10 +212,23 @@ async def _record(rt: Runtime, result: Reconciliation) -> Reconciliation:
     pool = result.pool_address
     books = result.books
     actual = result.actual
+    acknowledged: int | None = None
     async with unit(rt.engine) as work:
+        # Locked: an operator's acknowledgement (mixer/acknowledgements.py) of the previous
+        # check lands wholly before this one or after it.
         previous = (
-            await work.conn.execute(select(reconciliations.c.ok).where(reconciliations.c.asset == asset.value))
-        ).scalar_one_or_none()
+            await work.conn.execute(
+                select(reconciliations.c.ok, reconciliations.c.acknowledgement_id)
+                .where(reconciliations.c.asset == asset.value)
+                .with_for_update()
+            )
+        ).first()
+        if not result.ok and previous is not None:
+            # A mismatch the operator acknowledged keeps its acknowledgement (and payouts
+            # flowing) while the discrepancy stays the one acknowledged; a different one pauses.
+            acknowledged = await still_covered(
+                work.conn, previous.acknowledgement_id, actual=actual, low=result.low, high=result.high
+            )
         values = {
             "checked_at": now(),
             "pool_address": pool,
@@ -217,14 +236,19 @@ async def _record(rt: Runtime, result: Reconciliation) -> Reconciliation:
             "actual": actual,
             "ok": result.ok,
             "detail": result.detail(),
+            "low": result.low,
+            "high": result.high,
+            "acknowledgement_id": acknowledged,
         }
         await work.conn.execute(
             insert(reconciliations)
             .values(asset=asset.value, **values)
             .on_conflict_do_update(index_elements=[reconciliations.c.asset], set_=values)
         )
-        if previous is not result.ok:
-            # Only changes of verdict are audited; a steady state is not news.
+        was_acknowledged = previous is not None and previous.acknowledgement_id is not None
+        if previous is None or previous.ok is not result.ok or (was_acknowledged and acknowledged is None):
+            # Only changes of verdict are audited; a steady state is not news. A mismatch that
+            # outgrew its acknowledgement is a new mismatch.
             action = "reconciliation.ok" if result.ok else "reconciliation.mismatch"
             work.audit(
                 AuditEntry(
@@ -235,6 +259,12 @@ async def _record(rt: Runtime, result: Reconciliation) -> Reconciliation:
                     details={"detail": result.detail()},
                 )
             )
-    if not result.ok:
+    if not result.ok and acknowledged is None:
         log.error("pool reconciliation mismatch: payouts paused", asset=asset.value, detail=result.detail())
+    elif not result.ok:
+        log.warning(
+            "pool reconciliation mismatch, acknowledged by the operator: payouts continue",
+            asset=asset.value,
+            detail=result.detail(),
+        )
     return result

@@ -1,4 +1,5 @@
-"""The send state machine: sweeps (deposit -> pool) and payouts (pool -> user).
+"""The send state machine: sweeps (deposit -> pool), payouts (pool -> user) and refunds (a held
+deposit -> an address the operator gives, :mod:`mixhouse.mixer.refunds`).
 
 ``scheduled -> signed -> broadcast -> confirmed``. The rules that keep a send from ever being
 paid twice or lost, even if the process dies at any line:
@@ -33,6 +34,7 @@ from mixhouse.errors import BroadcastRejected, IllegalTransition, InsufficientFu
 from mixhouse.jobs import send_job
 from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.pooling import pool_deposit
+from mixhouse.mixer.refunds import mark_refunded
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MIX_TRANSITIONS, DepositState, MixState, SendState, now, transition
 from mixhouse.unit import Unit, unit
@@ -483,6 +485,8 @@ async def _mark_confirmed(
                 quote=quote,
             )
         else:
+            if done.kind == "refund":
+                await mark_refunded(work, done)
             await maybe_complete_mix(work, done.mix_id)
         return done
 
@@ -580,12 +584,17 @@ async def complete_mixes(work: Unit, mix_ids: set[str]) -> None:
 
 
 async def payouts_paused(rt: Runtime, asset: str) -> bool:
-    """True when the last reconciliation of ``asset`` found a mismatch."""
+    """True when the last reconciliation of ``asset`` found a mismatch that no operator
+    acknowledgement covers (:mod:`mixhouse.mixer.acknowledgements`)."""
     async with rt.engine.connect() as conn:
-        ok = (
-            await conn.execute(select(reconciliations.c.ok).where(reconciliations.c.asset == asset))
-        ).scalar_one_or_none()
-    return ok is False
+        row = (
+            await conn.execute(
+                select(reconciliations.c.ok, reconciliations.c.acknowledgement_id).where(
+                    reconciliations.c.asset == asset
+                )
+            )
+        ).first()
+    return row is not None and row.ok is False and row.acknowledgement_id is None
 
 
 def send_entry(action: str, row: Row[Any], **extra: Any) -> AuditEntry:

@@ -42,6 +42,18 @@ _DEPOSIT_COLUMNS = (
     "created_at",
 )
 _PAYOUT_COLUMNS = ("id", "kind", "asset", "to_address", "amount", "state", "due_at", "txid", "confirmed_at")
+# The operator's refunds of held deposits (mixer/refunds.py), shown on their deposit.
+_REFUND_COLUMNS = (
+    "id",
+    "deposit_id",
+    "asset",
+    "to_address",
+    "amount",
+    "network_fee_reserved",
+    "state",
+    "txid",
+    "confirmed_at",
+)
 _TIMESTAMPS = frozenset({"released_at", "created_at", "due_at", "confirmed_at"})
 
 
@@ -64,6 +76,9 @@ _STATUS = select(
     _json_rows(
         [sends.c[n] for n in _PAYOUT_COLUMNS], sends.c.id, (sends.c.mix_id == mixes.c.id) & (sends.c.kind == "payout")
     ).label("status_payouts"),
+    _json_rows(
+        [sends.c[n] for n in _REFUND_COLUMNS], sends.c.id, (sends.c.mix_id == mixes.c.id) & (sends.c.kind == "refund")
+    ).label("status_refunds"),
 ).where(mixes.c.id == bindparam("mix_id"))
 
 
@@ -82,7 +97,8 @@ async def read_mix_status(rt: Runtime, mix_id: str) -> dict[str, Any]:
     Returns:
         ``{"mix": {every mixes column}, "deposits": [...], "sends": [...]}``, the shape of
         :func:`mixhouse.mixer.mixes.get_mix` restricted to what the status shows: deposits
-        with the columns of ``_DEPOSIT_COLUMNS``, sends of kind ``payout`` only with those of
+        with the columns of ``_DEPOSIT_COLUMNS`` plus ``refund`` (the deposit's refund send
+        with the columns of ``_REFUND_COLUMNS``, or ``None``), sends of kind ``payout`` only with those of
         ``_PAYOUT_COLUMNS``, each list ordered by id. Amounts are ``int`` base units,
         timestamps aware datetimes.
 
@@ -95,6 +111,9 @@ async def read_mix_status(rt: Runtime, mix_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound("no mix with this id")
     mix = dict(row._mapping)
-    deps = mix.pop("status_deposits")
+    deps = [_typed(d) for d in mix.pop("status_deposits")]
     payouts = mix.pop("status_payouts")
-    return {"mix": mix, "deposits": [_typed(d) for d in deps], "sends": [_typed(p) for p in payouts]}
+    refunds = {r["deposit_id"]: _typed(r) for r in mix.pop("status_refunds")}
+    for dep in deps:
+        dep["refund"] = refunds.get(dep["id"])
+    return {"mix": mix, "deposits": deps, "sends": [_typed(p) for p in payouts]}

@@ -1,0 +1,235 @@
+"""Operator refunds of held deposits: :func:`request_refund` and, when the send confirms,
+:func:`mark_refunded`.
+
+A held deposit (outside the mix's limits, see ``deposits._hold_reason``) was never swept: its
+coins still sit at its deposit address (account chains). A refund is a ``sends`` row of kind
+``refund`` from that address to one the operator gives, for the deposit's amount minus the
+network fee (ETH gas; Jobcoin has none), and it goes ``scheduled -> signed -> broadcast ->
+confirmed`` through the same job and the same exactly-once rules as every send
+(:mod:`mixhouse.mixer.sends`). The deposit moves ``held -> refunding`` with the send
+scheduled, its job enqueued and ``deposit.refund_requested`` audited, in one transaction; and
+``refunding -> refunded`` with ``deposit.refunded`` when the send confirms.
+
+Exactly once: the ``held -> refunding`` transition is a conditional UPDATE, so of two
+concurrent requests (a double click, a retry, two operators) one wins and the other, after the
+first commits, finds the deposit ``refunding``; a unique index (``uq_sends_one_refund``) backs
+it. A repeated request for the same address answers the existing refund
+(``RefundRequest.created`` false, HTTP 200); one for another address is refused
+(:class:`RefundConflict`, HTTP 409): a refund in flight is never redirected.
+
+Refused: frozen deposits (sanctions: frozen funds stay frozen), deposits in any other state
+than held, an address that is malformed or ours (the pool or any deposit address), a deposit
+too small to pay its own network fee, and UTXO chains (Bitcoin), where a held deposit's
+output is not recorded as a coin yet (:class:`RefundUnsupported`, HTTP 501).
+
+Reconciliation is unaffected: a held deposit never entered the pool's books, and its refund
+leaves from the deposit address, not the pool (``reconcile`` counts only sweeps into and
+payouts out of the pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, select
+from sqlalchemy.exc import IntegrityError
+
+from mixhouse.audit import AuditEntry
+from mixhouse.chains.base import UtxoChainAdapter
+from mixhouse.db.tables import deposits, mixes, sends
+from mixhouse.errors import IllegalTransition, InvalidAddress, InvalidAmount, MixhouseError, NotFound
+from mixhouse.jobs import send_job
+from mixhouse.mixer.pooling import serial_key_for
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import DepositState, SendState, now, transition
+from mixhouse.mixer.withdrawals import ours
+from mixhouse.money import ASSETS, Asset
+from mixhouse.unit import Unit, unit
+
+FROZEN_REASON = "the deposit is frozen by sanctions screening: frozen funds stay frozen and are never refunded"
+IS_POOL = "a refund address cannot be the pool address"
+IS_DEPOSIT = "a refund address cannot be a deposit address of this service"
+
+
+class RefundConflict(IllegalTransition):
+    """The deposit cannot be refunded as asked (frozen, not held, or already being refunded
+    to another address). HTTP 409."""
+
+
+class RefundUnsupported(MixhouseError):
+    """Refunds are not available on this chain (UTXO chains: Bitcoin). HTTP 501."""
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """The outcome of :func:`request_refund`.
+
+    Attributes:
+        send: the refund's ``sends`` row as a mapping (amounts in base units).
+        deposit_state: the deposit's state now (``refunding`` or ``refunded``).
+        created: ``True`` when this call scheduled the refund, ``False`` when it already
+            existed (a repeated request for the same address).
+    """
+
+    send: dict[str, Any]
+    deposit_state: str
+    created: bool
+
+
+async def request_refund(rt: Runtime, *, deposit_id: int, address: str, operator: str) -> RefundRequest:
+    """Refund held deposit ``deposit_id`` to ``address``, exactly once (see the module docstring).
+
+    Args:
+        rt: the runtime (its adapters quote the fee and validate the address).
+        deposit_id: ``deposits.id``.
+        address: what the operator typed; normalised by the chain's adapter.
+        operator: who asked (an operator's login name, or ``"api key"``), for the audit log.
+
+    Returns:
+        The refund, new or existing.
+
+    Raises:
+        NotFound: no deposit has this id.
+        RefundConflict: frozen, not held, or already refunding to another address.
+        RefundUnsupported: the deposit is on a UTXO chain.
+        InvalidAddress: malformed for the chain, the pool address, or a deposit address of ours.
+        InvalidAmount: the deposit does not cover the refund's network fee plus the dust limit.
+        InvalidInput: the deposit's asset is not enabled here.
+        ChainError: the fee quote failed; nothing was changed.
+    """
+    dep = await _deposit(rt, deposit_id)
+    adapter = rt.adapter(dep.asset)
+    if isinstance(adapter, UtxoChainAdapter):
+        raise RefundUnsupported(
+            f"refunds of {dep.asset} deposits are not supported yet: a held deposit's output is not a recorded "
+            "coin; refund it from the node's wallet by hand"
+        )
+    target = adapter.normalize_address(address)
+    if dep.state != DepositState.HELD:
+        return await _existing_or_refused(rt, dep, target)
+    if target.lower() == adapter.pool_address.lower():
+        raise InvalidAddress(IS_POOL)
+    async with rt.engine.connect() as conn:
+        if await ours(conn, dep.asset, [target]):
+            raise InvalidAddress(IS_DEPOSIT)
+    quote = await adapter.quote_network_fee()  # network I/O before the transaction
+    amount = int(dep.amount) - quote.per_send
+    dust = ASSETS[Asset(dep.asset)].dust
+    if amount < dust:
+        raise InvalidAmount(
+            f"the deposit of {dep.amount} base units does not cover the refund's network fee of {quote.per_send} "
+            f"base units ({quote.detail}) and the dust limit of {dust}"
+        )
+    try:
+        async with unit(rt.engine) as work:
+            row = await _schedule(rt, work, dep, target=target, amount=amount, fee=quote.per_send, operator=operator)
+    except (IllegalTransition, IntegrityError):
+        # Another request won the race (it committed while we waited on the row): answer with it.
+        return await _existing_or_refused(rt, await _deposit(rt, deposit_id), target)
+    return RefundRequest(send=dict(row._mapping), deposit_state=DepositState.REFUNDING, created=True)
+
+
+async def _deposit(rt: Runtime, deposit_id: int) -> Row[Any]:
+    async with rt.engine.connect() as conn:
+        dep = (await conn.execute(select(deposits).where(deposits.c.id == deposit_id))).first()
+    if dep is None:
+        raise NotFound("no deposit with this id")
+    return dep
+
+
+async def refund_of(rt: Runtime, deposit_id: int) -> dict[str, Any] | None:
+    """The refund ``sends`` row of deposit ``deposit_id`` as a mapping, ``None`` if it has none."""
+    async with rt.engine.connect() as conn:
+        row = (
+            await conn.execute(select(sends).where(sends.c.deposit_id == deposit_id, sends.c.kind == "refund"))
+        ).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def _existing_or_refused(rt: Runtime, dep: Row[Any], target: str) -> RefundRequest:
+    """A deposit that is not (or no longer) held: the existing refund to ``target``, or why not."""
+    if dep.state == DepositState.FROZEN:
+        raise RefundConflict(FROZEN_REASON)
+    existing = await refund_of(rt, dep.id) if dep.state in (DepositState.REFUNDING, DepositState.REFUNDED) else None
+    if existing is None:
+        raise RefundConflict(f"only held deposits can be refunded; this one is {dep.state}")
+    if existing["to_address"].lower() != target.lower():
+        raise RefundConflict(
+            f"the deposit is already {dep.state} to another address ({existing['to_address']}); a refund is never "
+            "redirected"
+        )
+    return RefundRequest(send=existing, deposit_state=str(dep.state), created=False)
+
+
+async def _schedule(
+    rt: Runtime, work: Unit, dep: Row[Any], *, target: str, amount: int, fee: int, operator: str
+) -> Row[Any]:
+    """``held -> refunding``, the refund send, its job and the audit entry, in ``work``."""
+    mix = (await work.conn.execute(select(mixes).where(mixes.c.id == dep.mix_id))).one()
+    await transition(work.conn, deposits, dep.id, DepositState.HELD, DepositState.REFUNDING, network_fee_amount=fee)
+    row = (
+        await work.conn.execute(
+            sends.insert()
+            .values(
+                kind="refund",
+                asset=dep.asset,
+                mix_id=dep.mix_id,
+                deposit_id=dep.id,
+                from_address=dep.deposit_address,
+                from_key_index=mix.deposit_key_index,
+                to_address=target,
+                amount=amount,
+                network_fee_reserved=fee,
+                due_at=now(),
+                state=SendState.SCHEDULED,
+                serial_key=serial_key_for(rt, dep.asset, dep.deposit_address, target),
+            )
+            .returning(*sends.c)
+        )
+    ).one()
+    work.defer(send_job(row.id))
+    work.audit(
+        AuditEntry(
+            "deposit.refund_requested",
+            "deposit",
+            str(dep.id),
+            actor="admin",
+            asset=dep.asset,
+            amount=amount,
+            details={
+                "operator": operator,
+                "address": target,
+                "send_id": row.id,
+                "deposit_amount": str(dep.amount),
+                "network_fee_reserved": str(fee),
+                "held_because": dep.reason,
+            },
+        )
+    )
+    return row
+
+
+async def mark_refunded(work: Unit, send: Row[Any]) -> None:
+    """The refund ``send`` confirmed: its deposit goes ``refunding -> refunded``, audited with
+    the txid (``None`` on Jobcoin, which has none), in ``work`` (the confirmation's unit).
+
+    Raises:
+        IllegalTransition: the deposit is not ``refunding`` (a data error).
+    """
+    await transition(work.conn, deposits, send.deposit_id, DepositState.REFUNDING, DepositState.REFUNDED)
+    work.audit(
+        AuditEntry(
+            "deposit.refunded",
+            "deposit",
+            str(send.deposit_id),
+            asset=send.asset,
+            amount=send.amount,
+            details={
+                "send_id": send.id,
+                "address": send.to_address,
+                "txid": send.txid,
+                "network_fee_paid": None if send.network_fee_paid is None else str(send.network_fee_paid),
+            },
+        )
+    )
