@@ -4,7 +4,9 @@ forms), updated live by server-sent events (``/admin/events``).
 It shows, per asset, the pool's books against the chain at the last reconciliation and
 whether payouts are paused; mixes by state; frozen and held deposits with their reasons; the
 newest audit entries, with a button that recomputes the audit log's hash chain. It reads
-through the admin API's own functions (:mod:`mixhouse.api.routes_admin`).
+through the admin API's own functions (:mod:`mixhouse.api.routes_admin`). Its two actions,
+refunding a held deposit and acknowledging a reconciliation mismatch, call the same functions
+as the admin API (:mod:`mixhouse.mixer.refunds`, :mod:`mixhouse.mixer.acknowledgements`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from mixhouse import audit
 from mixhouse.api import RuntimeDep
 from mixhouse.api.routes_admin import list_deposits
 from mixhouse.api.routes_admin import pool as pool_report
-from mixhouse.api.schemas import AuditEntryOut
-from mixhouse.db.tables import audit_log, mixes
-from mixhouse.errors import AuditChainBroken
+from mixhouse.api.schemas import AuditEntryOut, RefundOut
+from mixhouse.db.tables import audit_log, mixes, sends
+from mixhouse.errors import AuditChainBroken, IllegalTransition, InvalidInput, MixhouseError, NotFound
+from mixhouse.mixer.acknowledgements import acknowledge
+from mixhouse.mixer.refunds import RefundUnsupported, request_refund
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState
 from mixhouse.money import ASSETS, Asset, format_amount
@@ -55,7 +59,13 @@ async def dashboard_context(rt: Runtime) -> dict[str, Any]:
     workers and wallet sync status."""
     pools = (await pool_report(rt)).pools
     flagged = (
-        await list_deposits(rt, state=[DepositState.FROZEN, DepositState.HELD], asset=None, limit=100, after=None)
+        await list_deposits(
+            rt,
+            state=[DepositState.FROZEN, DepositState.HELD, DepositState.REFUNDING, DepositState.REFUNDED],
+            asset=None,
+            limit=100,
+            after=None,
+        )
     ).items
     async with rt.engine.connect() as conn:
         by_state = [
@@ -96,6 +106,15 @@ async def dashboard_context(rt: Runtime) -> dict[str, Any]:
                 text("SELECT chain, status, count(*) FROM wallet_addresses GROUP BY chain, status ORDER BY 1, 2")
             )
         ]
+        refunded_ids = [d.id for d in flagged if d.state in (DepositState.REFUNDING, DepositState.REFUNDED)]
+        refunds = {
+            int(r.deposit_id): RefundOut.from_row(dict(r._mapping))
+            for r in (
+                await conn.execute(select(sends).where(sends.c.kind == "refund", sends.c.deposit_id.in_(refunded_ids)))
+                if refunded_ids
+                else []
+            )
+        }
         due_soon = [
             (str(r[0]), int(r[1]), format_amount(int(r[2]), ASSETS[Asset(str(r[0]))].decimals))
             for r in await conn.execute(
@@ -110,6 +129,7 @@ async def dashboard_context(rt: Runtime) -> dict[str, Any]:
         "pools": pools,
         "by_state": sorted(by_state),
         "flagged": flagged,
+        "refunds": refunds,
         "entries": entries,
         "scans": scans,
         "workers": workers,
@@ -171,7 +191,7 @@ async def dashboard(request: Request, rt: RuntimeDep) -> Response:
     if session is None:
         return _to_login()
     context = await dashboard_context(rt)
-    context.update({"session": session, "verified": None})
+    context.update({"session": session, "verified": None, "notice": None})
     return render(request, "admin.html", context)
 
 
@@ -190,17 +210,106 @@ async def audit_verify(request: Request, rt: RuntimeDep, csrf_token: Annotated[s
     except AuditChainBroken as exc:
         verified = {"ok": False, "detail": str(exc)}
     context = await dashboard_context(rt)
-    context.update({"session": session, "verified": verified})
+    context.update({"session": session, "verified": verified, "notice": None})
     return render(request, "admin.html", context)
 
 
 @router.get("/events", response_model=None)
 async def dashboard_events(request: Request, rt: RuntimeDep) -> Response | StreamingResponse:
     """Server-sent events: ``dashboard`` with the dashboard's live block whenever it changes."""
-    if await _session(rt, request) is None:
+    session = await _session(rt, request)
+    if session is None:
         return Response(status_code=401)
 
     async def snapshot() -> str:
-        return render_fragment("_admin_live.html", await dashboard_context(rt))
+        # The live block holds the action forms: they carry this session's CSRF token.
+        return render_fragment("_admin_live.html", {**await dashboard_context(rt), "session": session})
 
     return sse_response(change_stream(request, snapshot, event="dashboard", interval=DASHBOARD_POLL_SECONDS))
+
+
+def _status_of(exc: MixhouseError) -> int:
+    """The HTTP status the admin API answers for ``exc`` (mixhouse.api.problems' mapping)."""
+    if isinstance(exc, RefundUnsupported):
+        return 501
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, IllegalTransition):
+        return 409
+    if isinstance(exc, InvalidInput):
+        return 422
+    return 502  # ChainError: the fee quote failed
+
+
+async def _with_notice(
+    request: Request, rt: Runtime, session: Session, notice: dict[str, Any], *, status: int
+) -> Response:
+    context = await dashboard_context(rt)
+    context.update({"session": session, "verified": None, "notice": notice})
+    return render(request, "admin.html", context, status_code=status)
+
+
+@router.post("/deposits/{deposit_id}/refund", response_class=HTMLResponse, response_model=None)
+async def refund_submit(
+    request: Request,
+    rt: RuntimeDep,
+    deposit_id: int,
+    csrf_token: Annotated[str, Form()] = "",
+    address: Annotated[str, Form(max_length=256)] = "",
+) -> Response:
+    """Refund a held deposit to ``address`` (CSRF-checked form): the admin API's own
+    :func:`~mixhouse.mixer.refunds.request_refund`, so a double submit still makes one refund
+    (the second answers the first). The dashboard shows the outcome."""
+    session = await _session(rt, request)
+    if session is None:
+        return _to_login()
+    if not _csrf_ok(session, csrf_token):
+        return render(request, "admin_refused.html", {"reason": "missing or wrong CSRF token"}, status_code=403)
+    try:
+        outcome = await request_refund(rt, deposit_id=deposit_id, address=address, operator=session.operator)
+    except MixhouseError as exc:
+        notice = {"ok": False, "detail": f"Refund of deposit {deposit_id} refused: {exc}"}
+        return await _with_notice(request, rt, session, notice, status=_status_of(exc))
+    to = outcome.send["to_address"]
+    detail = (
+        f"Refund of deposit {deposit_id} to {to} scheduled."
+        if outcome.created
+        else f"Deposit {deposit_id} is already {outcome.deposit_state} to {to}: nothing more was sent."
+    )
+    return await _with_notice(
+        request, rt, session, {"ok": True, "detail": detail}, status=202 if outcome.created else 200
+    )
+
+
+@router.post("/reconciliations/{asset}/acknowledge", response_class=HTMLResponse, response_model=None)
+async def acknowledge_submit(
+    request: Request,
+    rt: RuntimeDep,
+    *,
+    asset: str,
+    csrf_token: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form(max_length=2000)] = "",
+    expected: Annotated[str, Form(max_length=80)] = "",
+    actual: Annotated[str, Form(max_length=80)] = "",
+) -> Response:
+    """Acknowledge the reconciliation mismatch the operator saw (CSRF-checked form, the figures
+    shown come back as ``expected``/``actual``); payouts resume while it stays the same."""
+    session = await _session(rt, request)
+    if session is None:
+        return _to_login()
+    if not _csrf_ok(session, csrf_token):
+        return render(request, "admin_refused.html", {"reason": "missing or wrong CSRF token"}, status_code=403)
+    try:
+        ack = await acknowledge(
+            rt,
+            asset=asset,
+            operator=session.operator,
+            reason=reason,
+            expected=int(expected) if expected.lstrip("-").isdigit() else None,
+            actual=int(actual) if actual.lstrip("-").isdigit() else None,
+        )
+    except MixhouseError as exc:
+        notice = {"ok": False, "detail": f"Acknowledgement of {asset} refused: {exc}"}
+        return await _with_notice(request, rt, session, notice, status=_status_of(exc))
+    detail = f"{asset} mismatch acknowledged (#{ack.id}): payouts resume while the discrepancy stays the same."
+    return await _with_notice(request, rt, session, {"ok": True, "detail": detail}, status=201 if ack.created else 200)
