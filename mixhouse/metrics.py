@@ -6,7 +6,8 @@ Two kinds:
 * **Read from PostgreSQL at scrape time** (:func:`collect_state`), so every API process shows
   the same figures whichever one Prometheus scrapes, and a restart loses nothing: mixes,
   deposits and payouts by state, the pools' books and last reconciliation, paused assets,
-  procrastinate's job queue and workers, the chain scans' last progress, wallet sync. Amounts
+  procrastinate's job queue and workers, the chain scans' last progress and how many blocks
+  each is behind its chain's tip (as of its last scan), wallet sync. Amounts
   are base units (satoshi, wei, jobcoin base unit), exposed as floats as the format demands
   (exact below 2**53 base units; these gauges are for graphs and alerts, never for accounting).
 * **Counted in the process** (:class:`RequestMetrics`): API request latency by route template
@@ -156,15 +157,7 @@ async def collect_state(rt: Runtime) -> list[Metric]:
         )
         out.append(await _payout_latency(conn))
         out.extend(await _jobs(conn, s.worker_stalled_after_seconds))
-        rows = await _rows(conn, "SELECT asset, greatest(extract(epoch FROM now() - updated_at), 0) FROM chain_cursors")
-        out.append(
-            _gauge(
-                "mixhouse_scan_age_seconds",
-                "Seconds since the chain scan of an asset last advanced its cursor.",
-                ["asset"],
-                (([str(r[0])], float(r[1])) for r in rows),
-            )
-        )
+        out.extend(await _scans(conn))
         rows = await _rows(
             conn,
             "SELECT chain, status, count(*), greatest(extract(epoch FROM now() - min(last_synced_at)), 0) "
@@ -224,6 +217,46 @@ async def _payout_latency(conn: AsyncConnection) -> Metric:
         gsum_value=float(row[-1]),
     )
     return family
+
+
+async def _scans(conn: AsyncConnection) -> list[Metric]:
+    """The chain scans: seconds since each advanced, and the heights its last scan stored with
+    its cursor (blocks on a chain; transfer ids on Jobcoin, whose "height" is its highest
+    transfer id). Heights are absent where the adapter cannot tell (a Jobcoin ledger without
+    the history cursor, or a cursor stored before migration 0014)."""
+    rows = await _rows(
+        conn,
+        "SELECT asset, greatest(extract(epoch FROM now() - updated_at), 0), tip_height, scanned_height "
+        "FROM chain_cursors ORDER BY asset",
+    )
+    known = [r for r in rows if r[2] is not None and r[3] is not None]
+    return [
+        _gauge(
+            "mixhouse_scan_age_seconds",
+            "Seconds since the chain scan of an asset last advanced its cursor.",
+            ["asset"],
+            (([str(r[0])], float(r[1])) for r in rows),
+        ),
+        _gauge(
+            "mixhouse_scan_lag_blocks",
+            "How far the last scan of an asset was behind the chain's tip: blocks (Jobcoin: transfers).",
+            ["asset"],
+            # The scan never reads past the tip it saw; floored at 0 all the same.
+            (([str(r[0])], float(max(int(r[2]) - int(r[3]), 0))) for r in known),
+        ),
+        _gauge(
+            "mixhouse_chain_tip_height",
+            "The chain's height as the last scan of an asset saw it (Jobcoin: its highest transfer id).",
+            ["asset"],
+            (([str(r[0])], float(r[2])) for r in known),
+        ),
+        _gauge(
+            "mixhouse_scan_height",
+            "The height the last scan of an asset read through (Jobcoin: a transfer id).",
+            ["asset"],
+            (([str(r[0])], float(r[3])) for r in known),
+        ),
+    ]
 
 
 async def _jobs(conn: AsyncConnection, stalled_after: float) -> list[Metric]:

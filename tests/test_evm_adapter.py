@@ -176,6 +176,8 @@ async def test_scan_is_bounded_per_call(anvil: Anvil, evm_adapter: EvmAdapter) -
     first = await evm_adapter.scan([address], str(start))
     assert first.transfers == ()
     assert first.cursor == str(start + MAX_BLOCKS_PER_SCAN)
+    assert first.tip is not None
+    assert first.scanned == start + MAX_BLOCKS_PER_SCAN - 1 < first.tip
     second = await evm_adapter.scan([address], first.cursor)
     assert [t.ref for t in second.transfers] == [txid]
 
@@ -183,7 +185,7 @@ async def test_scan_is_bounded_per_call(anvil: Anvil, evm_adapter: EvmAdapter) -
 async def test_scan_without_watched_addresses_only_moves_the_cursor(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
     head = await anvil.block_number()
     result = await evm_adapter.scan([], str(max(0, head - 10)))
-    assert result == type(result)((), str(head + 1))
+    assert result == type(result)((), str(head + 1), tip=head, scanned=head)
 
 
 async def test_scan_stops_and_rewinds_when_parent_hash_breaks(

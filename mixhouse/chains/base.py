@@ -56,10 +56,19 @@ class ScanResult:
         transfers: every transfer to a watched address seen since ``cursor`` (may repeat
             earlier ones; the caller deduplicates by ``ref``).
         cursor: opaque text to pass to the next scan (EVM: the next block to read).
+        tip: the chain's height as this scan saw it (EVM: ``eth_blockNumber``; Bitcoin:
+            ``getblockcount``; Jobcoin: the ledger's highest transfer id), ``None`` where the
+            adapter cannot tell.
+        scanned: the height this scan has read through, comparable with ``tip`` (one below
+            where the next scan starts; ``-1`` when not even height 0 is read), ``None``
+            where the adapter cannot tell. ``tip - scanned`` is how far the scan is behind:
+            blocks on a chain, transfers on Jobcoin.
     """
 
     transfers: tuple[Transfer, ...]
     cursor: str | None
+    tip: int | None = None
+    scanned: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,12 +117,14 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
                 )
             new = len(inserted)
         if result.cursor is not None:
+            # The heights go with the cursor they describe (/metrics: mixhouse_scan_lag_blocks).
+            position = {"cursor": result.cursor, "tip_height": result.tip, "scanned_height": result.scanned}
             await work.conn.execute(
                 insert(chain_cursors)
-                .values(asset=asset.value, cursor=result.cursor, updated_at=now())
+                .values(asset=asset.value, updated_at=now(), **position)
                 .on_conflict_do_update(
                     index_elements=[chain_cursors.c.asset],
-                    set_={"cursor": result.cursor, "updated_at": now()},
+                    set_={**position, "updated_at": now()},
                 )
             )
     await advance_seen_deposits(rt, asset, seen_now)

@@ -53,6 +53,12 @@ def _csrf_ok(session: Session, given: str | None) -> bool:
     return secrets.compare_digest((given or "").encode(), session.csrf_token.encode())
 
 
+def _lag_unit(asset: str) -> str:
+    """What a scan's lag counts: blocks, or transfers on Jobcoin (a ledger without blocks,
+    whose height is its highest transfer id)."""
+    return "transfers" if asset == Asset.JOBCOIN.value else "blocks"
+
+
 async def dashboard_context(rt: Runtime) -> dict[str, Any]:
     """What the dashboard shows, read now: pools, mixes by state, deposits needing the
     operator, payouts due within the hour, the newest audit entries, chain scans, live
@@ -78,14 +84,15 @@ async def dashboard_context(rt: Runtime) -> dict[str, Any]:
             AuditEntryOut.from_row(dict(r._mapping))
             for r in await conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(AUDIT_SHOWN))
         ]
-        # Health: each chain scan's last progress, live workers, wallet sync by status (the same
-        # figures as /metrics; ages on the database's clock, floored at 0).
+        # Health: each chain scan's last progress and how far behind the tip its last scan was,
+        # live workers, wallet sync by status (the same figures as /metrics; ages on the
+        # database's clock, floored at 0; lag None where the adapter cannot tell).
         scans = [
-            (str(r[0]), int(r[1]))
+            (str(r[0]), int(r[1]), None if r[2] is None else int(r[2]), _lag_unit(str(r[0])))
             for r in await conn.execute(
                 text(
-                    "SELECT asset, greatest(extract(epoch FROM now() - updated_at), 0)::bigint "
-                    "FROM chain_cursors ORDER BY asset"
+                    "SELECT asset, greatest(extract(epoch FROM now() - updated_at), 0)::bigint, "
+                    "greatest(tip_height - scanned_height, 0) FROM chain_cursors ORDER BY asset"
                 )
             )
         ]

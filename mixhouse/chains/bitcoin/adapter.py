@@ -248,7 +248,8 @@ class BitcoinAdapter(UtxoChainAdapter):
             block read before it, the chain changed: the scan stops and the cursor steps back
             ``confirmations`` blocks so the new branch is read again. Transfers may repeat
             (the caller deduplicates by ``ref``); :meth:`transfer_confirmations` notices
-            those a reorg removed.
+            those a reorg removed. ``tip`` is the best height read at the start,
+            ``scanned`` the last height read (the next cursor's height minus one).
 
         Raises:
             ValueError: a malformed cursor.
@@ -259,11 +260,11 @@ class BitcoinAdapter(UtxoChainAdapter):
         tip = await self._rpc.getblockcount()
         start, expected_parent = await self._start(cursor, tip)
         if start > tip:
-            return ScanResult(tuple(await self._scan_mempool(wanted)), self._cursor(start, expected_parent))
+            return self._result(await self._scan_mempool(wanted), start, expected_parent, tip)
         end = min(tip, start + MAX_BLOCKS_PER_SCAN - 1)
         if not wanted:
             # Nothing to look for: a deposit cannot predate the address it is sent to.
-            return ScanResult((), self._cursor(end + 1, await self._rpc.getblockhash(end)))
+            return self._result([], end + 1, await self._rpc.getblockhash(end), tip)
         transfers: list[Transfer] = []
         previous = expected_parent
         for chunk_start in range(start, end + 1, FETCH_CONCURRENCY):
@@ -272,17 +273,17 @@ class BitcoinAdapter(UtxoChainAdapter):
             blocks = await asyncio.gather(*(self._rpc.getblock_verbose(h) for h in hashes if h is not None))
             for height, block in zip(heights, blocks, strict=False):
                 if block is None or int(block.get("confirmations", -1)) < 0:
-                    return self._rewound(transfers, height)
+                    return self._rewound(transfers, height, tip)
                 if previous is not None and block.get("previousblockhash") != previous:
-                    return self._rewound(transfers, height)
+                    return self._rewound(transfers, height, tip)
                 transfers.extend(await self._transfers_in_block(block, wanted, height, tip))
                 previous = str(block["hash"])
             if len(blocks) < len(heights):
                 # The chain got shorter while we read it: continue from the gap next time.
-                return ScanResult(tuple(transfers), self._cursor(heights[len(blocks)], previous))
+                return self._result(transfers, heights[len(blocks)], previous, tip)
         if end == tip:
             transfers.extend(await self._scan_mempool(wanted))
-        return ScanResult(tuple(transfers), self._cursor(end + 1, previous))
+        return self._result(transfers, end + 1, previous, tip)
 
     def _wanted(self, watched: Sequence[str]) -> set[str]:
         """The canonical forms of ``watched``, without decoding the mixer's own addresses.
@@ -332,10 +333,17 @@ class BitcoinAdapter(UtxoChainAdapter):
     def _cursor(height: int, parent: str | None) -> str:
         return f"{height}:{parent}" if parent else str(height)
 
-    def _rewound(self, transfers: list[Transfer], height: int) -> ScanResult:
+    @classmethod
+    def _result(cls, transfers: Sequence[Transfer], height: int, parent: str | None, tip: int) -> ScanResult:
+        """A scan's result whose next scan starts at ``height`` (its parent ``parent``);
+        ``tip`` is the ``getblockcount`` this scan read, so the scan is ``tip - (height - 1)``
+        blocks behind."""
+        return ScanResult(tuple(transfers), cls._cursor(height, parent), tip=tip, scanned=height - 1)
+
+    def _rewound(self, transfers: list[Transfer], height: int, tip: int) -> ScanResult:
         """Result of a scan that met a reorg at ``height``: keep what was found and restart
         ``confirmations`` blocks lower, without a parent hash to check."""
-        return ScanResult(tuple(transfers), str(max(0, height - 1 - self.confirmations_required)))
+        return self._result(transfers, max(0, height - 1 - self.confirmations_required), None, tip)
 
     async def _transfers_in_block(
         self, block: dict[str, Any], wanted: set[str], height: int, tip: int

@@ -289,6 +289,8 @@ class EvmAdapter(ChainAdapter):
             is above ``head + 1`` (the chain got shorter) the scan likewise re-reads the last
             ``confirmations`` blocks. Transfers may then repeat; the caller deduplicates by
             ``ref``, and :meth:`transfer_confirmations` detects those a reorg removed.
+            ``tip`` is the head read at the start, ``scanned`` the last block read (the
+            next cursor minus one).
 
         Raises:
             ValueError: ``cursor`` is not a decimal block number.
@@ -305,11 +307,11 @@ class EvmAdapter(ChainAdapter):
                 start = max(0, head + 1 - self.confirmations_required)
         wanted = {address.lower() for address in watched}
         if start > head:
-            return ScanResult((), str(start))
+            return self._result([], start, head)
         end = min(head, start + MAX_BLOCKS_PER_SCAN - 1)
         if not wanted:
             # Nothing to look for: a deposit cannot predate the address it is sent to.
-            return ScanResult((), str(end + 1))
+            return self._result([], end + 1, head)
 
         transfers: list[Transfer] = []
         previous_hash: HexBytes | None = None
@@ -319,20 +321,26 @@ class EvmAdapter(ChainAdapter):
             for number, block in zip(numbers, blocks, strict=True):
                 if block is None:
                     # The chain got shorter while we read it: continue from here next time.
-                    return ScanResult(tuple(transfers), str(number))
+                    return self._result(transfers, number, head)
                 if previous_hash is not None and HexBytes(block["parentHash"]) != previous_hash:
-                    return self._rewound(transfers, number)
+                    return self._rewound(transfers, number, head)
                 previous_hash = HexBytes(block["hash"])
                 found = await self._transfers_in_block(block, wanted, head)
                 if found is None:
-                    return self._rewound(transfers, number)
+                    return self._rewound(transfers, number, head)
                 transfers.extend(found)
-        return ScanResult(tuple(transfers), str(end + 1))
+        return self._result(transfers, end + 1, head)
 
-    def _rewound(self, transfers: list[Transfer], number: int) -> ScanResult:
+    @staticmethod
+    def _result(transfers: list[Transfer], next_block: int, head: int) -> ScanResult:
+        """A scan's result whose next scan starts at ``next_block``; ``head`` is the
+        ``eth_blockNumber`` this scan read, so the scan is ``head - (next_block - 1)`` behind."""
+        return ScanResult(tuple(transfers), str(next_block), tip=head, scanned=next_block - 1)
+
+    def _rewound(self, transfers: list[Transfer], number: int, head: int) -> ScanResult:
         """Result of a scan that met a reorg at block ``number``: keep what was found and
         restart ``confirmations`` blocks lower, where the new branch may differ."""
-        return ScanResult(tuple(transfers), str(max(0, number - 1 - self.confirmations_required)))
+        return self._result(transfers, max(0, number - 1 - self.confirmations_required), head)
 
     async def _transfers_in_block(self, block: BlockData, wanted: set[str], head: int) -> list[Transfer] | None:
         """Successful value transfers to ``wanted`` in ``block``; ``None`` if a receipt no

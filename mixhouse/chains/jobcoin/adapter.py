@@ -117,6 +117,17 @@ def _parse_history(body: Any) -> tuple[int, list[_LedgerTx]]:
     return balance, txs
 
 
+@dataclass(frozen=True, slots=True)
+class _HistoryRead:
+    """What a scan read of the ledger's history: the watched addresses it pays, the next
+    cursor, the id read through and the highest id (the tip)."""
+
+    touched: set[str]
+    next_cursor: str
+    reached: int
+    tip: int
+
+
 def _parse_cursor(cursor: str | None) -> tuple[int, int]:
     """``(after, previous_head)`` of a scan cursor; ``(0, 0)`` (the whole history) for none or
     one this version cannot read."""
@@ -242,20 +253,32 @@ class JobcoinAdapter(ChainAdapter):
         but its first deposit comes after the mix was created, hence after the head the
         previous scan read, and the next scan (which watches it) reads from there.
 
+        The "height" of a ledger is its highest transfer id (the count of transfers it ever
+        made, give or take ids its database sequence skipped): ``tip`` is that id when the
+        scan looked, ``scanned`` the id the scan read through, so ``tip - scanned`` is how
+        many transfers the scan is behind. Both are ``None`` on a ledger without the history
+        cursor (every scan reads everything: never behind, no height to show).
+
         Raises:
             ChainError: the API failed (no partial result).
         """
         addresses = list(dict.fromkeys(watched))
         if self._cursor_api is not False:
-            touched, next_cursor = await self._touched_since(set(addresses), cursor)
-            if next_cursor is not None:
-                paid = [a for a in addresses if a in touched]
-                return ScanResult(transfers=await self._incoming_transfers(paid), cursor=next_cursor)
+            read = await self._touched_since(set(addresses), cursor)
+            if read is not None:
+                paid = [a for a in addresses if a in read.touched]
+                return ScanResult(
+                    transfers=await self._incoming_transfers(paid),
+                    cursor=read.next_cursor,
+                    tip=read.tip,
+                    scanned=read.reached,
+                )
         return ScanResult(transfers=await self._incoming_transfers(addresses), cursor=None)
 
-    async def _touched_since(self, watched: set[str], cursor: str | None) -> tuple[set[str], str | None]:
-        """The watched addresses paid in the history after the cursor, and the next cursor;
-        ``(set(), None)`` if the ledger has no history cursor (remembered for this adapter).
+    async def _touched_since(self, watched: set[str], cursor: str | None) -> _HistoryRead | None:
+        """The watched addresses paid in the history after the cursor, the next cursor and
+        the heights; ``None`` if the ledger has no history cursor (remembered for this
+        adapter).
 
         Raises:
             ChainError: the API failed or sent a page we cannot read.
@@ -267,7 +290,7 @@ class JobcoinAdapter(ChainAdapter):
             page = await self._page(position)
             if page is None:
                 self._cursor_api = False
-                return set(), None
+                return None
             self._cursor_api = True
             for transfer_id, to_address in page:
                 if transfer_id <= position:
@@ -276,10 +299,41 @@ class JobcoinAdapter(ChainAdapter):
                 if to_address in watched:
                     touched.add(to_address)
             if len(page) < _PAGE_SIZE:
+                tip = position  # a short page: nothing after it, the scan is at the tip
                 break
-        return touched, f"{previous_head}:{max(position, previous_head)}"
+        else:
+            tip = await self._last_id(position)
+        reached = max(position, previous_head)
+        return _HistoryRead(touched, f"{previous_head}:{reached}", reached, max(tip, reached))
 
-    async def _page(self, after: int) -> list[tuple[int, str]] | None:
+    async def _last_id(self, known: int) -> int:
+        """The ledger's highest transfer id, given that ``known`` is an id it has: found with
+        one-item pages (``after=x&limit=1`` is empty exactly when no id is above ``x``),
+        galloping up from ``known`` then bisecting, about ``2 log2(distance)`` requests. Only
+        a scan that stopped at its page limit needs it.
+
+        Raises:
+            ChainError: the API failed or sent a page we cannot read.
+        """
+
+        async def above(x: int) -> bool:
+            page = await self._page(x, limit=1)
+            return bool(page)
+
+        low, step = known, 1  # an id at or below ``low`` exists; ``low`` is the best known
+        while await above(low + step - 1):
+            low, step = low + step, step * 2
+        high = low + step - 1  # no id above ``high``
+        # The highest id is in low..high: the least x in there with nothing above it.
+        while low < high:
+            middle = (low + high) // 2
+            if await above(middle):
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    async def _page(self, after: int, *, limit: int | None = None) -> list[tuple[int, str]] | None:
         """``(id, toAddress)`` of the transfers after ``after``; ``None`` if the ledger ignores
         the cursor (items without ``id``) or does not know the parameters (4xx).
 
@@ -287,8 +341,9 @@ class JobcoinAdapter(ChainAdapter):
             ChainError: network failure, 5xx, or an unreadable body.
         """
         url = f"{self._api_url}/transactions"
+        size = _PAGE_SIZE if limit is None else limit
         try:
-            response = await self._client.get(url, params={"after": str(after), "limit": str(_PAGE_SIZE)})
+            response = await self._client.get(url, params={"after": str(after), "limit": str(size)})
         except httpx.HTTPError as exc:
             raise ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})") from exc
         if 400 <= response.status_code < 500:
