@@ -34,7 +34,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from sqlalchemy import Row, Text, cast, func, select, text, true
+from sqlalchemy import Row, Text, any_, cast, func, select, text, true
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 
 from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, UtxoChainAdapter
@@ -289,25 +290,25 @@ async def _sign_batch(rt: Runtime, adapter: ChainAdapter, asset: Asset, *, kind:
     ]
     # The first due send of each key: a batch of the first N due rows would hold several pieces
     # for one recipient, all but one of which must wait, and fill the batch with them.
+    key = func.coalesce(sends.c.serial_key, cast(sends.c.id, Text))
     first_of_key = (
-        select(
-            sends.c.id,
-            func.row_number()
-            .over(
-                partition_by=func.coalesce(sends.c.serial_key, cast(sends.c.id, Text)),
-                order_by=(sends.c.due_at, sends.c.id),
-            )
-            .label("n"),
-        )
+        select(sends.c.id)
         .where(*where)
-        .subquery()
+        .ext(distinct_on(key))
+        .order_by(key, sends.c.due_at, sends.c.id)
+        .scalar_subquery()
     )
+    # ``= ANY(ARRAY(subquery))``: PostgreSQL runs the subquery once (an init plan). As an
+    # ``IN (subquery)`` the planner, misled by the statistics of a table a burst just filled
+    # (one row estimated, thousands there), re-ran it for every candidate row: 7 s for a
+    # batch of 500 out of 1,700 due payouts.
+    first_ids = any_(func.array(first_of_key))
     signed: list[Row[Any]] = []
     async with unit(rt.engine) as work:
         due = (
             await work.conn.execute(
                 select(sends)
-                .where(*where, sends.c.id.in_(select(first_of_key.c.id).where(first_of_key.c.n == 1)))
+                .where(*where, sends.c.id == first_ids)
                 .order_by(sends.c.due_at, sends.c.id)
                 .limit(rt.settings.payout_batch_size)
                 .with_for_update(skip_locked=True)
