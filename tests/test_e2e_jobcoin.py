@@ -7,13 +7,13 @@ import random
 from collections import Counter
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
 from mixhouse.chains.jobcoin import ledger
-from mixhouse.db.tables import deposits
-from mixhouse.mixer.deposits import scan_asset
+from mixhouse.db.tables import audit_log, deposits, sends
+from mixhouse.mixer.deposits import confirm_deposits, scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix, expire_mixes, get_mix
 from mixhouse.mixer.planner import fee_bounds, is_series_value
 from mixhouse.mixer.reconcile import reconcile
@@ -140,6 +140,98 @@ async def test_several_deposits_and_a_late_one_are_each_mixed(database_url: str,
                 for address in ["w-a", "w-b"]:
                     paid += (await ledger.address_info(conn, address))[0]
             assert paid == sum(r.payout_total for r in rows) == sum(r.amount - r.fee_amount for r in rows)
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+
+async def test_one_scan_screens_and_accepts_many_deposits_each_on_its_own(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    """The scan's bulk acceptance gives every deposit its own verdict, audit entry and sweep:
+    a listed sender's deposit is frozen and one below its mix's minimum held, in the same
+    scan as the clean ones accepted together."""
+    async with local_ledger(engine) as led:
+        rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
+        try:
+            async with engine.begin() as conn:
+                await store_list(conn, ["listed-sender"], "operator")
+            await ledger.mint(engine, "listed-sender", 20 * COIN)
+            await ledger.mint(engine, "s", 100 * COIN)
+            frozen_mix = await create_mix(rt, MixRequest("JOBCOIN", ["w-f"], 0, 0))
+            held_mix = await create_mix(rt, MixRequest("JOBCOIN", ["w-h"], 0, 0))
+            clean = [await create_mix(rt, MixRequest("JOBCOIN", [f"w-c{i}"], 0, 0)) for i in range(6)]
+            await ledger.transfer(engine, "listed-sender", frozen_mix["deposit_address"], 20 * COIN)
+            await ledger.transfer(engine, "s", held_mix["deposit_address"], COIN // 2)
+            for mix in clean:
+                await ledger.transfer(engine, "s", mix["deposit_address"], 10 * COIN)
+            assert await scan_asset(rt, Asset.JOBCOIN) == 8
+            async with engine.connect() as conn:
+                rows = (await conn.execute(select(deposits))).all()
+                entries = (
+                    await conn.execute(
+                        select(audit_log.c.action, audit_log.c.entity_id).where(
+                            audit_log.c.action.in_(["deposit.accepted", "deposit.frozen", "deposit.held"])
+                        )
+                    )
+                ).all()
+                sweeps = (await conn.execute(select(sends).where(sends.c.kind == "sweep"))).all()
+            state = {d.mix_id: d.state for d in rows}
+            assert state[frozen_mix["id"]] == "frozen"
+            assert state[held_mix["id"]] == "held"
+            assert all(state[m["id"]] == "sweeping" for m in clean)
+            verdicts = Counter((action, entity) for action, entity in entries)
+            by_mix = {d.mix_id: str(d.id) for d in rows}
+            assert verdicts == Counter(
+                [("deposit.frozen", by_mix[frozen_mix["id"]]), ("deposit.held", by_mix[held_mix["id"]])]
+                + [("deposit.accepted", by_mix[m["id"]]) for m in clean]
+            )
+            assert sorted(s.mix_id for s in sweeps) == sorted(m["id"] for m in clean)
+            assert all(s.amount == 10 * COIN and s.state == "scheduled" for s in sweeps)
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+
+async def test_bulk_acceptance_undone_when_a_deposit_moved_meanwhile(database_url: str, engine: AsyncEngine) -> None:
+    """A deposit another path moved after it was read undoes the bulk step; the others are
+    then accepted one by one and the moved one is left as it is."""
+    async with local_ledger(engine) as led:
+        rt = build_runtime(fast_settings(database_url, jobcoin_api_url=led.api_url), database_url)
+        try:
+            await ledger.mint(engine, "s", 100 * COIN)
+            mixes = [await create_mix(rt, MixRequest("JOBCOIN", [f"w-{i}"], 0, 0)) for i in range(3)]
+            for mix in mixes:
+                await ledger.transfer(engine, "s", mix["deposit_address"], 10 * COIN)
+            adapter = rt.adapter(Asset.JOBCOIN)
+            watched = {m["deposit_address"]: m["id"] for m in mixes}
+            result = await adapter.scan(list(watched), None)
+            async with engine.begin() as conn:
+                for t in result.transfers:
+                    await conn.execute(
+                        deposits.insert().values(
+                            mix_id=watched[t.to_address],
+                            asset="JOBCOIN",
+                            chain_ref=t.ref,
+                            deposit_address=t.to_address,
+                            from_addresses=list(t.from_addresses),
+                            amount=t.amount,
+                            state="seen",
+                        )
+                    )
+                ready = [(d, 1) for d in (await conn.execute(select(deposits).order_by(deposits.c.id))).all()]
+                # Another path moved the second one after the scan read it.
+                await conn.execute(deposits.update().where(deposits.c.id == ready[1][0].id).values(state="held"))
+            await confirm_deposits(rt, ready, await adapter.quote_network_fee())
+            async with engine.connect() as conn:
+                states = [d.state for d in (await conn.execute(select(deposits).order_by(deposits.c.id))).all()]
+                accepted = (
+                    await conn.execute(select(func.count()).where(audit_log.c.action == "deposit.accepted"))
+                ).scalar_one()
+                sweeps = (await conn.execute(select(sends.c.deposit_id).where(sends.c.kind == "sweep"))).all()
+            assert states == ["sweeping", "held", "sweeping"]
+            assert accepted == 2
+            assert sorted(s.deposit_id for s in sweeps) == [ready[0][0].id, ready[2][0].id]
         finally:
             await rt.aclose()
             await rt.engine.dispose()

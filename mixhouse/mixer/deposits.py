@@ -15,18 +15,20 @@ import psycopg
 import structlog
 from sqlalchemy import Row, select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import FeeQuote, Transfer, UtxoChainAdapter, outpoint_of
 from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
-from mixhouse.errors import MixhouseError
+from mixhouse.errors import IllegalTransition, MixhouseError
 from mixhouse.jobs import send_job
 from mixhouse.mixer.planner import fee_bounds, payout_quantum
 from mixhouse.mixer.pooling import pool_deposit, serial_key_for
 from mixhouse.mixer.rounds import batch_sweeps
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.states import DepositState, SendState, now, transition
+from mixhouse.mixer.screening import normalize_for_screening
+from mixhouse.mixer.states import DEPOSIT_TRANSITIONS, DepositState, SendState, now, transition
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
 
@@ -214,19 +216,34 @@ def _transfer_of(dep: Row[Any]) -> Transfer:
     )
 
 
-CONFIRM_BATCH = 100
+CONFIRM_BATCH = 500
 
 
 async def confirm_deposits(rt: Runtime, ready: list[tuple[Row[Any], int]], quote: FeeQuote) -> None:
     """Screen confirmed deposits and freeze, hold or accept each, up to :data:`CONFIRM_BATCH`
     per transaction.
 
-    Each deposit runs in a savepoint: one that fails (and is retried at the next scan) does not
-    undo the others, and its audit entries and jobs are dropped with it.
+    On account chains the clean deposits within their mix's limits (nearly all of them) are
+    screened and accepted together: one read of their mixes, one screening query, one UPDATE
+    moving them ``seen -> sweeping``, one INSERT of their sweeps, each with its own audit
+    entry (and job, where sweeps are not batched). The rest, and all of a batch whose bulk
+    step failed, run one by one, each in a savepoint: one that fails (and is retried at the
+    next scan) does not undo the others, and its audit entries and jobs are dropped with it.
     """
     for start in range(0, len(ready), CONFIRM_BATCH):
         async with unit(rt.engine) as work:
-            for dep, confirmations in ready[start : start + CONFIRM_BATCH]:
+            chunk = ready[start : start + CONFIRM_BATCH]
+            bulk = Unit(work.conn)
+            try:
+                async with work.conn.begin_nested():
+                    rest = await _accept_in_bulk(rt, bulk, chunk, quote)
+            except (IllegalTransition, IntegrityError):
+                log.warning("bulk acceptance undone; deposits accepted one by one", deposits=len(chunk))
+                rest = chunk
+            else:
+                work.entries.extend(bulk.entries)
+                work.pending_jobs.extend(bulk.pending_jobs)
+            for dep, confirmations in rest:
                 one = Unit(work.conn)
                 try:
                     async with work.conn.begin_nested():
@@ -236,6 +253,102 @@ async def confirm_deposits(rt: Runtime, ready: list[tuple[Row[Any], int]], quote
                     continue
                 work.entries.extend(one.entries)
                 work.pending_jobs.extend(one.pending_jobs)
+
+
+_ACCEPT_MANY_SQL = text(
+    """
+    UPDATE deposits d
+    SET state = :to_state, confirmations = v.confirmations, network_fee_amount = :network_fee, updated_at = :at
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:confirmations AS integer[])) AS v(id, confirmations)
+    WHERE d.id = v.id AND d.state = :from_state
+    RETURNING d.id
+    """
+)
+
+
+async def _accept_in_bulk(
+    rt: Runtime, work: Unit, ready: list[tuple[Row[Any], int]], quote: FeeQuote
+) -> list[tuple[Row[Any], int]]:
+    """Accept, in ``work``'s transaction and in a handful of statements, the deposits of
+    ``ready`` that pass screening and their mix's limits on an account chain; returns the
+    others (a screening hit, a hold, a UTXO chain) for the one-by-one path, untouched.
+
+    The same checks, state change, sweep row, audit entry and job as :func:`_confirm_in`.
+
+    Raises:
+        IllegalTransition: a deposit is no longer ``seen`` (the caller's savepoint undoes it all).
+    """
+    if (DepositState.SEEN, DepositState.SWEEPING) not in DEPOSIT_TRANSITIONS:  # pragma: no cover
+        raise IllegalTransition(f"deposits: {DepositState.SEEN} -> {DepositState.SWEEPING} is not allowed")
+    candidates = [(d, c) for d, c in ready if not isinstance(rt.adapter(d.asset), UtxoChainAdapter)]
+    if not candidates:
+        return ready
+    mix_rows = {
+        m.id: m for m in await work.conn.execute(select(mixes).where(mixes.c.id.in_({d.mix_id for d, _ in candidates})))
+    }
+    listed = await _listed_senders(rt, work, [a for d, _ in candidates for a in d.from_addresses])
+    accepted: list[tuple[Row[Any], int]] = []
+    for dep, confirmations in candidates:
+        clean = not any(normalize_for_screening(a) in listed for a in dep.from_addresses)
+        if clean and _hold_reason(dep, mix_rows[dep.mix_id], quote, quote.per_send) is None:
+            accepted.append((dep, confirmations))
+    if not accepted:
+        return ready
+    moment = now()
+    moved = (
+        await work.conn.execute(
+            _ACCEPT_MANY_SQL,
+            {
+                "ids": [d.id for d, _ in accepted],
+                "confirmations": [c for _, c in accepted],
+                "network_fee": quote.per_send,
+                "to_state": DepositState.SWEEPING,
+                "from_state": DepositState.SEEN,
+                "at": moment,
+            },
+        )
+    ).all()
+    if len(moved) != len(accepted):
+        raise IllegalTransition(f"{len(accepted) - len(moved)} deposits are no longer {DepositState.SEEN!r}")
+    rows = []
+    for dep, _ in accepted:
+        adapter = rt.adapter(dep.asset)
+        rows.append(
+            {
+                "kind": "sweep",
+                "asset": dep.asset,
+                "mix_id": dep.mix_id,
+                "deposit_id": dep.id,
+                "from_address": dep.deposit_address,
+                "from_key_index": mix_rows[dep.mix_id].deposit_key_index,
+                "to_address": adapter.pool_address,
+                "amount": dep.amount - quote.per_send,
+                "network_fee_reserved": quote.per_send,
+                "due_at": moment,
+                "state": SendState.SCHEDULED,
+                "serial_key": serial_key_for(rt, dep.asset, dep.deposit_address, adapter.pool_address),
+            }
+        )
+    sweep_of = {
+        r.deposit_id: r.id
+        for r in await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.deposit_id))
+    }
+    for dep, _ in accepted:
+        if not batch_sweeps(rt.adapter(dep.asset)):
+            work.defer(send_job(sweep_of[dep.id]))
+        work.audit(_accepted(dep, sweep_send_id=sweep_of[dep.id]))
+    done = {d.id for d, _ in accepted}
+    return [(d, c) for d, c in ready if d.id not in done]
+
+
+async def _listed_senders(rt: Runtime, work: Unit, addresses: list[str]) -> set[str]:
+    """The screening forms (:func:`normalize_for_screening`) of those ``addresses`` that are
+    on a sanctions list or the denylist: one screening of them all, with the same lists and
+    the same comparison a deposit's own screening uses."""
+    if not addresses:
+        return set()
+    verdict = await rt.screener.screen(work.conn, addresses)
+    return {normalize_for_screening(address) for address, _ in verdict.hits}
 
 
 async def confirm_deposit(rt: Runtime, dep: Row[Any], confirmations: int, quote: FeeQuote) -> DepositState:
