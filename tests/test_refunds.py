@@ -1,4 +1,4 @@
-"""Operator refunds of held deposits (mixer/refunds.py) on the real Jobcoin ledger and on anvil:
+"""Operator refunds of held deposits (mixer/refunds.py) on the real Jobcoin ledger, anvil and bcoin:
 exactly once under concurrent requests and across a crash between sign and broadcast, frozen
 deposits and addresses of ours refused with nothing changed, the ledger balanced after."""
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_account import Account
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse import audit
 from mixhouse.api.app import create_app
 from mixhouse.api.problems import PROBLEM_MEDIA_TYPE
-from mixhouse.chains.base import PreparedSend
+from mixhouse.chains.base import PreparedSend, UtxoChainAdapter
 from mixhouse.chains.jobcoin import ledger
-from mixhouse.db.tables import audit_log, deposits, sends
+from mixhouse.db.tables import audit_log, deposits, sends, utxos
+from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
@@ -31,6 +33,8 @@ from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from tests.e2e import fast_settings, local_ledger
 from tests.fixtures.anvil import Anvil
+from tests.fixtures.bcoin import Bcoin
+from tests.test_e2e_bitcoin import bitcoin_settings
 from tests.web import wait_until
 
 COIN = 10**8
@@ -282,6 +286,62 @@ async def test_eth_refund_pays_the_deposit_minus_gas(database_url: str, engine: 
             assert refund_row["network_fee_paid"] <= fee
             refunded = await audit_actions(engine, "deposit.refunded")
             assert refunded[0]["details"]["txid"] == refund_row["txid"]
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
+
+
+async def test_btc_refund_spends_the_held_output_alone(database_url: str, engine: AsyncEngine, bcoin: Bcoin) -> None:
+    rt = build_runtime(bitcoin_settings(database_url, bcoin, admin_api_key=SecretStr(ADMIN_KEY)), database_url)
+    user = Bip84Keyring(Account.create_with_mnemonic()[1], "regtest")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url="http://t") as http:
+            mix = await create_mix(rt, MixRequest("BTC", [user.address(0, 0)], 0, 0))
+            held = 50_000  # below bitcoin_min_deposit (100,000): held
+            await bcoin.fund(mix["deposit_address"], held)
+            await bcoin.fund(rt.adapter("BTC").pool_address, 1_000_000)  # pool liquidity beside it
+            await bcoin.mine(3)
+            await scan_asset(rt, Asset.BTC)
+            dep = (await get_mix(rt, mix["id"]))["deposits"][0]
+            assert dep["state"] == "held", dep
+            assert (await reconcile(rt, Asset.BTC)).ok
+            target = user.address(0, 7)
+            url = f"/api/v1/admin/deposits/{dep['id']}/refund"
+            answers = await asyncio.gather(
+                *(http.post(url, json={"address": target}, headers=HEADERS) for _ in range(4))
+            )
+            assert sorted(a.status_code for a in answers) == [200, 200, 200, 202]
+            body = next(a.json() for a in answers if a.status_code == 202)["refund"]
+            fee = int(body["network_fee_reserved"])
+            assert 0 < fee < 10_000
+            assert int(body["amount"]) == held - fee
+            async with engine.connect() as conn:
+                coin = (await conn.execute(select(utxos).where(utxos.c.deposit_id == dep["id"]))).one()
+            assert (coin.state, coin.reserved_by_send) == ("reserved", body["send_id"])  # never available
+
+            async def confirmed() -> bool:
+                state = await execute_send(rt, body["send_id"])
+                if state != "confirmed":
+                    await bcoin.mine(1)
+                return state == "confirmed"
+
+            await wait_until(confirmed, within=60, what="the BTC refund confirmed")
+            view = await get_mix(rt, mix["id"])
+            refund_row = next(s for s in view["sends"] if s["kind"] == "refund")
+            assert view["deposits"][0]["state"] == "refunded"
+            # One input (the held output), one output to the target, no change.
+            tx = await bcoin.rpc("getrawtransaction", refund_row["txid"], True)
+            assert [(i["txid"], i["vout"]) for i in tx["vin"]] == [(coin.txid, coin.vout)]
+            assert len(tx["vout"]) == 1
+            adapter = rt.adapter("BTC")
+            assert isinstance(adapter, UtxoChainAdapter)
+            assert await adapter.unspent_amount(refund_row["txid"], 0) == held - fee
+            assert refund_row["network_fee_paid"] == fee
+            async with engine.connect() as conn:
+                state = (await conn.execute(select(utxos.c.state).where(utxos.c.deposit_id == dep["id"]))).scalar_one()
+            assert state == "spent"
+            # The pool never held it: the books and the chain still agree.
+            assert (await reconcile(rt, Asset.BTC)).ok
     finally:
         await rt.aclose()
         await rt.engine.dispose()

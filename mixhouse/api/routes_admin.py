@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader
-from sqlalchemy import and_, case, func, select, tuple_
+from sqlalchemy import and_, case, exists, func, select, tuple_
 
 from mixhouse.api import RuntimeDep
 from mixhouse.api.problems import problem_responses
@@ -48,7 +48,7 @@ from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, send
 from mixhouse.errors import InvalidInput
 from mixhouse.mixer.acknowledgements import Acknowledgement, acknowledge
 from mixhouse.mixer.privacy.live import MAX_HOURS, MAX_PAYOUTS, MIN_HOURS, privacy_report
-from mixhouse.mixer.refunds import RefundRequest, RefundUnsupported, request_refund
+from mixhouse.mixer.refunds import RefundRequest, request_refund
 from mixhouse.mixer.states import DepositState, MixState, SendState
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The operator's key (MIXHOUSE_ADMIN_API_KEY).")
@@ -209,12 +209,14 @@ async def pool(rt: RuntimeDep) -> PoolReport:
             ).scalar_one()
             books = int(sums.credits) - int(sums.debits)
             if isinstance(adapter, UtxoChainAdapter):
-                # A UTXO pool's books are its coins: deposits, top-ups and change not yet spent.
+                # A UTXO pool's books are its coins: deposits, top-ups and change not yet spent;
+                # not a held deposit's output its refund spends (it never joined the pool).
+                refunding = exists().where(sends.c.id == utxos.c.reserved_by_send, sends.c.kind == "refund")
                 books = int(
                     (
                         await conn.execute(
                             select(func.coalesce(func.sum(utxos.c.amount), 0)).where(
-                                utxos.c.asset == asset.value, utxos.c.state != "spent"
+                                utxos.c.asset == asset.value, utxos.c.state != "spent", ~refunding
                             )
                         )
                     ).scalar_one()
@@ -324,7 +326,7 @@ def acknowledgement_answer(ack: Acknowledgement) -> AcknowledgementOut:
     status_code=202,
     responses={
         200: {"model": RefundRequestOut, "description": "The refund already existed (same address): here it is."},
-        **problem_responses(404, 409, 501),
+        **problem_responses(404, 409, 502),
     },
 )
 async def refund_deposit(
@@ -335,21 +337,19 @@ async def refund_deposit(
 ) -> RefundRequestOut:
     """Refund held deposit ``deposit_id`` to ``address``, exactly once: a send from the deposit
     address for the deposit's amount minus the network fee (ETH gas; Jobcoin none), through the
-    same send state machine as every payout.
+    same send state machine as every payout. On Bitcoin the refund spends the deposit's own
+    output alone (one output, no change; the miner fee at the current fee rate).
 
     202 with the new refund; 200 with the existing one when the deposit is already being (or
     was) refunded to the same address (a double click, a retry, two operators). Errors: 404 no
     such deposit; 409 frozen (sanctions: frozen funds are never refunded), not held, or already
     refunding to another address (a refund is never redirected); 422 a malformed address, the
-    pool's or a deposit address, or a deposit too small to pay the refund's network fee; 501 on
-    Bitcoin (held deposits' outputs are not recorded as coins yet).
+    pool's or a deposit address, or a deposit too small to pay the refund's network fee; 502 the
+    node failed the fee quote (nothing changed).
     """
-    try:
-        outcome = await request_refund(
-            rt, deposit_id=deposit_id, address=body.address, operator=body.operator or API_KEY_OPERATOR
-        )
-    except RefundUnsupported as exc:
-        raise HTTPException(status_code=501, detail=str(exc)) from exc
+    outcome = await request_refund(
+        rt, deposit_id=deposit_id, address=body.address, operator=body.operator or API_KEY_OPERATOR
+    )
     if not outcome.created:
         response.status_code = 200
     return refund_answer(outcome)

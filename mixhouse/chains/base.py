@@ -380,6 +380,26 @@ class UtxoChainAdapter(ChainAdapter):
         """
 
     @abc.abstractmethod
+    def single_spend_fee(self, to_address: str, fee_rate: int) -> int:
+        """Satoshi of miner fee for a transaction spending one of our coins whole to
+        ``to_address`` (one input, one output, no change) at ``fee_rate`` sat/vB.
+
+        Raises:
+            InvalidAddress: ``to_address`` is not an address of this network.
+        """
+
+    @abc.abstractmethod
+    async def prepare_single_spend(self, *, coin: PoolCoin, to_address: str, amount: int) -> PreparedSend:
+        """Sign a transaction spending ``coin`` whole: one output of ``amount`` satoshi to
+        ``to_address``, the rest to miners; no change. The same arguments sign the same
+        transaction (the refund of a held deposit, :mod:`mixhouse.mixer.refunds`).
+
+        Raises:
+            InvalidAmount: ``amount`` is dust or more than the coin.
+            InvalidAddress: ``to_address`` is not an address of this network.
+        """
+
+    @abc.abstractmethod
     async def is_spent_elsewhere(self, prepared: PreparedSend, inputs: Sequence[PoolCoin]) -> bool:
         """True when at least one input is spent (or being spent) by a transaction other than
         ``prepared`` and ``prepared`` itself is not on chain: the send can never confirm and

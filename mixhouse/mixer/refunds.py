@@ -2,9 +2,10 @@
 :func:`mark_refunded`.
 
 A held deposit (outside the mix's limits, see ``deposits._hold_reason``) was never swept: its
-coins still sit at its deposit address (account chains). A refund is a ``sends`` row of kind
-``refund`` from that address to one the operator gives, for the deposit's amount minus the
-network fee (ETH gas; Jobcoin has none), and it goes ``scheduled -> signed -> broadcast ->
+coins still sit at its deposit address (account chains) or as its own output (UTXO chains),
+never in the pool. A refund is a ``sends`` row of kind ``refund`` from there to an address the
+operator gives, for the deposit's amount minus the network fee (ETH gas; Bitcoin the miner fee
+of one input and one output, no change; Jobcoin none), and it goes ``scheduled -> signed -> broadcast ->
 confirmed`` through the same job and the same exactly-once rules as every send
 (:mod:`mixhouse.mixer.sends`). The deposit moves ``held -> refunding`` with the send
 scheduled, its job enqueued and ``deposit.refund_requested`` audited, in one transaction; and
@@ -18,13 +19,16 @@ it. A repeated request for the same address answers the existing refund
 (:class:`RefundConflict`, HTTP 409): a refund in flight is never redirected.
 
 Refused: frozen deposits (sanctions: frozen funds stay frozen), deposits in any other state
-than held, an address that is malformed or ours (the pool or any deposit address), a deposit
-too small to pay its own network fee, and UTXO chains (Bitcoin), where a held deposit's
-output is not recorded as a coin yet (:class:`RefundUnsupported`, HTTP 501).
+than held, an address that is malformed or ours (the pool or any deposit address), and a
+deposit too small to pay its own network fee plus the dust limit.
+
+On UTXO chains the held deposit's output is recorded as a coin when the refund is scheduled,
+already ``reserved`` by the refund (never ``available``): pool coin selection never picks it,
+and the refund's transaction spends it alone (``UtxoChainAdapter.prepare_single_spend``).
 
 Reconciliation is unaffected: a held deposit never entered the pool's books, and its refund
 leaves from the deposit address, not the pool (``reconcile`` counts only sweeps into and
-payouts out of the pool).
+payouts out of the pool, and on UTXO chains only ``available`` coins).
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import UtxoChainAdapter
-from mixhouse.db.tables import deposits, mixes, sends
-from mixhouse.errors import IllegalTransition, InvalidAddress, InvalidAmount, MixhouseError, NotFound
+from mixhouse.chains.base import UtxoChainAdapter, outpoint_of
+from mixhouse.db.tables import deposits, mixes, sends, utxos
+from mixhouse.errors import IllegalTransition, InvalidAddress, InvalidAmount, NotFound
 from mixhouse.jobs import send_job
 from mixhouse.mixer.pooling import serial_key_for
 from mixhouse.mixer.runtime import Runtime
@@ -55,10 +59,6 @@ IS_DEPOSIT = "a refund address cannot be a deposit address of this service"
 class RefundConflict(IllegalTransition):
     """The deposit cannot be refunded as asked (frozen, not held, or already being refunded
     to another address). HTTP 409."""
-
-
-class RefundUnsupported(MixhouseError):
-    """Refunds are not available on this chain (UTXO chains: Bitcoin). HTTP 501."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,6 @@ async def request_refund(rt: Runtime, *, deposit_id: int, address: str, operator
     Raises:
         NotFound: no deposit has this id.
         RefundConflict: frozen, not held, or already refunding to another address.
-        RefundUnsupported: the deposit is on a UTXO chain.
         InvalidAddress: malformed for the chain, the pool address, or a deposit address of ours.
         InvalidAmount: the deposit does not cover the refund's network fee plus the dust limit.
         InvalidInput: the deposit's asset is not enabled here.
@@ -100,11 +99,6 @@ async def request_refund(rt: Runtime, *, deposit_id: int, address: str, operator
     """
     dep = await _deposit(rt, deposit_id)
     adapter = rt.adapter(dep.asset)
-    if isinstance(adapter, UtxoChainAdapter):
-        raise RefundUnsupported(
-            f"refunds of {dep.asset} deposits are not supported yet: a held deposit's output is not a recorded "
-            "coin; refund it from the node's wallet by hand"
-        )
     target = adapter.normalize_address(address)
     if dep.state != DepositState.HELD:
         return await _existing_or_refused(rt, dep, target)
@@ -113,17 +107,24 @@ async def request_refund(rt: Runtime, *, deposit_id: int, address: str, operator
     async with rt.engine.connect() as conn:
         if await ours(conn, dep.asset, [target]):
             raise InvalidAddress(IS_DEPOSIT)
-    quote = await adapter.quote_network_fee()  # network I/O before the transaction
-    amount = int(dep.amount) - quote.per_send
+    # Network I/O before the transaction.
+    if isinstance(adapter, UtxoChainAdapter):
+        rate = await adapter.fee_rate()
+        fee = adapter.single_spend_fee(target, rate)
+        fee_detail = f"one input and one output at {rate} sat/vB"
+    else:
+        quote = await adapter.quote_network_fee()
+        fee, fee_detail = quote.per_send, quote.detail
+    amount = int(dep.amount) - fee
     dust = ASSETS[Asset(dep.asset)].dust
     if amount < dust:
         raise InvalidAmount(
-            f"the deposit of {dep.amount} base units does not cover the refund's network fee of {quote.per_send} "
-            f"base units ({quote.detail}) and the dust limit of {dust}"
+            f"the deposit of {dep.amount} base units does not cover the refund's network fee of {fee} "
+            f"base units ({fee_detail}) and the dust limit of {dust}"
         )
     try:
         async with unit(rt.engine) as work:
-            row = await _schedule(rt, work, dep, target=target, amount=amount, fee=quote.per_send, operator=operator)
+            row = await _schedule(rt, work, dep, target=target, amount=amount, fee=fee, operator=operator)
     except (IllegalTransition, IntegrityError):
         # Another request won the race (it committed while we waited on the row): answer with it.
         return await _existing_or_refused(rt, await _deposit(rt, deposit_id), target)
@@ -188,6 +189,25 @@ async def _schedule(
             .returning(*sends.c)
         )
     ).one()
+    if isinstance(rt.adapter(dep.asset), UtxoChainAdapter):
+        # The held deposit's output, recorded now as reserved by its refund: pool coin selection
+        # and reconciliation only see `available` coins, and its confirmation marks it spent.
+        txid, vout = outpoint_of(dep.chain_ref)
+        await work.conn.execute(
+            utxos.insert().values(
+                asset=dep.asset,
+                txid=txid,
+                vout=vout,
+                address=dep.deposit_address,
+                key_chain=0,
+                key_index=mix.deposit_key_index,
+                amount=dep.amount,
+                owner_mix_id=mix.id,
+                deposit_id=dep.id,
+                state="reserved",
+                reserved_by_send=row.id,
+            )
+        )
     work.defer(send_job(row.id))
     work.audit(
         AuditEntry(

@@ -126,6 +126,9 @@ async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] |
         log.warning("payouts paused by reconciliation", send_id=row.id, asset=row.asset)
         await _retry_later(rt, row.id, PAUSED_RECHECK_SECONDS)
         return None
+    if isinstance(adapter, UtxoChainAdapter) and row.kind == "refund":
+        async with unit(rt.engine) as work:
+            return await sign_utxo_refund(work, adapter, row)
     if isinstance(adapter, UtxoChainAdapter):
         return await sign_utxo_payout(rt, adapter, row)
     try:
@@ -266,6 +269,37 @@ async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]
         return None
 
 
+async def sign_utxo_refund(work: Unit, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any]:
+    """Sign a scheduled refund of a UTXO chain and store it, moving it ``scheduled -> signed``
+    with its attempt counted, in ``work``: the held deposit's own output (reserved by this
+    refund when it was scheduled, mixer/refunds.py) spent whole, one output of ``row.amount``,
+    no change, the rest to miners.
+
+    Raises:
+        IllegalTransition: the send is no longer ``scheduled``.
+        NoResultFound: the refund has no reserved coin (a data error).
+    """
+    coin = (await work.conn.execute(select(utxos).where(utxos.c.reserved_by_send == row.id))).one()
+    prepared = await adapter.prepare_single_spend(coin=coin_of(coin), to_address=row.to_address, amount=row.amount)
+    signed = await transition(
+        work.conn,
+        sends,
+        row.id,
+        SendState.SCHEDULED,
+        SendState.SIGNED,
+        raw_tx=prepared.raw_tx,
+        txid=prepared.txid,
+        signed_at=now(),
+        attempts=sends.c.attempts + 1,
+    )
+    work.audit(
+        send_entry(
+            "send.signed", signed, inputs=[f"{coin.txid}:{coin.vout}"], miner_fee=str(int(coin.amount) - row.amount)
+        )
+    )
+    return signed
+
+
 def coin_of(row: Row[Any]) -> PoolCoin:
     """The :class:`PoolCoin` of a ``utxos`` row."""
     return PoolCoin(
@@ -403,7 +437,13 @@ async def _send_now(rt: Runtime, adapter: ChainAdapter, row: Row[Any], prepared:
         await _record_error(rt, row.id, f"outcome unknown: {exc}", retry_in=rt.settings.jobcoin_send_settle_seconds)
         return None
     except BroadcastRejected as exc:
-        if isinstance(adapter, UtxoChainAdapter) and await _replan_if_inputs_spent(rt, adapter, row):
+        # A refund is never re-planned: its only input is the held deposit's, and putting that
+        # coin back as `available` would hand it to the pool.
+        if (
+            isinstance(adapter, UtxoChainAdapter)
+            and row.kind != "refund"
+            and await _replan_if_inputs_spent(rt, adapter, row)
+        ):
             return None
         log.exception("send rejected by the chain", send_id=row.id)
         await _record_error(rt, row.id, f"rejected: {exc}", retry_in=30.0)

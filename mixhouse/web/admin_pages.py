@@ -26,7 +26,7 @@ from mixhouse.api.schemas import AuditEntryOut, RefundOut
 from mixhouse.db.tables import audit_log, mixes, sends
 from mixhouse.errors import AuditChainBroken, IllegalTransition, InvalidInput, MixhouseError, NotFound
 from mixhouse.mixer.acknowledgements import acknowledge
-from mixhouse.mixer.refunds import RefundUnsupported, request_refund
+from mixhouse.mixer.refunds import request_refund
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState
 from mixhouse.money import ASSETS, Asset, format_amount
@@ -237,8 +237,6 @@ async def dashboard_events(request: Request, rt: RuntimeDep) -> Response | Strea
 
 def _status_of(exc: MixhouseError) -> int:
     """The HTTP status the admin API answers for ``exc`` (mixhouse.api.problems' mapping)."""
-    if isinstance(exc, RefundUnsupported):
-        return 501
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, IllegalTransition):

@@ -44,6 +44,7 @@ from mixhouse.chains.base import (
 from mixhouse.chains.bitcoin import networks
 from mixhouse.chains.bitcoin.pool_spend import POOL_CHAIN, build_pool_spend
 from mixhouse.chains.bitcoin.rpc import AlreadyInChain, BitcoinRpc, SendRejected, btc_to_sat
+from mixhouse.chains.bitcoin.single_spend import build_single_spend, single_spend_fee
 from mixhouse.errors import ChainError, InvalidAddress
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.money import Asset
@@ -523,6 +524,18 @@ class BitcoinAdapter(UtxoChainAdapter):
             fee_rate=fee_rate,
             max_fee=max_fee,
             rng_seed=rng_seed,
+        )
+
+    def single_spend_fee(self, to_address: str, fee_rate: int) -> int:
+        """See :meth:`UtxoChainAdapter.single_spend_fee` and
+        :func:`mixhouse.chains.bitcoin.single_spend.single_spend_fee`."""
+        return single_spend_fee(network=self.network, to_address=to_address, fee_rate=fee_rate)
+
+    async def prepare_single_spend(self, *, coin: PoolCoin, to_address: str, amount: int) -> PreparedSend:
+        """See :meth:`UtxoChainAdapter.prepare_single_spend` and
+        :func:`mixhouse.chains.bitcoin.single_spend.build_single_spend`."""
+        return build_single_spend(
+            keyring=self._keyring, network=self.network, coin=coin, to_address=to_address, amount_sat=amount
         )
 
     async def unspent_amount(self, txid: str, vout: int) -> int | None:
