@@ -1,5 +1,5 @@
-"""Scan lag in blocks: real scans of the local Jobcoin ledger and of anvil store the tip they
-saw with the cursor, the lag falls to 0 as the scans catch up, and ``/metrics`` and the
+"""Scan lag in blocks: real scans of the local Jobcoin ledger, anvil and bcoin store the tip
+they saw with the cursor, the lag falls to 0 as the scans catch up, and ``/metrics`` and the
 dashboard show it."""
 
 from __future__ import annotations
@@ -12,16 +12,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.chains.bitcoin.adapter import MAX_BLOCKS_PER_SCAN as BTC_BLOCKS_PER_SCAN
 from mixhouse.chains.evm.adapter import MAX_BLOCKS_PER_SCAN
 from mixhouse.chains.jobcoin import adapter as jobcoin_adapter
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.config import DEV_ADMIN_KEY
 from mixhouse.db.tables import chain_cursors, ledger_transfers
+from mixhouse.metrics import collect_state
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.web.admin_pages import dashboard_context
+from tests.e2e import fast_settings
 from tests.fixtures.anvil import TEST_MNEMONIC, Anvil
+from tests.fixtures.bcoin import Bcoin
 from tests.web import WebStack, web_stack
 
 COIN = 10**8
@@ -126,3 +131,40 @@ async def test_scan_lag_falls_to_zero_as_the_scans_catch_up(
         assert await _heights(engine, Asset.ETH) == (head, head)
         assert await _scraped_lag(http) == {"JOBCOIN": 0, "ETH": 0}
         assert (await _dashboard_lag(stack))["ETH"] == (0, "blocks")
+
+
+async def test_bitcoin_scan_lag_falls_to_zero(database_url: str, engine: AsyncEngine, bcoin: Bcoin) -> None:
+    settings = fast_settings(
+        database_url,
+        jobcoin_enabled=False,
+        bitcoin_enabled=True,
+        bitcoin_rpc_url=bcoin.node.rpc_url,
+        bitcoin_rpc_user=bcoin.node.rpc_user,
+        bitcoin_rpc_password=bcoin.node.rpc_password,
+        bitcoin_network="regtest",
+        bitcoin_mnemonic=TEST_MNEMONIC,
+        bitcoin_confirmations=2,
+    )
+    rt = build_runtime(settings, database_url)
+    try:
+        # A UTXO chain is scanned even with no mix (the pool's own coins are watched).
+        await scan_asset(rt, Asset.BTC)
+        tip = await bcoin.tip()
+        assert await _heights(engine, Asset.BTC) == (tip, tip)
+        behind = 30
+        await bcoin.mine(BTC_BLOCKS_PER_SCAN + behind)
+        head = await bcoin.tip()
+        await scan_asset(rt, Asset.BTC)
+        assert await _heights(engine, Asset.BTC) == (head, head - behind)
+        lag = {
+            s.labels["asset"]: s.value
+            for family in await collect_state(rt)
+            if family.name == "mixhouse_scan_lag_blocks"
+            for s in family.samples
+        }
+        assert lag == {"BTC": behind}
+        await scan_asset(rt, Asset.BTC)
+        assert await _heights(engine, Asset.BTC) == (head, head)
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
