@@ -152,6 +152,53 @@ async def test_a_lone_total_is_replanned_to_one_that_hides_it(database_url: str,
             await rt.engine.dispose()
 
 
+async def test_a_thin_deposit_leaves_at_a_drawn_moment_not_at_its_deadline(
+    database_url: str, engine: AsyncEngine
+) -> None:
+    """With ``k`` out of reach, each deposit goes at its own secret fallback moment
+    (``deposits.release_by``), drawn once between its first due payout and its latest release
+    moment - not all at ``arrival + max_wait``, which anyone can compute."""
+    async with local_ledger(engine) as led:
+        settings = fast_settings(
+            database_url, jobcoin_api_url=led.api_url, privacy_gate_k=50, privacy_max_extra_wait_seconds=600
+        )
+        rt = build_runtime(settings, database_url)
+        rt.rng = random.Random(3)
+        try:
+            for i in range(8):
+                mix = await create_mix(rt, MixRequest("JOBCOIN", [f"thin-{i}"], 0, 0))
+                await ledger.mint(engine, f"sender-{i}", (20 + i) * COIN)
+                await ledger.transfer(engine, f"sender-{i}", mix["deposit_address"], (20 + i) * COIN)
+            await scan_asset(rt, Asset.JOBCOIN)
+            async with engine.connect() as conn:
+                sweeps = (await conn.execute(select(sends.c.id).where(sends.c.kind == "sweep"))).scalars().all()
+            for sweep_id in sweeps:
+                assert await execute_send(rt, sweep_id) == "confirmed"
+            await run_round(rt, Asset.JOBCOIN)
+            async with engine.connect() as conn:
+                first = dict((await conn.execute(select(deposits.c.id, deposits.c.release_by))).all())
+                created = dict((await conn.execute(select(deposits.c.id, deposits.c.created_at))).all())
+            assert len(first) == 8
+            assert all(at is not None for at in first.values()), "drawn the first time the gate sees them"
+            offsets = sorted((first[i] - created[i]).total_seconds() for i in first)
+            # Inside [first due (delay 0), latest release (600 s less its margin)], and spread out.
+            assert offsets[0] >= 0
+            assert offsets[-1] <= 600
+            assert offsets[-1] - offsets[0] > 60, offsets
+            await run_round(rt, Asset.JOBCOIN)
+            async with engine.connect() as conn:
+                again = dict((await conn.execute(select(deposits.c.id, deposits.c.release_by))).all())
+                released = dict((await conn.execute(select(deposits.c.id, deposits.c.released_at))).all())
+            assert again == first, "drawn once, never redrawn"
+            for i, at in released.items():
+                # Below k: held until the fallback moment, released at the first round after it.
+                assert at is None or at >= first[i]
+            assert sum(1 for at in released.values() if at is None) >= 6
+        finally:
+            await rt.aclose()
+            await rt.engine.dispose()
+
+
 async def _tick() -> None:
     # A round only releases what is due by the clock (the mix's maximum wait is 6 s here).
     await asyncio.sleep(0.1)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixhouse.errors import InvalidAmount
+from mixhouse.mixer.gate import FALLBACK_EARLIEST_FRACTION
 from mixhouse.mixer.planner import is_series_value
 from mixhouse.mixer.planner import plan_payouts as plan_denominated
 from mixhouse.mixer.privacy.amounts import GroupSearch, congruence, search_groups
@@ -20,15 +21,21 @@ from mixhouse.mixer.privacy.analyzer import (
     AMOUNT_WINDOW_STRUCTURE,
     ATTACKS,
     SINGLE,
+    SINGLE_DEADLINE,
     TIMING,
+    TIMING_DEADLINE,
     TIMING_FIFO,
     Report,
     analyze,
 )
+from mixhouse.mixer.privacy.deadline import deadline_of
 from mixhouse.mixer.privacy.grouping import found_groups, peel
 from mixhouse.mixer.privacy.population import (
     COIN,
+    POOL_ADDRESS,
     Piece,
+    Planner,
+    Population,
     all_equal,
     burst,
     denominated_planner,
@@ -461,3 +468,52 @@ def test_legacy_congruence_is_necessary(deposit: int, bps: int, offset: int) -> 
     total = deposit - deposit * bps // 10_000 + offset
     if LEGACY.could_pay(deposit, total):
         assert modular.residue(total) <= modular.width
+
+
+def _released_at(moment: str) -> Planner:
+    """The current planner, every piece of a deposit leaving together at one release moment:
+    ``"deadline"`` its documented maximum wait (the gate before ``release_by``), ``"drawn"`` a
+    moment drawn uniformly over the later half of its wait (the gate now)."""
+    base = denominated_planner()
+
+    def plan(pooled: int, addresses: Sequence[str], delay_min: int, delay_max: int, rng: random.Random) -> list[Piece]:
+        pieces = base(pooled, addresses, delay_min, delay_max, rng)
+        deadline = deadline_of(0.0, DEADLINE_TIMING)
+        at = deadline if moment == "deadline" else rng.uniform(deadline * FALLBACK_EARLIEST_FRACTION, deadline)
+        return [Piece(p.to_address, p.amount, at) for p in pieces]
+
+    return plan
+
+
+DEADLINE_TIMING = TimingRules(delay_min_seconds=1, max_wait_seconds=300, max_addresses=5, round_seconds=10)
+
+
+def _deadline_linked(population: Population) -> dict[str, tuple[float, float]]:
+    """``timing+deadline`` and ``single+deadline`` linked % with releases at the deadline and
+    at a drawn moment."""
+    linked = {}
+    for moment in ("deadline", "drawn"):
+        transfers, truth = simulate(population, _released_at(moment), seed=5, round_seconds=10)
+        view = view_from_transfers(transfers, POOL_ADDRESS)
+        report = analyze(view, DENOMINATED, DEADLINE_TIMING, attacks=[TIMING, TIMING_DEADLINE, SINGLE_DEADLINE])
+        result = score(report, truth)
+        linked[moment] = (result.attacks[TIMING_DEADLINE].linked_pct, result.attacks[SINGLE_DEADLINE].linked_pct)
+        # The deadline band is a subset of the window: never more candidates than ``timing``.
+        for address in truth:
+            band = report.attacks[TIMING_DEADLINE].findings[address].candidates
+            assert band <= report.attacks[TIMING].findings[address].candidates
+    return linked
+
+
+def test_a_release_at_the_maximum_wait_is_linked_by_its_time_in_a_quiet_hour() -> None:
+    """Thin deposits released at ``arrival + max_wait`` (the gate before ``release_by``) are
+    found by that moment alone when few deposits arrive; at a drawn moment, not."""
+    linked = _deadline_linked(quiet())
+    assert linked["deadline"][0] >= 15.0, linked  # measured: 22.4%
+    assert linked["drawn"][0] <= 2.0, linked  # measured: 0%
+
+
+def test_a_release_at_the_maximum_wait_narrows_the_single_attack_in_a_busy_hour() -> None:
+    linked = _deadline_linked(realistic())
+    # measured: 3.9% against 2.3%
+    assert linked["deadline"][1] >= linked["drawn"][1] + 1.0, linked

@@ -14,9 +14,12 @@ where the drawn one is too thin, re-plans the deposit's pieces for another (:fun
 * another total's set is ``>= k``: re-planned for one of those, drawn uniformly (the pick
   depends only on which totals reach ``k``, so it tells an attacker nothing more than
   ``k`` does about which candidate deposit it was);
-* none reaches ``k`` and the mix's maximum wait is reached: released with the total whose set
-  is largest (ties drawn at random) - the lone amount of a quiet pool hides among as many
-  deposits as there are;
+* none reaches ``k`` and the deposit's fallback moment has come: released with the total whose
+  set is largest (ties drawn at random) - the lone amount of a quiet pool hides among as many
+  deposits as there are. The fallback moment (``deposits.release_by``) is drawn in secret,
+  uniformly over the later half of the mix's maximum wait (:func:`_fallback_moments`):
+  waiting for the maximum wait itself would send every thin deposit's payouts at
+  ``arrival + max_wait``, which anyone can compute;
 * otherwise held for the next round.
 
 Why: a mix with one withdrawal address shows its whole total on that address, and the only
@@ -196,12 +199,14 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
                     deposits.c.payout_total,
                     deposits.c.pooled_at,
                     deposits.c.created_at,
+                    deposits.c.release_by,
                     mixes.c.fee_min_bps,
                     mixes.c.fee_max_bps,
                     mixes.c.withdrawal_addresses,
                     mixes.c.delay_min_seconds,
                     mixes.c.delay_max_seconds,
                     mixes.c.max_wait_seconds,
+                    select(func.min(sends.c.due_at)).where(payout).scalar_subquery().label("first_due_at"),
                     select(func.max(sends.c.due_at)).where(payout).scalar_subquery().label("last_due_at"),
                     select(func.count()).where(payout).scalar_subquery().label("pieces"),
                     select(func.max(sends.c.network_fee_reserved)).where(payout).scalar_subquery().label("reserve"),
@@ -228,6 +233,7 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
                 )
             )
         ).all()
+    release_by = await _fallback_moments(rt, waiting)
     public = _public_deposits(recent)
     amounts = [d.amount for d in public]
     dust = ASSETS[asset].dust
@@ -253,9 +259,9 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
             rules=rules,
             timing=TimingRules(dep.delay_min_seconds, dep.max_wait_seconds),
         )
-        # The maximum wait counts from the deposit's arrival and must be met by the round that
-        # sends, not the one that releases (see latest_release).
-        due = moment >= latest_release(dep.created_at, dep.max_wait_seconds, settings.payout_round_seconds)
+        # The secret fallback moment, drawn inside the window: never later than the maximum
+        # wait (see latest_release), never the documented deadline itself.
+        due = moment >= release_by[dep.id]
         decision = decide(planned, sizes, k=settings.privacy_gate_k, max_wait_reached=due, rng=rt.rng)
         if decision is None:
             held += 1
@@ -304,6 +310,64 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
                 )
             )
     return len(decisions), held
+
+
+# Where in the wait a thin deposit's fallback moment may fall, as a fraction of the way from its
+# arrival to its latest release: the later half. Uniform over the whole wait was measured too
+# (realistic population: the early deposits, released early, had few deposits before them and
+# the single attack linked more).
+FALLBACK_EARLIEST_FRACTION = 0.5
+
+
+async def _fallback_moments(rt: Runtime, waiting: Sequence[Any]) -> dict[int, datetime]:
+    """Each waiting deposit's fallback moment (``deposits.release_by``), drawing and storing
+    it for the deposits seen for the first time.
+
+    The draw is uniform over the later part of the wait: from :data:`FALLBACK_EARLIEST_FRACTION`
+    of the way to the latest release moment (:func:`~mixhouse.mixer.pooling.latest_release`),
+    or the first due payout if that is later, to the latest moment; from ``rt.rng``. Waiting for
+    the latest moment itself would release every thin deposit at ``arrival + max_wait``, which
+    anyone can compute from the public deposit and the documented maximum wait
+    (:mod:`mixhouse.mixer.privacy.deadline`: 22% of a quiet hour's addresses linked by that
+    moment alone); a moment drawn over half the wait leaves the attacker a band of half the
+    window, and a thin deposit still waits long enough for later deposits to join its set.
+    Rounds of one asset are serialised (``mixer/rounds.py``), so no other gate draws for the
+    same deposit meanwhile; the ``IS NULL`` guard keeps a stored draw if one is there anyway.
+
+    Returns:
+        deposit id -> its fallback moment.
+    """
+    known = {dep.id: dep.release_by for dep in waiting if dep.release_by is not None}
+    fresh: dict[int, datetime] = {}
+    for dep in waiting:
+        if dep.release_by is not None:
+            continue
+        latest = latest_release(dep.created_at, dep.max_wait_seconds, rt.settings.payout_round_seconds)
+        late_half = dep.created_at + (latest - dep.created_at) * FALLBACK_EARLIEST_FRACTION
+        earliest = min(max(dep.first_due_at, late_half), latest)
+        span = (latest - earliest).total_seconds()
+        fresh[dep.id] = earliest + timedelta(seconds=rt.rng.uniform(0.0, span))
+    if fresh:
+        async with rt.engine.begin() as conn:
+            stored = await conn.execute(_STORE_RELEASE_BY_SQL, {"ids": list(fresh), "moments": list(fresh.values())})
+            known.update({row.id: row.release_by for row in stored})
+            missing = [i for i in fresh if i not in known]
+            if missing:  # drawn meanwhile by another round after all: the stored one counts
+                rows = await conn.execute(
+                    select(deposits.c.id, deposits.c.release_by).where(deposits.c.id.in_(missing))
+                )
+                known.update({row.id: row.release_by for row in rows})
+    return known
+
+
+_STORE_RELEASE_BY_SQL = text(
+    """
+    UPDATE deposits d SET release_by = v.at
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:moments AS timestamptz[])) AS v(id, at)
+    WHERE d.id = v.id AND d.release_by IS NULL
+    RETURNING d.id, d.release_by
+    """
+)
 
 
 def _pooled(dep: Any) -> tuple[int, int]:  # a row of release_gate's waiting query

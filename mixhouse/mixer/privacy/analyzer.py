@@ -13,6 +13,8 @@ Attacks (names are the keys of :attr:`Report.attacks`):
   pay its total); the parsimonious attacker against denominated payouts.
 * ``single+gate``: ``single``, with the candidates the release gate's documented choice of
   total rules out removed (:mod:`~mixhouse.mixer.privacy.inversion`).
+* ``timing+deadline``, ``single+deadline``: the deposits whose documented maximum wait ends
+  when an address's payouts start (:mod:`~mixhouse.mixer.privacy.deadline`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mixhouse.mixer.privacy.amounts import DEFAULT_GROUP_CAP, GroupSearch, search_groups, single_candidates
+from mixhouse.mixer.privacy.deadline import deadline_candidates
 from mixhouse.mixer.privacy.grouping import Peeled, found_groups, peel, unpeeled
 from mixhouse.mixer.privacy.inversion import gate_inversion_candidates
 from mixhouse.mixer.privacy.records import AddressRecord, PublicView, address_records
@@ -35,7 +38,19 @@ TIMING = "timing"
 TIMING_FIFO = "timing+fifo"
 SINGLE = "single"
 SINGLE_GATE = "single+gate"
-ATTACKS = (AMOUNT, AMOUNT_WINDOW, AMOUNT_WINDOW_STRUCTURE, TIMING, TIMING_FIFO, SINGLE, SINGLE_GATE)
+TIMING_DEADLINE = "timing+deadline"
+SINGLE_DEADLINE = "single+deadline"
+ATTACKS = (
+    AMOUNT,
+    AMOUNT_WINDOW,
+    AMOUNT_WINDOW_STRUCTURE,
+    TIMING,
+    TIMING_FIFO,
+    SINGLE,
+    SINGLE_GATE,
+    TIMING_DEADLINE,
+    SINGLE_DEADLINE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +204,11 @@ def analyze(
             results[name] = AttackResult(
                 name, _findings(single_candidates(deposits, records, rules, timing), addresses)
             )
+        elif name == TIMING_DEADLINE:
+            results[name] = AttackResult(name, _findings(deadline_candidates(deposits, records, timing), addresses))
+        elif name == SINGLE_DEADLINE:
+            found = deadline_candidates(deposits, records, timing, rules=rules)
+            results[name] = AttackResult(name, _findings(found, addresses))
         else:  # SINGLE_GATE
             inverted = gate_inversion_candidates(deposits, records, rules, timing, k=timing.gate_k)
             results[name] = AttackResult(name, _findings(inverted, addresses))
