@@ -7,6 +7,7 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -310,6 +311,83 @@ async def test_scan_many_addresses_concurrently(adapter: JobcoinAdapter, engine:
     assert [(t.to_address, t.amount, t.ref) for t in result.transfers] == [
         (a, (i + 1) * COIN, f"{a}#0") for i, a in enumerate(addresses)
     ]
+
+
+async def test_scan_reads_every_paid_address_in_one_request(api_url: str, engine: AsyncEngine) -> None:
+    """On our ledger the paid addresses' incoming transfers come in one ``POST /incoming``,
+    with the same refs their own histories give."""
+    asked: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        asked.append(f"{request.method} {request.url.path}")
+
+    client = httpx.AsyncClient(event_hooks={"request": [record]})
+    chain = JobcoinAdapter(api_url, POOL, address_secret=SECRET, client=client)
+    try:
+        addresses = [chain.deposit_address(i) for i in range(30)]
+        await ledger.mint(engine, "Alice", 1000 * COIN)
+        for i, address in enumerate(addresses):
+            await ledger.transfer(engine, "Alice", address, (i + 1) * COIN)
+            if i % 3 == 0:
+                await ledger.transfer(engine, address, "Bob", COIN)  # outgoing: not a deposit
+                await ledger.transfer(engine, "Alice", address, 7)
+        result = await chain.scan([*addresses, "unpaid-address"], None)
+        assert asked == ["GET /api/transactions", "POST /api/incoming"]
+        expected = []
+        for i, address in enumerate(addresses):
+            expected.append(Transfer(address, ("Alice",), (i + 1) * COIN, f"{address}#0", None, 1))
+            if i % 3 == 0:
+                expected.append(Transfer(address, ("Alice",), 7, f"{address}#1", None, 1))
+        assert result.transfers == tuple(expected)
+        for transfer in result.transfers:
+            assert await chain.transfer_confirmations(transfer) == 1  # the per-address history agrees
+    finally:
+        await client.aclose()
+
+
+async def test_scan_reads_addresses_one_by_one_on_a_ledger_without_the_incoming_route() -> None:
+    """A cursor ledger without ``POST /incoming`` (404): one GET per paid address, and the
+    adapter remembers not to ask again."""
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path}")
+        if request.url.path.endswith("/transactions"):
+            return httpx.Response(200, json=[{"id": 1, "toAddress": "Alice", "amount": "1"}])
+        if request.url.path.endswith("/incoming"):
+            return httpx.Response(404, json={"error": "Not Found"})
+        return httpx.Response(200, json={"balance": "1", "transactions": [{"toAddress": "Alice", "amount": "1"}]})
+
+    chain = _mocked(httpx.MockTransport(handler))
+    for _ in range(2):
+        result = await chain.scan(["Alice"], None)
+        assert [t.ref for t in result.transfers] == ["Alice#0"]
+    assert asked == [
+        "GET /api/transactions",
+        "POST /api/incoming",
+        "GET /api/addresses/Alice",
+        "GET /api/transactions",
+        "GET /api/addresses/Alice",
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"incoming": {}},  # the address is missing
+        {"incoming": {"Alice": [{"toAddress": "Mallory", "amount": "1"}]}},  # another receiver
+        {"incoming": {"Alice": [{"toAddress": "Alice", "amount": "1.000000001"}]}},
+        ["not", "an", "object"],
+    ],
+)
+async def test_scan_refuses_an_incoming_answer_it_cannot_trust(body: Any) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/transactions"):
+            return httpx.Response(200, json=[{"id": 1, "toAddress": "Alice", "amount": "1"}])
+        return httpx.Response(200, json=body)
+
+    with pytest.raises(ChainError):
+        await _mocked(httpx.MockTransport(handler)).scan(["Alice"], None)
 
 
 @pytest.mark.parametrize("name", ["a/b#c", "..", ".", "what?x=1", "100%", "Zoë & co"])

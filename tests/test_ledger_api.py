@@ -432,6 +432,7 @@ async def test_ledger_openapi_describes_every_route(client: httpx.AsyncClient) -
         "/api/addresses/{address}",
         "/api/transactions",
         "/api/transactions/batch",
+        "/api/incoming",
         "/api/mint",
         "/send",
         "/create",
@@ -558,3 +559,41 @@ async def test_batch_send_refuses_a_body_that_is_not_a_list_of_transfers(
     assert response.status_code == 422
     assert "error" in response.json()
     assert await _snapshot(client) == before
+
+
+async def test_incoming_lists_each_address_received_transfers_in_its_own_order(client: httpx.AsyncClient) -> None:
+    """``POST /api/incoming``: per address, what it received, oldest first, with ids; the n-th
+    item is the n-th incoming transfer of its ``GET /api/addresses`` history."""
+    await client.post("/api/mint", json={"address": "Alice", "amount": "100"})
+    await client.post("/api/transactions", json={"fromAddress": "Alice", "toAddress": "Bob", "amount": "3"})
+    await client.post("/api/transactions", json={"fromAddress": "Bob", "toAddress": "Carol", "amount": "1"})
+    await client.post("/api/transactions", json={"fromAddress": "Alice", "toAddress": "Bob", "amount": "2.5"})
+    response = await client.post("/api/incoming", json={"addresses": ["Bob", "Carol", "Nobody", "Bob"]})
+    assert response.status_code == 200, response.text
+    found = response.json()["incoming"]
+    assert set(found) == {"Bob", "Carol", "Nobody"}
+    assert found["Nobody"] == []
+    for address in ("Bob", "Carol"):
+        history = [t for t in (await _address(client, address))["transactions"] if t["toAddress"] == address]
+        assert [{k: v for k, v in item.items() if k != "id"} for item in found[address]] == history
+        ids = [item["id"] for item in found[address]]
+        assert ids == sorted(ids)
+        assert all(isinstance(i, int) for i in ids)
+    assert [t["amount"] for t in found["Bob"]] == ["3", "2.5"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"addresses": []},
+        {"addresses": "Bob"},
+        {"addresses": [1]},
+        {"addresses": [" Bob"]},
+        {"addresses": ["a"] * 1001},
+    ],
+)
+async def test_incoming_refuses_what_is_not_a_list_of_addresses(client: httpx.AsyncClient, body: Any) -> None:
+    response = await client.post("/api/incoming", json=body)
+    assert response.status_code == 422
+    assert list(response.json()) == ["error"]

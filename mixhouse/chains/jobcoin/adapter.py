@@ -54,6 +54,8 @@ _PAGE_SIZE = 5000
 _MAX_PAGES_PER_SCAN = 20
 # Sends per batch request (the ledger takes at most 1,000).
 _BATCH_SIZE = 500
+# Addresses per incoming-transfers request (the ledger takes at most 1,000).
+_BATCH_READ_SIZE = 1000
 MIN_SECRET_BYTES = 16
 # No "mix-" prefix: a deposit address should not announce itself as one (issue 13).
 DEPOSIT_PREFIX = ""
@@ -181,10 +183,11 @@ class JobcoinAdapter(ChainAdapter):
         self.pool_address = validate_address(pool_address)
         self._api_url = api_url.rstrip("/")
         self._secret = address_secret
-        # Whether the ledger has the history cursor / the batch send: unknown (None) until its
-        # first answer.
+        # Whether the ledger has the history cursor / the batch send / the incoming-transfers
+        # read: unknown (None) until its first answer.
         self._cursor_api: bool | None = None
         self._batch_api: bool | None = None
+        self._incoming_api: bool | None = None
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
 
@@ -242,10 +245,12 @@ class JobcoinAdapter(ChainAdapter):
         """Every incoming transfer of the watched addresses that received something new.
 
         On a ledger with the history cursor (ours: ``GET /transactions?after=<id>``) the new
-        part of the ledger's history is read, and only the watched addresses it pays are read
-        in full (their refs are positions in their own history); the cost is per new transfer,
-        not per watched address. On a ledger without it (the original API: the answer has no
-        ``id``) every watched address is read on every scan and the cursor stays ``None``.
+        part of the ledger's history is read, and only the watched addresses it pays have their
+        incoming transfers read (their refs are positions in their own history), up to 1,000
+        addresses per request (``POST /incoming``, ours; one ``GET /addresses/{a}`` each
+        elsewhere); the cost is per new transfer, not per watched address. On a ledger without
+        it (the original API: the answer has no ``id``) every watched address is read on every
+        scan and the cursor stays ``None``.
 
         The cursor is ``"<a>:<b>"``: this scan reads after ``a``, the head the scan before last
         reached, so every part of the history is read by two consecutive scans. That covers a
@@ -268,12 +273,12 @@ class JobcoinAdapter(ChainAdapter):
             if read is not None:
                 paid = [a for a in addresses if a in read.touched]
                 return ScanResult(
-                    transfers=await self._incoming_transfers(paid),
+                    transfers=await self._incoming_transfers(paid, batched=True),
                     cursor=read.next_cursor,
                     tip=read.tip,
                     scanned=read.reached,
                 )
-        return ScanResult(transfers=await self._incoming_transfers(addresses), cursor=None)
+        return ScanResult(transfers=await self._incoming_transfers(addresses, batched=False), cursor=None)
 
     async def _touched_since(self, watched: set[str], cursor: str | None) -> _HistoryRead | None:
         """The watched addresses paid in the history after the cursor, the next cursor and
@@ -368,21 +373,33 @@ class JobcoinAdapter(ChainAdapter):
             page.append((transfer_id, to_address))
         return page
 
-    async def _incoming_transfers(self, addresses: Sequence[str]) -> tuple[Transfer, ...]:
-        """Every incoming transfer of ``addresses``, read concurrently (at most 16 at once)."""
-        gate = asyncio.Semaphore(SCAN_CONCURRENCY)
+    async def _incoming_transfers(self, addresses: Sequence[str], *, batched: bool) -> tuple[Transfer, ...]:
+        """Every incoming transfer of ``addresses``. ``batched`` (a ledger with our history
+        cursor): one request per 1,000 addresses (``POST /incoming``, our extension) unless the
+        ledger turns out not to have it; otherwise, or then, one ``GET /addresses/{a}`` each,
+        at most 16 at once.
 
-        async def read(address: str) -> list[_LedgerTx]:
-            async with gate:
-                return await self._incoming(address)
-
-        # return_exceptions: let every request finish instead of leaving orphans running.
-        results = await asyncio.gather(*(read(a) for a in addresses), return_exceptions=True)
+        Raises:
+            ChainError: the API failed or sent an answer we cannot read.
+        """
+        if not addresses:
+            return ()
+        incoming: dict[str, list[_LedgerTx]] | None = None
+        if batched and self._incoming_api is not False:
+            incoming = {}
+            for start in range(0, len(addresses), _BATCH_READ_SIZE):
+                chunk = await self._incoming_many(addresses[start : start + _BATCH_READ_SIZE])
+                if chunk is None:
+                    self._incoming_api = False
+                    incoming = None
+                    break
+                self._incoming_api = True
+                incoming.update(chunk)
+        if incoming is None:
+            incoming = await self._incoming_each(addresses)
         transfers: list[Transfer] = []
-        for address, result in zip(addresses, results, strict=True):
-            if isinstance(result, BaseException):
-                raise result
-            for n, tx in enumerate(result):
+        for address in addresses:
+            for n, tx in enumerate(incoming[address]):
                 transfers.append(
                     Transfer(
                         to_address=address,
@@ -394,6 +411,56 @@ class JobcoinAdapter(ChainAdapter):
                     )
                 )
         return tuple(transfers)
+
+    async def _incoming_each(self, addresses: Sequence[str]) -> dict[str, list[_LedgerTx]]:
+        """``{address: incoming}`` read with one ``GET /addresses/{a}`` each (the original API)."""
+        gate = asyncio.Semaphore(SCAN_CONCURRENCY)
+
+        async def read(address: str) -> list[_LedgerTx]:
+            async with gate:
+                return await self._incoming(address)
+
+        # return_exceptions: let every request finish instead of leaving orphans running.
+        results = await asyncio.gather(*(read(a) for a in addresses), return_exceptions=True)
+        out: dict[str, list[_LedgerTx]] = {}
+        for address, result in zip(addresses, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            out[address] = result
+        return out
+
+    async def _incoming_many(self, addresses: Sequence[str]) -> dict[str, list[_LedgerTx]] | None:
+        """``{address: incoming, oldest first}`` of up to 1,000 addresses in one request (our
+        ledger's ``POST /incoming``); ``None`` if the ledger has no such route (404/405).
+
+        Raises:
+            ChainError: network failure, another non-200 answer or an unreadable body.
+        """
+        try:
+            response = await self._client.post(f"{self._api_url}/incoming", json={"addresses": list(addresses)})
+        except httpx.HTTPError as exc:
+            raise ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})") from exc
+        if response.status_code in {404, 405}:
+            return None
+        if response.status_code != 200:
+            raise ChainError(f"Jobcoin API answered {response.status_code} for incoming: {response.text[:200]}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ChainError("Jobcoin API sent a body that is not JSON") from exc
+        found = body.get("incoming") if isinstance(body, dict) else None
+        if not isinstance(found, dict):
+            raise ChainError("the ledger's incoming answer has no incoming object")
+        out: dict[str, list[_LedgerTx]] = {}
+        for address in addresses:
+            items = found.get(address)
+            if not isinstance(items, list):
+                raise ChainError(f"the ledger's incoming answer lacks {address!r}")
+            txs = _parse_history({"balance": "0", "transactions": items})[1]
+            if any(tx.to_address != address for tx in txs):
+                raise ChainError(f"the ledger's incoming answer for {address!r} holds another receiver")
+            out[address] = txs
+        return out
 
     async def transfer_confirmations(self, transfer: Transfer) -> int | None:
         """``1`` if the ledger still lists the transfer at its position with the same amount,

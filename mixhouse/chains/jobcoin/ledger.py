@@ -317,6 +317,27 @@ async def address_info(conn: AsyncConnection, address: str) -> tuple[int, list[L
     return (balance or 0, [_to_transfer(row) for row in rows])
 
 
+async def incoming_of(conn: AsyncConnection, addresses: list[str]) -> dict[str, list[LedgerTransfer]]:
+    """Every transfer received by each of ``addresses``, oldest first, read in one statement
+    (one snapshot): ``{address: transfers}``, an address that received nothing with ``[]``.
+
+    The n-th item of an address's list is its n-th incoming transfer, as in its full history
+    (transfers into one address become visible in id order: see the module doc).
+
+    Raises:
+        InvalidAddress: an address is not a valid Jobcoin address.
+    """
+    wanted = [validate_address(a) for a in dict.fromkeys(addresses)]
+    out: dict[str, list[LedgerTransfer]] = {a: [] for a in wanted}
+    if wanted:
+        rows = await conn.execute(
+            select(ledger_transfers).where(ledger_transfers.c.to_address.in_(wanted)).order_by(ledger_transfers.c.id)
+        )
+        for row in rows:
+            out[row.to_address].append(_to_transfer(row))
+    return out
+
+
 async def all_transfers(conn: AsyncConnection) -> list[LedgerTransfer]:
     """Every transfer in the ledger, oldest first (id order)."""
     rows = await conn.execute(select(ledger_transfers).order_by(ledger_transfers.c.id))

@@ -12,6 +12,9 @@ Routes (amounts are written as decimal strings in whole jobcoins, at most 8 deci
   422 ``{"error": "Insufficient Funds"}``.
 * ``POST /api/transactions/batch`` (our extension) with ``{"transactions": [...]}`` -> one
   ``{"status": "OK"}`` or ``{"error": ...}`` per transfer, in order, all in one transaction.
+* ``POST /api/incoming`` (our extension) with ``{"addresses": [...]}`` (1 to 1,000) ->
+  ``{"incoming": {"<address>": [...]}}``: each address's received transfers, oldest first, each
+  with its ``id``, all read in one snapshot (scanners read many paid addresses in one request).
 * ``POST /api/mint`` and ``POST /create`` (the original's "create 50 coins" form) with
   ``address`` and optional ``amount`` (default ``"50"``) -> ``{"status": "OK"}``.
 * ``GET /`` -> a small HTML page with a mint form and a send form.
@@ -490,6 +493,42 @@ def create_ledger_app(
         openapi_extra=_request_body(
             {"transactions": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": _SEND_BODY_SCHEMA}},
             ["transactions"],
+        ),
+    )
+
+    async def incoming(request: Request) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Our extension: ``{"addresses": [...]}`` (1 to 1,000 addresses) -> every transfer each
+        received, oldest first, with its ``id``, in one snapshot: the n-th item of an address is
+        its n-th incoming transfer, as in ``GET /api/addresses/{address}``."""
+        body = await _read_body(request)
+        addresses = body.get("addresses")
+        if not isinstance(addresses, list) or not 1 <= len(addresses) <= MAX_BATCH:
+            raise InvalidInput(f"addresses must be a list of 1 to {MAX_BATCH} addresses")
+        if not all(isinstance(a, str) for a in addresses):
+            raise InvalidInput("every address must be a string")
+        async with _engine(request).connect() as conn:
+            found = await ledger.incoming_of(conn, addresses)
+        return {
+            "incoming": {
+                address: [{"id": item.id, **_transaction_json(item)} for item in items]
+                for address, items in found.items()
+            }
+        }
+
+    app.add_api_route(
+        "/api/incoming",
+        incoming,
+        methods=["POST"],
+        name="incoming",
+        response_model=None,
+        responses={
+            200: {"description": "Per address, its received transfers with ids, oldest first."},
+            422: {"model": LedgerError, "description": "Not a list of 1 to 1,000 valid addresses."},
+            **_READ_RESPONSES,
+        },
+        openapi_extra=_request_body(
+            {"addresses": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": _ADDRESS_SCHEMA}},
+            ["addresses"],
         ),
     )
 
