@@ -21,7 +21,11 @@ it needs more CPU per request than wrk, which the server then does not get, so i
 are lower bounds.
 
 Usage: ``python -m benchmarks.api [--mixes 400] [--duration 5] [--runs 3] [--connections 16,64]
-[--api-workers N] [--generator auto|wrk|python]``
+[--api-workers N] [--generator auto|wrk|python] [--no-status-cache]``
+
+The status reads come from the API's status cache (:mod:`mixhouse.api.fast_status`) after
+the first pass over the ids, as a polling client's do between two changes of its mix;
+``--no-status-cache`` measures the database path every read takes on a miss.
 """
 
 from __future__ import annotations
@@ -261,7 +265,9 @@ def _cpu_seconds(root: int) -> float:
 # -- the server and its data ----------------------------------------------------------------
 
 
-def _start_server(url: str, port: int, api_workers: int | None, log: Path) -> subprocess.Popen[bytes]:
+def _start_server(
+    url: str, port: int, api_workers: int | None, log: Path, *, status_cache: bool = True
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIXHOUSE_") or k == "MIXHOUSE_API_WORKERS"}
     env.update(
         MIXHOUSE_DATABASE_URL=url,
@@ -274,6 +280,7 @@ def _start_server(url: str, port: int, api_workers: int | None, log: Path) -> su
         # open mixes would answer 429 and measure the limiter, not the creation path.
         MIXHOUSE_MIX_CREATE_RATE_PER_CLIENT="0",
         MIXHOUSE_MAX_OPEN_MIXES="0",
+        MIXHOUSE_API_STATUS_CACHE="true" if status_cache else "false",
         PYTHONPATH=str(ROOT),
     )
     if api_workers is not None:
@@ -362,8 +369,10 @@ def bench(
     connections: Sequence[int],
     api_workers: int | None,
     generator: str,
+    status_cache: bool = True,
 ) -> None:
-    """Run the benchmark and print the figures."""
+    """Run the benchmark and print the figures (``status_cache`` off: every status read goes
+    to the database, the cost of a cache miss)."""
     wrk = shutil.which("wrk")
     if generator == "wrk" and wrk is None:
         raise SystemExit("wrk is not installed: run `make bench-tools` (Debian package wrk) or pass --generator python")
@@ -379,7 +388,7 @@ def bench(
     process: subprocess.Popen[bytes] | None = None
     try:
         upgrade(url)
-        process = _start_server(url, port, api_workers, log)
+        process = _start_server(url, port, api_workers, log, status_cache=status_cache)
         ids, create_rate = _create_mixes(base, n_mixes)
         _add_history(url, ids[: n_mixes // 2])
         workers = api_workers if api_workers is not None else os.environ.get("MIXHOUSE_API_WORKERS", "default")
@@ -390,7 +399,8 @@ def bench(
             print(f"load generator: Python, 2 processes, asyncio keep-alive ({why}); it competes with the server")
             print("  for the 2 cores, so these figures are lower bounds")
         print(
-            f"server: python -m mixhouse serve, MIXHOUSE_API_WORKERS={workers}, {os.cpu_count()} cores; "
+            f"server: python -m mixhouse serve, MIXHOUSE_API_WORKERS={workers}, {os.cpu_count()} cores, "
+            f"status cache {'on' if status_cache else 'off'}; "
             f"{n_mixes} mixes, half with 1 deposit + 1 sweep + 3 payouts; creation rate limit off; "
             f"median of {runs} runs of {seconds:g} s; load average before: {os.getloadavg()[0]:.1f}"
         )
@@ -449,6 +459,9 @@ def main() -> None:
     parser.add_argument("--connections", default="16,64")
     parser.add_argument("--api-workers", type=int, default=None)
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--no-status-cache", action="store_true", help="serve every status read from the database (cache misses)"
+    )
     args = parser.parse_args()
     bench(
         n_mixes=args.mixes,
@@ -457,6 +470,7 @@ def main() -> None:
         connections=[int(c) for c in args.connections.split(",")],
         api_workers=args.api_workers,
         generator=args.generator,
+        status_cache=not args.no_status_cache,
     )
 
 

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # uvicorn worker processes of `mixhouse serve` (mixhouse.api.serving): one serves about a
     # core's worth of requests; 1 keeps the API in the command's own process.
     api_workers: int = Field(default=1, ge=1, le=64)
+    # uvicorn's access log (paths redacted, see mixhouse.logs): off by default, since it
+    # doubled the CPU of a status read (issue 14 item 8); /metrics counts requests by route.
+    api_access_log: bool = False
+    # Status bodies cached per API process, evicted by LISTEN/NOTIFY (mixhouse.api.fast_status).
+    # Turn off where LISTEN cannot work (a pooler in transaction mode between API and database).
+    api_status_cache: bool = True
     admin_api_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
 
     # Fees: the range is quoted when a mix is created; the fee of each pooled deposit is drawn

@@ -24,7 +24,7 @@ from sqlalchemy import update
 
 from mixhouse.api.app import create_app
 from mixhouse.api.fast_status import FastReads, StatusCache
-from mixhouse.api.serving import api_runtime
+from mixhouse.api.serving import api_app, api_runtime
 from mixhouse.api.status_feed import EVERY_MIX, MixChangeFeed, mix_digest
 from mixhouse.config import Settings
 from mixhouse.db.tables import deposits, mixes, sends
@@ -333,3 +333,19 @@ async def test_a_lost_feed_empties_and_disables_the_cache_until_it_listens_again
     _same(answer, await full.get(mix["status_url"]))
     assert answer.content != old
     assert fast.cache.get(mix["id"]) == answer.content
+
+
+async def test_the_status_cache_can_be_turned_off(database_url: str) -> None:
+    # Where LISTEN cannot work (a pooler in transaction mode), every read goes to the database.
+    settings = _settings(database_url).model_copy(update={"api_status_cache": False})
+    fast = api_app(settings, database_url)
+    try:
+        assert fast.feed is None
+        async with _client(fast.app) as full, _client(fast) as lean:
+            mix = await _create(full)
+            for _ in range(2):
+                _same(await full.get(mix["status_url"]), await lean.get(mix["status_url"]))
+        assert len(fast.cache) == 0
+    finally:
+        await fast.rt.aclose()
+        await fast.rt.engine.dispose()

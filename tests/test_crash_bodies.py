@@ -95,7 +95,9 @@ def _declared_100_mib(port: int, path: str) -> bytes:
 def api(database_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process = _start(["serve"], _env(database_url, MIXHOUSE_API_PORT=str(port)), f"{base}/api/v1/health")
+    # The access log is off by default; on here, to check that it redacts mix ids.
+    env = _env(database_url, MIXHOUSE_API_PORT=str(port), MIXHOUSE_API_ACCESS_LOG="true")
+    process = _start(["serve"], env, f"{base}/api/v1/health")
     try:
         yield process, base, port
     finally:
