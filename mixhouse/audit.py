@@ -128,29 +128,52 @@ def entry_hash(prev_hash: bytes, seq: int | None, entry_id: int, at: datetime, e
     return hashlib.sha256(prev_hash + canonical).digest()
 
 
+_APPEND_SQL = text(
+    """
+    INSERT INTO audit_log (at, actor, action, entity_type, entity_id, asset, amount, details)
+    SELECT v.at, v.actor, v.action, v.entity_type, v.entity_id, v.asset, v.amount, v.details
+    FROM unnest(
+        CAST(:at AS timestamptz[]), CAST(:actor AS text[]), CAST(:action AS text[]),
+        CAST(:entity_type AS text[]), CAST(:entity_id AS text[]), CAST(:asset AS text[]),
+        CAST(:amount AS numeric[]), CAST(:details AS jsonb[])
+    ) WITH ORDINALITY AS v(at, actor, action, entity_type, entity_id, asset, amount, details, n)
+    ORDER BY v.n
+    """
+)
+
+
 async def append(conn: AsyncConnection, entries: list[AuditEntry]) -> None:
     """Insert ``entries``, unsealed, in the caller's transaction (which must be open).
 
     Takes no lock: the entries are chained by :func:`seal` once the transaction has ended
-    (rolled back, they simply never appear). Their ``id`` order follows ``entries``.
+    (rolled back, they simply never appear). Their ``id`` order follows ``entries``: one
+    statement over arrays, rows inserted in array order (a payout round writes hundreds of
+    entries; as many statements took several times longer).
+
+    Raises:
+        TypeError: an amount is not an ``int`` (base units).
     """
     if not entries:
         return
-    rows = [
+    for entry in entries:
+        if entry.amount is not None and (not isinstance(entry.amount, int) or isinstance(entry.amount, bool)):
+            raise TypeError(f"amounts are int base units, got {type(entry.amount).__name__}")
+    # Microseconds: what PostgreSQL stores, and what the sealer hashes.
+    at = datetime.now(UTC)
+    await conn.execute(
+        _APPEND_SQL,
         {
-            # Microseconds: what PostgreSQL stores, and what the sealer hashes.
-            "at": datetime.now(UTC),
-            "actor": entry.actor,
-            "action": entry.action,
-            "entity_type": entry.entity_type,
-            "entity_id": entry.entity_id,
-            "asset": entry.asset,
-            "amount": entry.amount,
-            "details": dict(entry.details),
-        }
-        for entry in entries
-    ]
-    await conn.execute(audit_log.insert(), rows)
+            "at": [at] * len(entries),
+            "actor": [e.actor for e in entries],
+            "action": [e.action for e in entries],
+            "entity_type": [e.entity_type for e in entries],
+            "entity_id": [e.entity_id for e in entries],
+            "asset": [e.asset for e in entries],
+            "amount": [e.amount for e in entries],
+            # What the JSONB column type would write (json.dumps), read back as stored.
+            "details": [json.dumps(dict(e.details)) for e in entries],
+        },
+    )
 
 
 def _stored_entry(row: Row[Any]) -> AuditEntry:
