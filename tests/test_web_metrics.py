@@ -117,6 +117,9 @@ async def test_metrics_after_a_run(database_url: str, engine: AsyncEngine) -> No
     assert sum(v for k, v in samples["mixhouse_jobs"].items() if dict(k)["status"] == "todo") >= 0
     assert _value(samples, "mixhouse_job_queue_oldest_age_seconds") >= 0
     assert 0 <= _value(samples, "mixhouse_scan_age_seconds", asset="JOBCOIN") < 60
+    # The worker's scans read the ledger to its end every tick: none behind the tip.
+    assert _value(samples, "mixhouse_scan_lag_blocks", asset="JOBCOIN") == 0
+    assert _value(samples, "mixhouse_chain_tip_height", asset="JOBCOIN") >= 2  # the deposits at least
     assert "mixhouse_wallet_addresses" in body  # no wallet here: the family, without samples
     assert "mixhouse_wallet_sync_age_seconds" in body
     # Request latency by route template, never by path: the status route was read in the loop.
