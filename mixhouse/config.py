@@ -3,15 +3,26 @@
 No module reads settings from a global: every process builds one :class:`Settings` and hands
 it down. Unsafe defaults (the development admin key, the well-known development mnemonic)
 are refused outside ``environment=development``.
+
+Every secret setting (a ``SecretStr`` field, e.g. ``admin_api_key``) can also be given as a file:
+``MIXHOUSE_<NAME>_FILE=/run/secrets/x`` reads the secret from that file (Docker and Kubernetes
+secrets), one trailing newline stripped. Setting both ``MIXHOUSE_<NAME>`` and its ``_FILE`` is
+an error. In production (:meth:`Settings._check`) a key shorter than
+:data:`MIN_PRODUCTION_KEY_CHARS`, a development default, or a mnemonic that is not a valid
+BIP-39 phrase or is the public development one is refused, naming the setting, never its value.
 """
 
 from __future__ import annotations
 
+import os
+import types
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
+from embit import bip39  # type: ignore[import-untyped]
 from pydantic import Field, IPvAnyNetwork, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mixhouse.errors import ConfigError
 
@@ -19,6 +30,58 @@ DEV_ADMIN_KEY = "dev-admin-key-change-me"
 DEV_ADDRESS_SECRET = "dev-address-secret-change-me"  # noqa: S105 - refused in production
 # The mnemonic anvil and Hardhat derive their dev accounts from: public, for development only.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
+# Production refuses shorter keys (admin key, address secret, checkpoint key): 32 characters
+# of a random hex or base64 string carry at least 128 bits.
+MIN_PRODUCTION_KEY_CHARS = 32
+# The node's RPC password is the operator's node's, not ours: a looser floor.
+MIN_PRODUCTION_PASSWORD_CHARS = 16
+ENV_PREFIX = "MIXHOUSE_"
+
+
+def _is_secret(annotation: Any) -> bool:
+    """Whether a field's type is ``SecretStr`` or ``SecretStr | None``."""
+    if annotation is SecretStr:
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        return SecretStr in get_args(annotation)
+    return False
+
+
+class SecretFileSource(PydanticBaseSettingsSource):
+    """Settings source reading each secret field from the file named by ``MIXHOUSE_<NAME>_FILE``.
+
+    It ranks below keyword arguments and above the plain environment. The file's content is
+    the value, with its trailing newline (``\\n`` or ``\\r\\n``) stripped.
+
+    Raises:
+        ConfigError: both ``MIXHOUSE_<NAME>`` and ``MIXHOUSE_<NAME>_FILE`` are set, or the file
+            cannot be read (the message names the variable and the path, never the content).
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # noqa: ARG002
+        """Unused: :meth:`__call__` reads every secret field at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """``{field name: secret text}`` for every secret field given as a file."""
+        environ = {key.upper(): value for key, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            if not _is_secret(field.annotation):
+                continue
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            path = environ.get(f"{variable}_FILE")
+            if path is None:
+                continue
+            if variable in environ:
+                raise ConfigError(f"set {variable} or {variable}_FILE, not both")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(f"{variable}_FILE: cannot read {path}: {reason}") from None
+            values[name] = text.removesuffix("\n").removesuffix("\r")
+        return values
 
 
 class Settings(BaseSettings):
@@ -28,7 +91,19 @@ class Settings(BaseSettings):
     Durations are seconds.
     """
 
-    model_config = SettingsConfigDict(env_prefix="MIXHOUSE_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then ``MIXHOUSE_<NAME>_FILE`` secrets, then the environment."""
+        return (init_settings, SecretFileSource(settings_cls), env_settings, dotenv_settings, file_secret_settings)
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path(".mixhouse")
@@ -172,18 +247,54 @@ class Settings(BaseSettings):
         if self.default_delay_min_seconds > self.default_delay_max_seconds:
             raise ConfigError("default_delay_min_seconds must not exceed default_delay_max_seconds")
         if self.environment == "production":
-            if self.admin_api_key.get_secret_value() == DEV_ADMIN_KEY:
-                raise ConfigError("set MIXHOUSE_ADMIN_API_KEY: the development key is refused in production")
-            if self.jobcoin_enabled and self.jobcoin_address_secret.get_secret_value() == DEV_ADDRESS_SECRET:
-                raise ConfigError(
-                    "set MIXHOUSE_JOBCOIN_ADDRESS_SECRET: the development secret is refused in production"
-                )
-            if self.bitcoin_enabled and self.bitcoin_mnemonic.get_secret_value() == DEV_MNEMONIC:
-                raise ConfigError(
-                    "set MIXHOUSE_BITCOIN_MNEMONIC: the public development mnemonic is refused in production"
-                )
-            if self.evm_enabled and self.evm_mnemonic.get_secret_value() == DEV_MNEMONIC:
-                raise ConfigError("set MIXHOUSE_EVM_MNEMONIC: the public development mnemonic is refused in production")
+            self._check_production_secrets()
             if self.database_url is None:
                 raise ConfigError("set MIXHOUSE_DATABASE_URL: production runs on a managed PostgreSQL server")
         return self
+
+    def _check_production_secrets(self) -> None:
+        """Refuse development defaults, short keys and unusable mnemonics.
+
+        Raises:
+            ConfigError: naming the first offending setting (its variable), never its value.
+        """
+        keys: list[tuple[str, SecretStr | None, str | None]] = [
+            ("admin_api_key", self.admin_api_key, DEV_ADMIN_KEY),
+            ("audit_checkpoint_key", self.audit_checkpoint_key, None),
+        ]
+        if self.jobcoin_enabled:
+            keys.append(("jobcoin_address_secret", self.jobcoin_address_secret, DEV_ADDRESS_SECRET))
+        for name, secret, default in keys:
+            if secret is None:
+                continue
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            value = secret.get_secret_value()
+            if value == default:
+                raise ConfigError(f"set {variable}: the development value is refused in production")
+            if len(value) < MIN_PRODUCTION_KEY_CHARS:
+                raise ConfigError(
+                    f"{variable} is too short for production: give at least {MIN_PRODUCTION_KEY_CHARS} "
+                    "random characters (e.g. `openssl rand -hex 32`)"
+                )
+        password = self.bitcoin_rpc_password
+        if (
+            self.bitcoin_enabled
+            and password is not None
+            and len(password.get_secret_value()) < MIN_PRODUCTION_PASSWORD_CHARS
+        ):
+            raise ConfigError(
+                f"{ENV_PREFIX}BITCOIN_RPC_PASSWORD is too short for production: "
+                f"at least {MIN_PRODUCTION_PASSWORD_CHARS} characters"
+            )
+        mnemonics = []
+        if self.evm_enabled:
+            mnemonics.append(("evm_mnemonic", self.evm_mnemonic))
+        if self.bitcoin_enabled:
+            mnemonics.append(("bitcoin_mnemonic", self.bitcoin_mnemonic))
+        for name, secret in mnemonics:
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            words = " ".join(secret.get_secret_value().split())
+            if words == DEV_MNEMONIC:
+                raise ConfigError(f"set {variable}: the public development mnemonic is refused in production")
+            if not bip39.mnemonic_is_valid(words):
+                raise ConfigError(f"{variable} is not a valid BIP-39 phrase (words or checksum)")
