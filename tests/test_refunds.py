@@ -234,13 +234,16 @@ async def test_a_refund_survives_a_crash_around_its_broadcast(stack: Stack, dies
 
 
 async def test_eth_refund_pays_the_deposit_minus_gas(database_url: str, engine: AsyncEngine, anvil: Anvil) -> None:
+    Account.enable_unaudited_hdwallet_features()
     settings = fast_settings(
         database_url,
         jobcoin_enabled=False,
         evm_enabled=True,
         evm_rpc_url=anvil.rpc_url,
         evm_chain_id=anvil.chain_id,
-        evm_mnemonic="legal winner thank year wave sausage worth useful legal winner thank yellow",
+        # A mnemonic of its own: the session's anvil is shared, and another test's deposit
+        # addresses (the fixed test mnemonic's) must not receive this test's coins.
+        evm_mnemonic=Account.create_with_mnemonic()[1],
         evm_confirmations=1,
         admin_api_key=SecretStr(ADMIN_KEY),
     )

@@ -98,6 +98,8 @@ async def request_refund(rt: Runtime, *, deposit_id: int, address: str, operator
         ChainError: the fee quote failed; nothing was changed.
     """
     dep = await _deposit(rt, deposit_id)
+    if dep.state == DepositState.FROZEN:
+        raise RefundConflict(FROZEN_REASON)  # before anything else: no address makes it refundable
     adapter = rt.adapter(dep.asset)
     target = adapter.normalize_address(address)
     if dep.state != DepositState.HELD:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import func, select, text
 
 from mixhouse import audit
 from mixhouse.api import RuntimeDep
-from mixhouse.api.routes_admin import list_deposits
+from mixhouse.api.routes_admin import MAX_ID, list_deposits
 from mixhouse.api.routes_admin import pool as pool_report
 from mixhouse.api.schemas import AuditEntryOut, RefundOut
 from mixhouse.db.tables import audit_log, mixes, sends
@@ -258,7 +258,7 @@ async def _with_notice(
 async def refund_submit(
     request: Request,
     rt: RuntimeDep,
-    deposit_id: int,
+    deposit_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     csrf_token: Annotated[str, Form()] = "",
     address: Annotated[str, Form(max_length=256)] = "",
 ) -> Response:
