@@ -57,7 +57,7 @@ async def apps(rt: Runtime, database_url: str) -> AsyncIterator[tuple[httpx.Asyn
     """A client of the FastAPI app alone, one of the lean path in front of it (with its feed
     listening), and the lean path."""
     app = create_app(rt)
-    fast = FastReads(app, rt, MixChangeFeed(database_url))
+    fast = FastReads(app, rt, database_url, MixChangeFeed(database_url))
     await fast.start()
     assert fast.feed is not None
     await asyncio.wait_for(fast.feed.connected.wait(), WAIT_SECONDS)
@@ -145,7 +145,8 @@ async def test_lean_answers_equal_the_routes_while_the_database_is_down() -> Non
     down = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     runtime = api_runtime(_settings(down), down)
     app = create_app(runtime)
-    fast = FastReads(app, runtime, None)
+    fast = FastReads(app, runtime, down, None)
+    await fast.start()
     try:
         async with _client(app) as full, _client(fast) as lean:
             for path in ("/api/v1/mixes/some-mix", "/api/v1/health"):
@@ -156,6 +157,7 @@ async def test_lean_answers_equal_the_routes_while_the_database_is_down() -> Non
             assert problem["type"] == "urn:mixhouse:problem:database-unavailable"
             assert (await lean.get("/api/v1/mixes/some-mix")).headers["retry-after"] == "5"
     finally:
+        await fast.stop()
         await runtime.aclose()
         await runtime.engine.dispose()
 
@@ -207,11 +209,30 @@ async def _changes(rt: Runtime, database_url: str, mix: dict[str, Any]) -> list[
                 )
             )
 
+    async def insert_refund() -> None:
+        async with rt.engine.begin() as conn:
+            await conn.execute(
+                sends.insert().values(
+                    kind="refund",
+                    asset="JOBCOIN",
+                    mix_id=mix["id"],
+                    deposit_id=dep_ids[0],
+                    from_address=mix["deposit_address"],
+                    to_address="f-refund",
+                    amount=COIN,
+                    network_fee_reserved=0,
+                    state="scheduled",
+                    due_at=datetime.now(UTC),
+                )
+            )
+
     async def confirm_payout() -> None:
         async with rt.engine.begin() as conn:
-            await conn.execute(update(sends).where(sends.c.mix_id == mix["id"]).values(state="confirmed", txid="t"))
+            await conn.execute(
+                update(sends).where((sends.c.mix_id == mix["id"]) & (sends.c.kind == "payout")).values(txid="t")
+            )
 
-    async def delete_payout() -> None:
+    async def delete_sends() -> None:
         async with rt.engine.begin() as conn:
             await conn.execute(sends.delete().where(sends.c.mix_id == mix["id"]))
 
@@ -231,8 +252,9 @@ async def _changes(rt: Runtime, database_url: str, mix: dict[str, Any]) -> list[
         insert_deposit,
         update_deposit,
         insert_payout,
+        insert_refund,
         confirm_payout,
-        delete_payout,
+        delete_sends,
         update_mix,
         delete_deposit,
         truncate,
@@ -339,6 +361,7 @@ async def test_the_status_cache_can_be_turned_off(database_url: str) -> None:
     # Where LISTEN cannot work (a pooler in transaction mode), every read goes to the database.
     settings = _settings(database_url).model_copy(update={"api_status_cache": False})
     fast = api_app(settings, database_url)
+    await fast.start()
     try:
         assert fast.feed is None
         async with _client(fast.app) as full, _client(fast) as lean:
@@ -347,5 +370,25 @@ async def test_the_status_cache_can_be_turned_off(database_url: str) -> None:
                 _same(await full.get(mix["status_url"]), await lean.get(mix["status_url"]))
         assert len(fast.cache) == 0
     finally:
+        await fast.stop()
         await fast.rt.aclose()
         await fast.rt.engine.dispose()
+
+
+async def test_lean_reads_survive_connections_killed_under_them(
+    apps: tuple[httpx.AsyncClient, httpx.AsyncClient, FastReads], database_url: str
+) -> None:
+    # What a PostgreSQL restart does to the pools: every idle connection is dead. The lean
+    # path retries on a fresh connection rather than answering 503.
+    full, lean, fast = apps
+    mix = await _create(full)
+    assert (await lean.get("/api/v1/health")).status_code == 200
+    assert (await lean.get(mix["status_url"])).status_code == 200
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    await _until(lambda: not fast.cache.enabled or len(fast.cache) == 0, "the feed to notice its lost connection")
+    assert (await lean.get("/api/v1/health")).status_code == 200
+    _same(await lean.get(mix["status_url"]), await full.get(mix["status_url"]))

@@ -63,7 +63,8 @@ def api_app(settings: Settings, database_url: str) -> FastReads:
     """
     rt = api_runtime(settings, database_url)
     app = create_app(rt)
-    fast = FastReads(app, rt, MixChangeFeed(database_url) if settings.api_status_cache else None)
+    feed = MixChangeFeed(database_url) if settings.api_status_cache else None
+    fast = FastReads(app, rt, database_url, feed)
     inner = app.router.lifespan_context
 
     @asynccontextmanager

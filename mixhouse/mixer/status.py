@@ -9,6 +9,12 @@ Only the columns the status shows are aggregated (never a payout's raw transacti
 turns them into JSON values, which are read back exactly: amounts are ``NUMERIC(78,0)``, so
 JSON integers that Python parses as ``int`` (never a float); timestamps are ISO 8601 strings
 in the session's time zone, parsed back into aware datetimes equal to the typed columns.
+
+The API's lean path (:mod:`mixhouse.api.fast_status`) runs the same statement on a plain
+psycopg connection (:func:`fetch_mix_status`: about a quarter of the CPU of SQLAlchemy's
+execution layer) and caches the rendered body until migration 0015's triggers say that the
+mix, one of its deposits or one of its sends changed: a status that comes to read another
+table needs a trigger there too.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
 from sqlalchemy import Column, ColumnElement, bindparam, func, literal_column, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from mixhouse.db.engine import read_first
-from mixhouse.db.tables import deposits, mixes, sends
+from mixhouse.db.tables import Amount, deposits, mixes, sends
 from mixhouse.errors import NotFound
 from mixhouse.mixer.runtime import Runtime
 
@@ -82,6 +91,14 @@ _STATUS = select(
 ).where(mixes.c.id == bindparam("mix_id"))
 
 
+# The statement as psycopg runs it (pyformat parameters; the kinds as bound by SQLAlchemy).
+_STATUS_COMPILED = _STATUS.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[no-untyped-call]
+STATUS_SQL: str = str(_STATUS_COMPILED)
+_STATUS_PARAMS: dict[str, Any] = {k: v for k, v in _STATUS_COMPILED.params.items() if k != "mix_id"}
+# Columns of mixes SQLAlchemy turns from Decimal into int (psycopg leaves them Decimal).
+_MIX_AMOUNTS = tuple(c.name for c in mixes.columns if isinstance(c.type, Amount))
+
+
 def _typed(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with its timestamp strings parsed (amounts are already ``int``)."""
     for name in _TIMESTAMPS:
@@ -110,7 +127,32 @@ async def read_mix_status(rt: Runtime, mix_id: str) -> dict[str, Any]:
     row = await read_first(rt.engine, _STATUS, {"mix_id": mix_id})
     if row is None:
         raise NotFound("no mix with this id")
-    mix = dict(row._mapping)
+    return _status(dict(row._mapping))
+
+
+async def fetch_mix_status(conn: psycopg.AsyncConnection[Any], mix_id: str) -> dict[str, Any]:
+    """:func:`read_mix_status` on a psycopg connection in autocommit, as a prepared statement.
+
+    Returns:
+        The same dict as :func:`read_mix_status`, equal value for value.
+
+    Raises:
+        NotFound: no mix has this id.
+        psycopg.Error: the database failed or the connection is dead (no retry here).
+    """
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(STATUS_SQL, {**_STATUS_PARAMS, "mix_id": mix_id}, prepare=True)
+    row = await cursor.fetchone()
+    if row is None:
+        raise NotFound("no mix with this id")
+    for name in _MIX_AMOUNTS:
+        if row[name] is not None:
+            row[name] = int(row[name])
+    return _status(row)
+
+
+def _status(mix: dict[str, Any]) -> dict[str, Any]:
+    """The shape :func:`read_mix_status` returns, from the statement's row as a dict."""
     deps = [_typed(d) for d in mix.pop("status_deposits")]
     payouts = mix.pop("status_payouts")
     refunds = {r["deposit_id"]: _typed(r) for r in mix.pop("status_refunds")}
