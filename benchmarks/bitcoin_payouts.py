@@ -20,6 +20,7 @@ import time
 from mixhouse.chains.base import PoolCoin
 from mixhouse.chains.bitcoin.pool_spend import build_pool_spend
 from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.keys.signer import SoftwareSigner
 
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 
@@ -50,7 +51,7 @@ def main() -> None:
     start = time.perf_counter()
     for i, target in enumerate(targets):
         spend = build_pool_spend(
-            keyring=keyring,
+            signer=SoftwareSigner.for_bip84(keyring),
             network="regtest",
             coins=coins,
             exclude_owner="mix-0",
@@ -72,7 +73,7 @@ def main() -> None:
         for offset in range(0, args.payouts, size):
             chunk = list(enumerate(targets))[offset : offset + size]
             spend = build_pool_spend(
-                keyring=keyring,
+                signer=SoftwareSigner.for_bip84(keyring),
                 network="regtest",
                 coins=coins,
                 exclude_owner="mix-0",

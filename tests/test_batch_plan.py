@@ -17,6 +17,7 @@ from mixhouse.chains.bitcoin.networks import address_of_script
 from mixhouse.chains.bitcoin.pool_spend import build_pool_spend
 from mixhouse.errors import InvalidAmount
 from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.keys.signer import SoftwareSigner
 from mixhouse.mixer.batch_plan import BatchCandidate, batch_fee_cap, choose_batch, split_fee
 
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
@@ -103,7 +104,7 @@ def test_a_batch_transaction_pays_each_output_exactly_with_fair_fee_and_no_dust_
 ) -> None:
     payments = list(zip(RECIPIENTS, amounts, strict=False))
     spend = build_pool_spend(
-        keyring=KEYRING,
+        signer=SoftwareSigner.for_bip84(KEYRING),
         network="regtest",
         coins=COINS,
         exclude_owner=None,
@@ -141,7 +142,7 @@ def test_the_change_and_the_payouts_are_in_random_order() -> None:
     orders: set[tuple[str, ...]] = set()
     for seed in range(60):
         spend = build_pool_spend(
-            keyring=KEYRING,
+            signer=SoftwareSigner.for_bip84(KEYRING),
             network="regtest",
             coins=COINS,
             exclude_owner=None,

@@ -130,7 +130,7 @@ async def test_fee_quote_falls_back_on_a_fresh_regtest(btc_adapter: BitcoinAdapt
     assert quote.per_send == 10 * SIMPLE_SEND_VBYTES
     assert "fallback" in quote.detail
     with pytest.raises(ValueError, match="max_fee_rate"):
-        BitcoinAdapter(bcoin.client(), network="regtest", keyring=btc_adapter._keyring, confirmations=1, max_fee_rate=5)
+        BitcoinAdapter(bcoin.client(), network="regtest", signer=btc_adapter._signer, confirmations=1, max_fee_rate=5)
 
 
 async def test_broadcast_of_an_invalid_tx_is_rejected(bcoin: Bcoin, btc_adapter: BitcoinAdapter) -> None:

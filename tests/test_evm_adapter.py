@@ -20,6 +20,7 @@ from mixhouse.chains.evm.adapter import GAS_LIMIT, MAX_BLOCKS_PER_SCAN
 from mixhouse.config import DEV_MNEMONIC
 from mixhouse.errors import BroadcastRejected, ChainError, ConfigError, InvalidAddress, SendOutcomeUnknown
 from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path
+from mixhouse.keys.signer import SoftwareSigner
 from tests.fixtures.anvil import FUNDER_ADDRESS, FUNDER_KEY, Anvil
 
 ETH = 10**18
@@ -81,7 +82,7 @@ def offline_adapter(evm_keyring: HdKeyring) -> EvmAdapter:
     return EvmAdapter(
         "http://127.0.0.1:9",
         chain_id=31337,
-        keyring=evm_keyring,
+        signer=SoftwareSigner.for_evm(evm_keyring),
         confirmations=3,
         max_fee_per_gas_cap=500 * 10**9,
         request_timeout=2.0,
@@ -279,7 +280,11 @@ async def test_quote_network_fee(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
 
 async def test_fee_above_cap_is_refused(anvil: Anvil, evm_keyring: HdKeyring) -> None:
     adapter = EvmAdapter(
-        anvil.rpc_url, chain_id=anvil.chain_id, keyring=evm_keyring, confirmations=3, max_fee_per_gas_cap=1
+        anvil.rpc_url,
+        chain_id=anvil.chain_id,
+        signer=SoftwareSigner.for_evm(evm_keyring),
+        confirmations=3,
+        max_fee_per_gas_cap=1,
     )
     try:
         with pytest.raises(ChainError, match="cap"):
@@ -470,7 +475,13 @@ async def test_prepare_send_checks_its_inputs(evm_adapter: EvmAdapter) -> None:
 
 async def test_verify_chain_id(anvil: Anvil, evm_adapter: EvmAdapter, evm_keyring: HdKeyring) -> None:
     await evm_adapter.verify_chain_id()
-    wrong = EvmAdapter(anvil.rpc_url, chain_id=1, keyring=evm_keyring, confirmations=3, max_fee_per_gas_cap=10**12)
+    wrong = EvmAdapter(
+        anvil.rpc_url,
+        chain_id=1,
+        signer=SoftwareSigner.for_evm(evm_keyring),
+        confirmations=3,
+        max_fee_per_gas_cap=10**12,
+    )
     try:
         with pytest.raises(ChainError, match="31337"):
             await wrong.verify_chain_id()
@@ -545,7 +556,7 @@ async def test_lost_answer_is_send_outcome_unknown(evm_keyring: HdKeyring, handl
         adapter = EvmAdapter(
             url,
             chain_id=31337,
-            keyring=evm_keyring,
+            signer=SoftwareSigner.for_evm(evm_keyring),
             confirmations=3,
             max_fee_per_gas_cap=10**12,
             request_timeout=0.5,

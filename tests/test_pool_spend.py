@@ -12,6 +12,7 @@ from mixhouse.chains.bitcoin.networks import address_of_script
 from mixhouse.chains.bitcoin.pool_spend import build_pool_spend
 from mixhouse.errors import InsufficientFunds
 from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.keys.signer import SoftwareSigner
 
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 
@@ -30,7 +31,7 @@ def test_a_payout_never_spends_the_paying_mix_deposit(keyring: Bip84Keyring) -> 
     own = _coin(keyring, 1, 5_000_000, "mix-a")  # the biggest, and enough alone
     other = _coin(keyring, 2, 3_000_000, "mix-b")
     spend = build_pool_spend(
-        keyring=keyring,
+        signer=SoftwareSigner.for_bip84(keyring),
         network="regtest",
         coins=[own, other],
         exclude_owner="mix-a",
@@ -55,7 +56,7 @@ def test_a_payout_never_spends_the_paying_mix_deposit(keyring: Bip84Keyring) -> 
 def test_only_the_mix_own_coins_means_insufficient_funds(keyring: Bip84Keyring) -> None:
     with pytest.raises(InsufficientFunds):
         build_pool_spend(
-            keyring=keyring,
+            signer=SoftwareSigner.for_bip84(keyring),
             network="regtest",
             coins=[_coin(keyring, 1, 5_000_000, "mix-a")],
             exclude_owner="mix-a",
@@ -70,7 +71,7 @@ def test_only_the_mix_own_coins_means_insufficient_funds(keyring: Bip84Keyring) 
 def test_the_same_send_signs_the_same_transaction(keyring: Bip84Keyring) -> None:
     coins = [_coin(keyring, n, 1_000_000 * n, None, chain=1) for n in range(1, 6)]
     kwargs = {
-        "keyring": keyring,
+        "signer": SoftwareSigner.for_bip84(keyring),
         "network": "regtest",
         "coins": coins,
         "exclude_owner": None,

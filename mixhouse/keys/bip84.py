@@ -40,6 +40,32 @@ def _check_index(index: int) -> None:
         raise ValueError(f"index must be an int in [0, {MAX_SOFT_INDEX}], got {index!r}")
 
 
+def key_path(network: str, change: int, index: int) -> str:
+    """The BIP-32 path of key ``(change, index)`` of account 0 on ``network``, e.g.
+    ``"m/84'/1'/0'/0/7"``: the key reference a signer knows it by.
+
+    Raises:
+        ValueError: ``change`` not 0 or 1, or ``index`` outside ``[0, 2**31)``.
+        ConfigError: unknown network.
+    """
+    _check_change(change)
+    _check_index(index)
+    return f"m/{BIP84_PURPOSE}'/{get_network(network).bip84_coin_type}'/{ACCOUNT}'/{change}/{index}"
+
+
+def p2wpkh_address(public_key: bytes, network: str) -> str:
+    """The P2WPKH address ``bech32(hrp, 0, HASH160(public_key))`` (BIP-141, BIP-173) of a
+    33-byte compressed public key on ``network``.
+
+    Raises:
+        ValueError: ``public_key`` is not 33 bytes.
+        ConfigError: unknown network.
+    """
+    if len(public_key) != 33:
+        raise ValueError("a P2WPKH key is a 33-byte compressed public key")
+    return str(bech32.encode(get_network(network).bech32_hrp, 0, hashes.hash160(public_key)))
+
+
 class Bip84Keyring:
     """P2WPKH keys of BIP-84 account 0 derived from one BIP-39 mnemonic.
 
@@ -108,6 +134,21 @@ class Bip84Keyring:
         _check_change(change)
         _check_index(index)
         return f"{self.account_path()}/{change}/{index}"
+
+    def split_path(self, path: str) -> tuple[int, int]:
+        """``(change, index)`` of a path :meth:`path` gives, e.g. ``"m/84'/1'/0'/1/3"`` -> ``(1, 3)``.
+
+        Raises:
+            ValueError: not a path of a key of this account.
+        """
+        prefix = self.account_path() + "/"
+        parts = path[len(prefix) :].split("/") if path.startswith(prefix) else []
+        if len(parts) != 2 or not all(part.isdigit() for part in parts):
+            raise ValueError(f"{path!r} is not a key path of account {self.account_path()}")
+        change, index = int(parts[0]), int(parts[1])
+        _check_change(change)
+        _check_index(index)
+        return change, index
 
     def _leaf(self, change: int, index: int) -> tuple[bytes, bytes, str]:
         # Checked before the cache: True == 1 would otherwise find key (1, index).

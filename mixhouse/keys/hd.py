@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from eth_account import Account
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from eth_utils.exceptions import ValidationError
 
 from mixhouse.errors import ConfigError
+from mixhouse.keys.signer import uncompressed_public_key
 
 # Indexes at or above 2**31 are hardened in BIP-32; a deposit index is a plain (soft) index.
 MAX_SOFT_INDEX = 2**31 - 1
@@ -34,6 +37,18 @@ def deposit_path(index: int) -> str:
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= MAX_SOFT_INDEX:
         raise ValueError(f"deposit index must be an int in [0, {MAX_SOFT_INDEX}], got {index!r}")
     return f"m/44'/60'/0'/0/{index}"
+
+
+def evm_address(public_key: bytes) -> str:
+    """The EIP-55 checksummed address of a 33-byte compressed secp256k1 public key: the last
+    20 bytes of ``keccak256(x || y)`` (Yellow Paper, appendix F).
+
+    Raises:
+        ValueError: ``public_key`` is not a compressed point of secp256k1.
+    """
+    if len(public_key) != 33:
+        raise ValueError("an EVM key is given as a 33-byte compressed public key")
+    return str(to_checksum_address(keccak(uncompressed_public_key(public_key)[1:])[-20:]))
 
 
 class HdKeyring:

@@ -11,6 +11,7 @@ from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
+from mixhouse.keys.signer import SoftwareSigner
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
 from mixhouse.money import Asset
@@ -29,7 +30,7 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
         adapters[Asset.ETH] = EvmAdapter(
             settings.evm_rpc_url,
             chain_id=settings.evm_chain_id,
-            keyring=HdKeyring(settings.evm_mnemonic.get_secret_value()),
+            signer=SoftwareSigner.for_evm(HdKeyring(settings.evm_mnemonic.get_secret_value())),
             confirmations=settings.evm_confirmations,
             max_fee_per_gas_cap=settings.evm_max_fee_per_gas_cap,
         )
@@ -42,7 +43,9 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
                 password=None if password is None else password.get_secret_value(),
             ),
             network=settings.bitcoin_network,
-            keyring=Bip84Keyring(settings.bitcoin_mnemonic.get_secret_value(), settings.bitcoin_network),
+            signer=SoftwareSigner.for_bip84(
+                Bip84Keyring(settings.bitcoin_mnemonic.get_secret_value(), settings.bitcoin_network)
+            ),
             confirmations=settings.bitcoin_confirmations,
             fallback_fee_rate=settings.bitcoin_fallback_fee_rate,
             max_fee_rate=settings.bitcoin_max_fee_rate,

@@ -1,7 +1,8 @@
 """Bitcoin (BTC) over Bitcoin Core's JSON-RPC (or the bcoin regtest launcher).
 
-Keys: one BIP-84 account (:class:`~mixhouse.keys.bip84.Bip84Keyring`, P2WPKH, BIP-173
-bech32 addresses). Deposit addresses are on the external chain ``m/84'/c'/0'/0/i``; the
+Keys: one BIP-84 account (P2WPKH, BIP-173 bech32 addresses) held by a
+:class:`~mixhouse.keys.signer.Signer` (derived from a seed, or generated in a PKCS#11 token,
+each key named by its path). Deposit addresses are on the external chain ``m/84'/c'/0'/0/i``; the
 pool and change keys on the internal chain ``m/84'/c'/0'/1/j``, the pool address being
 ``m/84'/c'/0'/1/0`` (``c`` = 0 on mainnet, 1 on test networks, BIP-44/SLIP-44).
 
@@ -46,7 +47,8 @@ from mixhouse.chains.bitcoin.pool_spend import POOL_CHAIN, build_pool_spend
 from mixhouse.chains.bitcoin.rpc import AlreadyInChain, BitcoinRpc, SendRejected, btc_to_sat
 from mixhouse.chains.bitcoin.single_spend import build_single_spend, single_spend_fee
 from mixhouse.errors import ChainError, InvalidAddress
-from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.keys.bip84 import key_path, p2wpkh_address
+from mixhouse.keys.signer import Signer
 from mixhouse.money import Asset
 
 # Virtual size of a 1-input, 2-output P2WPKH transaction, the "simple send" a fee is quoted
@@ -77,7 +79,8 @@ class BitcoinAdapter(UtxoChainAdapter):
         rpc: the node client (closed by :meth:`aclose`).
         network: ``"mainnet"``, ``"testnet"``, ``"testnet4"``, ``"signet"`` or ``"regtest"``
             (see :mod:`mixhouse.chains.bitcoin.networks`).
-        keyring: the BIP-84 keys; its network must be ``network``.
+        signer: holds the BIP-84 keys of ``network`` by path (``m/84'/c'/0'/change/index``,
+            :func:`mixhouse.keys.bip84.key_path`); the adapter never sees a private key.
         confirmations: blocks (including the one holding it) after which a deposit or a
             send is final, ``>= 1``.
         fallback_fee_rate: sat/vB used when the node has no fee estimate (fresh regtest,
@@ -99,7 +102,7 @@ class BitcoinAdapter(UtxoChainAdapter):
         rpc: BitcoinRpc,
         *,
         network: str,
-        keyring: Bip84Keyring,
+        signer: Signer,
         confirmations: int,
         fallback_fee_rate: int = 10,
         max_fee_rate: int = 500,
@@ -117,8 +120,11 @@ class BitcoinAdapter(UtxoChainAdapter):
         self.fallback_fee_rate = fallback_fee_rate
         self.max_fee_rate = max_fee_rate
         self._rpc = rpc
-        self._keyring = keyring
-        self.pool_address = keyring.address(1, 0)
+        self._signer = signer
+        # (change, index) -> address: asked for on every scan, a public key costs a token
+        # round trip on an HSM.
+        self._addresses: dict[tuple[int, int], str] = {}
+        self.pool_address = self._address(POOL_CHAIN, 0)
         # Outputs of mempool transactions already decoded, by txid (pruned every scan).
         self._mempool_outputs: dict[str, tuple[_Output, ...]] = {}
         # Canonical forms of watched addresses that needed decoding, by the text given (kept
@@ -145,7 +151,15 @@ class BitcoinAdapter(UtxoChainAdapter):
         Raises:
             ValueError: ``index`` outside ``[0, 2**31)``.
         """
-        return self._keyring.address(0, index)
+        return self._address(0, index)
+
+    def _address(self, change: int, index: int) -> str:
+        address = self._addresses.get((change, index))
+        if address is None:
+            public = self._signer.public_key(key_path(self.network, change, index))
+            address = p2wpkh_address(public, self.network)
+            self._addresses[(change, index)] = address
+        return address
 
     # -- reading transactions --------------------------------------------------------------
 
@@ -487,7 +501,7 @@ class BitcoinAdapter(UtxoChainAdapter):
 
     def change_address(self, index: int) -> str:
         """The pool key ``m/84'/c'/0'/1/index`` (BIP-84 internal chain) as a P2WPKH address."""
-        return self._keyring.address(POOL_CHAIN, index)
+        return self._address(POOL_CHAIN, index)
 
     async def fee_rate(self) -> int:
         """``estimatesmartfee 6`` in sat/vB, or the fallback on a node without an estimate.
@@ -515,7 +529,7 @@ class BitcoinAdapter(UtxoChainAdapter):
         """See :meth:`UtxoChainAdapter.prepare_utxo_send` and
         :func:`mixhouse.chains.bitcoin.pool_spend.build_pool_spend`."""
         return build_pool_spend(
-            keyring=self._keyring,
+            signer=self._signer,
             network=self.network,
             coins=coins,
             exclude_owner=exclude_owner,
@@ -535,7 +549,7 @@ class BitcoinAdapter(UtxoChainAdapter):
         """See :meth:`UtxoChainAdapter.prepare_single_spend` and
         :func:`mixhouse.chains.bitcoin.single_spend.build_single_spend`."""
         return build_single_spend(
-            keyring=self._keyring, network=self.network, coin=coin, to_address=to_address, amount_sat=amount
+            signer=self._signer, network=self.network, coin=coin, to_address=to_address, amount_sat=amount
         )
 
     async def unspent_amount(self, txid: str, vout: int) -> int | None:

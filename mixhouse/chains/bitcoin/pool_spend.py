@@ -15,16 +15,17 @@ from collections.abc import Sequence
 from mixhouse.chains.base import PoolCoin, PreparedSend, UtxoSpend
 from mixhouse.chains.bitcoin.coinselect import Coin, output_vbytes, select_coins
 from mixhouse.chains.bitcoin.networks import script_pubkey
-from mixhouse.chains.bitcoin.txbuild import build_signed_tx
+from mixhouse.chains.bitcoin.txbuild import sign_tx
 from mixhouse.errors import InvalidAmount
-from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.keys.bip84 import key_path, p2wpkh_address
+from mixhouse.keys.signer import Signer
 
 POOL_CHAIN = 1  # BIP-32 "change" level of pool keys (top-up address and change)
 
 
 def build_pool_spend(
     *,
-    keyring: Bip84Keyring,
+    signer: Signer,
     network: str,
     coins: Sequence[PoolCoin],
     exclude_owner: str | None,
@@ -38,7 +39,7 @@ def build_pool_spend(
     """Select, build and sign.
 
     Args:
-        keyring: the pool's BIP-84 keyring (it holds the key of every pool coin).
+        signer: holds the key of every pool coin, by BIP-84 path (:func:`key_path`).
         network: ``"mainnet"``, ``"testnet"``, ``"signet"`` or ``"regtest"``.
         coins: candidate pool coins.
         exclude_owner: the paying mix (its own deposit is never spent).
@@ -54,6 +55,7 @@ def build_pool_spend(
         The :class:`UtxoSpend` (signed raw transaction, txid, inputs, change output, fee).
 
     Raises:
+        SignerError: the signer failed (nothing was signed; retry later).
         InsufficientFunds: the eligible coins cannot cover payments and fee.
         FeeTooHigh: the fee would exceed ``max_fee``.
         InvalidAmount: no payments, or a payment below dust.
@@ -77,22 +79,22 @@ def build_pool_spend(
     )
     chosen = [by_outpoint[(coin.txid, coin.vout)] for coin in selection.inputs]
     signing = [
-        (Coin(c.txid, c.vout, c.amount, c.address, c.owner), keyring.private_key(c.key_chain, c.key_index))
+        (Coin(c.txid, c.vout, c.amount, c.address, c.owner), key_path(network, c.key_chain, c.key_index))
         for c in chosen
     ]
-    change_address = keyring.address(POOL_CHAIN, change_index)
+    change_address = p2wpkh_address(signer.public_key(key_path(network, POOL_CHAIN, change_index)), network)
     outputs = list(payments)
     if selection.change:
         outputs.append((change_address, selection.change))
     rng.shuffle(outputs)
-    signed = build_signed_tx(inputs=signing, outputs=outputs, network=network)
+    signed = sign_tx(inputs=signing, signer=signer, outputs=outputs, network=network)
     change_vout = next(
         (i for i, (address, _) in enumerate(outputs) if selection.change and address == change_address), None
     )
     first_address, first_amount = payments[0]
     return UtxoSpend(
         prepared=PreparedSend(
-            from_address=keyring.address(POOL_CHAIN, 0),
+            from_address=p2wpkh_address(signer.public_key(key_path(network, POOL_CHAIN, 0)), network),
             to_address=first_address,
             amount=first_amount if len(payments) == 1 else sum(a for _, a in payments),
             network_fee_max=signed.fee,

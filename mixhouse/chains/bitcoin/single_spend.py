@@ -12,9 +12,10 @@ from __future__ import annotations
 from mixhouse.chains.base import PoolCoin, PreparedSend
 from mixhouse.chains.bitcoin.coinselect import Coin, dust_threshold, estimate_vsize, output_vbytes
 from mixhouse.chains.bitcoin.networks import script_pubkey
-from mixhouse.chains.bitcoin.txbuild import build_signed_tx
+from mixhouse.chains.bitcoin.txbuild import sign_tx
 from mixhouse.errors import InvalidAmount
-from mixhouse.keys.bip84 import Bip84Keyring
+from mixhouse.keys.bip84 import key_path
+from mixhouse.keys.signer import Signer
 
 
 def single_spend_fee(*, network: str, to_address: str, fee_rate: int) -> int:
@@ -28,10 +29,11 @@ def single_spend_fee(*, network: str, to_address: str, fee_rate: int) -> int:
 
 
 def build_single_spend(
-    *, keyring: Bip84Keyring, network: str, coin: PoolCoin, to_address: str, amount_sat: int
+    *, signer: Signer, network: str, coin: PoolCoin, to_address: str, amount_sat: int
 ) -> PreparedSend:
     """Sign a transaction spending ``coin`` whole: one output of ``amount_sat`` to
-    ``to_address``, the rest (``coin.amount - amount_sat``) to miners.
+    ``to_address``, the rest (``coin.amount - amount_sat``) to miners. ``signer`` holds the
+    coin's key under its BIP-84 path.
 
     Returns:
         The :class:`PreparedSend` (raw transaction and txid; ``network_fee_max`` is the fee).
@@ -39,14 +41,16 @@ def build_single_spend(
     Raises:
         InvalidAmount: ``amount_sat`` is not above the output's dust threshold or exceeds the coin.
         InvalidAddress: ``to_address`` is not an address of ``network``.
+        SignerError: the signer failed (nothing was signed; retry later).
     """
     if amount_sat > coin.amount:
         raise InvalidAmount(f"{amount_sat} satoshi is more than the coin's {coin.amount}")
     if amount_sat < dust_threshold(script_pubkey(to_address, network)):
         raise InvalidAmount(f"{amount_sat} satoshi to {to_address} is below the dust threshold")
-    key = keyring.private_key(coin.key_chain, coin.key_index)
-    signed = build_signed_tx(
+    key = key_path(network, coin.key_chain, coin.key_index)
+    signed = sign_tx(
         inputs=[(Coin(coin.txid, coin.vout, coin.amount, coin.address, coin.owner), key)],
+        signer=signer,
         outputs=[(to_address, amount_sat)],
         network=network,
     )

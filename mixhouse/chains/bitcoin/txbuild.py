@@ -15,9 +15,12 @@ Transaction format (BIP-141 segwit serialization, BIP-143 signatures, via embit)
 * outputs in the order given: the caller shuffles them (the position of the change output
   must not be predictable).
 
-Signatures are deterministic (RFC 6979) low-S, low-R ECDSA from embit (low-R grinding keeps
-every DER signature at most 71 bytes, so the 68 vB input estimate of
-:mod:`~mixhouse.chains.bitcoin.coinselect` is an upper bound).
+Signatures: :func:`sign_tx` computes each BIP-143 digest (embit) and asks a
+:class:`~mixhouse.keys.signer.Signer` for a low-S, low-R ``(r, s)`` over it; this module
+DER-encodes it (BIP-66) and builds the witness. Low R keeps every DER signature at most 71
+bytes with its sighash byte, so the 68 vB input estimate of
+:mod:`~mixhouse.chains.bitcoin.coinselect` is an upper bound. The software signer is RFC 6979
+deterministic (the same inputs sign the same transaction, as embit's own signing did).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from embit import hashes  # type: ignore[import-untyped]
-from embit.ec import PrivateKey  # type: ignore[import-untyped]
-from embit.script import Script, p2pkh, witness_p2wpkh  # type: ignore[import-untyped]
+from embit.ec import PublicKey  # type: ignore[import-untyped]
+from embit.script import Script, Witness, p2pkh  # type: ignore[import-untyped]
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput  # type: ignore[import-untyped]
 
 from mixhouse.chains.bitcoin.coinselect import Coin, dust_threshold
 from mixhouse.chains.bitcoin.networks import normalize_address, script_pubkey
 from mixhouse.errors import InvalidAmount, InvalidInput
+from mixhouse.keys.signer import Signer, SoftwareSigner, der_signature
 
 TX_VERSION = 2
 RBF_SEQUENCE = 0xFFFFFFFD
@@ -77,11 +81,40 @@ def build_signed_tx(
     network: str,
     locktime: int = 0,
 ) -> SignedTx:
+    """:func:`sign_tx` with the private keys given: ``inputs`` are ``(coin, 32-byte key)``
+    pairs. For demos, tests and benchmarks; the adapters sign through their signer.
+
+    Raises:
+        InvalidInput: a key is not 32 bytes; otherwise as :func:`sign_tx`.
+    """
+    keys: dict[str, bytes] = {}
+    for i, (_, secret) in enumerate(inputs):
+        if len(secret) != 32:
+            raise InvalidInput("a private key must be 32 bytes")
+        keys[f"input/{i}"] = bytes(secret)
+    return sign_tx(
+        inputs=[(coin, f"input/{i}") for i, (coin, _) in enumerate(inputs)],
+        signer=SoftwareSigner.from_keys(keys),
+        outputs=outputs,
+        network=network,
+        locktime=locktime,
+    )
+
+
+def sign_tx(
+    *,
+    inputs: Sequence[tuple[Coin, str]],
+    signer: Signer,
+    outputs: Sequence[tuple[str, int]],
+    network: str,
+    locktime: int = 0,
+) -> SignedTx:
     """Build and sign a transaction spending P2WPKH ``inputs`` to ``outputs``.
 
     Args:
-        inputs: ``(coin, private key)`` pairs; the 32-byte secp256k1 key must be the one of
-            ``coin.address`` (a P2WPKH address of ``network``).
+        inputs: ``(coin, key reference)`` pairs; ``signer``'s key of that reference must be
+            the one of ``coin.address`` (a P2WPKH address of ``network``).
+        signer: holds the keys (:mod:`mixhouse.keys.signer`).
         outputs: ``(address, satoshi)`` pairs, any address type :func:`normalize_address`
             accepts; in the order they will appear.
         network: the network name (``"mainnet"``, ``"regtest"``, ...).
@@ -96,7 +129,8 @@ def build_signed_tx(
             positive int, or outputs worth more than the inputs (negative fee).
         InvalidAddress: an output address is invalid or of another network.
         InvalidInput: no inputs or outputs, a duplicate outpoint, a malformed txid, a coin
-            that is not P2WPKH, or a private key that does not match its coin's address.
+            that is not P2WPKH, or a key that does not match its coin's address.
+        SignerError: the signer failed (token locked or gone): nothing was built.
     """
     if not inputs:
         raise InvalidInput("a transaction needs at least one input")
@@ -120,10 +154,10 @@ def build_signed_tx(
         total_out += amount
 
     vin: list[TransactionInput] = []
-    signers: list[tuple[PrivateKey, Script, int]] = []
+    signers: list[tuple[str, bytes, Script, int]] = []
     seen: set[tuple[bytes, int]] = set()
     total_in = 0
-    for coin, secret in inputs:
+    for coin, key_ref in inputs:
         txid = _check_outpoint(coin)
         if (txid, coin.vout) in seen:
             raise InvalidInput(f"outpoint {coin.txid}:{coin.vout} is spent twice")
@@ -133,14 +167,12 @@ def build_signed_tx(
         spk = script_pubkey(coin.address, network)
         if len(spk) != 22 or spk[:2] != b"\x00\x14":
             raise InvalidInput(f"coin {coin.txid}:{coin.vout} is not a P2WPKH output")
-        if len(secret) != 32:
-            raise InvalidInput("a private key must be 32 bytes")
-        key = PrivateKey(bytes(secret))
-        if hashes.hash160(key.sec()) != spk[2:]:
+        public = signer.public_key(key_ref)
+        if hashes.hash160(public) != spk[2:]:
             raise InvalidInput(f"the key given for {coin.txid}:{coin.vout} is not the key of {coin.address}")
         vin.append(TransactionInput(txid, coin.vout, sequence=RBF_SEQUENCE))
         # BIP-143: the scriptCode of a P2WPKH spend is the P2PKH script of the key hash.
-        signers.append((key, p2pkh(key.get_public_key()), coin.amount))
+        signers.append((key_ref, public, p2pkh(PublicKey.parse(public)), coin.amount))
         total_in += coin.amount
 
     fee = total_in - total_out
@@ -148,10 +180,11 @@ def build_signed_tx(
         raise InvalidAmount(f"outputs ({total_out} sat) exceed inputs ({total_in} sat)")
 
     tx = Transaction(version=TX_VERSION, vin=vin, vout=vout, locktime=locktime)
-    for i, (key, script_code, amount) in enumerate(signers):
-        digest = tx.sighash_segwit(i, script_code, amount, sighash=SIGHASH.ALL)
-        signature = key.sign(digest)
-        tx.vin[i].witness = witness_p2wpkh(signature, key.get_public_key(), SIGHASH.ALL)
+    for i, (key_ref, public, script_code, amount) in enumerate(signers):
+        digest = bytes(tx.sighash_segwit(i, script_code, amount, sighash=SIGHASH.ALL))
+        r, s = signer.sign_digest(key_ref, digest, low_r=True)
+        # BIP-141 P2WPKH witness: [DER signature || sighash type, compressed public key].
+        tx.vin[i].witness = Witness([der_signature(r, s) + bytes([SIGHASH.ALL]), public])
 
     raw = bytes(tx.serialize())
     base_size = len(_strip_witness(tx))

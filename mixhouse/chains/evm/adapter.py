@@ -1,8 +1,11 @@
 """Native ETH on an EVM chain, over Ethereum JSON-RPC with web3.py (async).
 
 What this adapter moves: plain value transfers (21 000 gas, empty data) between externally
-owned accounts whose keys come from one :class:`~mixhouse.keys.hd.HdKeyring`
-(deposit keys at BIP-44 ``m/44'/60'/0'/0/i``, the pool key at ``m/44'/60'/1'/0/0``).
+owned accounts whose keys a :class:`~mixhouse.keys.signer.Signer` holds, named by their BIP-44
+paths (deposit keys ``m/44'/60'/0'/0/i``, the pool key ``m/44'/60'/1'/0/0``): derived from one
+seed by the software signer, generated inside a PKCS#11 token by the HSM signer. The adapter
+computes the EIP-1559 signing hash itself and asks the signer for ``(r, s)``; it never holds a
+private key.
 
 Fees (EIP-1559). Every send is signed with ``maxFeePerGas == maxPriorityFeePerGas == P``
 where ``P = 2 * base_fee(latest) + suggested_priority_fee``. The price a type-2 transaction
@@ -33,9 +36,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import aiohttp
-from eth_account import Account
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
@@ -58,7 +62,8 @@ from mixhouse.chains.base import (
     Transfer,
 )
 from mixhouse.errors import BroadcastRejected, ChainError, InvalidAddress, SendOutcomeUnknown
-from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path
+from mixhouse.keys.hd import POOL_PATH, deposit_path, evm_address
+from mixhouse.keys.signer import Signer, SignerError, recovery_id
 from mixhouse.money import Asset
 
 # Gas of a plain ETH transfer to an externally owned account (Yellow Paper G_transaction).
@@ -127,7 +132,8 @@ class EvmAdapter(ChainAdapter):
     Args:
         rpc_url: HTTP(S) JSON-RPC endpoint of the node.
         chain_id: EIP-155 chain id every transaction is signed for (1 mainnet, 31337 anvil).
-        keyring: the HD keys of the deposit addresses and of the pool.
+        signer: holds the deposit keys and the pool key, by BIP-44 path
+            (:mod:`mixhouse.keys.signer`).
         confirmations: blocks (including the one holding it) after which a transfer or a
             send is final, ``>= 1``.
         max_fee_per_gas_cap: wei per gas above which no send is quoted or signed.
@@ -147,7 +153,7 @@ class EvmAdapter(ChainAdapter):
         rpc_url: str,
         *,
         chain_id: int,
-        keyring: HdKeyring,
+        signer: Signer,
         confirmations: int,
         max_fee_per_gas_cap: int,
         request_timeout: float = 10.0,
@@ -166,8 +172,11 @@ class EvmAdapter(ChainAdapter):
         self.uses_nonces = True
         self.chain_id = chain_id
         self.max_fee_per_gas_cap = max_fee_per_gas_cap
-        self._keyring = keyring
-        self.pool_address = keyring.address(POOL_PATH)
+        self._signer = signer
+        # Key path -> checksummed address: asked for on every scan, a public key costs a
+        # token round trip on an HSM.
+        self._addresses: dict[str, str] = {}
+        self.pool_address = self._address(POOL_PATH)
         # No retries inside web3: a retried eth_sendRawTransaction would blur the difference
         # between "refused" and "outcome unknown", and the job layer already retries reads.
         self._provider = AsyncHTTPProvider(
@@ -211,7 +220,14 @@ class EvmAdapter(ChainAdapter):
         Raises:
             ValueError: ``index`` outside ``[0, 2**31)``.
         """
-        return self._keyring.address(deposit_path(index))
+        return self._address(deposit_path(index))
+
+    def _address(self, path: str) -> str:
+        address = self._addresses.get(path)
+        if address is None:
+            address = evm_address(self._signer.public_key(path))
+            self._addresses[path] = address
+        return address
 
     # -- reading the chain -----------------------------------------------------------------
 
@@ -496,10 +512,9 @@ class EvmAdapter(ChainAdapter):
         sender = self.normalize_address(from_address)
         receiver = self.normalize_address(to_address)
         path = POOL_PATH if from_key_index is None else deposit_path(from_key_index)
-        account = Account.from_key(self._keyring.private_key(path))
-        if account.address != sender:
+        if self._address(path) != sender:
             raise ChainError(f"the key at {path} does not own {sender}")
-        transaction = {
+        transaction: dict[str, Any] = {
             "type": 2,
             "chainId": self.chain_id,
             "nonce": nonce,
@@ -509,9 +524,18 @@ class EvmAdapter(ChainAdapter):
             "maxFeePerGas": price,
             "maxPriorityFeePerGas": price,
             "data": b"",
+            "accessList": [],
         }
         try:
-            signed = account.sign_transaction(transaction)
+            # EIP-1559: the signing hash is keccak256(0x02 || rlp([chainId, nonce, ...,
+            # accessList])); the signature goes in as (y_parity, r, s).
+            digest = bytes(TypedTransaction.from_dict(transaction).hash())
+            r, s = self._signer.sign_digest(path, digest)
+            y_parity = recovery_id(self._signer.public_key(path), digest, r, s)
+            signed = TypedTransaction.from_dict({**transaction, "v": y_parity, "r": r, "s": s})
+            raw_tx = bytes(signed.encode())
+        except SignerError:
+            raise
         except (TypeError, ValueError) as exc:
             raise ChainError(f"signing the transaction failed: {exc}") from exc
         return PreparedSend(
@@ -519,8 +543,8 @@ class EvmAdapter(ChainAdapter):
             to_address=receiver,
             amount=amount,
             network_fee_max=GAS_LIMIT * price,
-            raw_tx=bytes(signed.raw_transaction),
-            txid=_hex_txid(signed.hash),
+            raw_tx=raw_tx,
+            txid=_hex_txid(keccak(raw_tx)),
             nonce=nonce,
         )
 
