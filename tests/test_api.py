@@ -154,7 +154,7 @@ async def test_create_and_read_jobcoin_mix(client: httpx.AsyncClient, rt: Runtim
     assert mix["withdrawal_addresses"] == ["alice-1", "alice-2"]
     assert (mix["delay_min_seconds"], mix["delay_max_seconds"]) == (5, 60)
     assert (mix["fee_min_bps"], mix["fee_max_bps"]) == (rt.settings.fee_min_bps, rt.settings.fee_max_bps)
-    assert mix["fee_percent_range"] == "1-3"
+    assert mix["fee_percent_range"] == "0.5-5"
     assert mix["max_wait_seconds"] == 60 + rt.settings.privacy_max_extra_wait_seconds
     for key in ("min_deposit", "min_deposit_coins", "max_deposit", "max_deposit_coins"):
         assert isinstance(mix[key], str), key

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixhouse.errors import InvalidAmount
-from mixhouse.mixer.gate import FALLBACK_EARLIEST_FRACTION
 from mixhouse.mixer.planner import is_series_value
 from mixhouse.mixer.planner import plan_payouts as plan_denominated
 from mixhouse.mixer.privacy.amounts import GroupSearch, congruence, search_groups
@@ -473,13 +472,13 @@ def test_legacy_congruence_is_necessary(deposit: int, bps: int, offset: int) -> 
 def _released_at(moment: str) -> Planner:
     """The current planner, every piece of a deposit leaving together at one release moment:
     ``"deadline"`` its documented maximum wait (the gate before ``release_by``), ``"drawn"`` a
-    moment drawn uniformly over the later half of its wait (the gate now)."""
+    moment drawn uniformly inside its window (the gate now)."""
     base = denominated_planner()
 
     def plan(pooled: int, addresses: Sequence[str], delay_min: int, delay_max: int, rng: random.Random) -> list[Piece]:
         pieces = base(pooled, addresses, delay_min, delay_max, rng)
         deadline = deadline_of(0.0, DEADLINE_TIMING)
-        at = deadline if moment == "deadline" else rng.uniform(deadline * FALLBACK_EARLIEST_FRACTION, deadline)
+        at = deadline if moment == "deadline" else rng.uniform(delay_min, deadline)
         return [Piece(p.to_address, p.amount, at) for p in pieces]
 
     return plan

@@ -139,7 +139,9 @@ async def test_live_report_matches_a_direct_analysis(database_url: str, engine: 
             assert live.pool.view == view
             assert live.pool.truth == truth
             assert live.pool.timing == timing
-            assert live.pool.rules == DenominatedRules(100, 300, min_payout=ASSETS[Asset.JOBCOIN].dust)
+            assert live.pool.rules == DenominatedRules(
+                rt.settings.fee_min_bps, rt.settings.fee_max_bps, min_payout=ASSETS[Asset.JOBCOIN].dust
+            )
             async with engine.connect() as conn:
                 public = await ledger.all_transfers(conn)
             pool = view.pool_address

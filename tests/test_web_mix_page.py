@@ -41,7 +41,7 @@ async def test_mix_created_on_the_page_updates_live_to_every_payout(database_url
         await _fill_addresses(page, withdrawals)
         await page.fill("#delay-min", "0")
         await page.fill("#delay-max", "0")
-        assert await page.text_content("#q-fee") == "1-3"
+        assert await page.text_content("#q-fee") == "0.5-5"
         assert await page.text_content("#q-min") == "1"
         await page.screenshot(path=artifact("mix_form_desktop.png"), full_page=True)
         await page.click("#create")

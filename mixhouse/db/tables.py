@@ -160,7 +160,7 @@ deposits = Table(
     Column("quantum", Amount, nullable=True),
     Column("released_at", DateTime(timezone=True), nullable=True),  # the release gate opened
     Column("anonymity_set", Integer, nullable=True),  # measured by the analyzer at release
-    # The gate's secret fallback: released at this moment even below k (drawn in the later half of the wait).
+    # The gate's secret fallback: released at this moment even below k (drawn in the window).
     Column("release_by", DateTime(timezone=True), nullable=True),
     *_timestamps(),
     UniqueConstraint("asset", "chain_ref", name="uq_deposits_chain_ref"),

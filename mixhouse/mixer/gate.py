@@ -14,9 +14,11 @@ where the drawn one is too thin, re-plans the deposit's pieces for another (:fun
 * another total's set is ``>= k``: re-planned for one of those, drawn uniformly (the pick
   depends only on which totals reach ``k``, so it tells an attacker nothing more than
   ``k`` does about which candidate deposit it was);
-* none reaches ``k`` and the deposit's fallback moment has come: released with the total whose
-  set is largest (ties drawn at random) - the lone amount of a quiet pool hides among as many
-  deposits as there are. The fallback moment (``deposits.release_by``) is drawn in secret,
+* none reaches ``k`` and the deposit's fallback moment has come: released with the drawn total
+  if its set is at least 2, else with a total drawn uniformly among those whose set is at least
+  2 (a lone amount gets company where the range allows), else as drawn. Not "the largest set":
+  that choice can be run backwards for each candidate deposit, and every candidate that had a
+  larger set on another total is ruled out. The fallback moment (``deposits.release_by``) is drawn in secret,
   uniformly over the later half of the mix's maximum wait (:func:`_fallback_moments`):
   waiting for the maximum wait itself would send every thin deposit's payouts at
   ``arrival + max_wait``, which anyone can compute;
@@ -61,6 +63,8 @@ from mixhouse.unit import Unit, unit
 log = structlog.get_logger(__name__)
 
 REACHED = "anonymity set reached"
+# At the fallback moment a total whose set is at least this has company: kept, or picked.
+COMPANY = 2
 MAX_WAIT = "maximum wait reached"
 
 
@@ -107,11 +111,17 @@ def decide(
         return GateDecision(pick, sizes[pick], REACHED)
     if not max_wait_reached:
         return None
-    best = max(sizes.values())
-    if best <= current:
+    if current >= COMPANY:
         return GateDecision(planned, current, MAX_WAIT)
-    pick = rng.choice(sorted(t for t, s in sizes.items() if s == best))
-    return GateDecision(pick, best, MAX_WAIT)
+    company = sorted(t for t, s in sizes.items() if s >= COMPANY)
+    if not company:
+        return GateDecision(planned, current, MAX_WAIT)
+    # Uniform among the totals with company, not the largest set: "the largest" is a choice an
+    # attacker can recompute for every candidate deposit and rule out each one that had a
+    # larger set on another total (measured: with a 0.5-5% range that linked more than any
+    # other attack; see mixhouse.mixer.privacy.inversion).
+    pick = rng.choice(company)
+    return GateDecision(pick, sizes[pick], MAX_WAIT)
 
 
 _RELEASE_DEPOSITS_SQL = text(
@@ -312,25 +322,19 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     return len(decisions), held
 
 
-# Where in the wait a thin deposit's fallback moment may fall, as a fraction of the way from its
-# arrival to its latest release: the later half. Uniform over the whole wait was measured too
-# (realistic population: the early deposits, released early, had few deposits before them and
-# the single attack linked more).
-FALLBACK_EARLIEST_FRACTION = 0.5
-
-
 async def _fallback_moments(rt: Runtime, waiting: Sequence[Any]) -> dict[int, datetime]:
     """Each waiting deposit's fallback moment (``deposits.release_by``), drawing and storing
     it for the deposits seen for the first time.
 
-    The draw is uniform over the later part of the wait: from :data:`FALLBACK_EARLIEST_FRACTION`
-    of the way to the latest release moment (:func:`~mixhouse.mixer.pooling.latest_release`),
-    or the first due payout if that is later, to the latest moment; from ``rt.rng``. Waiting for
-    the latest moment itself would release every thin deposit at ``arrival + max_wait``, which
-    anyone can compute from the public deposit and the documented maximum wait
+    The draw is uniform between the deposit's first due payout and its latest release moment
+    (:func:`~mixhouse.mixer.pooling.latest_release`), from ``rt.rng``. Waiting for the latest
+    moment itself would release every thin deposit at ``arrival + max_wait``, which anyone can
+    compute from the public deposit and the documented maximum wait
     (:mod:`mixhouse.mixer.privacy.deadline`: 22% of a quiet hour's addresses linked by that
-    moment alone); a moment drawn over half the wait leaves the attacker a band of half the
-    window, and a thin deposit still waits long enough for later deposits to join its set.
+    moment alone); a moment drawn over the whole window says nothing the window does not. A
+    draw over only the later half was measured too: it leaves a band of half the window, and
+    on issue 13's populations it linked more (realistic 1.24% against 1.03%, quiet 5.9%
+    against 4.3%, mean of 7 seeds in a model of the engine).
     Rounds of one asset are serialised (``mixer/rounds.py``), so no other gate draws for the
     same deposit meanwhile; the ``IS NULL`` guard keeps a stored draw if one is there anyway.
 
@@ -343,8 +347,7 @@ async def _fallback_moments(rt: Runtime, waiting: Sequence[Any]) -> dict[int, da
         if dep.release_by is not None:
             continue
         latest = latest_release(dep.created_at, dep.max_wait_seconds, rt.settings.payout_round_seconds)
-        late_half = dep.created_at + (latest - dep.created_at) * FALLBACK_EARLIEST_FRACTION
-        earliest = min(max(dep.first_due_at, late_half), latest)
+        earliest = min(dep.first_due_at, latest)
         span = (latest - earliest).total_seconds()
         fresh[dep.id] = earliest + timedelta(seconds=rt.rng.uniform(0.0, span))
     if fresh:
