@@ -31,6 +31,13 @@ $(PROMTOOL):
 	command -v apt-get >/dev/null || { echo "install promtool at $(PROMTOOL) to check the alert rules"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 
+# SoftHSM2 (Debian's softhsm2): the PKCS#11 token of the HSM signer's tests (tests/fixtures/softhsm.py).
+SOFTHSM := /usr/lib/softhsm/libsofthsm2.so
+
+$(SOFTHSM):
+	command -v apt-get >/dev/null || { echo "install SoftHSM2 ($(SOFTHSM)) for the HSM signer tests"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends softhsm2
+
 # wrk (Debian's package) generates the HTTP load of benchmarks/api.py; without it the benchmark
 # falls back to a slower Python generator and says so.
 WRK := /usr/bin/wrk
@@ -41,7 +48,7 @@ $(WRK):
 
 bench-tools: $(WRK)
 
-install: $(STAMP) $(NODE_STAMP) $(CHROMIUM) $(PROMTOOL)
+install: $(STAMP) $(NODE_STAMP) $(CHROMIUM) $(PROMTOOL) $(SOFTHSM)
 
 demo: $(STAMP)
 	$(VENV)/bin/mixhouse demo

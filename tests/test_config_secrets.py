@@ -122,3 +122,26 @@ def test_production_refuses_weak_secrets_naming_the_setting_not_the_value(
 def test_development_keeps_its_defaults() -> None:
     settings = Settings(evm_enabled=True, bitcoin_enabled=True, admin_api_key="x")
     assert settings.evm_mnemonic.get_secret_value() == DEV_MNEMONIC
+
+
+def test_the_pkcs11_signer_takes_its_pin_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pin = tmp_path / "pin"
+    pin.write_text("1234-token-pin\n", encoding="utf-8")
+    monkeypatch.setenv("MIXHOUSE_SIGNER", "pkcs11")
+    monkeypatch.setenv("MIXHOUSE_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+    monkeypatch.setenv("MIXHOUSE_PKCS11_TOKEN_LABEL", "mixhouse")
+    monkeypatch.setenv("MIXHOUSE_PKCS11_PIN_FILE", str(pin))
+    settings = Settings()
+    assert settings.pkcs11_pin is not None
+    assert settings.pkcs11_pin.get_secret_value() == "1234-token-pin"
+    monkeypatch.delenv("MIXHOUSE_PKCS11_PIN_FILE")
+    with pytest.raises(ConfigError, match="MIXHOUSE_SIGNER=pkcs11 needs MIXHOUSE_PKCS11_PIN"):
+        Settings()
+
+
+def test_production_with_an_hsm_does_not_ask_for_mnemonics() -> None:
+    settings = _production(
+        evm_enabled=True, bitcoin_enabled=True, signer="pkcs11", pkcs11_module="/lib/p11.so",
+        pkcs11_token_label="t", pkcs11_pin="pin",
+    )  # fmt: skip
+    assert settings.signer == "pkcs11"

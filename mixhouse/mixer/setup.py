@@ -9,17 +9,37 @@ from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
+from mixhouse.errors import ConfigError
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
-from mixhouse.keys.signer import SoftwareSigner
+from mixhouse.keys.hsm import Pkcs11Signer
+from mixhouse.keys.signer import Signer, SoftwareSigner
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
 from mixhouse.money import Asset
 
 
+def build_hsm_signer(settings: Settings) -> Pkcs11Signer | None:
+    """The PKCS#11 signer of ``MIXHOUSE_SIGNER=pkcs11`` (one session for ETH and BTC keys,
+    whose paths differ), or ``None`` for the software signer. The token is opened on first
+    use, so a token that is down delays sends, not the start of the process."""
+    if settings.signer != "pkcs11":
+        return None
+    module, token, pin = settings.pkcs11_module, settings.pkcs11_token_label, settings.pkcs11_pin
+    if module is None or token is None or pin is None:  # Settings._check refuses this already
+        raise ConfigError("MIXHOUSE_SIGNER=pkcs11 needs the module, the token label and the PIN")
+    return Pkcs11Signer(
+        module=module,
+        token_label=token,
+        pin=pin.get_secret_value(),
+        label_prefix=settings.pkcs11_label_prefix,
+    )
+
+
 def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
     """One adapter per enabled asset, configured from ``settings``."""
     adapters: dict[Asset, ChainAdapter] = {}
+    hsm = build_hsm_signer(settings)
     if settings.jobcoin_enabled:
         adapters[Asset.JOBCOIN] = JobcoinAdapter(
             settings.jobcoin_api_url,
@@ -30,7 +50,7 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
         adapters[Asset.ETH] = EvmAdapter(
             settings.evm_rpc_url,
             chain_id=settings.evm_chain_id,
-            signer=SoftwareSigner.for_evm(HdKeyring(settings.evm_mnemonic.get_secret_value())),
+            signer=hsm or SoftwareSigner.for_evm(HdKeyring(settings.evm_mnemonic.get_secret_value())),
             confirmations=settings.evm_confirmations,
             max_fee_per_gas_cap=settings.evm_max_fee_per_gas_cap,
         )
@@ -43,14 +63,17 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
                 password=None if password is None else password.get_secret_value(),
             ),
             network=settings.bitcoin_network,
-            signer=SoftwareSigner.for_bip84(
-                Bip84Keyring(settings.bitcoin_mnemonic.get_secret_value(), settings.bitcoin_network)
-            ),
+            signer=hsm or _bitcoin_software_signer(settings),
             confirmations=settings.bitcoin_confirmations,
             fallback_fee_rate=settings.bitcoin_fallback_fee_rate,
             max_fee_rate=settings.bitcoin_max_fee_rate,
         )
     return adapters
+
+
+def _bitcoin_software_signer(settings: Settings) -> Signer:
+    keyring = Bip84Keyring(settings.bitcoin_mnemonic.get_secret_value(), settings.bitcoin_network)
+    return SoftwareSigner.for_bip84(keyring)
 
 
 def build_runtime(
