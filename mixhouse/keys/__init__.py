@@ -1,6 +1,9 @@
-"""Key management: hierarchical deterministic keys derived from one BIP-39 mnemonic.
+"""Key management: who holds the private keys, and how keys are named.
 
-Every deposit address and the pool address of an EVM chain come from a single secret (the
-mnemonic in ``MIXHOUSE_EVM_MNEMONIC``), so a backup of that phrase restores every key. See
-:mod:`mixhouse.keys.hd` for the derivation paths (BIP-32 / BIP-44).
+* :mod:`mixhouse.keys.signer` - the :class:`~mixhouse.keys.signer.Signer` interface the chain
+  adapters sign through (the only code that uses private keys), the software signer, low S,
+  DER, Ethereum recovery ids;
+* :mod:`mixhouse.keys.hd` and :mod:`mixhouse.keys.bip84` - BIP-39/BIP-32 keys derived from one
+  mnemonic per chain (the software signer's keys; a backup of the phrase restores every key);
+* :mod:`mixhouse.keys.hsm` - the PKCS#11 signer: keys generated and kept inside a token.
 """
