@@ -148,11 +148,14 @@ def _public_deposits(recent: Sequence[Row[Any, Any, Any, Any]]) -> list[PublicDe
     return sorted(public, key=lambda d: d.amount)
 
 
-def _near(public: list[PublicDeposit], amounts: list[int], total: int) -> list[PublicDeposit]:
-    """The deposits that might pay ``total``: amounts in ``[total, 2 x total]`` (a superset of
-    any fee range under 50%, which the settings cap)."""
+def _near(public: list[PublicDeposit], amounts: list[int], total: int, fee_max_bps: int) -> list[PublicDeposit]:
+    """The deposits that might pay ``total``: amounts in ``[total, total / (1 - max fee)]``, plus
+    one basis point and one base unit of slack for the rounding of the fee bounds (a deposit of
+    ``P`` pays at least ``P - floor(P x max / 10^4)``). Not ``[total, 2 x total]``: in a burst
+    of similar deposits that window held nearly all of them, and measuring was the round's
+    largest cost (5-6 s of CPU per round at 1,000 pooled deposits)."""
     lo = bisect.bisect_left(amounts, total)
-    hi = bisect.bisect_right(amounts, 2 * total)
+    hi = bisect.bisect_right(amounts, (total + 1) * 10_000 // max(1, 10_000 - fee_max_bps - 1) + 1)
     return public[lo:hi]
 
 
@@ -176,7 +179,7 @@ def _sizes(
             total,
             first_payout_at=span[0],
             last_payout_at=span[1],
-            recent_deposits=_near(public, amounts, total),
+            recent_deposits=_near(public, amounts, total, rules.fee_max_bps),
             rules=rules,
             timing=timing,
         )
