@@ -24,11 +24,11 @@ from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
 from mixhouse.errors import IllegalTransition, MixhouseError
 from mixhouse.jobs import send_job
 from mixhouse.mixer.planner import fee_bounds, payout_quantum
-from mixhouse.mixer.pooling import pool_deposit, serial_key_for
+from mixhouse.mixer.pooling import deposit_send_row, pool_deposit
 from mixhouse.mixer.rounds import batch_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import normalize_for_screening
-from mixhouse.mixer.states import DEPOSIT_TRANSITIONS, DepositState, SendState, now, transition
+from mixhouse.mixer.states import DEPOSIT_TRANSITIONS, DepositState, now, transition
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
 
@@ -313,22 +313,16 @@ async def _accept_in_bulk(
     rows = []
     for dep, _ in accepted:
         adapter = rt.adapter(dep.asset)
-        rows.append(
-            {
-                "kind": "sweep",
-                "asset": dep.asset,
-                "mix_id": dep.mix_id,
-                "deposit_id": dep.id,
-                "from_address": dep.deposit_address,
-                "from_key_index": mix_rows[dep.mix_id].deposit_key_index,
-                "to_address": adapter.pool_address,
-                "amount": dep.amount - quote.per_send,
-                "network_fee_reserved": quote.per_send,
-                "due_at": moment,
-                "state": SendState.SCHEDULED,
-                "serial_key": serial_key_for(rt, dep.asset, dep.deposit_address, adapter.pool_address),
-            }
+        row = deposit_send_row(
+            rt,
+            dep,
+            mix_rows[dep.mix_id],
+            kind="sweep",
+            to_address=adapter.pool_address,
+            amount=dep.amount - quote.per_send,
+            network_fee=quote.per_send,
         )
+        rows.append({**row, "due_at": moment})
     sweep_of = {
         r.deposit_id: r.id
         for r in await work.conn.execute(sends.insert().values(rows).returning(sends.c.id, sends.c.deposit_id))
@@ -420,26 +414,10 @@ async def _confirm_in(rt: Runtime, work: Unit, dep: Row[Any], confirmations: int
         **base,
     )
     sweep_amount = dep.amount - quote.per_send
-    send_id = (
-        await work.conn.execute(
-            sends.insert()
-            .values(
-                kind="sweep",
-                asset=dep.asset,
-                mix_id=dep.mix_id,
-                deposit_id=dep.id,
-                from_address=dep.deposit_address,
-                from_key_index=mix.deposit_key_index,
-                to_address=adapter.pool_address,
-                amount=sweep_amount,
-                network_fee_reserved=quote.per_send,
-                due_at=now(),
-                state=SendState.SCHEDULED,
-                serial_key=serial_key_for(rt, dep.asset, dep.deposit_address, adapter.pool_address),
-            )
-            .returning(sends.c.id)
-        )
-    ).scalar_one()
+    row = deposit_send_row(
+        rt, dep, mix, kind="sweep", to_address=adapter.pool_address, amount=sweep_amount, network_fee=quote.per_send
+    )
+    send_id = (await work.conn.execute(sends.insert().values(row).returning(sends.c.id))).scalar_one()
     if not batch_sweeps(adapter):
         work.defer(send_job(send_id))
     # else the scan's sweep batch (``rounds.run_sweeps``) sends it right after this commit, and

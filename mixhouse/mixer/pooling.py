@@ -39,6 +39,33 @@ def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) 
     return None if adapter.has_idempotent_send else f"{adapter.asset.value}:{from_address}->{to_address}"
 
 
+def deposit_send_row(
+    rt: Runtime, dep: Row[Any], mix: Row[Any], *, kind: str, to_address: str, amount: int, network_fee: int
+) -> dict[str, Any]:
+    """The ``sends`` row of a send from a deposit's own address: its sweep to the pool (kind
+    ``sweep``) or an operator's refund of it (kind ``refund``), due now, ``scheduled``.
+
+    Args:
+        dep, mix: the deposit's and its mix's rows (the mix gives the deposit key's index).
+        amount: base units the recipient gets; ``network_fee``: base units reserved for the
+            chain's fee (both from the deposit's amount).
+    """
+    return {
+        "kind": kind,
+        "asset": dep.asset,
+        "mix_id": dep.mix_id,
+        "deposit_id": dep.id,
+        "from_address": dep.deposit_address,
+        "from_key_index": mix.deposit_key_index,
+        "to_address": to_address,
+        "amount": amount,
+        "network_fee_reserved": network_fee,
+        "due_at": now(),
+        "state": SendState.SCHEDULED,
+        "serial_key": serial_key_for(rt, dep.asset, dep.deposit_address, to_address),
+    }
+
+
 def latest_release(seen_at: datetime, max_wait_seconds: int, round_seconds: int) -> datetime:
     """The last moment a deposit's payouts may be released and still leave within the mix's
     maximum wait of the deposit's arrival: two rounds and 5% of the wait early, since a busy

@@ -44,9 +44,9 @@ from mixhouse.chains.base import UtxoChainAdapter, outpoint_of
 from mixhouse.db.tables import deposits, mixes, sends, utxos
 from mixhouse.errors import IllegalTransition, InvalidAddress, InvalidAmount, NotFound
 from mixhouse.jobs import send_job
-from mixhouse.mixer.pooling import serial_key_for
+from mixhouse.mixer.pooling import deposit_send_row
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.states import DepositState, SendState, now, transition
+from mixhouse.mixer.states import DepositState, transition
 from mixhouse.mixer.withdrawals import ours
 from mixhouse.money import ASSETS, Asset
 from mixhouse.unit import Unit, unit
@@ -174,20 +174,7 @@ async def _schedule(
     row = (
         await work.conn.execute(
             sends.insert()
-            .values(
-                kind="refund",
-                asset=dep.asset,
-                mix_id=dep.mix_id,
-                deposit_id=dep.id,
-                from_address=dep.deposit_address,
-                from_key_index=mix.deposit_key_index,
-                to_address=target,
-                amount=amount,
-                network_fee_reserved=fee,
-                due_at=now(),
-                state=SendState.SCHEDULED,
-                serial_key=serial_key_for(rt, dep.asset, dep.deposit_address, target),
-            )
+            .values(deposit_send_row(rt, dep, mix, kind="refund", to_address=target, amount=amount, network_fee=fee))
             .returning(*sends.c)
         )
     ).one()
