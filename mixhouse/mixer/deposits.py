@@ -24,7 +24,7 @@ from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
 from mixhouse.errors import IllegalTransition, MixhouseError
 from mixhouse.jobs import send_job
 from mixhouse.mixer.planner import fee_bounds, payout_quantum
-from mixhouse.mixer.pooling import deposit_send_row, pool_deposit
+from mixhouse.mixer.pooling import deposit_coin_row, deposit_send_row, pool_deposit
 from mixhouse.mixer.rounds import batch_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import normalize_for_screening
@@ -461,22 +461,8 @@ async def _pool_utxo_deposit(
 ) -> None:
     """UTXO chains: the deposit's output becomes a pool coin owned by its mix (so that mix's
     payouts never spend it) and the deposit is pooled at once."""
-    txid, vout = outpoint_of(dep.chain_ref)
     await work.conn.execute(
-        insert(utxos)
-        .values(
-            asset=dep.asset,
-            txid=txid,
-            vout=vout,
-            address=dep.deposit_address,
-            key_chain=0,
-            key_index=mix.deposit_key_index,
-            amount=dep.amount,
-            owner_mix_id=mix.id,
-            deposit_id=dep.id,
-            state="available",
-        )
-        .on_conflict_do_nothing()
+        insert(utxos).values(deposit_coin_row(dep, mix, state="available")).on_conflict_do_nothing()
     )
     await pool_deposit(
         rt,

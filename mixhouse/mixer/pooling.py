@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Row, select, text
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import FeeQuote
+from mixhouse.chains.base import FeeQuote, outpoint_of
 from mixhouse.db.tables import deposits, mixes, sends
 from mixhouse.errors import IllegalTransition, InvalidAmount
 from mixhouse.mixer.planner import Plan, plan_payouts
@@ -63,6 +63,25 @@ def deposit_send_row(
         "due_at": now(),
         "state": SendState.SCHEDULED,
         "serial_key": serial_key_for(rt, dep.asset, dep.deposit_address, to_address),
+    }
+
+
+def deposit_coin_row(dep: Row[Any], mix: Row[Any], *, state: str) -> dict[str, Any]:
+    """UTXO chains: the ``utxos`` row of a deposit's own output (its outpoint is the deposit's
+    ``chain_ref``), owned by its mix, in ``state`` (``available`` once pooled, ``reserved`` by
+    an operator's refund)."""
+    txid, vout = outpoint_of(dep.chain_ref)
+    return {
+        "asset": dep.asset,
+        "txid": txid,
+        "vout": vout,
+        "address": dep.deposit_address,
+        "key_chain": 0,
+        "key_index": mix.deposit_key_index,
+        "amount": dep.amount,
+        "owner_mix_id": mix.id,
+        "deposit_id": dep.id,
+        "state": state,
     }
 
 

@@ -40,11 +40,11 @@ from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import UtxoChainAdapter, outpoint_of
+from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.db.tables import deposits, mixes, sends, utxos
 from mixhouse.errors import IllegalTransition, InvalidAddress, InvalidAmount, NotFound
 from mixhouse.jobs import send_job
-from mixhouse.mixer.pooling import deposit_send_row
+from mixhouse.mixer.pooling import deposit_coin_row, deposit_send_row
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, transition
 from mixhouse.mixer.withdrawals import ours
@@ -181,22 +181,8 @@ async def _schedule(
     if isinstance(rt.adapter(dep.asset), UtxoChainAdapter):
         # The held deposit's output, recorded now as reserved by its refund: pool coin selection
         # and reconciliation only see `available` coins, and its confirmation marks it spent.
-        txid, vout = outpoint_of(dep.chain_ref)
-        await work.conn.execute(
-            utxos.insert().values(
-                asset=dep.asset,
-                txid=txid,
-                vout=vout,
-                address=dep.deposit_address,
-                key_chain=0,
-                key_index=mix.deposit_key_index,
-                amount=dep.amount,
-                owner_mix_id=mix.id,
-                deposit_id=dep.id,
-                state="reserved",
-                reserved_by_send=row.id,
-            )
-        )
+        coin = deposit_coin_row(dep, mix, state="reserved")
+        await work.conn.execute(utxos.insert().values(**coin, reserved_by_send=row.id))
     work.defer(send_job(row.id))
     work.audit(
         AuditEntry(
