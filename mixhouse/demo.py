@@ -45,8 +45,9 @@ def demo_settings(settings: Settings, ledger_port: int) -> Settings:
             "reconcile_interval_seconds": 5,
             "job_polling_interval_seconds": 0.2,
             "jobcoin_send_settle_seconds": 2.0,
-            # One mix alone never reaches the gate's k: it is released at its maximum wait,
-            # kept short here (delay_max + 5 s) so the demo shows the gate without waiting hours.
+            # One mix alone never reaches the gate's k: it is released at its fallback moment,
+            # drawn inside its maximum wait, kept short here (delay_max + 5 s) so the demo shows
+            # the gate without waiting hours.
             "payout_round_seconds": 2,
             "privacy_max_extra_wait_seconds": 5,
         }
@@ -185,7 +186,7 @@ async def _report(
     }
     console.print(
         f"release gate: anonymity set {deposit['anonymity_set']} at release "
-        "(one mix alone: released at its maximum wait)"
+        "(one mix alone: released at its fallback moment, inside its maximum wait)"
     )
     for name, ok in checks.items():
         console.print(f"  {'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {name}")
