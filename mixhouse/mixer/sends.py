@@ -160,6 +160,16 @@ async def sign_account_send(work: Unit, adapter: ChainAdapter, row: Row[Any], **
         fee=FeeQuote(per_send=row.network_fee_reserved, detail="as planned"),
         nonce=nonce,
     )
+    return await _store_signed(work, row, prepared, **audit_details)
+
+
+async def _store_signed(work: Unit, row: Row[Any], prepared: PreparedSend, **audit_details: Any) -> Row[Any]:
+    """``scheduled -> signed`` with ``prepared``'s raw tx, txid and nonce stored and the attempt
+    counted, audited (``send.signed`` with ``audit_details``), in ``work``.
+
+    Raises:
+        IllegalTransition: the send is no longer ``scheduled``.
+    """
     signed = await transition(
         work.conn,
         sends,
@@ -281,23 +291,10 @@ async def sign_utxo_refund(work: Unit, adapter: UtxoChainAdapter, row: Row[Any])
     """
     coin = (await work.conn.execute(select(utxos).where(utxos.c.reserved_by_send == row.id))).one()
     prepared = await adapter.prepare_single_spend(coin=coin_of(coin), to_address=row.to_address, amount=row.amount)
-    signed = await transition(
-        work.conn,
-        sends,
-        row.id,
-        SendState.SCHEDULED,
-        SendState.SIGNED,
-        raw_tx=prepared.raw_tx,
-        txid=prepared.txid,
-        signed_at=now(),
-        attempts=sends.c.attempts + 1,
+    # A single spend has no nonce (prepared.nonce is None, as the row's already is).
+    return await _store_signed(
+        work, row, prepared, inputs=[f"{coin.txid}:{coin.vout}"], miner_fee=str(int(coin.amount) - row.amount)
     )
-    work.audit(
-        send_entry(
-            "send.signed", signed, inputs=[f"{coin.txid}:{coin.vout}"], miner_fee=str(int(coin.amount) - row.amount)
-        )
-    )
-    return signed
 
 
 def coin_of(row: Row[Any]) -> PoolCoin:
