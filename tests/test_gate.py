@@ -29,7 +29,7 @@ COIN = 10**8
 
 
 def test_the_planned_total_goes_when_its_set_is_large_enough() -> None:
-    d = decide(98, {97: 9, 98: 5, 99: 1}, k=5, max_wait_reached=False, rng=random.Random(1))
+    d = decide(98, {97: 9, 98: 5, 99: 1}, k=5, fallback_reached=False, rng=random.Random(1))
     assert d is not None
     assert (d.total, d.anonymity_set, d.reason) == (98, 5, REACHED)
 
@@ -37,7 +37,7 @@ def test_the_planned_total_goes_when_its_set_is_large_enough() -> None:
 def test_another_total_that_reaches_k_is_picked_uniformly() -> None:
     picks: Counter[int] = Counter()
     for seed in range(400):
-        d = decide(99, {97: 6, 98: 5, 99: 1, 100: 4}, k=5, max_wait_reached=False, rng=random.Random(seed))
+        d = decide(99, {97: 6, 98: 5, 99: 1, 100: 4}, k=5, fallback_reached=False, rng=random.Random(seed))
         assert d is not None
         assert d.reason == REACHED
         assert d.anonymity_set >= 5
@@ -49,10 +49,10 @@ def test_another_total_that_reaches_k_is_picked_uniformly() -> None:
 
 def test_held_until_the_fallback_then_a_total_with_company() -> None:
     sizes = {97: 3, 98: 1, 99: 2, 100: 1}
-    assert decide(98, sizes, k=5, max_wait_reached=False, rng=random.Random(0)) is None
+    assert decide(98, sizes, k=5, fallback_reached=False, rng=random.Random(0)) is None
     picks: Counter[int] = Counter()
     for seed in range(400):
-        d = decide(98, sizes, k=5, max_wait_reached=True, rng=random.Random(seed))
+        d = decide(98, sizes, k=5, fallback_reached=True, rng=random.Random(seed))
         assert d is not None
         assert d.reason == MAX_WAIT
         picks[d.total] += 1
@@ -60,10 +60,10 @@ def test_held_until_the_fallback_then_a_total_with_company() -> None:
     # recomputed for every candidate deposit and rule the others out.
     assert set(picks) == {97, 99}
     assert min(picks.values()) > 150
-    kept = decide(97, {97: 2, 98: 4}, k=5, max_wait_reached=True, rng=random.Random(0))
+    kept = decide(97, {97: 2, 98: 4}, k=5, fallback_reached=True, rng=random.Random(0))
     assert kept is not None
     assert (kept.total, kept.reason) == (97, MAX_WAIT), "a drawn total with company is kept"
-    lone = decide(97, {97: 1, 98: 1}, k=5, max_wait_reached=True, rng=random.Random(0))
+    lone = decide(97, {97: 1, 98: 1}, k=5, fallback_reached=True, rng=random.Random(0))
     assert lone is not None
     assert lone.total == 97, "no company anywhere: no re-plan"
 

@@ -85,7 +85,7 @@ class GateDecision:
 
 
 def decide(
-    planned: int, sizes: dict[int, int], *, k: int, max_wait_reached: bool, rng: random.Random
+    planned: int, sizes: dict[int, int], *, k: int, fallback_reached: bool, rng: random.Random
 ) -> GateDecision | None:
     """The gate's policy for one deposit (pure).
 
@@ -93,7 +93,7 @@ def decide(
         planned: the total planned at pooling, base units (a key of ``sizes``).
         sizes: each candidate total -> its release set.
         k: ``privacy_gate_k``.
-        max_wait_reached: whether the mix's latest release moment has come.
+        fallback_reached: whether the deposit's fallback moment (``deposits.release_by``) has come.
         rng: the random source for the picks.
 
     Returns:
@@ -109,7 +109,7 @@ def decide(
     if enough:
         pick = rng.choice(enough)
         return GateDecision(pick, sizes[pick], REACHED)
-    if not max_wait_reached:
+    if not fallback_reached:
         return None
     if current >= COMPANY:
         return GateDecision(planned, current, MAX_WAIT)
@@ -275,7 +275,7 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
         # The secret fallback moment, drawn inside the window: never later than the maximum
         # wait (see latest_release), never the documented deadline itself.
         due = moment >= release_by[dep.id]
-        decision = decide(planned, sizes, k=settings.privacy_gate_k, max_wait_reached=due, rng=rt.rng)
+        decision = decide(planned, sizes, k=settings.privacy_gate_k, fallback_reached=due, rng=rt.rng)
         if decision is None:
             held += 1
         else:
