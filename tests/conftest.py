@@ -26,6 +26,7 @@ from mixhouse.db.migrate import upgrade
 pytest_plugins = [
     "tests.fixtures.anvil",
     "tests.fixtures.bcoin",
+    "tests.fixtures.grapes",
     "tests.fixtures.restartable_pg",
     "tests.fixtures.softhsm",
 ]
