@@ -3,7 +3,6 @@ everything a peer can send (each refusal is an InvalidMessage, never a crash).""
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -126,6 +125,6 @@ def test_key_file_is_created_private_and_reloaded(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert NodeKey.load_or_create(path).node_id == first.node_id
     assert path.read_text().strip() not in repr(first)
-    os.chmod(path, 0o644)
+    path.chmod(0o644)
     with pytest.raises(KeyFileError):
         NodeKey.load_or_create(path)

@@ -545,3 +545,95 @@ address_balances = Table(
     Column("unconfirmed", Amount, nullable=False),  # the net of unconfirmed transactions (a delta)
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# The OTC node (mixhouse.otc.store). One table holds the node's own orders (mine: the
+# authoritative row, locked FOR UPDATE by a take or a cancel) and the orders it learned from
+# the network (their last signed status: the highest version wins). Amount columns are base
+# units; prices are QUOTE base units per whole BASE coin; times from the order are ms.
+otc_orders = Table(
+    "otc_orders",
+    metadata,
+    Column("id", Text, primary_key=True),  # hex tagged hash of the signed body
+    Column("mine", Boolean, nullable=False),
+    Column("owner", Text, nullable=False),  # node id: x-only public key, hex
+    Column("pair", Text, nullable=False),
+    Column("side", Text, nullable=False),  # 'buy' or 'sell'
+    Column("quantity", Amount, nullable=False),
+    Column("price", Amount, nullable=False),
+    Column("tif", Text, nullable=False),
+    Column("min_fill", Amount, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("nonce", Text, nullable=False),
+    Column("order_sig", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("remaining", Amount, nullable=False),
+    Column("state", Text, nullable=False),  # 'open', 'cancelled', 'filled'
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("address", Text, nullable=False),  # the owner's Grenache address when it signed
+    Column("status_sig", Text, nullable=False),
+    # Own orders: quantity asked of makers by takes still unanswered (not offered to others).
+    Column("reserved", Amount, nullable=False, server_default=text("0")),
+    # Own orders: offered in the book (false during the order's first round of takes).
+    Column("rested", Boolean, nullable=False, server_default=text("false")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("remaining >= 0 AND remaining <= quantity", name="ck_otc_orders_remaining"),
+    CheckConstraint("reserved >= 0 AND reserved <= remaining", name="ck_otc_orders_reserved"),
+)
+Index("ix_otc_orders_book", otc_orders.c.pair, otc_orders.c.side, otc_orders.c.price, otc_orders.c.created_at_ms)
+
+# A taker's requests to makers' owners, written before the request is sent (its quantity is
+# reserved on the taker order), answered 'granted' or 'refused'; re-sent after a restart.
+otc_takes = Table(
+    "otc_takes",
+    metadata,
+    Column("maker_order_id", Text, primary_key=True),
+    Column("taker_order_id", Text, primary_key=True),
+    Column("maker_owner", Text, nullable=False),
+    Column("quantity", Amount, nullable=False),  # asked for, base units
+    Column("state", Text, nullable=False),  # 'pending', 'granted', 'refused'
+    Column("granted", Amount, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# A fill and its trade, on both nodes (one row each): the fill's key (maker order, taker
+# order) is unique; the state machine is mixhouse.otc.trades (issue 10 adds the swap states).
+otc_trades = Table(
+    "otc_trades",
+    metadata,
+    Column("id", Text, primary_key=True),  # hex tagged hash of the two order ids
+    Column("maker_order_id", Text, nullable=False),
+    Column("taker_order_id", Text, nullable=False),
+    Column("role", Text, nullable=False),  # this node's side: 'maker' or 'taker'
+    Column("pair", Text, nullable=False),
+    Column("taker_side", Text, nullable=False),
+    Column("price", Amount, nullable=False),
+    Column("quantity", Amount, nullable=False),  # BASE base units
+    Column("quote_amount", Amount, nullable=False),  # QUOTE base units
+    Column("maker_node", Text, nullable=False),
+    Column("taker_node", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("peer_confirmed", Boolean, nullable=False, server_default=text("false")),  # theirs arrived
+    Column("confirm_acked", Boolean, nullable=False, server_default=text("false")),  # ours was acknowledged
+    Column("agreed_at_ms", BigInteger, nullable=False),  # the owner's grant time
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("maker_order_id", "taker_order_id", name="uq_otc_trades_fill"),
+    CheckConstraint("quantity > 0", name="ck_otc_trades_quantity"),
+)
+
+# Messages to other nodes that must arrive (trade confirmations), retried until acknowledged.
+otc_outbox = Table(
+    "otc_outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("target_node", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("trade_id", Text, nullable=True),
+    Column("payload", JSONB, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("ix_otc_outbox_due", otc_outbox.c.next_attempt_at, postgresql_where=text("delivered_at IS NULL"))
