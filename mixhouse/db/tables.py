@@ -563,6 +563,7 @@ otc_orders = Table(
     Column("tif", Text, nullable=False),
     Column("min_fill", Amount, nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("good_till_ms", BigInteger, nullable=True),  # the owner stops refreshing at this time
     Column("nonce", Text, nullable=False),
     Column("order_sig", Text, nullable=False),
     Column("version", BigInteger, nullable=False),

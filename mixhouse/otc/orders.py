@@ -4,7 +4,8 @@ An order has two signed parts:
 
 * its **body** (:class:`OrderBody`), immutable: owner node id, pair, side, quantity (BASE base
   units), price (QUOTE base units per whole BASE coin), time in force, minimum fill, creation
-  time (ms since the Unix epoch) and a random nonce. Its id is the BIP-340 tagged hash
+  time (ms since the Unix epoch), an optional good-till time (ms: the owner never refreshes it
+  past that) and a random nonce. Its id is the BIP-340 tagged hash
   ``"mixhouse/otc/order"`` of the body's canonical JSON, in hex; the owner signs that hash.
 * its **status** (:class:`OrderStatus`), re-signed by the owner at every change: version
   (starts at 1, +1 at every change: a receiver keeps the highest, so stale updates lose),
@@ -29,6 +30,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 from mixhouse.errors import InvalidInput
 from mixhouse.otc.identity import BadSignature, NodeKey, tagged_hash, verify
+from mixhouse.otc.matching import InvalidOrder, check_price, check_quantity
 from mixhouse.otc.pairs import PairRules, UnknownPair, pair_rules
 
 OrderId = NewType("OrderId", str)
@@ -61,11 +63,13 @@ TimeInForce = Literal["GTC", "IOC", "FOK", "POST_ONLY"]
 OrderState = Literal["open", "cancelled", "filled"]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Frozen, no unknown fields, strings of at most 200 characters."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=200)
 
 
-class OrderBody(_Strict):
+class OrderBody(Strict):
     """The immutable, signed content of an order (see the module docstring)."""
 
     v: Literal[1] = 1
@@ -77,10 +81,11 @@ class OrderBody(_Strict):
     tif: TimeInForce = "GTC"
     min_fill: WireInt = 0
     created_at_ms: Millis
+    good_till_ms: Millis | None = None
     nonce: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 
-class SignedOrder(_Strict):
+class SignedOrder(Strict):
     """An order body and its owner's signature of its id."""
 
     body: OrderBody
@@ -92,7 +97,7 @@ class SignedOrder(_Strict):
         return order_id(self.body)
 
 
-class StatusBody(_Strict):
+class StatusBody(Strict):
     """The owner's latest word on an order (see the module docstring)."""
 
     order_id: Hex64
@@ -103,14 +108,14 @@ class StatusBody(_Strict):
     address: Annotated[str, Field(max_length=64, pattern=r"^[0-9A-Za-z.:\[\]-]{1,64}$")]
 
 
-class OrderStatus(_Strict):
+class OrderStatus(Strict):
     """A status body and the owner's signature."""
 
     body: StatusBody
     sig: Hex128
 
 
-class Announcement(_Strict):
+class Announcement(Strict):
     """What the network carries about one order: its signed body and its latest signed status."""
 
     order: SignedOrder
@@ -155,25 +160,20 @@ def check_terms(body: OrderBody) -> PairRules:
         The pair's rules.
 
     Raises:
-        InvalidMessage: unknown pair, quantity or price zero, above the pair's limits or not a
-            multiple of its lot/tick, minimum fill above the quantity.
+        InvalidMessage: unknown pair, quantity or price zero, outside the pair's limits or not
+            a multiple of its lot/tick, minimum fill above the quantity or off-lot.
     """
     try:
         rules = pair_rules(body.pair)
     except UnknownPair as exc:
         raise InvalidMessage(str(exc)) from exc
-    if not rules.min_quantity <= body.quantity <= rules.max_quantity:
-        raise InvalidMessage(
-            f"quantity must be between {rules.min_quantity} and {rules.max_quantity} base units of {rules.base}"
-        )
-    if body.quantity % rules.lot:
-        raise InvalidMessage(f"quantity must be a multiple of {rules.lot} base units")
-    if not 0 < body.price <= rules.max_price:
-        raise InvalidMessage(f"price must be between 1 and {rules.max_price}")
-    if body.price % rules.tick:
-        raise InvalidMessage(f"price must be a multiple of the tick {rules.tick}")
-    if body.min_fill > body.quantity:
-        raise InvalidMessage("min_fill is above the quantity")
+    # The engine's own checks (lot, tick, limits, and the lowest price at which one lot is
+    # worth at least one quote base unit), so a valid message is always a valid engine order.
+    try:
+        check_quantity(rules, body.quantity, body.min_fill)
+        check_price(rules, body.price)
+    except InvalidOrder as exc:
+        raise InvalidMessage(str(exc)) from exc
     return rules
 
 
@@ -217,6 +217,8 @@ def check_status(status: OrderStatus, order: OrderBody, oid: str, *, now_ms: int
         raise InvalidMessage("the order has expired")
     if body.expires_at_ms > now_ms + max_ttl_ms:
         raise InvalidMessage("the order expires too far in the future")
+    if order.good_till_ms is not None and body.expires_at_ms > order.good_till_ms:
+        raise InvalidMessage("the status outlives the order's good-till time")
     try:
         verify(order.owner, tagged_hash(STATUS_TAG, canonical(body)), status.sig)
     except BadSignature as exc:

@@ -27,6 +27,7 @@ CREATE TABLE otc_orders (
     tif TEXT NOT NULL,
     min_fill NUMERIC(78, 0) NOT NULL,
     created_at_ms BIGINT NOT NULL,
+    good_till_ms BIGINT,
     nonce TEXT NOT NULL,
     order_sig TEXT NOT NULL,
     version BIGINT NOT NULL,
