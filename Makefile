@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo demo-bitcoin test lint typecheck unit bench bench-tools clean
+.PHONY: install demo demo-bitcoin test lint typecheck unit bench bench-tools clean contracts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,12 @@ bench: install $(WRK)
 	$(PY) -m benchmarks.wallets_node
 	$(PY) -m benchmarks.scan
 	$(PY) -m benchmarks.api
+
+# The Solidity contracts (contracts/HTLC.sol, tests/data/contracts/TestTokens.sol) compiled offline
+# by npm solc 0.8.28 into the ABI + bytecode JSON the package and the tests load; committed, and
+# tests/test_htlc_evm.py checks they are what the sources compile to.
+contracts: $(NODE_STAMP)
+	node contracts/compile.js
 
 clean:
 	rm -rf $(VENV) node_modules .mixhouse .pytest_cache .mypy_cache
