@@ -1,0 +1,90 @@
+#!/usr/bin/env node
+/*
+ * Compile the Solidity contracts offline with npm `solc` (solc-js, the compiler bundled in
+ * the package: nothing is downloaded) through its standard JSON interface, and write one
+ * artifact per source: {compiler, settings, source_sha256, contracts: {Name: {abi, bytecode}}}.
+ *
+ * Usage (from the repository root; `make contracts` runs it):
+ *   node contracts/compile.js [--out-dir DIR]
+ *
+ *   contracts/HTLC.sol                  -> mixhouse/chains/evm/htlc_artifact.json
+ *   tests/data/contracts/TestTokens.sol -> tests/data/contracts/test_tokens_artifact.json
+ *
+ * With --out-dir every artifact goes into DIR under its file name instead (the test that
+ * checks the committed artifacts are what the sources compile to uses it).
+ *
+ * The output is a pure function of the sources, the compiler version and the settings below:
+ * the evmVersion is pinned (solc's default moves with each release), the bytecode's metadata
+ * hash covers the source text and the settings, and the JSON is written with a fixed key
+ * order, so a rebuild is byte-identical.
+ */
+
+'use strict';
+
+const crypto = require('crypto');
+const fs = require('fs');
+const path = require('path');
+const solc = require('solc');
+
+const ROOT = path.resolve(__dirname, '..');
+const EXPECTED_COMPILER = '0.8.28';
+const SETTINGS = {
+  // Cancun: what Ethereum mainnet and anvil both run (PUSH0, MCOPY, transient storage).
+  evmVersion: 'cancun',
+  optimizer: {enabled: true, runs: 200},
+  outputSelection: {'*': {'*': ['abi', 'evm.bytecode.object']}}
+};
+const BUILDS = [
+  {source: 'contracts/HTLC.sol', out: 'mixhouse/chains/evm/htlc_artifact.json'},
+  {source: 'tests/data/contracts/TestTokens.sol', out: 'tests/data/contracts/test_tokens_artifact.json'}
+];
+
+function fail(message) {
+  process.stderr.write(`compile.js: ${message}\n`);
+  process.exit(1);
+}
+
+function compile(sourcePath) {
+  const text = fs.readFileSync(path.join(ROOT, sourcePath), 'utf8');
+  const input = {language: 'Solidity', sources: {[sourcePath]: {content: text}}, settings: SETTINGS};
+  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const errors = (output.errors || []).filter((e) => e.severity === 'error');
+  for (const e of output.errors || [])
+    process.stderr.write(`${e.formattedMessage || e.message}\n`);
+  if (errors.length > 0)
+    fail(`${sourcePath} did not compile`);
+  const contracts = {};
+  for (const name of Object.keys(output.contracts[sourcePath]).sort()) {
+    const c = output.contracts[sourcePath][name];
+    if (!c.evm.bytecode.object)
+      continue; // abstract contracts have no bytecode
+    contracts[name] = {abi: c.abi, bytecode: '0x' + c.evm.bytecode.object};
+  }
+  return {
+    compiler: solc.version(),
+    settings: {evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer},
+    source: sourcePath,
+    source_sha256: crypto.createHash('sha256').update(text).digest('hex'),
+    contracts
+  };
+}
+
+function main() {
+  const args = process.argv.slice(2);
+  let outDir = null;
+  if (args.length === 2 && args[0] === '--out-dir')
+    outDir = path.resolve(args[1]);
+  else if (args.length !== 0)
+    fail('usage: node contracts/compile.js [--out-dir DIR]');
+  if (!solc.version().startsWith(EXPECTED_COMPILER + '+'))
+    fail(`solc ${solc.version()} is installed, the artifacts are pinned to ${EXPECTED_COMPILER}`);
+  for (const build of BUILDS) {
+    const artifact = compile(build.source);
+    const target = outDir ? path.join(outDir, path.basename(build.out)) : path.join(ROOT, build.out);
+    fs.mkdirSync(path.dirname(target), {recursive: true});
+    fs.writeFileSync(target, JSON.stringify(artifact, null, 1) + '\n');
+    process.stdout.write(`${build.source} -> ${path.relative(process.cwd(), target)}\n`);
+  }
+}
+
+main();
