@@ -35,6 +35,9 @@ DEV_MNEMONIC = "test test test test test test test test test test test junk"
 MIN_PRODUCTION_KEY_CHARS = 32
 # The node's RPC password is the operator's node's, not ours: a looser floor.
 MIN_PRODUCTION_PASSWORD_CHARS = 16
+# A keystore passphrase (mixhouse.keys.keystore) is typed by a person: Argon2id slows guessing,
+# it does not make a short passphrase strong.
+MIN_PRODUCTION_PASSPHRASE_CHARS = 16
 ENV_PREFIX = "MIXHOUSE_"
 
 
@@ -224,6 +227,12 @@ class Settings(BaseSettings):
     pkcs11_token_label: str | None = None
     pkcs11_pin: SecretStr | None = None
     pkcs11_label_prefix: str = "mixhouse/"
+    # The software signer's mnemonics encrypted at rest (mixhouse.keys.keystore; created by
+    # `mixhouse keys init`). When set, the mnemonics come from this file, not from
+    # MIXHOUSE_EVM_MNEMONIC / MIXHOUSE_BITCOIN_MNEMONIC (setting both is refused); the passphrase
+    # comes from MIXHOUSE_KEYSTORE_PASSPHRASE_FILE, or is typed at a prompt on a terminal.
+    keystore_path: Path | None = None
+    keystore_passphrase: SecretStr | None = None
 
     # Workers
     scan_interval_seconds: int = Field(default=5, ge=1)
@@ -264,6 +273,13 @@ class Settings(BaseSettings):
             for name in ("pkcs11_module", "pkcs11_token_label", "pkcs11_pin"):
                 if getattr(self, name) is None:
                     raise ConfigError(f"MIXHOUSE_SIGNER=pkcs11 needs {ENV_PREFIX}{name.upper()}")
+        if self.keystore_path is not None:
+            for name in ("evm_mnemonic", "bitcoin_mnemonic"):
+                if getattr(self, name).get_secret_value() != DEV_MNEMONIC:
+                    raise ConfigError(
+                        f"set {ENV_PREFIX}KEYSTORE_PATH or {ENV_PREFIX}{name.upper()}, not both: "
+                        "with a keystore the mnemonics come from it"
+                    )
         if self.environment == "production":
             self._check_production_secrets()
             if self.database_url is None:
@@ -304,11 +320,19 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}BITCOIN_RPC_PASSWORD is too short for production: "
                 f"at least {MIN_PRODUCTION_PASSWORD_CHARS} characters"
             )
+        passphrase = self.keystore_passphrase
+        if passphrase is not None and len(passphrase.get_secret_value()) < MIN_PRODUCTION_PASSPHRASE_CHARS:
+            raise ConfigError(
+                f"{ENV_PREFIX}KEYSTORE_PASSPHRASE is too short for production: "
+                f"at least {MIN_PRODUCTION_PASSPHRASE_CHARS} characters"
+            )
         mnemonics = []
-        # With an HSM the mnemonics are not used: nothing to refuse.
-        if self.evm_enabled and self.signer == "software":
+        # With an HSM the mnemonics are not used, with a keystore they are not these (the
+        # keystore is checked when it is opened): nothing to refuse.
+        from_env = self.signer == "software" and self.keystore_path is None
+        if self.evm_enabled and from_env:
             mnemonics.append(("evm_mnemonic", self.evm_mnemonic))
-        if self.bitcoin_enabled and self.signer == "software":
+        if self.bitcoin_enabled and from_env:
             mnemonics.append(("bitcoin_mnemonic", self.bitcoin_mnemonic))
         for name, secret in mnemonics:
             variable = f"{ENV_PREFIX}{name.upper()}"

@@ -13,6 +13,7 @@ from mixhouse.errors import ConfigError
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.hsm import Pkcs11Signer
+from mixhouse.keys.keystore import Mnemonics, software_mnemonics
 from mixhouse.keys.signer import Signer, SoftwareSigner
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
@@ -40,6 +41,10 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
     """One adapter per enabled asset, configured from ``settings``."""
     adapters: dict[Asset, ChainAdapter] = {}
     hsm = build_hsm_signer(settings)
+    # The software signer's phrases: from the keystore (unlocked here, once) or the settings.
+    mnemonics: Mnemonics | None = None
+    if hsm is None and (settings.evm_enabled or settings.bitcoin_enabled):
+        mnemonics = software_mnemonics(settings)
     if settings.jobcoin_enabled:
         adapters[Asset.JOBCOIN] = JobcoinAdapter(
             settings.jobcoin_api_url,
@@ -50,7 +55,7 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
         adapters[Asset.ETH] = EvmAdapter(
             settings.evm_rpc_url,
             chain_id=settings.evm_chain_id,
-            signer=hsm or SoftwareSigner.for_evm(HdKeyring(settings.evm_mnemonic.get_secret_value())),
+            signer=hsm or SoftwareSigner.for_evm(HdKeyring(mnemonics.evm if mnemonics else "")),
             confirmations=settings.evm_confirmations,
             max_fee_per_gas_cap=settings.evm_max_fee_per_gas_cap,
         )
@@ -63,7 +68,7 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
                 password=None if password is None else password.get_secret_value(),
             ),
             network=settings.bitcoin_network,
-            signer=hsm or _bitcoin_software_signer(settings),
+            signer=hsm or _bitcoin_software_signer(settings, mnemonics.bitcoin if mnemonics else ""),
             confirmations=settings.bitcoin_confirmations,
             fallback_fee_rate=settings.bitcoin_fallback_fee_rate,
             max_fee_rate=settings.bitcoin_max_fee_rate,
@@ -71,8 +76,8 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
     return adapters
 
 
-def _bitcoin_software_signer(settings: Settings) -> Signer:
-    keyring = Bip84Keyring(settings.bitcoin_mnemonic.get_secret_value(), settings.bitcoin_network)
+def _bitcoin_software_signer(settings: Settings, mnemonic: str) -> Signer:
+    keyring = Bip84Keyring(mnemonic, settings.bitcoin_network)
     return SoftwareSigner.for_bip84(keyring)
 
 
