@@ -19,6 +19,7 @@ from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine, resolve_database_url
 from mixhouse.db.migrate import upgrade
 from mixhouse.errors import MixhouseError
+from mixhouse.keys.cli import keys_app
 from mixhouse.logs import configure_logging
 from mixhouse.termination import exit_cleanly_on_sigterm, run_async
 
@@ -33,6 +34,7 @@ app.add_typer(mix_app, name="mix")
 app.add_typer(audit_app, name="audit")
 app.add_typer(sanctions_app, name="sanctions")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 
