@@ -106,6 +106,7 @@ def _print_public(mnemonics: Mnemonics, settings: Settings, *, as_json: bool) ->
 
 @keys_app.command("init")
 def keys_init(
+    *,
     keystore: KeystoreOption = None,
     passphrase_file: PassphraseFileOption = None,
     evm_mnemonic_file: Annotated[
