@@ -34,10 +34,21 @@ def test_the_planned_total_goes_when_its_set_is_large_enough() -> None:
     assert (d.total, d.anonymity_set, d.reason) == (98, 5, REACHED)
 
 
-def test_another_total_that_reaches_k_is_picked_uniformly() -> None:
+def test_a_thin_drawn_total_is_held_until_the_fallback_even_when_another_reaches_k() -> None:
+    sizes = {97: 6, 98: 5, 99: 1, 100: 4}
+    # Re-planning early would tell an attacker that a deposit released thin had no total
+    # reaching k (the single+gate inversion).
+    assert decide(99, sizes, k=5, fallback_reached=False, rng=random.Random(0)) is None
+    assert decide(100, sizes, k=5, fallback_reached=False, rng=random.Random(0)) is None
+    kept = decide(100, sizes, k=5, fallback_reached=True, rng=random.Random(0))
+    assert kept is not None
+    assert (kept.total, kept.reason) == (100, MAX_WAIT), "a drawn total with company is kept"
+
+
+def test_a_lone_drawn_total_takes_one_that_reaches_k_uniformly_at_the_fallback() -> None:
     picks: Counter[int] = Counter()
     for seed in range(400):
-        d = decide(99, {97: 6, 98: 5, 99: 1, 100: 4}, k=5, fallback_reached=False, rng=random.Random(seed))
+        d = decide(99, {97: 6, 98: 5, 99: 1, 100: 4}, k=5, fallback_reached=True, rng=random.Random(seed))
         assert d is not None
         assert d.reason == REACHED
         assert d.anonymity_set >= 5
@@ -63,9 +74,16 @@ def test_held_until_the_fallback_then_a_total_with_company() -> None:
     kept = decide(97, {97: 2, 98: 4}, k=5, fallback_reached=True, rng=random.Random(0))
     assert kept is not None
     assert (kept.total, kept.reason) == (97, MAX_WAIT), "a drawn total with company is kept"
-    lone = decide(97, {97: 1, 98: 1}, k=5, fallback_reached=True, rng=random.Random(0))
+    alone = {97: 1, 98: 1}
+    assert decide(97, alone, k=5, fallback_reached=True, deadline_reached=False, rng=random.Random(0)) is None, (
+        "no company anywhere at the fallback moment: it waits for some until its latest release"
+    )
+    lone = decide(97, alone, k=5, fallback_reached=True, deadline_reached=True, rng=random.Random(0))
     assert lone is not None
-    assert lone.total == 97, "no company anywhere: no re-plan"
+    assert (lone.total, lone.reason) == (97, MAX_WAIT), "no company by the latest release: as drawn"
+    late = decide(97, {97: 1, 98: 2}, k=5, fallback_reached=True, deadline_reached=False, rng=random.Random(0))
+    assert late is not None
+    assert late.total == 98, "company arrived before the latest release: released with it"
 
 
 @given(pooled=st.integers(min_value=COIN, max_value=10**6 * COIN), seed=st.integers(0, 2**32))

@@ -7,22 +7,20 @@ not rule out as the one that paid its total, if its payouts left now.
 
 **The total is chosen here, not at pooling.** A deposit of ``P`` may pay any multiple of its
 quantum inside the quoted range (:func:`~mixhouse.mixer.planner.candidate_totals`, 2 to 20 of
-them). The fee drawn at pooling gave one of them at random; the gate measures them all and,
-where the drawn one is too thin, re-plans the deposit's pieces for another (:func:`decide`):
+them). The fee drawn at pooling gave one of them at random, in secret; the gate releases it as
+drawn or, where the drawn one is alone, re-plans the deposit's pieces for another (:func:`decide`):
 
 * the drawn total's set is ``>= k``: released as planned;
-* another total's set is ``>= k``: re-planned for one of those, drawn uniformly (the pick
-  depends only on which totals reach ``k``, so it tells an attacker nothing more than
-  ``k`` does about which candidate deposit it was);
-* none reaches ``k`` and the deposit's fallback moment has come: released with the drawn total
-  if its set is at least 2, else with a total drawn uniformly among those whose set is at least
-  2 (a lone amount gets company where the range allows), else as drawn. Not "the largest set":
-  that choice can be run backwards for each candidate deposit, and every candidate that had a
-  larger set on another total is ruled out. The fallback moment (``deposits.release_by``) is drawn in secret,
-  uniformly over the later half of the mix's maximum wait (:func:`_fallback_moments`):
+* otherwise held until the deposit's fallback moment (``deposits.release_by``), drawn in secret,
+  uniformly between its first due piece and its latest release (:func:`_fallback_moments`):
   waiting for the maximum wait itself would send every thin deposit's payouts at
   ``arrival + max_wait``, which anyone can compute;
-* otherwise held for the next round.
+* at the fallback moment: released with the drawn total if its set is at least 2, else with a
+  total drawn uniformly among those whose set reaches ``k``, else among those whose set is at
+  least 2 (a lone amount gets company where the range allows); a deposit with no such total
+  waits for company up to its latest release moment, then goes as drawn. Never "the largest
+  set", and never a re-plan before the fallback moment: either choice can be run backwards for
+  each candidate deposit (:mod:`~mixhouse.mixer.privacy.inversion`).
 
 Why: a mix with one withdrawal address shows its whole total on that address, and the only
 deposits it can hide among are those within the fee range of it; the range's two ends give
@@ -85,7 +83,13 @@ class GateDecision:
 
 
 def decide(
-    planned: int, sizes: dict[int, int], *, k: int, fallback_reached: bool, rng: random.Random
+    planned: int,
+    sizes: dict[int, int],
+    *,
+    k: int,
+    fallback_reached: bool,
+    rng: random.Random,
+    deadline_reached: bool = True,
 ) -> GateDecision | None:
     """The gate's policy for one deposit (pure).
 
@@ -95,6 +99,9 @@ def decide(
         k: ``privacy_gate_k``.
         fallback_reached: whether the deposit's fallback moment (``deposits.release_by``) has come.
         rng: the random source for the picks.
+        deadline_reached: whether the deposit's latest release moment
+            (:func:`~mixhouse.mixer.pooling.latest_release`) has come. A deposit none of whose
+            totals has company at its fallback moment waits for company until then.
 
     Returns:
         The release, or ``None`` to hold the deposit.
@@ -105,23 +112,29 @@ def decide(
     current = sizes[planned]
     if current >= k:
         return GateDecision(planned, current, REACHED)
-    enough = sorted(t for t, s in sizes.items() if s >= k)
-    if enough:
-        pick = rng.choice(enough)
-        return GateDecision(pick, sizes[pick], REACHED)
     if not fallback_reached:
+        # Not re-planned for another total that reaches k before the fallback moment: a gate that
+        # did so only ever released a thin total from a deposit none of whose totals reached k,
+        # and an attacker ran that backwards, ruling out each rival deposit that had one
+        # (``single+gate``: 1.1-1.4% linked on the realistic population, against 0.5-1.1% for
+        # ``single``). Now any deposit whose drawn total has company may leave with it.
         return None
     if current >= COMPANY:
         return GateDecision(planned, current, MAX_WAIT)
-    company = sorted(t for t, s in sizes.items() if s >= COMPANY)
-    if not company:
-        return GateDecision(planned, current, MAX_WAIT)
-    # Uniform among the totals with company, not the largest set: "the largest" is a choice an
-    # attacker can recompute for every candidate deposit and rule out each one that had a
-    # larger set on another total (measured: with a 0.5-5% range that linked more than any
-    # other attack; see mixhouse.mixer.privacy.inversion).
-    pick = rng.choice(company)
-    return GateDecision(pick, sizes[pick], MAX_WAIT)
+    # Alone on the drawn total: uniform among the totals that reach k, else among those with
+    # company. Not "the largest set": that choice can be recomputed for every candidate deposit
+    # and rules out each one that had a larger set on another total (measured: with a 0.5-5%
+    # range that linked more than any other attack; see mixhouse.mixer.privacy.inversion).
+    for floor, reason in ((k, REACHED), (COMPANY, MAX_WAIT)):
+        better = sorted(t for t, s in sizes.items() if s >= floor)
+        if better:
+            pick = rng.choice(better)
+            return GateDecision(pick, sizes[pick], reason)
+    # Alone on every total: released now, its address is linked by amount alone. Deposits that
+    # arrive later (or leave the window) may still give it company, so it waits until its latest
+    # release moment. The only deposits released at that public moment are the ones no total
+    # could hide, which the amount links anyway.
+    return GateDecision(planned, current, MAX_WAIT) if deadline_reached else None
 
 
 _RELEASE_DEPOSITS_SQL = text(
@@ -255,13 +268,18 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     held = 0
     for dep in waiting:
         planned = int(dep.payout_total)
-        pooled, reserve = _pooled(dep)
-        totals = candidate_totals(
-            pooled, dep.fee_min_bps, dep.fee_max_bps, network_fee=int(dep.pieces) * reserve, min_payout=dust
-        )
-        if planned not in totals:
-            totals.append(planned)  # a chain with network fees per piece: the count differs
+        # The secret fallback moment, drawn inside the window: never later than the maximum
+        # wait (see latest_release), never the documented deadline itself.
+        due = moment >= release_by[dep.id]
+        last = moment >= latest_release(dep.created_at, dep.max_wait_seconds, settings.payout_round_seconds)
+        totals: list[int] = []
+        if due:
+            pooled, reserve = _pooled(dep)
+            totals = candidate_totals(
+                pooled, dep.fee_min_bps, dep.fee_max_bps, network_fee=int(dep.pieces) * reserve, min_payout=dust
+            )
         # The attacker will see this mix's payouts from now until its last piece falls due.
+        # Before the fallback moment only the drawn total matters (decide), so only it is measured.
         sizes = _sizes(
             planned,
             totals,
@@ -272,10 +290,9 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
             rules=rules,
             timing=TimingRules(dep.delay_min_seconds, dep.max_wait_seconds),
         )
-        # The secret fallback moment, drawn inside the window: never later than the maximum
-        # wait (see latest_release), never the documented deadline itself.
-        due = moment >= release_by[dep.id]
-        decision = decide(planned, sizes, k=settings.privacy_gate_k, fallback_reached=due, rng=rt.rng)
+        decision = decide(
+            planned, sizes, k=settings.privacy_gate_k, fallback_reached=due, rng=rt.rng, deadline_reached=last
+        )
         if decision is None:
             held += 1
         else:

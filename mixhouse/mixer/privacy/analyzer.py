@@ -210,7 +210,7 @@ def analyze(
             found = deadline_candidates(deposits, records, timing, rules=rules)
             results[name] = AttackResult(name, _findings(found, addresses))
         else:  # SINGLE_GATE
-            inverted = gate_inversion_candidates(deposits, records, rules, timing, k=timing.gate_k)
+            inverted = gate_inversion_candidates(deposits, records, rules, timing)
             results[name] = AttackResult(name, _findings(inverted, addresses))
     return Report(
         attacks=results,

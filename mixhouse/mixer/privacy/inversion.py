@@ -1,21 +1,22 @@
 """The gate-inversion attack: the ``single`` attack, refined by the release gate's own policy.
 
 The release gate (``mixer/gate.py``) may re-choose a deposit's payout total among the totals
-the deposit can have: one whose release set reaches ``k``, or, at the maximum wait, the one with
-the largest set. The policy is documented, so an attacker can run it backwards: an address that
-received ``T`` in all, taken as a whole mix, could come from deposit ``d`` only if the gate would
-have let ``d`` go with ``T`` -
+the deposit can have, at its secret fallback moment, when the drawn total is alone: one whose
+release set reaches ``k``, else one with company (a set of 2 or more). The policy is documented,
+so an attacker can run it backwards: an address that received ``T`` in all, taken as a whole
+mix, could come from deposit ``d`` only if the gate would have let ``d`` go with ``T`` -
 
-* ``T``'s own set is at least ``k`` (then any candidate could have drawn or picked it), or
-* none of ``d``'s totals reaches ``k``, and ``T``'s set is at least 2 (drawn and kept, or
-  picked among the totals with company) or none of ``d``'s totals has a set of 2 or more.
+* ``T``'s set is at least 2 (any candidate could have drawn it and reached ``k``, or kept it
+  at its fallback moment), or
+* ``T`` is alone and none of ``d``'s totals has company (released as drawn at the deadline).
 
-A candidate ``d`` with another total reaching ``k``, or one with company when ``T`` has none,
-is ruled out. (The gate once took the largest set at the maximum wait; run backwards, that
-ruled out every candidate with a larger set on another total, and was the strongest attack on
-a 0.5-5% fee range: 1.8% linked on the realistic population, seed 7.) Sets are
-measured at the address's payout times (the gate measured them at release, a round earlier at
-most), over the deposits that fit those times.
+So a candidate is ruled out only when ``T`` is alone, which leaves at most one candidate: the
+attack can only ever turn a link of ``single`` into no candidate at all. (Two earlier policies
+were weaker: "the largest set at the maximum wait" ruled out every candidate with a larger set
+on another total, 1.8% linked on the realistic population at seed 7; "re-plan as soon as another
+total reaches ``k``" ruled out every rival that had such a total, 1.1-1.4% linked against
+0.5-1.1% for ``single``.) Sets are measured at the address's payout times, over the deposits
+that fit those times.
 """
 
 from __future__ import annotations
@@ -56,8 +57,6 @@ def gate_inversion_candidates(
     records: Mapping[str, AddressRecord],
     rules: FeeRules,
     timing: TimingRules,
-    *,
-    k: int,
 ) -> dict[str, frozenset[str]]:
     """Address -> refs of the deposits that could have paid its total alone *and* whose release
     the gate would have made with that total (see the module docstring).
@@ -70,14 +69,13 @@ def gate_inversion_candidates(
     for address, record in records.items():
         fitting = timeline.compatible(record, timing)
         base = [d for d in fitting if rules.could_pay(d.amount, record.total)]
-        if not isinstance(rules, DenominatedRules) or len(base) >= k:
+        if not isinstance(rules, DenominatedRules) or len(base) >= COMPANY:
             out[address] = frozenset(d.ref for d in base)
             continue
         sizes = _Sizes(fitting, rules)
-        own = len(base)
         kept = []
         for d in base:
-            others = [
+            others = (
                 sizes.of(t)
                 for t in candidate_totals(
                     d.amount,
@@ -86,9 +84,9 @@ def gate_inversion_candidates(
                     network_fee=rules.network_fee,
                     min_payout=rules.min_payout,
                 )
-            ]
-            if any(s >= k for s in others) or (own < COMPANY and max(others, default=own) >= COMPANY):
-                continue  # the gate would have released d with another total
+            )
+            if any(s >= COMPANY for s in others):
+                continue  # the gate would have released d with a total that had company
             kept.append(d.ref)
         out[address] = frozenset(kept)
     return out
