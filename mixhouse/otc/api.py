@@ -1,0 +1,243 @@
+"""The OTC node's own HTTP API (FastAPI, OpenAPI at ``/docs`` and ``/openapi.json``).
+
+A user talks to their own node only: place, cancel and list its orders, read the network's
+book for a pair as this node holds it, its trades, the node's identity. Amounts are decimal
+strings of base units (quantity: BASE base units; price: QUOTE base units per whole BASE
+coin). Errors are RFC 9457 problems (:mod:`mixhouse.api.problems`): 422 invalid input
+(unknown pair, off-tick price, zero amount...), 404 unknown order, 409 an order no longer
+open.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row
+
+from mixhouse.api.problems import install_problem_handlers
+from mixhouse.otc.node import NewOrder, OrderNotFound, OtcNode
+from mixhouse.otc.orders import OrderId
+from mixhouse.otc.pairs import PAIRS
+
+Digits = Annotated[str, Field(pattern=r"^[0-9]{1,40}$", examples=["50000000"])]
+
+
+class OrderIn(BaseModel):
+    """A new limit order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pair: Annotated[str, Field(max_length=16, examples=["BTC/USDT"])]
+    side: Literal["buy", "sell"]
+    quantity: Digits = Field(description="BASE base units (satoshi for BTC)")
+    price: Digits = Field(description="QUOTE base units per one whole BASE coin")
+    tif: Literal["GTC", "IOC", "FOK", "POST_ONLY"] = "GTC"
+    min_fill: Digits = "0"
+    good_till_ms: Annotated[int | None, Field(ge=0, le=2**53 - 1)] = None
+
+
+class FillOut(BaseModel):
+    """One fill of a placed order."""
+
+    trade_id: str
+    maker_order_id: str
+    quantity: str
+    price: str
+    quote_amount: str
+    maker_node: str
+
+
+class PlacedOut(BaseModel):
+    """The outcome of a placement."""
+
+    order_id: str
+    state: str
+    remaining: str
+    pending: str = Field(description="asked of makers, not answered yet")
+    fills: list[FillOut]
+
+
+class OrderOut(BaseModel):
+    """An order as this node holds it."""
+
+    id: str
+    owner: str
+    mine: bool
+    pair: str
+    side: str
+    quantity: str
+    price: str
+    remaining: str
+    state: str
+    tif: str
+    min_fill: str
+    created_at_ms: int
+    expires_at_ms: int
+    version: int
+
+
+class BookOut(BaseModel):
+    """The book of one pair as this node holds it: bids and asks, best first."""
+
+    pair: str
+    bids: list[OrderOut]
+    asks: list[OrderOut]
+
+
+class TradeOut(BaseModel):
+    """One trade (a fill) as this node recorded it."""
+
+    id: str
+    role: str
+    pair: str
+    taker_side: str
+    price: str
+    quantity: str
+    quote_amount: str
+    maker_order_id: str
+    taker_order_id: str
+    maker_node: str
+    taker_node: str
+    state: str
+    peer_confirmed: bool
+    confirm_acked: bool
+    agreed_at_ms: int
+
+
+class NodeOut(BaseModel):
+    """Who this node is."""
+
+    node_id: str
+    address: str
+    peers: list[str]
+    pairs: list[str]
+
+
+def order_out(row: Row[Any]) -> OrderOut:
+    """The API form of an ``otc_orders`` row (an own order shows what others may take)."""
+    remaining = row.remaining - row.reserved if row.mine else row.remaining
+    return OrderOut(
+        id=row.id,
+        owner=row.owner,
+        mine=row.mine,
+        pair=row.pair,
+        side=row.side,
+        quantity=str(row.quantity),
+        price=str(row.price),
+        remaining=str(remaining),
+        state=row.state,
+        tif=row.tif,
+        min_fill=str(row.min_fill),
+        created_at_ms=row.created_at_ms,
+        expires_at_ms=row.expires_at_ms,
+        version=row.version,
+    )
+
+
+def trade_out(row: Row[Any]) -> TradeOut:
+    """The API form of an ``otc_trades`` row."""
+    return TradeOut(
+        id=row.id,
+        role=row.role,
+        pair=row.pair,
+        taker_side=row.taker_side,
+        price=str(row.price),
+        quantity=str(row.quantity),
+        quote_amount=str(row.quote_amount),
+        maker_order_id=row.maker_order_id,
+        taker_order_id=row.taker_order_id,
+        maker_node=row.maker_node,
+        taker_node=row.taker_node,
+        state=row.state,
+        peer_confirmed=row.peer_confirmed,
+        confirm_acked=row.confirm_acked,
+        agreed_at_ms=row.agreed_at_ms,
+    )
+
+
+def create_app(node: OtcNode) -> FastAPI:
+    """The HTTP API of ``node``."""
+    app = FastAPI(title="Mixhouse OTC node", version="1", description=__doc__)
+    install_problem_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the node answers."""
+        return {"status": "ok"}
+
+    @app.get("/node")
+    async def info() -> NodeOut:
+        """This node's id (its public key), Grenache address and the peers it sees."""
+        return NodeOut(
+            node_id=node.node_id, address=node.address, peers=await node.transport.peers(), pairs=sorted(PAIRS)
+        )
+
+    @app.post("/orders", status_code=201)
+    async def place(order: OrderIn) -> PlacedOut:
+        """Sign and place a limit order; answers once its takes are done, with its fills."""
+        result = await node.place(
+            NewOrder(
+                pair=order.pair,
+                side=order.side,
+                quantity=int(order.quantity),
+                price=int(order.price),
+                tif=order.tif,
+                min_fill=int(order.min_fill),
+                good_till_ms=order.good_till_ms,
+            )
+        )
+        return PlacedOut(
+            order_id=result.order_id,
+            state=result.state,
+            remaining=str(result.remaining),
+            pending=str(result.pending),
+            fills=[
+                FillOut(
+                    trade_id=f.trade_id,
+                    maker_order_id=f.maker_order_id,
+                    quantity=str(f.quantity),
+                    price=str(f.price),
+                    quote_amount=str(f.quote_amount),
+                    maker_node=f.maker_node,
+                )
+                for f in result.fills
+            ],
+        )
+
+    @app.get("/orders")
+    async def orders(state: Annotated[Literal["open", "cancelled", "filled"] | None, Query()] = None) -> list[OrderOut]:
+        """This node's own orders, newest first."""
+        return [order_out(r) for r in await node.own(None if state is None else [state])]
+
+    @app.get("/orders/{order_id}")
+    async def get_order(order_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]) -> OrderOut:
+        """One own order."""
+        for row in await node.own():
+            if row.id == order_id:
+                return order_out(row)
+        raise OrderNotFound(f"no own order {order_id[:16]}")
+
+    @app.delete("/orders/{order_id}")
+    async def cancel(order_id: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]) -> OrderOut:
+        """Cancel an own order (409 if a take filled it first)."""
+        await node.cancel(order_id)
+        return await get_order(order_id)
+
+    @app.get("/book")
+    async def book(pair: Annotated[str, Query(max_length=16, examples=["BTC/USDT"])]) -> BookOut:
+        """The open orders of ``pair`` known to this node (the whole network's, once synced)."""
+        rows = await node.book(pair)
+        return BookOut(
+            pair=pair,
+            bids=[order_out(r) for r in rows if r.side == "buy"],
+            asks=[order_out(r) for r in rows if r.side == "sell"],
+        )
+
+    @app.get("/trades")
+    async def trades(order_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None) -> list[TradeOut]:
+        """This node's trades (of one order, or all), oldest first."""
+        return [trade_out(r) for r in await node.trades(None if order_id is None else OrderId(order_id))]
+
+    return app
