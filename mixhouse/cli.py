@@ -21,6 +21,8 @@ from mixhouse.db.migrate import upgrade
 from mixhouse.errors import MixhouseError
 from mixhouse.keys.cli import keys_app
 from mixhouse.logs import configure_logging
+from mixhouse.otc.cli import otc_app
+from mixhouse.otc.devnet import grapes_command as otc_grapes_command
 from mixhouse.termination import exit_cleanly_on_sigterm, run_async
 
 app = typer.Typer(help="Mixhouse: a self-hosted cryptocurrency operations platform.", no_args_is_help=True)
@@ -82,6 +84,9 @@ def demo(
 
 devnet_app = typer.Typer(help="Local development chains.", no_args_is_help=True)
 app.add_typer(devnet_app, name="devnet")
+# The OTC network's two grapes (mixhouse.otc.devnet) join the local chains' commands.
+devnet_app.command("grapes")(otc_grapes_command)
+app.add_typer(otc_app, name="otc")
 
 
 @devnet_app.command("bitcoin")
