@@ -7,6 +7,12 @@ seed by the software signer, generated inside a PKCS#11 token by the HSM signer.
 computes the EIP-1559 signing hash itself and asks the signer for ``(r, s)``; it never holds a
 private key.
 
+Contract calls (the HTLC leg of issue 10, :mod:`mixhouse.chains.evm.htlc`) go through the same
+signing path: :meth:`EvmAdapter.prepare_contract_call` signs a call with data and a gas limit,
+:meth:`~EvmAdapter.estimate_gas`, :meth:`~EvmAdapter.call` and :meth:`~EvmAdapter.logs` read,
+and a revert is :class:`CallReverted`. The caller encodes the calldata; the adapter knows no
+contract.
+
 Fees (EIP-1559). Every send is signed with ``maxFeePerGas == maxPriorityFeePerGas == P``
 where ``P = 2 * base_fee(latest) + suggested_priority_fee``. The price a type-2 transaction
 pays per gas is ``min(maxFeePerGas, base_fee + maxPriorityFeePerGas) = min(P, base_fee + P)``,
@@ -44,13 +50,14 @@ from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
     BlockNotFound,
+    ContractLogicError,
     MethodUnavailable,
     RequestTimedOut,
     TransactionNotFound,
     Web3Exception,
     Web3RPCError,
 )
-from web3.types import BlockData, RPCEndpoint, TxData, TxReceipt
+from web3.types import BlockData, LogReceipt, RPCEndpoint, TxData, TxReceipt
 
 from mixhouse.chains.base import (
     ChainAdapter,
@@ -101,6 +108,28 @@ def _rpc_error(exc: Web3RPCError) -> tuple[int | None, str]:
         message = error.get("message")
         return (code if isinstance(code, int) else None, str(message) if message else str(exc))
     return None, str(exc)
+
+
+class CallReverted(ChainError):
+    """A contract call or gas estimate reverted: the transaction would fail as it stands.
+
+    Attributes:
+        data: the revert data (``0x`` hex: an ``Error(string)`` or a custom error), or ``""``.
+    """
+
+    def __init__(self, message: str, data: str) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+@contextlib.contextmanager
+def _reverts(what: str) -> Iterator[None]:
+    """Turn web3's revert exceptions into :class:`CallReverted`."""
+    try:
+        yield
+    except ContractLogicError as exc:
+        data = exc.data if isinstance(exc.data, str) else ""
+        raise CallReverted(f"{what} reverted: {exc.message or exc}", data) from exc
 
 
 @contextlib.contextmanager
@@ -447,6 +476,17 @@ class EvmAdapter(ChainAdapter):
             ChainError: the node failed, the chain has no EIP-1559 base fee, or ``P`` is above
                 ``max_fee_per_gas_cap``.
         """
+        price = await self.gas_price()
+        return FeeQuote(per_send=GAS_LIMIT * price, detail=f"{GAS_LIMIT} gas x {price} wei")
+
+    async def gas_price(self) -> int:
+        """The price per gas every send is signed with now, wei: ``P = 2 * baseFeePerGas(latest)
+        + eth_maxPriorityFeePerGas`` (see the module docstring).
+
+        Raises:
+            ChainError: the node failed, the chain has no EIP-1559 base fee, or ``P`` is above
+                ``max_fee_per_gas_cap``.
+        """
         with _node_errors("eth_getBlockByNumber(latest)"):
             latest = await self._w3.eth.get_block("latest")
         base_fee = latest.get("baseFeePerGas")
@@ -456,7 +496,7 @@ class EvmAdapter(ChainAdapter):
         price = 2 * int(base_fee) + tip
         if price > self.max_fee_per_gas_cap:
             raise ChainError(f"gas price {price} wei is above the configured cap of {self.max_fee_per_gas_cap} wei")
-        return FeeQuote(per_send=GAS_LIMIT * price, detail=f"{GAS_LIMIT} gas x {price} wei")
+        return price
 
     async def next_nonce(self, address: str) -> int:
         """Next nonce of ``address``: ``eth_getTransactionCount(address, "pending")``.
@@ -526,18 +566,7 @@ class EvmAdapter(ChainAdapter):
             "data": b"",
             "accessList": [],
         }
-        try:
-            # EIP-1559: the signing hash is keccak256(0x02 || rlp([chainId, nonce, ...,
-            # accessList])); the signature goes in as (y_parity, r, s).
-            digest = bytes(TypedTransaction.from_dict(transaction).hash())
-            r, s = self._signer.sign_digest(path, digest)
-            y_parity = recovery_id(self._signer.public_key(path), digest, r, s)
-            signed = TypedTransaction.from_dict({**transaction, "v": y_parity, "r": r, "s": s})
-            raw_tx = bytes(signed.encode())
-        except SignerError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ChainError(f"signing the transaction failed: {exc}") from exc
+        raw_tx = self._sign(path, transaction)
         return PreparedSend(
             from_address=sender,
             to_address=receiver,
@@ -547,6 +576,157 @@ class EvmAdapter(ChainAdapter):
             txid=_hex_txid(keccak(raw_tx)),
             nonce=nonce,
         )
+
+    def _sign(self, path: str, transaction: dict[str, Any]) -> bytes:
+        """The signed RLP bytes of an EIP-1559 ``transaction`` by the key at ``path``."""
+        try:
+            # EIP-1559: the signing hash is keccak256(0x02 || rlp([chainId, nonce, ...,
+            # accessList])); the signature goes in as (y_parity, r, s).
+            digest = bytes(TypedTransaction.from_dict(transaction).hash())
+            r, s = self._signer.sign_digest(path, digest)
+            y_parity = recovery_id(self._signer.public_key(path), digest, r, s)
+            signed = TypedTransaction.from_dict({**transaction, "v": y_parity, "r": r, "s": s})
+            return bytes(signed.encode())
+        except SignerError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ChainError(f"signing the transaction failed: {exc}") from exc
+
+    # -- contracts -------------------------------------------------------------------------
+
+    def key_address(self, key_ref: str) -> str:
+        """Checksummed address of the signer's key at ``key_ref`` (any BIP-32 path).
+
+        Raises:
+            SignerError: the signer has no such key.
+        """
+        return self._address(key_ref)
+
+    def prepare_contract_call(
+        self,
+        *,
+        key_ref: str,
+        to: str | None,
+        data: bytes,
+        value: int,
+        gas: int,
+        max_fee_per_gas: int,
+        nonce: int,
+    ) -> PreparedSend:
+        """Sign an EIP-1559 transaction calling a contract (or creating one); nothing is sent.
+
+        ``{chainId, nonce, to, value, gas, maxFeePerGas = maxPriorityFeePerGas =
+        max_fee_per_gas, data}`` signed by the key at ``key_ref`` (see :meth:`prepare_send`
+        for why both fee fields are equal). Broadcast and follow it with :meth:`broadcast`
+        and :meth:`check_send`, like a transfer.
+
+        Args:
+            to: the contract address, ``None`` to deploy ``data`` as init code.
+            value: wei sent along, ``>= 0``.
+            gas: the gas limit, ``>= 21000``.
+            max_fee_per_gas: wei per gas (:meth:`gas_price`), at most the cap.
+
+        Returns:
+            ``PreparedSend`` with ``to_address`` the contract (``""`` for a deployment),
+            ``amount = value`` and ``network_fee_max = gas * max_fee_per_gas``.
+
+        Raises:
+            ValueError: a negative nonce or value, or a gas limit below 21000.
+            InvalidAddress: ``to`` is malformed.
+            ChainError: the price is not positive or above the cap, or signing failed.
+        """
+        if nonce < 0 or value < 0:
+            raise ValueError("nonce and value must be >= 0")
+        if gas < GAS_LIMIT:
+            raise ValueError(f"a gas limit is at least {GAS_LIMIT}")
+        if not 0 < max_fee_per_gas <= self.max_fee_per_gas_cap:
+            raise ChainError(f"gas price {max_fee_per_gas} wei is not in (0, {self.max_fee_per_gas_cap}]")
+        receiver = self.normalize_address(to) if to is not None else None
+        transaction: dict[str, Any] = {
+            "type": 2,
+            "chainId": self.chain_id,
+            "nonce": nonce,
+            "value": value,
+            "gas": gas,
+            "maxFeePerGas": max_fee_per_gas,
+            "maxPriorityFeePerGas": max_fee_per_gas,
+            "data": bytes(data),
+            "accessList": [],
+        }
+        if receiver is not None:
+            transaction["to"] = receiver
+        raw_tx = self._sign(key_ref, transaction)
+        return PreparedSend(
+            from_address=self._address(key_ref),
+            to_address=receiver or "",
+            amount=value,
+            network_fee_max=gas * max_fee_per_gas,
+            raw_tx=raw_tx,
+            txid=_hex_txid(keccak(raw_tx)),
+            nonce=nonce,
+        )
+
+    async def call(self, *, to: str, data: bytes, from_address: str | None = None) -> bytes:
+        """``eth_call`` of ``data`` on ``to`` at the latest block; the return data.
+
+        Raises:
+            CallReverted: the call reverts (its revert data in ``data``).
+            ChainError: the node failed.
+        """
+        request: dict[str, Any] = {"to": to_checksum_address(to), "data": HexBytes(data).to_0x_hex()}
+        if from_address is not None:
+            request["from"] = to_checksum_address(from_address)
+        with _node_errors("eth_call"), _reverts("eth_call"):
+            return bytes(await self._w3.eth.call(cast(Any, request), "latest"))
+
+    async def estimate_gas(self, *, from_address: str, to: str | None, data: bytes, value: int = 0) -> int:
+        """``eth_estimateGas`` of a transaction from ``from_address`` (the gas it would use now).
+
+        Raises:
+            CallReverted: it would revert.
+            ChainError: the node failed.
+        """
+        request: dict[str, Any] = {
+            "from": to_checksum_address(from_address),
+            "data": HexBytes(data).to_0x_hex(),
+            "value": value,
+        }
+        if to is not None:
+            request["to"] = to_checksum_address(to)
+        with _node_errors("eth_estimateGas"), _reverts("eth_estimateGas"):
+            return int(await self._w3.eth.estimate_gas(cast(Any, request)))
+
+    async def logs(
+        self,
+        *,
+        address: str,
+        topics: Sequence[str | Sequence[str] | None],
+        from_block: int,
+        to_block: int | None = None,
+    ) -> list[LogReceipt]:
+        """``eth_getLogs`` of ``address`` from ``from_block`` to ``to_block`` (the head if
+        ``None``); ``topics`` are ``0x`` hex strings, a list of them for "any of", ``None`` for any
+        (hex strings, not bytes: some nodes silently match nothing for byte topics).
+
+        Raises:
+            ChainError: the node failed.
+        """
+        params: dict[str, Any] = {
+            "address": to_checksum_address(address),
+            "topics": [list(t) if isinstance(t, Sequence) and not isinstance(t, str) else t for t in topics],
+            "fromBlock": from_block,
+            "toBlock": "latest" if to_block is None else to_block,
+        }
+        with _node_errors("eth_getLogs"):
+            return list(await self._w3.eth.get_logs(cast(Any, params)))
+
+    async def receipt(self, txid: str) -> TxReceipt | None:
+        """The receipt of ``txid``, ``None`` while it is not mined.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        return await self._receipt(txid)
 
     async def broadcast(self, prepared: PreparedSend) -> None:
         """Send ``prepared.raw_tx`` with ``eth_sendRawTransaction``; safe to repeat.
