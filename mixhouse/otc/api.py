@@ -69,7 +69,8 @@ class OrderOut(BaseModel):
     side: str
     quantity: str
     price: str
-    remaining: str
+    remaining: str = Field(description="open quantity others may take (own orders: minus pending)")
+    pending: str = Field(description="own orders: asked of makers by takes not answered yet")
     state: str
     tif: str
     min_fill: str
@@ -127,6 +128,7 @@ def order_out(row: Row[Any]) -> OrderOut:
         quantity=str(row.quantity),
         price=str(row.price),
         remaining=str(remaining),
+        pending=str(row.reserved if row.mine else 0),
         state=row.state,
         tif=row.tif,
         min_fill=str(row.min_fill),

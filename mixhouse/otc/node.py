@@ -709,7 +709,7 @@ class OtcNode:
                 self.key,
                 TakeBody(maker_order_id=maker.id, taker_order=order, quantity=quantity, reply_to=self.address),
             )
-            address = self._directory.get(maker.owner, maker.address)
+            address = await self._resolve(maker.owner) or maker.address
             try:
                 data = await self._request(address, {"action": "take", "args": [_dump(request)]})
             except RpcError as exc:
