@@ -176,3 +176,20 @@ def book(
 def trades(node: NodeOpt = DEFAULT_NODE) -> None:
     """Your trades, oldest first."""
     _echo(_call(node, "GET", "/trades"))
+
+
+@otc_app.command("demo")
+def demo(timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 180.0) -> None:
+    """Two grapes, three nodes, crossing orders on different nodes: books and fills as they happen."""
+    from mixhouse.otc.demo import run_otc_demo  # noqa: PLC0415
+    from mixhouse.termination import exit_cleanly_on_sigterm, run_async  # noqa: PLC0415
+
+    exit_cleanly_on_sigterm()
+    code = run_async(
+        run_otc_demo(
+            database_server_url=os.environ.get("MIXHOUSE_DATABASE_URL") or None,
+            give_up_after=timeout,
+            echo=typer.echo,
+        )
+    )
+    raise typer.Exit(code=code)
