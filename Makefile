@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo demo-bitcoin test lint typecheck unit bench bench-tools clean contracts
+.PHONY: install demo demo-bitcoin demo-otc test lint typecheck unit bench bench-tools clean contracts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ demo: $(STAMP)
 
 demo-bitcoin: install
 	$(VENV)/bin/mixhouse demo --chain bitcoin
+
+# Two grapes, three OTC nodes (embedded PostgreSQL each), crossing orders, books and fills.
+demo-otc: install
+	$(VENV)/bin/mixhouse otc demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mixhouse tests benchmarks
