@@ -306,6 +306,36 @@ async def test_bad_locks_are_refused(env: Env) -> None:
     assert (await env.htlc.verify_lock(terms)).state is SwapState.LOCKED
 
 
+async def test_a_recipient_that_reenters_gets_paid_once(env: Env) -> None:
+    tokens = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
+    attacker = await env.deploy(tokens["ReentrantRecipient"]["bytecode"])
+    secret = new_secret()
+    now = await env.timestamp()
+    alice = env.address(ALICE)
+    # Two swaps in the contract: the attacker's, and Bob's that a second payout would drain.
+    mine = SwapTerms(secret_hash(secret), alice, attacker, None, ETH_AMOUNT, now + 3_600)
+    bobs = SwapTerms(secret_hash(new_secret()), alice, env.address(BOB), None, ETH_AMOUNT, now + 3_600)
+    for terms in (mine, bobs):
+        lock = await env.htlc.prepare_lock(key_ref=ALICE, terms=terms, nonce=await env.nonce(ALICE))
+        assert (await env.send(lock))["status"] == 1
+    swap_id = env.htlc.swap_id(mine)
+    arm = keccak(text="arm(address,bytes32,bytes)")[:4] + abi_encode(
+        ["address", "bytes32", "bytes"], [env.htlc.address, swap_id, secret]
+    )
+    assert (await env.call_tx(DEPLOYER, attacker, arm))["status"] == 1
+    claim = await env.htlc.prepare_claim(key_ref=CAROL, swap_id=swap_id, preimage=secret, nonce=await env.nonce(CAROL))
+    assert (await env.send(claim))["status"] == 1
+
+    async def counter(name: str) -> int:
+        return int.from_bytes(await env.adapter.call(to=attacker, data=keccak(text=f"{name}()")[:4]), "big")
+
+    assert await counter("attempts") == 1  # the payment did call back into the HTLC
+    assert await counter("reentered") == 0  # and neither the claim nor the refund went through
+    assert await env.anvil.balance(attacker) == ETH_AMOUNT
+    assert await env.anvil.balance(env.htlc.address) == ETH_AMOUNT
+    assert (await env.htlc.verify_lock(bobs)).state is SwapState.LOCKED
+
+
 def test_print_gas_used() -> None:
     """Runs last in this file: the gas the locks, claims and refunds above used."""
     if GAS_USED:

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: AGPL-3.0-or-later
 pragma solidity 0.8.28;
 
-/// @title Tokens for the HTLC tests only (never deployed outside a devnet).
+/// @title Tokens and a hostile recipient for the HTLC tests only (never deployed outside a devnet).
 /// @notice TestToken is a plain ERC-20 (EIP-20: transfer/transferFrom return true).
 ///         NoReturnToken behaves like USDT's TetherToken on mainnet: transfer and transferFrom
 ///         return nothing, which a caller that expects a bool fails to decode.
-///         Anyone may mint: these are test fixtures.
+///         Anyone may mint: these are test fixtures. ReentrantRecipient tries to claim and
+///         refund the swap that is paying it, from inside the payment.
 abstract contract TokenBase {
     string public name;
     string public symbol;
@@ -74,5 +75,37 @@ contract NoReturnToken is TokenBase {
     function transferFrom(address from, address to, uint256 value) external {
         _spend(from, value);
         _move(from, to, value);
+    }
+}
+
+interface IHTLC {
+    function claim(bytes32 id, bytes calldata preimage) external;
+
+    function refund(bytes32 id) external;
+}
+
+contract ReentrantRecipient {
+    IHTLC public htlc;
+    bytes32 public id;
+    bytes public preimage;
+    uint256 public attempts;
+    uint256 public reentered;
+
+    function arm(address htlc_, bytes32 id_, bytes calldata preimage_) external {
+        htlc = IHTLC(htlc_);
+        id = id_;
+        preimage = preimage_;
+    }
+
+    receive() external payable {
+        if (attempts > 0) return;
+        attempts += 1;
+        // Each succeeds only if the HTLC pays before it closes the swap.
+        try htlc.claim(id, preimage) {
+            reentered += 1;
+        } catch {}
+        try htlc.refund(id) {
+            reentered += 1;
+        } catch {}
     }
 }
