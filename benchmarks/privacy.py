@@ -117,8 +117,12 @@ async def run_scenario(
     seed: int,
     keep_db: bool = False,
     show_linked: bool = False,
+    extra_wait_seconds: float = 240.0,
 ) -> None:
-    """Mix ``population`` with the real engine, attack the public ledger, print the figures."""
+    """Mix ``population`` with the real engine, attack the public ledger, print the figures.
+
+    ``extra_wait_seconds`` (issue time scale, compressed by ``speed`` like the rest) is the gate's
+    ``privacy_max_extra_wait_seconds``: each mix's maximum wait is its delay_max plus it."""
     users = _scaled(population.users, speed)
     server = _bench_server()
     name = f"mh_privacy_{uuid.uuid4().hex[:8]}"
@@ -129,7 +133,7 @@ async def run_scenario(
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     round_seconds = max(1, round(10 / speed))
-    extra_wait = max(1, round(240 / speed))
+    extra_wait = max(1, round(extra_wait_seconds / speed))
     # The same settings as the workers': mixes are created with this maximum wait.
     settings = Settings(
         database_url=url,
@@ -392,6 +396,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--keep-db", action="store_true", help="keep the database for inspection")
     parser.add_argument("--show-linked", action="store_true", help="list the addresses the best attack linked")
+    parser.add_argument(
+        "--extra-wait",
+        type=float,
+        default=240.0,
+        help="the gate's maximum extra wait, seconds at the issue's time scale (default 240)",
+    )
     args = parser.parse_args()
     if args.part == "gate-cost":
         gate_cost([int(x) for x in (args.k or "2,5,10,20").split(",")])
@@ -408,6 +418,7 @@ def main() -> None:
                 seed=args.seed,
                 keep_db=args.keep_db,
                 show_linked=args.show_linked,
+                extra_wait_seconds=args.extra_wait,
             )
         )
 
