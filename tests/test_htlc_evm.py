@@ -143,7 +143,7 @@ async def env(anvil: Anvil, evm_keyring: HdKeyring) -> AsyncIterator[Env]:
             await anvil.fund(env.address(key_ref), 10 * ETH)
         env.htlc = EvmHtlc(adapter, await env.deploy(htlc_artifact()["bytecode"]))
         tokens = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
-        for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken")):
+        for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken"), ("fee", "FeeToken")):
             env.tokens[asset] = await env.deploy(tokens[name]["bytecode"])
             mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
                 ["address", "uint256"], [env.address(ALICE), 100 * TOKEN_AMOUNT]
@@ -296,6 +296,17 @@ async def test_bad_locks_are_refused(env: Env) -> None:
     unapproved = SwapTerms(secret_hash(new_secret()), alice, bob, env.tokens["usdt"], TOKEN_AMOUNT, now + 600)
     with pytest.raises(CallReverted):
         await env.htlc.prepare_lock(key_ref=ALICE, terms=unapproved, nonce=await env.nonce(ALICE))
+    # A fee-on-transfer token: the contract would receive less than the swap promises.
+    fee_token = env.tokens["fee"]
+    approve = await env.htlc.prepare_approve(
+        key_ref=ALICE, token=fee_token, amount=TOKEN_AMOUNT, nonce=await env.nonce(ALICE)
+    )
+    assert (await env.send(approve))["status"] == 1
+    short = SwapTerms(secret_hash(new_secret()), alice, bob, fee_token, TOKEN_AMOUNT, now + 600)
+    with pytest.raises(CallReverted):
+        await env.htlc.prepare_lock(key_ref=ALICE, terms=short, nonce=await env.nonce(ALICE))
+    assert (await _forced(env, env.htlc.prepare_lock, key_ref=ALICE, terms=short))["status"] == 0
+    assert await env.htlc.swap(env.htlc.swap_id(short)) is None
     # The key must be the sender's.
     with pytest.raises(InvalidInput):
         await env.htlc.prepare_lock(key_ref=BOB, terms=unapproved, nonce=0)

@@ -5,7 +5,8 @@ pragma solidity 0.8.28;
 /// @notice TestToken is a plain ERC-20 (EIP-20: transfer/transferFrom return true).
 ///         NoReturnToken behaves like USDT's TetherToken on mainnet: transfer and transferFrom
 ///         return nothing, which a caller that expects a bool fails to decode.
-///         Anyone may mint: these are test fixtures. ReentrantRecipient tries to claim and
+///         FeeToken keeps a fee on transferFrom. Anyone may mint: these are test fixtures.
+///         ReentrantRecipient tries to claim and
 ///         refund the swap that is paying it, from inside the payment.
 abstract contract TokenBase {
     string public name;
@@ -75,6 +76,23 @@ contract NoReturnToken is TokenBase {
     function transferFrom(address from, address to, uint256 value) external {
         _spend(from, value);
         _move(from, to, value);
+    }
+}
+
+/// A fee-on-transfer token: the receiver of a transferFrom gets one unit less than sent.
+contract FeeToken is TokenBase {
+    constructor() TokenBase("Fee USD", "FUSD") {}
+
+    function transfer(address to, uint256 value) external returns (bool) {
+        _move(msg.sender, to, value);
+        return true;
+    }
+
+    function transferFrom(address from, address to, uint256 value) external returns (bool) {
+        _spend(from, value);
+        _move(from, to, value - 1);
+        _move(from, address(0xdead), 1);
+        return true;
     }
 }
 
