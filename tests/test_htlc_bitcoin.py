@@ -14,8 +14,8 @@ from mixhouse.chains.bitcoin.htlc import (
     HtlcTerms,
     check_htlc_output,
     extract_secret,
+    find_lock,
     htlc_address,
-    htlc_coins,
     htlc_script,
     htlc_script_pubkey,
     parse_htlc_script,
@@ -181,21 +181,33 @@ def test_claim_is_deterministic_and_pays_at_least_the_rate() -> None:
 
 async def _lock(bcoin: Bcoin, rpc: BitcoinRpc, terms: HtlcTerms, amount: int = LOCK_SAT) -> HtlcCoin:
     """Pay ``amount`` to the HTLC of ``terms``, mine it, and find the coin as the participant
-    would: from the raw transaction on chain, checked against the agreed terms."""
+    would: from the chain by the announced txid, checked against the agreed terms."""
     script = htlc_script(terms)
     txid = await bcoin.fund(htlc_address(terms, "regtest"), amount)
+    unconfirmed = await find_lock(rpc, txid=txid, script=script)
+    assert unconfirmed is not None
+    assert unconfirmed.confirmations == 0
     await bcoin.mine(1)
-    raw = await rpc.getrawtransaction(txid, False)
-    assert isinstance(raw, str)
-    [coin] = htlc_coins(bytes.fromhex(raw), script)
+    lock = await find_lock(rpc, txid=txid, script=script)
+    assert lock is not None
+    assert lock.confirmations == 1
     check_htlc_output(
         script=script,
         output_script_pubkey=htlc_script_pubkey(script),
-        output_amount_sat=coin.amount_sat,
+        output_amount_sat=lock.coin.amount_sat,
         expected=terms,
         expected_amount_sat=amount,
     )
-    return coin
+    return lock.coin
+
+
+async def test_find_lock_refuses_a_transaction_without_the_htlc(bcoin: Bcoin, btc_rpc: BitcoinRpc) -> None:
+    script = htlc_script(_terms(new_secret()))
+    txid = await bcoin.fund(PAYOUT, 10_000)
+    with pytest.raises(HtlcMismatch) as info:
+        await find_lock(btc_rpc, txid=txid, script=script)
+    assert info.value.field == "script_pubkey"
+    assert await find_lock(btc_rpc, txid="00" * 32, script=script) is None
 
 
 async def _mined(bcoin: Bcoin, rpc: BitcoinRpc, txid: str) -> dict[str, object]:

@@ -43,9 +43,10 @@ from embit.transaction import SIGHASH, Transaction, TransactionInput, Transactio
 from mixhouse.chains.bitcoin.coinselect import FeeTooHigh, dust_threshold
 from mixhouse.chains.bitcoin.networks import address_of_script, script_pubkey
 from mixhouse.chains.bitcoin.parse import BlockParseError, Tx, parse_tx
+from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.bitcoin.txbuild import MAX_MONEY, RBF_SEQUENCE, TX_VERSION, SignedTx
 from mixhouse.chains.htlc import SECRET_BYTES, HtlcMismatch, check_hash
-from mixhouse.errors import InvalidAmount, InvalidInput
+from mixhouse.errors import ChainError, InvalidAmount, InvalidInput
 from mixhouse.keys.signer import Signer, der_signature
 
 # Opcodes (Bitcoin Core src/script/script.h).
@@ -447,6 +448,55 @@ def htlc_coins(raw_tx: bytes, script: bytes) -> list[HtlcCoin]:
         for n, out in enumerate(tx.outputs)
         if out.script_pubkey == wanted
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class HtlcLock:
+    """An HTLC output as the chain shows it now.
+
+    Attributes:
+        coin: the output.
+        confirmations: ``0`` in the mempool, else the depth of its block in the best chain.
+    """
+
+    coin: HtlcCoin
+    confirmations: int
+
+
+async def find_lock(rpc: BitcoinRpc, *, txid: str, script: bytes) -> HtlcLock | None:
+    """The output of transaction ``txid`` that pays the HTLC of ``script``, and its depth,
+    read from the node (``getrawtransaction txid true``: the mempool or the transaction index).
+
+    The side that locks second calls this with the txid the other side announced, then
+    :func:`check_htlc_output` on the coin and its own confirmation rule; a lock that a reorg
+    removed reads as ``None`` again (or 0 confirmations if it went back to the mempool).
+
+    Returns:
+        The :class:`HtlcLock`, or ``None`` if the node knows no such transaction.
+
+    Raises:
+        HtlcMismatch: (``"script_pubkey"``) the transaction has no output paying the script,
+            or more than one (which one would be the lock is then ambiguous).
+        ChainError: the node failed or answered without the transaction's hex.
+    """
+    tx = await rpc.gettransaction_verbose(txid)
+    if tx is None:
+        return None
+    raw = tx.get("hex")
+    if not isinstance(raw, str):
+        raise ChainError(f"getrawtransaction {txid} answered without hex")
+    try:
+        coins = htlc_coins(bytes.fromhex(raw), script)
+    except (ValueError, InvalidInput) as exc:  # not hex / not a transaction
+        raise ChainError(f"getrawtransaction {txid} answered hex that is not a transaction") from exc
+    if len(coins) != 1:
+        raise HtlcMismatch("script_pubkey", f"{txid} has {len(coins)} outputs paying the HTLC, expected 1")
+    if coins[0].txid != txid:
+        raise ChainError(f"the node answered transaction {coins[0].txid} for {txid}")
+    confirmations = tx.get("confirmations", 0)
+    if isinstance(confirmations, bool) or not isinstance(confirmations, int) or confirmations < 0:
+        confirmations = 0
+    return HtlcLock(coins[0], confirmations)
 
 
 def extract_secret(raw_tx: bytes, script: bytes) -> bytes | None:
