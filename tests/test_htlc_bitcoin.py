@@ -16,6 +16,7 @@ from mixhouse.chains.bitcoin.htlc import (
     extract_secret,
     find_lock,
     htlc_address,
+    htlc_coins,
     htlc_script,
     htlc_script_pubkey,
     parse_htlc_script,
@@ -24,6 +25,7 @@ from mixhouse.chains.bitcoin.htlc import (
     sign_htlc_spend,
     sign_refund,
 )
+from mixhouse.chains.bitcoin.networks import address_of_script
 from mixhouse.chains.bitcoin.parse import parse_tx
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc, SendRejected
 from mixhouse.chains.bitcoin.txbuild import RBF_SEQUENCE
@@ -302,3 +304,23 @@ async def test_a_wrong_secret_is_refused_and_the_right_one_then_claims(bcoin: Bc
     )  # fmt: skip
     assert await btc_rpc.sendrawtransaction(claim.raw.hex(), claim.txid) == claim.txid
     await _mined(bcoin, btc_rpc, claim.txid)
+
+
+async def test_without_the_size_check_a_33_byte_secret_would_claim(bcoin: Bcoin, btc_rpc: BitcoinRpc) -> None:
+    """Why OP_SIZE 32 is there: BIP-199's script without it takes any preimage of the hash,
+    here a 33-byte one that the EVM leg (32 bytes only) could never accept."""
+    long_secret = new_secret() + b"\x01"
+    terms = HtlcTerms(hashlib.sha256(long_secret).digest(), CLAIM_PKH, REFUND_PKH, await bcoin.tip() + 50)
+    script = htlc_script(terms).replace(b"\x82\x01\x20\x88", b"", 1)  # drop OP_SIZE 32 OP_EQUALVERIFY
+    assert len(script) == len(htlc_script(terms)) - 4
+    txid = await bcoin.fund(str(address_of_script(htlc_script_pubkey(script), "regtest")), LOCK_SAT)
+    await bcoin.mine(1)
+    raw = await btc_rpc.getrawtransaction(txid, False)
+    assert isinstance(raw, str)
+    [coin] = htlc_coins(bytes.fromhex(raw), script)
+    spend = sign_htlc_spend(
+        coin=coin, signer=SIGNER, key_ref="claim", unlock=[long_secret, CLAIM_SELECTOR], to_address=PAYOUT,
+        network="regtest", fee_rate=2, max_fee_sat=2_000, locktime=0, sequence=RBF_SEQUENCE,
+    )  # fmt: skip
+    assert await btc_rpc.sendrawtransaction(spend.raw.hex(), spend.txid) == spend.txid
+    await _mined(bcoin, btc_rpc, spend.txid)
