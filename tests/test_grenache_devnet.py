@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import uuid
 
 import httpx
@@ -38,3 +41,30 @@ def test_start_grapes_fails_cleanly_on_a_taken_port(grapes: Grapes) -> None:
     taken = (grapes.dht_ports[0], int(grapes.urls[0].rsplit(":", 1)[1]))
     with pytest.raises(DevnetError, match="did not start"), start_grapes(ports=[taken], timeout_s=10.0):
         pass
+
+
+def test_grapes_command_runs_until_ctrl_c() -> None:
+    # The Typer command itself, in a process of its own: prints the grapes, stops them on SIGINT.
+    code = "from mixhouse.otc.devnet import devnet_app; devnet_app(prog_name='devnet')"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "grapes", "--free-ports"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]  # two grapes, then "linked"
+        assert "grapes linked" in lines[2], lines
+        urls = [line.split()[2] for line in lines[:2]]
+        for url in urls:
+            assert isinstance(_post(url, "lookup", "k"), list)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for url in urls:
+        with pytest.raises(httpx.TransportError):
+            httpx.post(f"{url}/lookup", json={"rid": "x", "data": "k"}, timeout=2.0)

@@ -263,6 +263,11 @@ def start_grapes(
 devnet_app = typer.Typer(help="Local development networks.", no_args_is_help=True)
 
 
+@devnet_app.callback()
+def _devnet() -> None:
+    """Local development networks (a group even with one command: ``devnet grapes``)."""
+
+
 @devnet_app.command("grapes")
 def grapes_command(
     free_ports: Annotated[
