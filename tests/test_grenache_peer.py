@@ -182,25 +182,34 @@ def _open_fds() -> dict[str, str]:
 
 async def test_fifty_peers_start_and_stop_without_leaks(grapes: Grapes) -> None:
     service = _service()
-    # One warm-up peer first: the first use of httpx/aiohttp/structlog opens lasting fds
-    # (certificate store, loggers) that are not leaks.
-    async with _peer(grapes, service) as warm:
-        await warm.peers()
-    before_fds = _open_fds()
-    before_tasks = asyncio.all_tasks()
-    peers = [_peer(grapes, service, i % 2) for i in range(50)]
-    for p in peers:
-        await p.start()
-    await asyncio.gather(*(p.ready() for p in peers))
-    # Every peer serves: each calls the next one.
-    replies = await asyncio.gather(*(p.request(peers[(i + 1) % 50].address, i) for i, p in enumerate(peers)))
-    assert [r["echo"] for r in replies] == list(range(50))
-    listed = set(await peers[0].lookup(service))
-    assert {p.address for p in peers} <= listed
-    await asyncio.gather(*(p.close() for p in peers))
-    # Closed sockets are released at once; allow the loop one turn to finish callbacks.
-    await asyncio.sleep(0)
-    assert asyncio.all_tasks() == before_tasks
-    after_fds = _open_fds()
-    leaked = {fd: target for fd, target in after_fds.items() if before_fds.get(fd) != target}
-    assert not leaked
+    # A witness peer stays up throughout: the 50 call it too, so a client session left open
+    # would keep connections (fds on both sides) alive to it after the 50 are closed.
+    async with _peer(grapes, service) as witness:
+        # One warm-up cycle first: the first use of aiohttp/httpx/structlog opens lasting fds
+        # (certificate store, loggers) that are not leaks.
+        async with _peer(grapes, service, 1) as warm:
+            await warm.request(witness.address, "warm-up")
+        before_fds = _open_fds()
+        before_tasks = asyncio.all_tasks()
+        peers = [_peer(grapes, service, i % 2) for i in range(50)]
+        for p in peers:
+            await p.start()
+        await asyncio.gather(*(p.ready() for p in peers))
+        # Every peer serves: each calls the next one, and the witness.
+        replies = await asyncio.gather(*(p.request(peers[(i + 1) % 50].address, i) for i, p in enumerate(peers)))
+        assert [r["echo"] for r in replies] == list(range(50))
+        await asyncio.gather(*(p.request(witness.address, i) for i, p in enumerate(peers)))
+        listed = set(await peers[0].lookup(service))
+        assert {p.address for p in peers} <= listed
+        await asyncio.gather(*(p.close() for p in peers))
+        assert asyncio.all_tasks() == before_tasks
+        # Our sockets close at once; the witness closes its side when it reads their EOF.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            after_fds = _open_fds()
+            leaked = {fd: target for fd, target in after_fds.items() if before_fds.get(fd) != target}
+            if not leaked or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.01)  # poll interval under the deadline
+        assert not leaked

@@ -12,8 +12,11 @@ refused a connection, timed out or sent an unreadable frame is *suspected*: left
 :meth:`~GrenachePeer.peers` for a backoff (1 s, doubling per failure up to 60 s), then tried
 again; any reply clears it. :meth:`~GrenachePeer.request` itself always tries the address asked.
 
-Calls use httpx (keep-alive connections per peer); a request body over 1 KiB is gzipped
-(``grc-compress: gzip``, the reply then comes back gzipped too).
+Calls to peers use an aiohttp client session (keep-alive connections per peer); its pool
+stays fast with many calls in flight, where httpx's pool spent most of the time matching
+requests to connections (335 calls/s at 32 in flight, against 805 one at a time, in one
+process). Grape calls use httpx. A request body over 1 KiB is gzipped (``grc-compress: gzip``,
+the reply then comes back gzipped too).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
 import httpx
 import structlog
 
@@ -63,6 +67,7 @@ DEFAULT_READY_TIMEOUT_S = 30.0
 # A broadcast asks peers() per message; a grape lookup is a DHT query (a few ms). A peer that
 # became ready within this window may be missing from a cached answer: peers(fresh=True).
 DEFAULT_LOOKUP_CACHE_S = 0.5
+MAX_CONNECTIONS_PER_PEER = 32
 DEFAULT_HTTP_TIMEOUT_S = 10.0  # each call passes its own; this bounds any other use
 SUSPECT_BASE_S = 1.0
 SUSPECT_MAX_S = 60.0
@@ -159,7 +164,8 @@ class GrenachePeer:
             max_json_depth=max_json_depth,
             drain_timeout_s=drain_timeout_s,
         )
-        self._http: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncClient | None = None  # for the grapes
+        self._session: aiohttp.ClientSession | None = None  # for the peers
         self._grapes: list[GrapeClient] = []
         self._announce_task: asyncio.Task[None] | None = None
         self._announced = asyncio.Event()
@@ -182,6 +188,13 @@ class GrenachePeer:
         self.port = self._server.port
         self.address = f"{self._public_host}:{self.port}"
         self._http = httpx.AsyncClient(trust_env=False, timeout=DEFAULT_HTTP_TIMEOUT_S)
+        # Raw bodies: the frame's gzip is ours to undo (and to cap), not the library's.
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            trust_env=False,
+            timeout=aiohttp.ClientTimeout(total=DEFAULT_HTTP_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=MAX_CONNECTIONS_PER_PEER),
+        )
         # The grape clients share this client's connection pool.
         self._grapes = [GrapeClient(url, client=self._http, cache_s=self._lookup_cache_s) for url in self._grape_urls]
         self._announce_task = asyncio.create_task(self._announce_loop(), name=f"grenache-announce-{self.port}")
@@ -252,6 +265,8 @@ class GrenachePeer:
             with suppress(asyncio.CancelledError):
                 await task
         await self._server.close()
+        if self._session is not None:
+            await self._session.close()
         if self._http is not None:
             await self._http.aclose()
 
@@ -353,7 +368,7 @@ class GrenachePeer:
             GrenacheError: the peer is not started or is closed.
             TypeError, ValueError: ``payload`` is not JSON-serialisable.
         """
-        if self._http is None or self._state != "started":
+        if self._session is None or self._state != "started":
             raise GrenacheError(f"peer is {self._state}, not started")
         host, port = parse_address(address)
         rid = str(uuid.uuid4())
@@ -369,7 +384,7 @@ class GrenachePeer:
                 raw, compressed=gzipped, max_body_bytes=self._max_body_bytes, max_depth=self._max_json_depth
             )
             err, data = parse_reply(value, rid)
-        except (httpx.HTTPError, OSError, TimeoutError, BadFrame) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, BadFrame) as exc:
             self._suspect(address)
             raise PeerUnavailable(f"{address}: {type(exc).__name__} {str(exc)[:200]}") from exc
         self._suspects.pop(address, None)
@@ -378,12 +393,12 @@ class GrenachePeer:
         return data
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> bytes:
-        assert self._http is not None
+        assert self._session is not None
         chunks: list[bytes] = []
         total = 0
-        async with self._http.stream("POST", url, content=body, headers=headers, timeout=timeout_s) as response:
-            # Raw bytes: the frame's gzip is ours to undo (and to cap), not httpx's.
-            async for chunk in response.aiter_raw():
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with self._session.post(url, data=body, headers=headers, timeout=timeout) as response:
+            async for chunk in response.content.iter_any():
                 total += len(chunk)
                 if total > self._max_body_bytes:
                     raise BadFrame(ERR_TOO_LARGE, f"reply over {self._max_body_bytes} bytes", status=413)
