@@ -13,9 +13,11 @@ fresh engines (so every run does exactly the same work):
 
 Order records are built before the clock starts (as a gateway would hand them over); the
 timed part is ``engine.submit(order, now_ms=...)`` / ``engine.cancel(order_id)`` only.
-Throughput runs time the whole replay loop (no per-op clock); a separate run times every op
-with ``perf_counter_ns`` for p50/p99 latency (that run is slower by the clock's own cost).
-Each figure is the median of 3 runs.
+Throughput runs time the whole replay loop (no per-op clock, the garbage collector on); a
+separate run times every op with ``perf_counter_ns`` for p50/p99 latency (that run is slower
+by the clock's own cost). The same stream also runs on a naive sorted-list book, interleaved
+with the engine's runs so both see the same load on a shared machine. Each figure is the
+median of 3 runs.
 
 Usage: ``python -m benchmarks.otc [--seconds 3] [--seed 7] [--depth 10000]``
 """
@@ -23,11 +25,14 @@ Usage: ``python -m benchmarks.otc [--seconds 3] [--seed 7] [--depth 10000]``
 from __future__ import annotations
 
 import argparse
+import bisect
 import gc
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mixhouse.otc.matching import MatchingEngine, Order, Side, TimeInForce
 from mixhouse.otc.pairs import pair_rules
@@ -39,6 +44,7 @@ TTL_MS = 600_000
 OPS_PER_MS = 10  # the clock advances 1 ms every 10 operations
 
 PLACE, CANCEL, TAKE = "place", "cancel", "take"
+Engine = Any  # MatchingEngine or NaiveBook: submit(order, now_ms=...) and cancel(order_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +100,6 @@ class _Generator:
     def _size(self) -> int:
         return max(RULES.min_quantity, int(self.rng.lognormvariate(0, 1) * 5_000_000))
 
-    def _track(self) -> None:
-        # Keep open_ids equal to the engine's open orders (fills and STP close some).
-        for order_id in [i for i in self.open_ids if i not in self.engine]:
-            self._forget(order_id)
-
     def _forget(self, order_id: str) -> None:
         index = self.position.pop(order_id)
         last = self.open_ids.pop()
@@ -134,17 +135,28 @@ class _Generator:
         side = Side.BUY if rng.random() < 0.5 else Side.SELL
         best = self.engine.best_ask() if side is Side.BUY else self.engine.best_bid()
         base = best if best is not None else MID
-        reach = rng.randrange(0, 20) * TICK
+        reach = 50 * TICK
         price = base + reach if side is Side.BUY else base - reach
-        # Three typical resting orders' worth: 3 * E[lognormal(0, 1)] * 0.05 BTC.
-        quantity = max(RULES.min_quantity, int(rng.uniform(0.5, 1.5) * 3 * 1.6487 * 5_000_000))
+        owner = f"owner{rng.randrange(200)}"
+        # Eat 1 to 5 resting orders (3 on average: the depth stays level), 30% of the time
+        # plus part of the next one.
+        probe = Order("probe", owner, side, price, RULES.max_quantity, self.now)
+        makers = [planned.quantity for planned in self.engine.plan_take(probe, now_ms=self.now).fills]
+        eaten = rng.randint(1, 5)
+        quantity = sum(makers[:eaten])
+        if len(makers) > eaten and rng.random() < 0.3:
+            quantity += makers[eaten] // 2
+        quantity = max(RULES.min_quantity, quantity)
         tif = TimeInForce.IOC if rng.random() < 0.7 else TimeInForce.GTC
-        return OrderSpec(self._id(), f"owner{rng.randrange(200)}", side, price, quantity, self.now, tif, 0)
+        return OrderSpec(self._id(), owner, side, price, quantity, self.now, tif, 0)
 
     def apply(self, spec: OrderSpec) -> None:
         execution = self.engine.submit(spec.build(), now_ms=self.now)
-        if execution.fills or execution.self_trade_cancelled:
-            self._track()
+        for fill in execution.fills:
+            if not fill.maker_remaining:
+                self._forget(fill.maker_id)
+        for closed in (*execution.self_trade_cancelled, *execution.expired):
+            self._forget(closed.id)
         if execution.order.id in self.engine:
             self._remember(spec.id)
 
@@ -152,8 +164,10 @@ class _Generator:
 def generate(seed: int, depth: int, count: int) -> Workload:
     """Record a warm-up of ``depth`` orders and ``count`` operations (60/30/10)."""
     generator = _Generator(seed)
-    warmup = []
+    warmup: list[OrderSpec] = []
     while len(generator.engine) < depth:
+        if len(warmup) % OPS_PER_MS == 0:
+            generator.now += 1
         spec = generator.place()
         warmup.append(spec)
         generator.apply(spec)
@@ -180,10 +194,12 @@ def generate(seed: int, depth: int, count: int) -> Workload:
     return Workload(warmup, ops, depth_before, len(generator.engine))
 
 
-def _prepared(workload: Workload) -> tuple[MatchingEngine, list[Order | str], list[int]]:
+def _prepared(
+    workload: Workload, make: Callable[[], Engine] = lambda: MatchingEngine(RULES)
+) -> tuple[Engine, list[Order | str], list[int]]:
     """A fresh engine holding the warm-up book, the operations as fresh orders or ids, and the
     clock (ms) of each operation."""
-    engine = MatchingEngine(RULES)
+    engine = make()
     for spec in workload.warmup:
         engine.submit(spec.build(), now_ms=spec.created_ms)
     ops: list[Order | str] = []
@@ -197,33 +213,86 @@ def _prepared(workload: Workload) -> tuple[MatchingEngine, list[Order | str], li
     return engine, ops, clock
 
 
-def _replay(engine: MatchingEngine, ops: list[Order | str], clock: list[int]) -> float:
-    """Seconds to run every op on ``engine``."""
+class NaiveBook:
+    """The baseline, a plain pure-Python book: per side a dict price -> list of orders (FIFO:
+    ``append``, ``pop(0)`` when filled, ``list.remove`` on cancel) and the sorted list of prices
+    (``bisect.insort``, ``remove`` when a level empties); GTC/IOC/post-only only: no minimum
+    fills, self-trade prevention, expiry or validation. It runs the same stream, interleaved
+    with the engine's runs, for a same-run comparison on a shared machine."""
+
+    def __init__(self) -> None:
+        self.levels: dict[Side, dict[int, list[Order]]] = {Side.BUY: {}, Side.SELL: {}}
+        self.prices: dict[Side, list[int]] = {Side.BUY: [], Side.SELL: []}
+        self.orders: dict[str, Order] = {}
+
+    def submit(self, order: Order, *, now_ms: int) -> list[tuple[str, int, int]]:  # noqa: ARG002 - the engine's signature
+        buy = order.side is Side.BUY
+        other = Side.SELL if buy else Side.BUY
+        levels, prices = self.levels[other], self.prices[other]
+        fills: list[tuple[str, int, int]] = []
+        while prices and order.remaining:
+            best = prices[0] if buy else prices[-1]
+            if (best > order.price) if buy else (best < order.price):
+                break
+            if order.tif is TimeInForce.POST_ONLY:
+                return fills
+            queue = levels[best]
+            maker = queue[0]
+            quantity = min(maker.remaining, order.remaining)
+            maker.remaining -= quantity
+            order.remaining -= quantity
+            fills.append((maker.id, quantity, quantity * best // 10**RULES.base_decimals))
+            if not maker.remaining:
+                queue.pop(0)
+                del self.orders[maker.id]
+                if not queue:
+                    del levels[best]
+                    prices.remove(best)
+        if order.remaining and order.tif is not TimeInForce.IOC:
+            own = self.levels[order.side]
+            level = own.get(order.price)
+            if level is None:
+                level = own[order.price] = []
+                bisect.insort(self.prices[order.side], order.price)
+            level.append(order)
+            self.orders[order.id] = order
+        return fills
+
+    def cancel(self, order_id: str) -> None:
+        order = self.orders.pop(order_id)
+        queue = self.levels[order.side][order.price]
+        queue.remove(order)
+        if not queue:
+            del self.levels[order.side][order.price]
+            self.prices[order.side].remove(order.price)
+
+
+def _replay(engine: Engine, ops: list[Order | str], clock: list[int]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) to run every op on ``engine``."""
     submit = engine.submit
     cancel = engine.cancel
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     for op, now in zip(ops, clock, strict=True):
         if op.__class__ is Order:
             submit(op, now_ms=now)
         else:
-            cancel(op)  # type: ignore[arg-type]  # a str: __class__ is not narrowed by mypy
-    return time.perf_counter() - started
+            cancel(op)
+    return time.perf_counter() - started, time.process_time() - started_cpu
 
 
-def _throughput(workload: Workload, seconds: float) -> float:
-    """Operations per second, replaying the workload on fresh engines for ``seconds``."""
+def _throughput(workload: Workload, seconds: float, make: Callable[[], Engine]) -> tuple[float, float]:
+    """(operations per wall second, per CPU second), replaying the workload on fresh engines
+    for ``seconds`` of wall time."""
     done = 0
-    spent = 0.0
+    spent = spent_cpu = 0.0
     while spent < seconds:
-        engine, ops, clock = _prepared(workload)
-        gc.collect()
-        gc.disable()  # the collector's pauses are the allocator's business, not the engine's
-        try:
-            spent += _replay(engine, ops, clock)
-        finally:
-            gc.enable()
+        engine, ops, clock = _prepared(workload, make)
+        gc.collect()  # the previous run's garbage is not this run's cost; the collector stays on
+        wall, cpu = _replay(engine, ops, clock)
+        spent += wall
+        spent_cpu += cpu
         done += len(ops)
-    return done / spent
+    return done / spent, done / spent_cpu
 
 
 def _latencies(workload: Workload) -> dict[str, list[int]]:
@@ -238,7 +307,7 @@ def _latencies(workload: Workload) -> dict[str, list[int]]:
         if op.__class__ is Order:
             submit(op, now_ms=now)
         else:
-            cancel(op)  # type: ignore[arg-type]  # a str: __class__ is not narrowed by mypy
+            cancel(op)
         samples[kind].append(clock_ns() - started)
     return samples
 
@@ -261,10 +330,21 @@ def main() -> None:
     mix = ", ".join(f"{kind} {100 * kinds.count(kind) / len(kinds):.1f}%" for kind in (PLACE, CANCEL, TAKE))
     print(f"workload: seed {args.seed}, {len(kinds):,} ops ({mix})")
     print(f"book: {workload.depth_before:,} resting orders before, {workload.depth_after:,} after")
-    rates = [_throughput(workload, args.seconds) for _ in range(3)]
-    print(
-        f"throughput: {statistics.median(rates):,.0f} ops/s median of 3 ({', '.join(f'{rate:,.0f}' for rate in rates)})"
-    )
+    variants: list[tuple[str, Callable[[], Engine]]] = [
+        ("engine (mixhouse.otc.matching)", lambda: MatchingEngine(RULES)),
+        ("naive sorted-list book (baseline)", NaiveBook),
+    ]
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
+    for _ in range(3):  # interleaved, so that both see the same machine load
+        for name, make in variants:
+            rates[name].append(_throughput(workload, args.seconds, make))
+    for name, measured in rates.items():
+        cpu = sorted(rate for _, rate in measured)
+        wall = sorted(rate for rate, _ in measured)
+        print(
+            f"throughput {name}: {cpu[1]:,.0f} ops per CPU second (one core), {wall[1]:,.0f} ops per wall"
+            f" second; median of 3 (CPU {', '.join(f'{rate:,.0f}' for rate in cpu)})"
+        )
     runs = [_latencies(workload) for _ in range(3)]
     for kind in (PLACE, CANCEL, TAKE, "all"):
         p50 = statistics.median(

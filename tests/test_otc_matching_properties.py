@@ -28,6 +28,7 @@ from mixhouse.otc.matching import (
     NEVER_MS,
     Execution,
     Fill,
+    InvalidOrder,
     MatchingEngine,
     Order,
     OrderStatus,
@@ -260,6 +261,9 @@ def _check_conservation(engine: MatchingEngine, ledger: Ledger) -> None:
     buys = sum(traded[o.id] for o in ledger.placed if o.side is Side.BUY)
     sells = sum(traded[o.id] for o in ledger.placed if o.side is Side.SELL)
     assert buys == sells == bought
+    # The expiry index holds exactly the open orders that expire, each in its time's bucket.
+    indexed = [(o.id, at) for at, bucket in engine._buckets.items() for o in bucket]
+    assert sorted(indexed) == sorted((o.id, o.expires_at_ms) for o in engine if o.expires_at_ms != NEVER_MS)
     # No crossed book at rest, and each level's depth is its orders' sum.
     bid, ask = engine.best_bid(), engine.best_ask()
     assert bid is None or ask is None or bid < ask
@@ -292,6 +296,8 @@ def test_engine_matches_the_reference_model(ops: list[tuple[object, ...]], stp: 
             min_fills[order.id] = order.min_fill
             if kind == "add":
                 if order.tif is not TimeInForce.GTC and order.tif is not TimeInForce.POST_ONLY:
+                    with pytest.raises(InvalidOrder, match="only GTC and post-only orders rest"):
+                        engine.add(order, now_ms=now)
                     continue
                 crossing = reference._crossing(order.side, order.price, now)
                 if crossing:
