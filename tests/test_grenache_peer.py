@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mixhouse.otc.devnet import start_grapes
 from mixhouse.otc.grenache import (
     GrapeClient,
     GrapeError,
@@ -213,3 +214,19 @@ async def test_fifty_peers_start_and_stop_without_leaks(grapes: Grapes) -> None:
                 break
             await asyncio.sleep(0.01)  # poll interval under the deadline
         assert not leaked
+
+
+async def test_peers_fall_back_to_the_other_grape_when_ours_dies() -> None:
+    # Grapes of its own: this test kills one.
+    with start_grapes(ports=None) as own:
+        service = _service()
+        async with _peer(own, service, 0) as a, _peer(own, service, 1) as b:
+            own.processes[0].kill()
+            own.processes[0].wait()
+            # a's grape refuses connections now: a's lookups go to grape 2, which still lists b
+            # (slowly: its DHT queries to the dead grape time out first, ~2.5 s).
+            assert b.address in await a.peers(fresh=True)
+            assert await a.request(b.address, "still here") == {"key": service, "echo": "still here"}
+            # a's announce loop keeps failing and retrying without ending.
+            assert a.announcing
+        assert not a.announcing

@@ -213,6 +213,12 @@ class GrenachePeer:
             self._announced.set()
             await asyncio.sleep(self._announce_every_s)  # the announce period itself
 
+    @property
+    def announcing(self) -> bool:
+        """Whether the announce loop runs (from :meth:`start` to :meth:`close`; it outlives
+        failing announces, retrying them)."""
+        return self._announce_task is not None and not self._announce_task.done()
+
     async def ready(self, *, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
         """Return once announced and listed by a fresh lookup on every grape we were given.
 
