@@ -71,8 +71,10 @@ async def start_nodes(
     tmp_path: Path,
     *,
     settings: NodeSettings = FAST,
+    api: bool = False,
 ) -> list[RunningNode]:
-    """Start one in-process node per database, alternating grapes; stopped by ``stack``."""
+    """Start one in-process node per database, alternating grapes (with an HTTP API on a free
+    port if ``api``); stopped by ``stack``."""
     nodes = []
     for i, url in enumerate(database_urls):
         grape = grape_urls[i % len(grape_urls)]
@@ -82,6 +84,7 @@ async def start_nodes(
             data_dir=tmp_path / f"node{i}",
             database_url=url,
             settings=settings,
+            api_port=0 if api else None,
         )
         nodes.append(await stack.enter_async_context(running_node(config)))
     return nodes

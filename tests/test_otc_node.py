@@ -3,10 +3,12 @@ the owner-authoritative take, confirmations, cancels, bad input."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -132,3 +134,70 @@ async def test_post_only_fok_and_bad_input(
                     await a.peer.request(b.peer.address, payload)
             assert await _count(b, otc_orders) == orders_before
             assert (await b.node.book("BTC/USDT"))[0].remaining == BTC
+
+
+async def test_a_cancel_racing_takes_wins_or_loses_whole(
+    grapes: Grapes, pg_server_url: str, template_db: str, tmp_path: Path
+) -> None:
+    with fresh_databases(pg_server_url, template_db, 3) as urls:
+        async with AsyncExitStack() as stack:
+            maker, t1, t2 = await start_nodes(stack, grapes.urls, urls, tmp_path)
+            for _ in range(3):
+                sell = await maker.node.place(NewOrder("BTC/USDT", "sell", BTC, PRICE))
+                for t in (t1, t2):
+                    await wait_until(partial(_sees, t, sell.order_id), what="the sell on the takers")
+
+                async def cancel(order_id: str = sell.order_id) -> str:
+                    try:
+                        await maker.node.cancel(order_id)
+                    except OrderNotOpen:
+                        return "lost"
+                    return "won"
+
+                takes = [
+                    asyncio.ensure_future(t.node.place(NewOrder("BTC/USDT", "buy", 40_000_000, PRICE, tif="IOC")))
+                    for t in (t1, t2, t1)
+                ]
+                outcome = await cancel()
+                results = await asyncio.gather(*takes)
+                fills = [f.quantity for r in results for f in r.fills]
+                async with maker.node.engine.connect() as conn:
+                    row = (await conn.execute(select(otc_orders).where(otc_orders.c.id == sell.order_id))).one()
+                owner_filled = sum(t.quantity for t in await maker.node.trades() if t.maker_order_id == sell.order_id)
+                assert sum(fills) == owner_filled == BTC - row.remaining
+                if outcome == "won":
+                    assert row.state == "cancelled"
+                else:
+                    assert row.state == "filled"
+                    assert owner_filled == BTC
+
+
+async def test_the_http_api(grapes: Grapes, pg_server_url: str, template_db: str, tmp_path: Path) -> None:
+    with fresh_databases(pg_server_url, template_db, 1) as urls:
+        async with AsyncExitStack() as stack:
+            (a,) = await start_nodes(stack, grapes.urls, urls, tmp_path, api=True)
+            assert a.api_url is not None
+            async with httpx.AsyncClient(base_url=a.api_url, trust_env=False) as client:
+                assert (await client.get("/health")).json() == {"status": "ok"}
+                assert (await client.get("/node")).json()["node_id"] == a.node.node_id
+                assert "/orders" in (await client.get("/openapi.json")).json()["paths"]
+                order = {"pair": "BTC/USDT", "side": "sell", "quantity": str(BTC), "price": str(PRICE)}
+                placed = await client.post("/orders", json=order)
+                assert placed.status_code == 201, placed.text
+                oid = placed.json()["order_id"]
+                for bad in (
+                    {**order, "pair": "BTC/XYZ"},
+                    {**order, "quantity": "0"},
+                    {**order, "price": "-1"},
+                    {**order, "extra": 1},
+                ):
+                    response = await client.post("/orders", json=bad)
+                    assert response.status_code == 422, response.text
+                    assert response.headers["content-type"].startswith("application/problem+json")
+                book = (await client.get("/book", params={"pair": "BTC/USDT"})).json()
+                assert [o["id"] for o in book["asks"]] == [oid]
+                assert (await client.get("/book", params={"pair": "XYZ/ABC"})).status_code == 422
+                assert (await client.get(f"/orders/{'0' * 64}")).status_code == 404
+                assert (await client.delete(f"/orders/{oid}")).json()["state"] == "cancelled"
+                assert (await client.delete(f"/orders/{oid}")).status_code == 409
+                assert (await client.get("/trades")).json() == []

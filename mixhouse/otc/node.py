@@ -624,20 +624,25 @@ class OtcNode:
             assert row is not None
             await append(conn, [self._audit("otc.order.placed", row, amount=body.quantity, tif=body.tif)])
         self._placing.add(oid)
-        fills: list[Fill] = []
         try:
             if body.tif != "FOK" or plan.complete:
                 for planned in plan.fills:
-                    fill = await self._take_one(order, planned.maker.id, planned.quantity)
-                    if fill is not None:
-                        fills.append(fill)
+                    await self._take_one(order, planned.maker.id, planned.quantity)
         finally:
             self._placing.discard(oid)
         await self._finish_round(oid)
         async with self.engine.connect() as conn:
             row = await store.get_order(conn, oid)
+            # From the database, not from the replies: the owner's confirmation can record a
+            # fill before its reply arrives (the reply then finds it recorded).
+            trades = await store.trades(conn, order_id=oid)
         assert row is not None
         del rules
+        fills = [
+            Fill(t.id, t.maker_order_id, t.quantity, t.price, t.quote_amount, t.maker_node)
+            for t in trades
+            if t.taker_order_id == oid
+        ]
         return PlaceResult(oid, row.state, row.remaining, row.reserved, fills)
 
     async def _plan(self, order: SignedOrder) -> Any:
