@@ -25,7 +25,8 @@ import httpx
 
 from mixhouse.otc.grenache.errors import GrapeError
 
-DEFAULT_TIMEOUT_S = 10.0  # an announce to a grape whose DHT partner died blocks ~4.6 s
+# A grape whose DHT partner died answers an announce after ~4.6 s and lookups after 2.5-5 s.
+DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_CACHE_S = 1.0
 MAX_REPLY_BYTES = 1 << 20  # a lookup lists at most 100 peers (record-cache's get(ih, 100))
 
@@ -50,7 +51,7 @@ class GrapeClient:
     ) -> None:
         self.url = url.rstrip("/")
         self._own_client = client is None
-        self._client = client or httpx.AsyncClient(trust_env=False)
+        self._client = client or httpx.AsyncClient(trust_env=False, timeout=timeout_s)
         self._timeout_s = timeout_s
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, list[str]]] = {}
@@ -64,7 +65,7 @@ class GrapeClient:
         body = {"rid": str(uuid.uuid4()), "data": data}
         try:
             async with asyncio.timeout(self._timeout_s):
-                response = await self._client.post(f"{self.url}/{method}", json=body)
+                response = await self._client.post(f"{self.url}/{method}", json=body, timeout=self._timeout_s)
         except (httpx.HTTPError, TimeoutError) as exc:
             raise GrapeError(f"grape {self.url} {method}: {type(exc).__name__} {exc}") from exc
         if len(response.content) > MAX_REPLY_BYTES:
