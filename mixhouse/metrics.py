@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mixhouse.api import RuntimeDep
 from mixhouse.api.routes_admin import pool as pool_report
+from mixhouse.keys.health import signer_metrics
 from mixhouse.mixer.runtime import Runtime
 
 # Buckets of the payout latency (due -> confirmed), seconds: payout rounds are seconds apart,
@@ -184,6 +185,8 @@ async def collect_state(rt: Runtime) -> list[Metric]:
             )
         )
     out.extend(await _pools(rt))
+    # The key holders: a token that is slow, locked or gone (sends wait for it meanwhile).
+    out.extend(await signer_metrics({a.value: s for a, s in rt.signers.items()}))
     return out
 
 

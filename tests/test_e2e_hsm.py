@@ -21,6 +21,7 @@ from eth_account import Account
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.keys.audited import unwrap
 from mixhouse.keys.bip84 import Bip84Keyring, key_path, p2wpkh_address
 from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path, evm_address
 from mixhouse.keys.hsm import Pkcs11Signer
@@ -103,7 +104,7 @@ async def test_eth_mix_with_every_signature_from_the_signer(
     rt = build_runtime(settings, database_url)
     rt.rng = random.Random(17)
     adapter = rt.adapter("ETH")
-    key_holder = adapter._signer  # type: ignore[attr-defined]
+    key_holder = unwrap(adapter._signer)  # type: ignore[attr-defined]
     assert key_holder.kind == signer
     withdrawals = [
         adapter.normalize_address("0x" + f"{random.Random(100 + i).getrandbits(160):040x}") for i in range(3)
@@ -168,7 +169,7 @@ async def test_btc_mix_with_every_signature_from_the_token(
     rt = build_runtime(settings, database_url)
     rt.rng = random.Random(23)
     adapter = rt.adapter("BTC")
-    key_holder = adapter._signer  # type: ignore[attr-defined]
+    key_holder = unwrap(adapter._signer)  # type: ignore[attr-defined]
     assert isinstance(key_holder, Pkcs11Signer)
     user = Bip84Keyring(Account.create_with_mnemonic()[1], "regtest")
     withdrawals = [user.address(0, i) for i in range(3)]
@@ -228,7 +229,7 @@ async def test_a_token_that_is_gone_delays_sends_and_fails_none(
     )
     rt = build_runtime(settings, database_url)
     adapter = rt.adapter("ETH")
-    key_holder = adapter._signer  # type: ignore[attr-defined]
+    key_holder = unwrap(adapter._signer)  # type: ignore[attr-defined]
     assert isinstance(key_holder, Pkcs11Signer)
     withdrawal = adapter.normalize_address("0x" + f"{random.Random(7).getrandbits(160):040x}")
     refused = 0

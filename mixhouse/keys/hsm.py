@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Any
 
 import pkcs11
@@ -35,8 +36,10 @@ from pkcs11.exceptions import MultipleObjectsReturned, NoSuchKey, PKCS11Error, U
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from mixhouse.keys.signer import (
+    HEALTH_DIGEST,
     MAX_LOW_R_TRIES,
     SignerError,
+    SignerHealth,
     check_digest,
     is_low_r,
     low_s,
@@ -46,6 +49,8 @@ from mixhouse.keys.signer import (
 SECP256K1_OID = "1.3.132.0.10"
 # DER of the EC parameters: OBJECT IDENTIFIER 1.3.132.0.10 (what the token reports back).
 SECP256K1_EC_PARAMS = bytes.fromhex("06052b8104000a")
+# The key reference of the key :meth:`Pkcs11Signer.health` signs with (no address uses it).
+HEALTH_KEY_REF = "health-check"
 
 
 def _compress(ec_point: bytes) -> bytes:
@@ -110,18 +115,26 @@ class Pkcs11Signer:
 
     # -- session ---------------------------------------------------------------------------
 
+    def _token(self) -> Any:
+        try:
+            return pkcs11.lib(self._module).get_token(token_label=self._token_label)
+        except (PKCS11Error, RuntimeError, OSError) as exc:
+            raise SignerError(f"cannot open PKCS#11 token {self._token_label!r}: {type(exc).__name__}") from None
+
+    def _login(self, token: Any) -> Any:
+        try:
+            try:
+                return token.open(rw=True, user_pin=self._pin)
+            except UserAlreadyLoggedIn:
+                # PKCS#11 logs in an application, not a session: another session of
+                # this process (another signer on the token) already did.
+                return token.open(rw=True)
+        except (PKCS11Error, RuntimeError, OSError) as exc:
+            raise SignerError(f"cannot open PKCS#11 token {self._token_label!r}: {type(exc).__name__}") from None
+
     def _open(self) -> Any:
         if self._session is None:
-            try:
-                token = pkcs11.lib(self._module).get_token(token_label=self._token_label)
-                try:
-                    self._session = token.open(rw=True, user_pin=self._pin)
-                except UserAlreadyLoggedIn:
-                    # PKCS#11 logs in an application, not a session: another session of
-                    # this process (another signer on the token) already did.
-                    self._session = token.open(rw=True)
-            except (PKCS11Error, RuntimeError, OSError) as exc:
-                raise SignerError(f"cannot open PKCS#11 token {self._token_label!r}: {type(exc).__name__}") from None
+            self._session = self._login(self._token())
         return self._session
 
     def _drop_session(self) -> None:
@@ -138,6 +151,39 @@ class Pkcs11Signer:
         """Close the session (log out). The signer opens a new one if used again."""
         with self._lock:
             self._drop_session()
+
+    def health(self, timeout: float = 5.0) -> SignerHealth:
+        """Check the token: found in its slot, a session logged in, and a test signature by the
+        key :data:`HEALTH_KEY_REF` (generated on the first check, whatever ``create_missing``)
+        made and verified, timed. Never raises: a failure is in the answer.
+
+        Args:
+            timeout: seconds to wait for the signer's lock (a signature in progress on a slow
+                token holds it); past it the answer is ``error="busy"``. A call already inside
+                the token cannot be interrupted (PKCS#11 has no cancel).
+        """
+        if not self._lock.acquire(timeout=timeout):
+            return SignerHealth(self.kind, False, True, False, None, "busy: the token did not answer in time")
+        try:
+            if self._session is None:
+                try:
+                    token = self._token()
+                except SignerError as exc:
+                    # NoSuchToken: not in any slot; another error: the library or slot failed.
+                    return SignerHealth(self.kind, False, False, False, None, str(exc))
+                try:
+                    self._session = self._login(token)
+                except SignerError as exc:
+                    return SignerHealth(self.kind, False, True, False, None, str(exc))
+        finally:
+            self._lock.release()
+        started = time.perf_counter()
+        try:
+            self._sign(HEALTH_KEY_REF, HEALTH_DIGEST, low_r=False, create=True)
+        except SignerError as exc:
+            # Found and logged in a moment ago; the next check says whether it still is.
+            return SignerHealth(self.kind, False, True, True, None, str(exc))
+        return SignerHealth(self.kind, True, True, True, time.perf_counter() - started)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -183,6 +229,9 @@ class Pkcs11Signer:
                 keys have the label, or the key is not a secp256k1 key.
             ValueError: empty ``key_ref``.
         """
+        return self._public_key(key_ref, create=self._create_missing)
+
+    def _public_key(self, key_ref: str, *, create: bool) -> bytes:
         public = self._public.get(key_ref)
         if public is not None:
             return public
@@ -192,7 +241,7 @@ class Pkcs11Signer:
                 session = self._open()
                 key = self._find(session, ObjectClass.PUBLIC_KEY, label)
                 if key is None:
-                    if not self._create_missing:
+                    if not create:
                         raise SignerError(f"the token has no key labelled {label!r}")
                     key = self._generate(session, label)
                 if bytes(key[Attribute.EC_PARAMS]) != SECP256K1_EC_PARAMS:
@@ -213,8 +262,11 @@ class Pkcs11Signer:
                 not verify against the key's public key.
             ValueError: ``digest`` is not 32 bytes.
         """
+        return self._sign(key_ref, digest, low_r=low_r, create=self._create_missing)
+
+    def _sign(self, key_ref: str, digest: bytes, *, low_r: bool, create: bool) -> tuple[int, int]:
         digest = check_digest(digest)
-        public = self.public_key(key_ref)
+        public = self._public_key(key_ref, create=create)
         label = self._label(key_ref)
         with self._lock:
             try:

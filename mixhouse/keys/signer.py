@@ -17,7 +17,10 @@ Bitcoin, EIP-2 for Ethereum): every signer normalises, so callers never see a hi
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import coincurve
@@ -43,6 +46,31 @@ class SignerError(ChainError):
     """A signer could not sign or find a key: the token is locked, gone or slow, a key is
     missing, or it answered something that is not a valid signature. A :class:`ChainError`,
     so a send that meets it is retried, never marked failed."""
+
+
+# The digest a health check signs (any fixed 32 bytes: the signature is checked, then dropped).
+HEALTH_DIGEST = hashlib.sha256(b"mixhouse signer health check").digest()
+
+
+@dataclass(frozen=True, slots=True)
+class SignerHealth:
+    """What a signer's health check found (``GET /metrics``: ``mixhouse_signer_*``).
+
+    Attributes:
+        kind: the signer's kind (``"software"``, ``"pkcs11"``).
+        ok: a test signature was made and verified.
+        present: the key holder was found (a PKCS#11 token in its slot; always for software).
+        logged_in: a session is logged in (the PIN was accepted; always for software).
+        sign_seconds: how long the test signature took, seconds (``None`` if none was made).
+        error: why not ``ok``: a short reason (an exception's class name, "busy"), never a secret.
+    """
+
+    kind: str
+    ok: bool
+    present: bool
+    logged_in: bool
+    sign_seconds: float | None = None
+    error: str | None = None
 
 
 class Signer(Protocol):
@@ -213,6 +241,16 @@ class SoftwareSigner:
                 raise ValueError(f"no key {key_ref!r}") from None
 
         return cls(secret_of)
+
+    def health(self, timeout: float = 5.0) -> SignerHealth:  # noqa: ARG002 - in process: nothing waits
+        """A test signature with a throwaway key (not one of the keyring's): always ``ok``
+        unless libsecp256k1 itself fails; see :class:`SignerHealth`."""
+        probe = hashlib.sha256(b"mixhouse software signer health probe").digest()
+        started = time.perf_counter()
+        r, s = low_s(*_compact(embit_secp.ecdsa_sign(HEALTH_DIGEST, probe)))
+        took = time.perf_counter() - started
+        ok = verify(compressed_public_key(probe), HEALTH_DIGEST, r, s)
+        return SignerHealth(self.kind, ok, True, True, took, None if ok else "the test signature did not verify")
 
     def public_key(self, key_ref: str) -> bytes:
         """See :meth:`Signer.public_key`; cached per reference.

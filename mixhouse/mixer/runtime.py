@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse.chains.base import ChainAdapter
 from mixhouse.config import Settings
 from mixhouse.errors import InvalidInput
+from mixhouse.keys.signer import Signer
 from mixhouse.mixer.screening import Screener
 from mixhouse.money import Asset
 
@@ -25,6 +26,8 @@ class Runtime:
         screener: the sanctions screener.
         rng: the random source of fees, splits and delays. ``SystemRandom`` unless a test
             passes a seeded generator.
+        signers: the key holder of each asset that signs (ETH, BTC), as the adapters use them
+            (for health checks; the adapters alone sign).
     """
 
     settings: Settings
@@ -32,6 +35,7 @@ class Runtime:
     adapters: dict[Asset, ChainAdapter]
     screener: Screener
     rng: random.Random = field(default_factory=random.SystemRandom)
+    signers: dict[Asset, Signer] = field(default_factory=dict)
 
     def adapter(self, asset: Asset | str) -> ChainAdapter:
         """The adapter of ``asset``.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mixhouse.chains.base import ChainAdapter
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
@@ -10,6 +12,7 @@ from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
 from mixhouse.errors import ConfigError
+from mixhouse.keys.audited import AuditedSigner
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.hsm import Pkcs11Signer
@@ -37,14 +40,40 @@ def build_hsm_signer(settings: Settings) -> Pkcs11Signer | None:
     )
 
 
-def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
-    """One adapter per enabled asset, configured from ``settings``."""
-    adapters: dict[Asset, ChainAdapter] = {}
+def build_signers(settings: Settings) -> dict[Asset, Signer]:
+    """The key holder of each enabled asset that signs (ETH, BTC), each wrapped in an
+    :class:`~mixhouse.keys.audited.AuditedSigner` (its key uses can be audited): one PKCS#11
+    signer shared by both, or a software signer per asset whose seed comes from the keystore
+    (unlocked here, once) or the settings.
+
+    Raises:
+        ConfigError: the keystore cannot be opened (wrong passphrase, missing file...).
+    """
     hsm = build_hsm_signer(settings)
-    # The software signer's phrases: from the keystore (unlocked here, once) or the settings.
-    mnemonics: Mnemonics | None = None
-    if hsm is None and (settings.evm_enabled or settings.bitcoin_enabled):
-        mnemonics = software_mnemonics(settings)
+    signers: dict[Asset, Signer] = {}
+    if hsm is not None:
+        shared = AuditedSigner(hsm)
+        if settings.evm_enabled:
+            signers[Asset.ETH] = shared
+        if settings.bitcoin_enabled:
+            signers[Asset.BTC] = shared
+        return signers
+    if not (settings.evm_enabled or settings.bitcoin_enabled):
+        return signers
+    mnemonics: Mnemonics = software_mnemonics(settings)
+    if settings.evm_enabled:
+        signers[Asset.ETH] = AuditedSigner(SoftwareSigner.for_evm(HdKeyring(mnemonics.evm)))
+    if settings.bitcoin_enabled:
+        signers[Asset.BTC] = AuditedSigner(_bitcoin_software_signer(settings, mnemonics.bitcoin))
+    return signers
+
+
+def build_adapters(settings: Settings, signers: Mapping[Asset, Signer] | None = None) -> dict[Asset, ChainAdapter]:
+    """One adapter per enabled asset, configured from ``settings``, signing with ``signers``
+    (default: :func:`build_signers`)."""
+    adapters: dict[Asset, ChainAdapter] = {}
+    if signers is None:
+        signers = build_signers(settings)
     if settings.jobcoin_enabled:
         adapters[Asset.JOBCOIN] = JobcoinAdapter(
             settings.jobcoin_api_url,
@@ -55,7 +84,7 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
         adapters[Asset.ETH] = EvmAdapter(
             settings.evm_rpc_url,
             chain_id=settings.evm_chain_id,
-            signer=hsm or SoftwareSigner.for_evm(HdKeyring(mnemonics.evm if mnemonics else "")),
+            signer=signers[Asset.ETH],
             confirmations=settings.evm_confirmations,
             max_fee_per_gas_cap=settings.evm_max_fee_per_gas_cap,
         )
@@ -68,7 +97,7 @@ def build_adapters(settings: Settings) -> dict[Asset, ChainAdapter]:
                 password=None if password is None else password.get_secret_value(),
             ),
             network=settings.bitcoin_network,
-            signer=hsm or _bitcoin_software_signer(settings, mnemonics.bitcoin if mnemonics else ""),
+            signer=signers[Asset.BTC],
             confirmations=settings.bitcoin_confirmations,
             fallback_fee_rate=settings.bitcoin_fallback_fee_rate,
             max_fee_rate=settings.bitcoin_max_fee_rate,
@@ -97,9 +126,11 @@ def build_runtime(
     denylist: list[str] = []
     if settings.denylist_file is not None:
         denylist = settings.denylist_file.read_text(encoding="utf-8").split()
+    signers = build_signers(settings)
     return Runtime(
         settings=settings,
         engine=make_engine(database_url, pool_size=pool_size, pre_ping=pre_ping, max_overflow=max_overflow),
-        adapters=build_adapters(settings),
+        adapters=build_adapters(settings, signers),
         screener=Screener(denylist),
+        signers=signers,
     )
