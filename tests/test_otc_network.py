@@ -6,8 +6,11 @@ an offline maker's orders expiring everywhere."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,3 +277,38 @@ async def test_late_joiner_partition_and_offline_maker(cluster: Any) -> None:
         )
         for node in (b, c, late):
             assert {(p["order_id"], str(BTC)) for p in placed[3:]} <= await _book_state(client, node)
+
+
+async def test_the_cli_talks_to_its_node(cluster: Any) -> None:
+    (node,) = cluster(1)
+    await node.ready()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mixhouse", "otc", *args, "--node", node.api_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    placed = await asyncio.to_thread(
+        cli, "order", "place", "--pair", "BTC/USDT", "--side", "buy", "--quantity", "2500000", "--price", str(PRICE)
+    )
+    assert placed.returncode == 0, placed.stderr
+    oid = json.loads(placed.stdout)["order_id"]
+    book = await asyncio.to_thread(cli, "book", "--pair", "BTC/USDT")
+    assert book.returncode == 0
+    assert "bids 1" in book.stdout
+    assert oid[:12] in book.stdout
+    listed = await asyncio.to_thread(cli, "order", "list")
+    assert [o["id"] for o in json.loads(listed.stdout)] == [oid]
+    bad = await asyncio.to_thread(
+        cli, "order", "place", "--pair", "BTC/XYZ", "--side", "buy", "--quantity", "1", "--price", "1"
+    )
+    assert bad.returncode == 1
+    assert "unknown pair" in bad.stderr
+    cancelled = await asyncio.to_thread(cli, "order", "cancel", oid)
+    assert json.loads(cancelled.stdout)["state"] == "cancelled"
+    trades = await asyncio.to_thread(cli, "trades")
+    assert json.loads(trades.stdout) == []

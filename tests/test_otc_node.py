@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from mixhouse.audit import verify
 from mixhouse.db.tables import audit_log, otc_orders, otc_outbox, otc_trades
 from mixhouse.otc.devnet import Grapes
 from mixhouse.otc.grenache import RpcError
@@ -72,6 +73,9 @@ async def test_a_crossing_order_takes_from_the_owner_and_both_record_the_trade(
             assert await _count(a, otc_outbox, otc_outbox.c.delivered_at.is_(None)) == 0
             assert await _count(a, audit_log, audit_log.c.action == "otc.trade.agreed") == 1
             assert await _count(b, audit_log, audit_log.c.action == "otc.trade.agreed") == 1
+            await b.node.sweep()  # seals the node's audit entries; the chain verifies
+            async with b.node.engine.connect() as conn:
+                assert await verify(conn) >= 1
 
             # A replayed take gets the same grant, never a second fill.
             async with a.node.engine.connect() as conn:

@@ -46,7 +46,7 @@ from pydantic import BaseModel
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mixhouse.audit import AuditEntry, append
+from mixhouse.audit import AuditEntry, append, seal
 from mixhouse.db.tables import otc_orders
 from mixhouse.errors import IllegalTransition, InvalidInput, MixhouseError, NotFound
 from mixhouse.otc import store
@@ -503,9 +503,12 @@ class OtcNode:
         return refreshed
 
     async def sweep(self) -> int:
-        """Drop learned orders expired for more than a TTL (those a take or trade refers to stay)."""
+        """Drop learned orders expired for more than a TTL (those a take or trade refers to stay)
+        and seal the audit entries written since the last sweep."""
         if len(self._seen) > 100_000:
             self._seen.clear()  # only a shortcut for copies: they are then checked in full
+        # The node's database has no Mixhouse worker: the node chains its own audit entries.
+        await seal(self.engine, wait=False)
         async with self.engine.begin() as conn:
             return await store.drop_expired_learned(conn, before_ms=self.clock() - self.settings.ttl_ms)
 
