@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import procrastinate
 import procrastinate.worker
@@ -35,6 +35,7 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.rounds import run_round, run_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
+from mixhouse.money import Asset
 from mixhouse.reconnect import DATABASE_ERRORS, backoff_delays, wait_for_database
 from mixhouse.unit import unit
 from mixhouse.wallets.sources.configured import sources_from_settings
@@ -44,6 +45,14 @@ log = structlog.get_logger(__name__)
 
 # A worker incarnation that ran this long was healthy: the next outage starts a fresh backoff.
 _HEALTHY_RUN_SECONDS = 60.0
+# A scan job waits for transfers (the local ledger's long poll) for one scan interval from its
+# start (the next tick's job takes over), never for less than _MIN_WAIT_SECONDS at a time.
+_MIN_WAIT_SECONDS = 0.05
+# A round run because deposits were just pooled waits this long for one already running.
+_ROUND_WAIT_SECONDS = 5.0
+_LOCK_POLL_SECONDS = 0.02
+_TRY_WAIT_LOCK_SQL = text("SELECT pg_try_advisory_lock(hashtext('mixhouse:scan_wait'))")
+_WAIT_UNLOCK_SQL = text("SELECT pg_advisory_unlock(hashtext('mixhouse:scan_wait'))")
 
 
 _ORPHAN_SENDS_SQL = text(
@@ -85,12 +94,15 @@ def every_seconds(seconds: int) -> str:
     raise ConfigError(f"a periodic interval of {seconds} s cannot be scheduled: use 1-59 s or whole minutes")
 
 
-def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
+def create_job_app(rt: Runtime, conninfo: str, *, scan_between_ticks: bool = True) -> procrastinate.App:
     """A procrastinate App whose tasks close over ``rt`` (no module-level state).
 
     Args:
         rt: the process's runtime.
         conninfo: libpq URI of the database (the same one ``rt.engine`` uses).
+        scan_between_ticks: whether a scan job stays until just before the next tick to scan
+            again as soon as a chain reports a transfer (:func:`_scan_on_arrival`); off for a
+            worker that runs one job at a time, which the waiting would hold up.
     """
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
     scan_every = rt.settings.scan_interval_seconds
@@ -112,10 +124,13 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
     @app.task(name=TASK_SCAN_CHAIN, queue=QUEUE, queueing_lock="scan")
     async def scan_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
         for asset in rt.adapters:
-            await scan_asset(rt, asset)
-            # Sweep what the scan accepted at once, in batches, rather than one job per sweep.
-            await run_sweeps(rt, asset)
+            await _scan_and_pay(rt, asset)
         await expire_mixes(rt)
+        # Until the next tick's job, a chain that can say when a transfer lands (the local
+        # ledger's long poll) is scanned again as soon as one does, instead of up to a whole
+        # interval later. On a chain without it (the original Jobcoin API) nothing changes.
+        if scan_between_ticks:
+            await _scan_on_arrival(rt, seconds=scan_every)
 
     @app.periodic(cron=every_seconds(reconcile_every), periodic_id="reconcile")
     @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile")
@@ -166,6 +181,67 @@ def create_job_app(rt: Runtime, conninfo: str) -> procrastinate.App:
         await recover(app, rt)
 
     return app
+
+
+@runtime_checkable
+class TransferWaiter(Protocol):
+    """An adapter that can wait for the next transfer after its last scan (the Jobcoin adapter
+    on the local ledger, :meth:`~mixhouse.chains.jobcoin.adapter.JobcoinAdapter.wait_for_transfers`)."""
+
+    async def wait_for_transfers(self, wait_seconds: float) -> bool:
+        """Whether a transfer came within ``wait_seconds``; ``False`` at once where it cannot tell."""
+        ...
+
+
+async def _scan_and_pay(rt: Runtime, asset: Asset) -> None:
+    """Scan ``asset``, sweep what the scan accepted and, if deposits joined the pool, run a
+    payout round at once."""
+    await scan_asset(rt, asset)
+    # Sweep what the scan accepted at once, in batches, rather than one job per sweep.
+    if await run_sweeps(rt, asset):
+        # Deposits just joined the pool: their payouts due now leave in a round right away
+        # instead of at the next round tick (which stays the fallback, and still sends whatever
+        # falls due later). Rounds serialise on their advisory lock: a round running elsewhere
+        # (begun before these deposits were pooled, it may not have seen them) is waited for.
+        await run_round(rt, asset, lock_wait_seconds=_ROUND_WAIT_SECONDS)
+
+
+async def _scan_on_arrival(rt: Runtime, *, seconds: float) -> None:
+    """For about ``seconds``, scan again each time a :class:`TransferWaiter` chain reports a
+    transfer. One worker waits at a time (a session advisory lock, released if the worker
+    dies): the next tick's job takes over when this one stops, waiting briefly for the lock
+    rather than leaving the rest of its interval to the tick alone. Returns at once when no
+    adapter can wait."""
+    waiters = [(asset, a) for asset, a in rt.adapters.items() if isinstance(a, TransferWaiter)]
+    if not waiters:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    async with rt.engine.connect() as lock_conn:
+        got = False
+        while not got and loop.time() < deadline - _MIN_WAIT_SECONDS:
+            got = bool((await lock_conn.execute(_TRY_WAIT_LOCK_SQL)).scalar_one())
+            await lock_conn.commit()
+            if not got:
+                await asyncio.sleep(_LOCK_POLL_SECONDS)
+        if not got:
+            return  # another worker waits on the chains until after this interval
+        try:
+            while (left := deadline - loop.time()) > _MIN_WAIT_SECONDS:
+                woke = await asyncio.gather(*(a.wait_for_transfers(left) for _, a in waiters))
+                if not any(woke):
+                    if deadline - loop.time() > left / 2:
+                        return  # none waited (each answered at once): the next tick scans
+                    continue
+                for (asset, _), came in zip(waiters, woke, strict=True):
+                    if came:
+                        await _scan_and_pay(rt, asset)
+                # A scan that found another worker's scan running read nothing: the waiter
+                # would wake again at once. A short pause lets that scan finish.
+                await asyncio.sleep(_LOCK_POLL_SECONDS)
+        finally:
+            await lock_conn.execute(_WAIT_UNLOCK_SQL)
+            await lock_conn.commit()
 
 
 async def recover(app: procrastinate.App, rt: Runtime, *, idle_seconds: float = 10.0) -> int:
@@ -234,7 +310,6 @@ async def run_worker(
     Raises:
         asyncio.CancelledError: when cancelled, once the worker has stopped.
     """
-    app = create_job_app(rt, conninfo)
     worker_options: dict[str, Any] = {
         "queues": [QUEUE],
         "concurrency": rt.settings.worker_concurrency,
@@ -246,6 +321,7 @@ async def run_worker(
         "install_signal_handlers": False,
     }
     worker_options.update(options)
+    app = create_job_app(rt, conninfo, scan_between_ticks=int(worker_options["concurrency"]) > 1)
     loop = asyncio.get_running_loop()
 
     def fresh_delays() -> Iterator[float]:

@@ -37,7 +37,7 @@ from mixhouse.chains.base import (
     SendState,
     Transfer,
 )
-from mixhouse.chains.jobcoin.ledger import validate_address
+from mixhouse.chains.jobcoin.ledger import MAX_WAIT_MS, WAITED_HEADER, validate_address
 from mixhouse.errors import (
     BroadcastRejected,
     ChainError,
@@ -188,6 +188,10 @@ class JobcoinAdapter(ChainAdapter):
         self._cursor_api: bool | None = None
         self._batch_api: bool | None = None
         self._incoming_api: bool | None = None
+        # The long poll of new transfers (our ledger's ``wait_ms``): unknown until first tried.
+        self._wait_api: bool | None = None
+        # The history id the last scan read through (what a long poll waits to see exceeded).
+        self._head: int | None = None
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
 
@@ -309,7 +313,48 @@ class JobcoinAdapter(ChainAdapter):
         else:
             tip = await self._last_id(position)
         reached = max(position, previous_head)
+        self._head = position
         return _HistoryRead(touched, f"{previous_head}:{reached}", reached, max(tip, reached))
+
+    async def wait_for_transfers(self, wait_seconds: float) -> bool:
+        """Wait up to ``wait_seconds`` for a transfer after the history this adapter's last
+        scan read (our ledger's long poll, ``GET /transactions?after=<id>&wait_ms=<n>``);
+        returns whether one came, i.e. whether a scan now would find something new.
+
+        Returns ``False`` at once on a ledger without the long poll (the original API: no
+        history cursor, or an answer without the ``X-Jobcoin-Waited`` header, remembered), or
+        before a first scan: the caller then scans at its next tick, as without it. A wake-up
+        is a hint, not a record: the scan still reads the history itself (the transfer may pay
+        an address nobody watches).
+
+        Raises:
+            ChainError: the API failed.
+        """
+        if self._cursor_api is not True or self._wait_api is False or self._head is None or wait_seconds <= 0:
+            return False
+        wait_ms = min(int(wait_seconds * 1000), MAX_WAIT_MS)
+        try:
+            response = await self._client.get(
+                f"{self._api_url}/transactions",
+                params={"after": str(self._head), "limit": "1", "wait_ms": str(wait_ms)},
+                timeout=httpx.Timeout(wait_ms / 1000 + 10.0),
+            )
+        except httpx.HTTPError as exc:
+            raise ChainError(f"Jobcoin API unreachable ({type(exc).__name__}: {exc})") from exc
+        if response.status_code != 200:
+            if 400 <= response.status_code < 500:
+                self._wait_api = False
+                return False
+            raise ChainError(f"Jobcoin API answered {response.status_code} for a long poll: {response.text[:200]}")
+        if WAITED_HEADER not in response.headers:
+            self._wait_api = False  # an answer at once, whatever it holds: no long poll there
+            return False
+        self._wait_api = True
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ChainError("Jobcoin API sent a body that is not JSON") from exc
+        return isinstance(body, list) and bool(body)
 
     async def _last_id(self, known: int) -> int:
         """The ledger's highest transfer id, given that ``known`` is an id it has: found with

@@ -31,6 +31,7 @@ for the writers in flight to finish (new ones queue behind it), and reads while 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,13 @@ WRITERS_LOCK = 0x6A636C6564676572
 _WRITERS_SHARED = text("SELECT pg_advisory_xact_lock_shared(:k)").bindparams(k=WRITERS_LOCK)
 _WRITERS_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=WRITERS_LOCK)
 MAX_PAGE = 10_000
+# A long poll (:func:`wait_for_transfer`) looks for a new transfer this often, seconds, and waits
+# at most MAX_WAIT_MS.
+WAIT_POLL_SECONDS = 0.02
+MAX_WAIT_MS = 30_000
+# Answer header of a long poll (``wait_ms``): milliseconds the ledger waited for a transfer.
+WAITED_HEADER = "X-Jobcoin-Waited"
+_ANY_AFTER_SQL = text("SELECT EXISTS (SELECT 1 FROM ledger_transfers WHERE id > :after)")
 _TRANSFER_MANY_SQL = text(
     """
     SELECT t.transfer_id, t.available
@@ -363,3 +371,24 @@ async def transfers_after(engine: AsyncEngine, after: int, limit: int) -> list[L
             select(ledger_transfers).where(ledger_transfers.c.id > after).order_by(ledger_transfers.c.id).limit(limit)
         )
         return [_to_transfer(row) for row in rows]
+
+
+async def wait_for_transfer(engine: AsyncEngine, after: int, wait_seconds: float) -> bool:
+    """Wait until a transfer with an id above ``after`` has committed, at most ``wait_seconds``;
+    returns whether one has. A cheap indexed probe every :data:`WAIT_POLL_SECONDS` (no lock:
+    writers are never held up), so it also sees transfers written straight into the database by
+    other processes, not only through this ledger's HTTP API. The caller reads the page itself
+    with :func:`transfers_after`, whose ordering guarantee this does not replace.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, wait_seconds)
+    async with engine.connect() as conn:
+        while True:
+            found = bool((await conn.execute(_ANY_AFTER_SQL, {"after": after})).scalar_one())
+            await conn.rollback()  # a fresh snapshot for the next probe
+            if found:
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(WAIT_POLL_SECONDS, left))

@@ -7,6 +7,8 @@ Routes (amounts are written as decimal strings in whole jobcoins, at most 8 deci
 * ``GET /api/transactions`` -> every transaction, oldest first. Our extension:
   ``?after=<id>&limit=<n>`` -> the next page after a cursor, each item with its ``id`` (see
   :func:`mixhouse.chains.jobcoin.ledger.transfers_after`); without ``after``, the original answer.
+  With ``after`` and ``&wait_ms=<n>`` (at most 30,000) a long poll: when nothing follows the
+  cursor yet the answer waits up to ``n`` ms for a transfer, and carries ``X-Jobcoin-Waited``.
 * ``POST /api/transactions`` and ``POST /send`` (the original's own route) with
   ``fromAddress``, ``toAddress``, ``amount`` -> ``{"status": "OK"}``; too poor a sender ->
   422 ``{"error": "Insufficient Funds"}``.
@@ -40,6 +42,7 @@ unreachable. A refused request changes nothing.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, NoReturn
@@ -132,6 +135,15 @@ _LIST_PARAMETERS = {
             "required": False,
             "description": "Page size with `after`.",
             "schema": {"type": "integer", "minimum": 1, "maximum": ledger.MAX_PAGE, "default": 1000},
+        },
+        {
+            "name": "wait_ms",
+            "in": "query",
+            "required": False,
+            "description": "Long poll with `after` (our extension): when no transfer follows the cursor yet, wait "
+            "up to this many milliseconds for one before answering (the page may still be empty). The answer "
+            "then carries the header `X-Jobcoin-Waited` (milliseconds waited).",
+            "schema": {"type": "integer", "minimum": 0, "maximum": ledger.MAX_WAIT_MS, "default": 0},
         },
     ]
 }
@@ -427,19 +439,27 @@ def create_ledger_app(
         },
         openapi_extra=_LIST_PARAMETERS,
     )
-    async def list_transactions(request: Request) -> list[dict[str, Any]]:
+    async def list_transactions(request: Request) -> list[dict[str, Any]] | JSONResponse:
         """Every transfer of the ledger, oldest first; with ``?after=<id>`` (and ``limit``, at
         most 10,000, default 1,000), one page of the transfers after that cursor, each with its
         ``id``: our extension, for scanners. The original has no cursor, and without ``after``
         the answer is exactly the original's."""
         after = _query_int(request, "after", default=None, maximum=_MAX_ID)
         limit = _query_int(request, "limit", default=1000, maximum=ledger.MAX_PAGE, minimum=1)
+        wait_ms = _query_int(request, "wait_ms", default=0, maximum=ledger.MAX_WAIT_MS) or 0
         if after is None:
             async with _engine(request).connect() as conn:
                 transfers = await ledger.all_transfers(conn)
             return [_transaction_json(item) for item in transfers]
+        headers: dict[str, str] = {}
+        if wait_ms:
+            # A scanner's long poll: it learns of a new transfer as it commits instead of at its
+            # next tick (a node's new-block subscription, for our development chain).
+            started = time.monotonic()
+            await ledger.wait_for_transfer(_engine(request), after, wait_ms / 1000)
+            headers[ledger.WAITED_HEADER] = str(round((time.monotonic() - started) * 1000))
         page = await ledger.transfers_after(_engine(request), after, limit or 1000)
-        return [{"id": item.id, **_transaction_json(item)} for item in page]
+        return JSONResponse([{"id": item.id, **_transaction_json(item)} for item in page], headers=headers)
 
     async def send(request: Request) -> dict[str, str]:
         """Move ``amount`` from ``fromAddress`` to ``toAddress`` (422 ``Insufficient Funds``
