@@ -60,6 +60,8 @@ _RETRY_REJECTED_SECONDS = 30.0
 _CONFIRMATION_CHECK_SECONDS = 2.0
 # Sign/broadcast/record waves per round or sweep batch (each wave takes one send per pair).
 _MAX_WAVES = 20
+# How often a round waiting for another's advisory lock tries it again, seconds.
+_ROUND_LOCK_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,22 +81,30 @@ class RoundResult:
     confirmed: int = 0
 
 
-async def run_round(rt: Runtime, asset: Asset) -> RoundResult:
-    """Run one payout round of ``asset``: gate, sign, send, record. Returns at once (an empty
-    result) if another worker's round of the asset is running.
+async def run_round(rt: Runtime, asset: Asset, *, lock_wait_seconds: float = 0.0) -> RoundResult:
+    """Run one payout round of ``asset``: gate, sign, send, record. Returns (an empty result)
+    if another worker's round of the asset is running and still is after ``lock_wait_seconds``:
+    a round run because deposits just joined the pool waits for one begun before they did
+    (which may not have seen them) rather than leave them to the next tick.
 
     Raises:
         ChainError: the node or API failed in a way the per-send path must handle later.
     """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + lock_wait_seconds
     async with rt.engine.connect() as lock_conn:
-        got = (
-            await lock_conn.execute(
-                text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": f"mixhouse:payout_round:{asset.value}"}
-            )
-        ).scalar_one()
-        await lock_conn.commit()
-        if not got:
-            return RoundResult()
+        while True:
+            got = (
+                await lock_conn.execute(
+                    text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": f"mixhouse:payout_round:{asset.value}"}
+                )
+            ).scalar_one()
+            await lock_conn.commit()
+            if got:
+                break
+            if loop.time() >= give_up:
+                return RoundResult()
+            await asyncio.sleep(_ROUND_LOCK_POLL_SECONDS)
         try:
             released, held = await release_gate(rt, asset)
             if await payouts_paused(rt, asset.value):
