@@ -3,6 +3,7 @@ stays up and the handler never sees it; malformed or hostile replies are PeerUna
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import uuid
@@ -275,3 +276,32 @@ async def test_grape_error_replies_are_grape_errors(grapes: Grapes) -> None:
         assert await grape.lookup(f"nobody:{uuid.uuid4().hex}") == []
     finally:
         await grape.aclose()
+
+
+async def test_requests_beyond_max_in_flight_are_refused_busy() -> None:
+    entered = asyncio.Semaphore(0)
+    release = asyncio.Event()
+
+    async def slow(key: str, payload: Any) -> Any:
+        entered.release()
+        await release.wait()
+        return payload
+
+    server = RpcServer(slow, host="127.0.0.1", port=0, max_body_bytes=MAX_BODY, max_json_depth=16, max_in_flight=2)
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            held = [
+                asyncio.create_task(client.post(url, content=json.dumps([f"r{i}", "k", i]).encode())) for i in (1, 2)
+            ]
+            await entered.acquire()
+            await entered.acquire()
+            busy = await client.post(url, content=GOOD)
+            assert busy.status_code == 503
+            assert _frame(busy) == [None, "ERR_SERVICE_BUSY", None]
+            release.set()
+            assert [_frame(await t) for t in held] == [["r1", None, 1], ["r2", None, 2]]
+            assert (await client.post(url, content=GOOD)).status_code == 200
+    finally:
+        await server.close()

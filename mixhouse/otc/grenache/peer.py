@@ -54,7 +54,7 @@ from mixhouse.otc.grenache.frames import (
     read_frame,
 )
 from mixhouse.otc.grenache.grape import GrapeClient
-from mixhouse.otc.grenache.server import DEFAULT_DRAIN_TIMEOUT_S, Handler, RpcServer
+from mixhouse.otc.grenache.server import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_MAX_IN_FLIGHT, Handler, RpcServer
 
 __all__ = ["GrenachePeer", "Handler", "NotReady", "parse_address"]
 
@@ -123,6 +123,7 @@ class GrenachePeer:
         max_json_depth: deepest JSON nesting accepted, both ways.
         drain_timeout_s: how long :meth:`close` waits for in-flight requests.
         lookup_cache_s: how long :meth:`peers` reuses a non-empty lookup (0: never).
+        max_in_flight: incoming requests answered at once; more get ``ERR_SERVICE_BUSY``.
 
     Attributes:
         port: the bound RPC port after :meth:`start`.
@@ -144,6 +145,7 @@ class GrenachePeer:
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
         lookup_cache_s: float = DEFAULT_LOOKUP_CACHE_S,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         if announce_every_s <= 0:
             raise ValueError("announce_every_s must be positive")
@@ -163,6 +165,7 @@ class GrenachePeer:
             max_body_bytes=max_body_bytes,
             max_json_depth=max_json_depth,
             drain_timeout_s=drain_timeout_s,
+            max_in_flight=max_in_flight,
         )
         self._http: httpx.AsyncClient | None = None  # for the grapes
         self._session: aiohttp.ClientSession | None = None  # for the peers

@@ -13,6 +13,7 @@ request it cannot parse unanswered until the client's timeout):
 request                               status  reply
 ====================================  ======  ===================================
 not POST                              405     ``[null, "ERR_FRAME_METHOD", null]``
+``max_in_flight`` requests already in   503     ``[null, "ERR_SERVICE_BUSY", null]`` (body unread)
 body (or gunzipped body) over limit   413     ``[rid|null, "ERR_FRAME_TOO_LARGE", null]``
 bad gzip, JSON, NUL, depth, shape     400     ``[rid|null, "ERR_FRAME_...", null]``
 body not sent within the read timeout  408    ``[null, "ERR_FRAME_TIMEOUT", null]``
@@ -56,6 +57,9 @@ Handler = Callable[[str, Any], Awaitable[Any]]
 
 DEFAULT_READ_TIMEOUT_S = 30.0
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
+# Each request in flight may hold a body up to the cap (4 MiB by default): 256 bound that to 1 GiB.
+DEFAULT_MAX_IN_FLIGHT = 256
+ERR_BUSY = "ERR_SERVICE_BUSY"
 
 
 class RpcServer:
@@ -69,6 +73,7 @@ class RpcServer:
         max_json_depth: deepest nesting of arrays/objects accepted.
         read_timeout_s: a request body must arrive within this.
         drain_timeout_s: how long :meth:`close` waits for in-flight handlers.
+        max_in_flight: requests answered at once; more are refused with ``ERR_SERVICE_BUSY``.
     """
 
     def __init__(
@@ -81,8 +86,10 @@ class RpcServer:
         max_json_depth: int,
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self._handler = handler
+        self._max_in_flight = max_in_flight
         self._host = host
         self.port = port
         self._max_body_bytes = max_body_bytes
@@ -162,11 +169,16 @@ class RpcServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         compressed = wants_gzip(request.headers.get(COMPRESS_HEADER))
+        if self.in_flight >= self._max_in_flight:
+            return self._respond(503, [None, ERR_BUSY, None], compressed)
         self.in_flight += 1
         try:
             status, frame = await self._answer(request, compressed)
         finally:
             self.in_flight -= 1
+        return self._respond(status, frame, compressed)
+
+    def _respond(self, status: int, frame: list[Any], compressed: bool) -> web.Response:
         try:
             body = encode_json(frame)
         except (TypeError, ValueError) as exc:
