@@ -230,3 +230,20 @@ async def test_peers_fall_back_to_the_other_grape_when_ours_dies() -> None:
             # a's announce loop keeps failing and retrying without ending.
             assert a.announcing
         assert not a.announcing
+
+
+async def test_empty_lookups_are_never_cached(grapes: Grapes) -> None:
+    grape = GrapeClient(grapes.urls[0], cache_s=60.0)
+    try:
+        key = _service()
+        assert await grape.lookup(key) == []
+        await grape.announce(key, 4001)
+        # The empty answer was not kept: the next cached lookup asks the grape and sees 4001.
+        assert await grape.lookup(key) == ["127.0.0.1:4001"]
+        await grape.announce(key, 4002)
+        # A non-empty answer is kept (60 s here) ...
+        assert await grape.lookup(key) == ["127.0.0.1:4001"]
+        # ... unless the caller asks afresh.
+        assert sorted(await grape.lookup(key, use_cache=False)) == ["127.0.0.1:4001", "127.0.0.1:4002"]
+    finally:
+        await grape.aclose()
