@@ -358,8 +358,8 @@ def test_the_expiry_index_and_the_levels_stay_small_under_churn() -> None:
         e.cancel(f"o{i}")
     level = e._book.asks.levels[P]
     assert len(level.queue) <= 2 * level.count + 16
-    # The expiry index holds exactly the open orders that expire.
-    assert sorted(o.id for bucket in e._buckets.values() for o in bucket) == ["front"]
+    # Stale entries of the 20,000 cancelled orders do not pile up: the index is rebuilt.
+    assert sum(len(bucket) for bucket in e._buckets.values()) <= 4 * len(e) + 4096 + 1
     e.submit(order("back", Side.SELL, P, Q, created_ms=NOW + 10**6), now_ms=NOW)
     fills = e.submit(order("b", Side.BUY, P, 2 * Q), now_ms=NOW).fills
     assert [f.maker_id for f in fills] == ["front", "back"]
