@@ -3,12 +3,20 @@
 Measures, with zero payout delay, the release gate off (``MIXHOUSE_PRIVACY_GATE_K=1``) and a
 payout round every second (``MIXHOUSE_PAYOUT_ROUND_SECONDS=1``):
 
-* mixes per second: N mixes created and funded at once, timed from the first deposit until
-  every payout is confirmed, with W worker processes (``python -m mixhouse worker``);
-* deposit-to-first-payout latency per mix, two ways: from the deposit's transfer on the ledger
-  (includes waiting for the next chain scan, a 1 s tick) and from the moment the deposit was
-  accepted (confirmed and screened, from the audit log) to its first payout on the ledger. Both
-  include the wait for the next payout round (up to 1 s) and the sweep into the pool.
+* mixes per second and payouts per second: N mixes created, then funded at once (the burst, one
+  ledger statement per 1,000), with W worker processes (``python -m mixhouse worker``), timed
+  from the moment the first deposit is sent until every payout is confirmed;
+* payout latency: for every payout, from its deposit's transfer on the ledger to its own (p50,
+  p99), and per mix to its last payout;
+* where the burst's time goes: per stage (seen by a scan, accepted, swept and pooled, first
+  payout), the median step and when the burst's last deposit left it;
+* deposit-to-first-payout latency of single mixes on an idle system, from the deposit's
+  transfer and from its acceptance (confirmed and screened, from the audit log).
+
+The workers scan on arrival: the local ledger's long poll wakes the scan job as a transfer
+commits (the 1 s scan tick stays the fallback, the only path on the original Jobcoin API), and a
+payout round runs as soon as sweeps pool deposits (the 1 s round tick stays the fallback). The
+load average is printed: the machine's 2 cores are often shared.
 
 It runs on a fresh database on ``MIXHOUSE_BENCH_DATABASE_URL`` (a maintenance DB URI of a
 server we may create databases on) or on an embedded PostgreSQL.
@@ -53,6 +61,11 @@ def _server_url() -> str:
     return os.environ.get("MIXHOUSE_BENCH_DATABASE_URL") or with_database(
         start_embedded(Path(tempfile.gettempdir()) / "mixhouse-bench-pg"), "postgres"
     )
+
+
+def _load_average() -> str:
+    """The machine's 1-minute load average (the benchmark shares its 2 cores), as text."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -182,6 +195,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int, latency_mixes: i
             ]
             await asyncio.sleep(3)  # workers start (imports, migrations check)
             single = await _one_at_a_time(rt, engine, n=latency_mixes)
+            load_before = _load_average()
             start = time.perf_counter()
             start_wall = time.time()
             # The burst lands at once (one ledger statement per 1,000), as many users paying
@@ -205,6 +219,7 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int, latency_mixes: i
                     break
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - start
+            load_after = _load_average()
             async with engine.connect() as conn:
                 payouts = (
                     await conn.execute(select(func.count()).select_from(sends).where(sends.c.kind == "payout"))
@@ -236,6 +251,18 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int, latency_mixes: i
             elif t.to_address in owner:
                 key = owner[t.to_address]
                 first_payout[key] = min(first_payout.get(key, ts), ts)
+        # Every payout's latency: from its deposit's transfer on the ledger to its own.
+        payout_latency = [
+            t.created_at.timestamp() - deposit_time[owner[t.to_address]]
+            for t in transfers
+            if t.to_address in owner and owner[t.to_address] in deposit_time
+        ]
+        last_payout: dict[str, float] = {}
+        for t in transfers:
+            if t.to_address in owner:
+                key = owner[t.to_address]
+                last_payout[key] = max(last_payout.get(key, 0.0), t.created_at.timestamp())
+        mix_done = [last_payout[a] - deposit_time[a] for a in deposit_time if a in last_payout]
         from_ledger = [first_payout[a] - deposit_time[a] for a in deposit_time]
         from_accept = [first_payout[a] - accepted_at[by_deposit_address[a]].timestamp() for a in deposit_time]
         _print_stages(
@@ -249,12 +276,24 @@ async def bench(n_mixes: int, n_workers: int, concurrency: int, latency_mixes: i
             f"one mix at a time ({latency_mixes} mixes, idle system): confirmed deposit -> first payout on ledger "
             f"p50 {statistics.median(single[0]):.3f} s, max {max(single[0]):.3f} s; "
             f"deposit on ledger -> first payout p50 {statistics.median(single[1]):.2f} s "
-            f"(includes the wait for the next 1 s scan tick)"
+            f"(the scan on arrival: no tick to wait for on the local ledger)"
         )
-        print(f"mixes: {n_mixes}, payouts: {payouts}, workers: {n_workers} x concurrency {concurrency}")
+        print(
+            f"mixes: {n_mixes}, payouts: {payouts}, workers: {n_workers} x concurrency {concurrency}, "
+            f"load average before/after the burst: {load_before} / {load_after}"
+        )
         print(f"mix creation (service layer, one client): {create_rate:.0f} mixes/s")
         print(f"deposits sent: {deposit_rate:.0f}/s")
-        print(f"end to end: {elapsed:.2f} s -> {n_mixes / elapsed:.1f} mixes/s, {payouts / elapsed:.1f} payouts/s")
+        print(
+            f"end to end (first deposit sent -> every payout confirmed): {elapsed:.2f} s -> "
+            f"{n_mixes / elapsed:.1f} mixes/s, {payouts / elapsed:.1f} payouts/s"
+        )
+        print(
+            "payout latency (its deposit on ledger -> the payout on ledger, every payout): "
+            f"p50 {statistics.median(payout_latency):.2f} s, p99 {_percentile(payout_latency, 0.99):.2f} s, "
+            f"max {max(payout_latency):.2f} s; a mix's last payout: p50 {statistics.median(mix_done):.2f} s, "
+            f"p99 {_percentile(mix_done, 0.99):.2f} s"
+        )
         print(
             "deposit on ledger -> first payout: "
             f"p50 {statistics.median(from_ledger):.2f} s, p95 {_percentile(from_ledger, 0.95):.2f} s, "
