@@ -43,11 +43,20 @@ def test_start_grapes_fails_cleanly_on_a_taken_port(grapes: Grapes) -> None:
         pass
 
 
-def test_grapes_command_runs_until_ctrl_c() -> None:
-    # The Typer command itself, in a process of its own: prints the grapes, stops them on SIGINT.
-    code = "from mixhouse.otc.devnet import devnet_app; devnet_app(prog_name='devnet')"
+@pytest.mark.parametrize(
+    ("argv", "stop", "status"),
+    [
+        # The Typer app of mixhouse.otc.devnet by itself, stopped by Ctrl-C.
+        (["-c", "from mixhouse.otc.devnet import devnet_app; devnet_app(prog_name='devnet')"], signal.SIGINT, 0),
+        # `mixhouse devnet grapes`, stopped by SIGTERM (the CLI turns it into a clean exit, 143).
+        (["-m", "mixhouse", "devnet"], signal.SIGTERM, 128 + signal.SIGTERM),
+    ],
+    ids=["devnet_app-ctrl-c", "mixhouse-sigterm"],
+)
+def test_grapes_command_runs_until_stopped(argv: list[str], stop: signal.Signals, status: int) -> None:
+    # In a process of its own: prints the grapes, serves them, stops them when told to.
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "grapes", "--free-ports"],
+        [sys.executable, *argv, "grapes", "--free-ports"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -59,8 +68,8 @@ def test_grapes_command_runs_until_ctrl_c() -> None:
         urls = [line.split()[2] for line in lines[:2]]
         for url in urls:
             assert isinstance(_post(url, "lookup", "k"), list)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        proc.send_signal(stop)
+        assert proc.wait(timeout=30) == status
     finally:
         if proc.poll() is None:
             proc.kill()

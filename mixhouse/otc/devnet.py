@@ -36,6 +36,7 @@ import httpx
 import typer
 
 from mixhouse.errors import MixhouseError
+from mixhouse.termination import exit_cleanly_on_sigterm
 
 #: (DHT UDP port, HTTP API TCP port) of each grape, as the challenge prescribes.
 CHALLENGE_PORTS: tuple[tuple[int, int], ...] = ((20001, 30001), (20002, 40001))
@@ -278,6 +279,7 @@ def grapes_command(
     ] = None,
 ) -> None:
     """Run the challenge's two Grape DHT nodes on 127.0.0.1 (20001/30001 and 20002/40001) until Ctrl-C."""
+    exit_cleanly_on_sigterm()  # SIGTERM unwinds too (exit 143), stopping the grapes on the way
     try:
         with start_grapes(ports=None if free_ports else CHALLENGE_PORTS, peer_max_age_ms=peer_max_age_ms) as grapes:
             for url, dht in zip(grapes.urls, grapes.dht_ports, strict=True):
