@@ -233,6 +233,11 @@ class Settings(BaseSettings):
     # comes from MIXHOUSE_KEYSTORE_PASSPHRASE_FILE, or is typed at a prompt on a terminal.
     keystore_path: Path | None = None
     keystore_passphrase: SecretStr | None = None
+    # With MIXHOUSE_SIGNER=pkcs11, each API process keeps this many deposit keys per asset
+    # pre-generated in the token (mixhouse.keys.buffer; a token makes keys slowly: SoftHSM2 ~7/s),
+    # checked every key_buffer_interval_seconds; 0 turns the buffer off (keys made at issue).
+    key_buffer_size: int = Field(default=100, ge=0, le=100_000)
+    key_buffer_interval_seconds: float = Field(default=5.0, gt=0)
 
     # Workers
     scan_interval_seconds: int = Field(default=5, ge=1)

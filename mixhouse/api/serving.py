@@ -24,7 +24,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import uvicorn
@@ -34,9 +34,11 @@ from mixhouse.api.app import create_app
 from mixhouse.api.fast_status import FastReads
 from mixhouse.api.status_feed import MixChangeFeed
 from mixhouse.config import Settings
+from mixhouse.keys.buffer import run_key_buffer
 from mixhouse.logs import configure_logging, uvicorn_log_config
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.setup import build_runtime
+from mixhouse.servers import background
 
 # uvicorn imports the factory by name in each worker process.
 WORKER_FACTORY = "mixhouse.api.serving:worker_app"
@@ -68,9 +70,21 @@ def api_app(settings: Settings, database_url: str) -> FastReads:
     fast = FastReads(app, rt, database_url, feed)
     inner = app.router.lifespan_context
 
+    # A token makes keys slowly: keep deposit keys pre-generated (mixhouse.keys.buffer).
+    fill = settings.signer == "pkcs11" and settings.key_buffer_size > 0 and bool(rt.signers)
+    sources = {asset.value: rt.adapter(asset).deposit_address for asset in rt.signers}
+
     @asynccontextmanager
     async def running(app_: FastAPI) -> AsyncIterator[None]:
-        async with inner(app_):
+        async with inner(app_), AsyncExitStack() as stack:
+            if fill:
+                filler = run_key_buffer(
+                    rt.engine,
+                    sources,
+                    target=settings.key_buffer_size,
+                    interval_seconds=settings.key_buffer_interval_seconds,
+                )
+                await stack.enter_async_context(background(filler))
             await fast.start()
             # Everything imported and built so far lives as long as the process: out of the
             # collector's sight, a full collection no longer walks it (tens of ms, the tail

@@ -277,6 +277,18 @@ key_counters = Table(
     Column("next_index", BigInteger, nullable=False),
 )
 
+# Deposit keys generated ahead of need in a slow signer's token, not issued yet (migration 0018,
+# mixhouse.keys.buffer): their index was allocated from key_counters when they were made.
+key_buffer = Table(
+    "key_buffer",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("key_index", BigInteger, primary_key=True),
+    Column("address", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("key_index >= 0", name="key_buffer_key_index_check"),
+)
+
 # An operator's written acknowledgement of one reconciliation mismatch (migration 0013,
 # mixer/acknowledgements.py): the figures it covers and the discrepancy range it accepts.
 reconciliation_acknowledgements = Table(

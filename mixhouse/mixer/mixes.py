@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from mixhouse.audit import AuditEntry
 from mixhouse.db.tables import deposits, key_counters, mixes, sends
 from mixhouse.errors import InvalidAddress, InvalidInput, KeysExhausted, NotFound
+from mixhouse.keys.buffer import take_key
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MixState, now, transition
 from mixhouse.mixer.withdrawals import IS_DEPOSIT, check_withdrawals
@@ -77,9 +78,15 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
         )
         if ours.first() is not None:
             raise InvalidAddress(IS_DEPOSIT)
-        index = await next_key_index(work, asset.value)
+        # A key pre-generated in a slow token if one is buffered (mixhouse.keys.buffer: taken
+        # under SKIP LOCKED, back if this unit rolls back), else one made now.
+        taken = await take_key(work.conn, asset.value) if asset in rt.signers else None
         try:
-            deposit_address = adapter.deposit_address(index)
+            if taken is not None:
+                index, deposit_address = taken
+            else:
+                index = await next_key_index(work, asset.value)
+                deposit_address = adapter.deposit_address(index)
         except ValueError as exc:
             # Past the account's last soft BIP-32 index: nothing is created (the counter's
             # increment rolls back with this unit), and the operator is told, not a 500.
