@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from mixhouse.audit import verify
+from mixhouse.audit import verify_chain
 from mixhouse.db.tables import audit_log, otc_orders, otc_outbox, otc_trades
 from mixhouse.otc.devnet import Grapes
 from mixhouse.otc.grenache import RpcError
@@ -73,9 +73,16 @@ async def test_a_crossing_order_takes_from_the_owner_and_both_record_the_trade(
             assert await _count(a, otc_outbox, otc_outbox.c.delivered_at.is_(None)) == 0
             assert await _count(a, audit_log, audit_log.c.action == "otc.trade.agreed") == 1
             assert await _count(b, audit_log, audit_log.c.action == "otc.trade.agreed") == 1
-            await b.node.sweep()  # seals the node's audit entries; the chain verifies
-            async with b.node.engine.connect() as conn:
-                assert await verify(conn) >= 1
+
+            # The node's sweep seals its audit entries (once every transaction older than them
+            # has ended, server-wide); the chain then verifies.
+            async def sealed() -> bool:
+                await b.node.sweep()
+                async with b.node.engine.connect() as conn:
+                    report = await verify_chain(conn, seal_first=False)
+                return report.unsealed == 0 and report.verified >= 1
+
+            await wait_until(sealed, what="B's audit entries sealed")
 
             # A replayed take gets the same grant, never a second fill.
             async with a.node.engine.connect() as conn:

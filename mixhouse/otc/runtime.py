@@ -9,7 +9,6 @@ in one process or as processes.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from mixhouse.db.embedded import start_embedded
 from mixhouse.db.engine import make_engine
 from mixhouse.db.migrate import upgrade
 from mixhouse.otc.api import create_app
-from mixhouse.otc.grenache import OTC_SERVICE, GrapeClient, GrapeError, GrenachePeer, NotReady
+from mixhouse.otc.grenache import OTC_SERVICE, GrenachePeer
 from mixhouse.otc.identity import NodeKey
 from mixhouse.otc.node import NodeSettings, OtcNode
 from mixhouse.servers import running_server
@@ -62,31 +61,6 @@ class RunningNode:
     api_url: str | None
 
 
-async def _visible(peer: GrenachePeer, grape_urls: Sequence[str], timeout_s: float = 60.0) -> None:
-    """Wait until every grape lists ``peer`` (what ``GrenachePeer.ready`` promises; polled here
-    with uncached lookups so the node does not depend on how long ready() waits).
-
-    Raises:
-        NotReady: not listed everywhere within ``timeout_s``.
-    """
-    deadline = time.monotonic() + timeout_s
-    clients = [GrapeClient(url) for url in grape_urls]
-    try:
-        for client in clients:
-            while True:
-                try:
-                    if peer.address in await client.lookup(OTC_SERVICE, use_cache=False):
-                        break
-                except GrapeError:
-                    pass  # the grape is starting or away: asked again below, until the deadline
-                if time.monotonic() > deadline:
-                    raise NotReady(f"{peer.address} not visible on {client.url} within {timeout_s} s")
-                await asyncio.sleep(0.02)  # poll interval, bounded by the deadline above
-    finally:
-        for client in clients:
-            await client.aclose()
-
-
 @asynccontextmanager
 async def running_node(config: NodeConfig) -> AsyncIterator[RunningNode]:
     """Start a node (see the module docstring); stop it on exit.
@@ -113,7 +87,7 @@ async def running_node(config: NodeConfig) -> AsyncIterator[RunningNode]:
     try:
         await peer.start()
         node.attach(peer)
-        await _visible(peer, [config.grape_url, *config.other_grape_urls])
+        await peer.ready()  # announced and listed by every grape given
         await node.start()
         try:
             if config.api_port is None:
