@@ -3,20 +3,24 @@
 A user talks to their own node only: place, cancel and list its orders, read the network's
 book for a pair as this node holds it, its trades, the node's identity. Amounts are decimal
 strings of base units (quantity: BASE base units; price: QUOTE base units per whole BASE
-coin). Errors are RFC 9457 problems (:mod:`mixhouse.api.problems`): 422 invalid input
-(unknown pair, off-tick price, zero amount...), 404 unknown order, 409 an order no longer
-open.
+coin). Errors are RFC 9457 problems (``application/problem+json``, ``{type, title, status,
+detail, instance}``), as the main API's: 422 invalid input (unknown pair, off-tick price, zero
+amount..., and request validation with ``errors``), 404 unknown order, 409 an order no longer
+open. The main API's handlers are not reused: ``mixhouse.api`` imports the mixer, which the
+OTC feature must not.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Query
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
-from mixhouse.api.problems import install_problem_handlers
+from mixhouse.errors import IllegalTransition, InvalidInput, NotFound
 from mixhouse.otc.node import NewOrder, OrderNotFound, OtcNode
 from mixhouse.otc.orders import OrderId
 from mixhouse.otc.pairs import PAIRS
@@ -159,10 +163,45 @@ def trade_out(row: Row[Any]) -> TradeOut:
     )
 
 
+_PROBLEMS: list[tuple[type[Exception], int, str]] = [
+    (InvalidInput, 422, "invalid-input"),
+    (NotFound, 404, "not-found"),
+    (IllegalTransition, 409, "conflict"),
+]
+
+
+def _problem(request: Request, status: int, kind: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {
+        "type": f"urn:mixhouse:problem:{kind}",
+        "title": kind.replace("-", " "),
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def _install_problems(app: FastAPI) -> None:
+    for exc_type, status, kind in _PROBLEMS:
+
+        async def handler(request: Request, exc: Exception, status: int = status, kind: str = kind) -> JSONResponse:
+            return _problem(request, status, kind, str(exc))
+
+        app.add_exception_handler(exc_type, handler)
+
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return _problem(request, 422, "validation", "the request does not validate", errors=errors)
+
+    app.add_exception_handler(RequestValidationError, validation)
+
+
 def create_app(node: OtcNode) -> FastAPI:
     """The HTTP API of ``node``."""
     app = FastAPI(title="Mixhouse OTC node", version="1", description=__doc__)
-    install_problem_handlers(app)
+    _install_problems(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
