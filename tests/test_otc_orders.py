@@ -4,6 +4,8 @@ everything a peer can send (each refusal is an InvalidMessage, never a crash).""
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,12 @@ def test_key_file_is_created_private_and_reloaded(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(KeyFileError):
         NodeKey.load_or_create(path)
+
+
+def test_the_otc_feature_imports_no_other_feature() -> None:
+    code = (
+        "import sys, mixhouse.otc.runtime, mixhouse.otc.cli, mixhouse.otc.demo;"
+        "print([m for m in sys.modules if m.startswith(('mixhouse.mixer', 'mixhouse.wallets'))])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
