@@ -75,6 +75,8 @@ class MatchingEngine:
     """
 
     __slots__ = (
+        "_asks",
+        "_bids",
         "_book",
         "_buckets",
         "_expiry",
@@ -98,6 +100,8 @@ class MatchingEngine:
         self._stp = stp
         self._book = Book()
         self._orders: dict[str, Order] = self._book.orders
+        self._bids = self._book.bids
+        self._asks = self._book.asks
         # The rules as plain attributes: submit's common-case check reads them without calls.
         self._tick = rules.tick
         self._unit: int = 10**rules.base_decimals
@@ -249,14 +253,13 @@ class MatchingEngine:
             self._check_new(order, now_ms)
         expiry = self._expiry
         expired: Sequence[Order] = self.expire(now_ms) if expiry and expiry[0] <= now_ms else ()
-        book = self._book
         if order.side is _BUY:
-            own, opposite = book.bids, book.asks
+            own, opposite, limit = self._bids, self._asks, -price
         else:
-            own, opposite = book.asks, book.bids
+            own, opposite, limit = self._asks, self._bids, price
         keys = opposite.keys
         tif = order.tif
-        if not keys or keys[-1] < opposite.sign * price:
+        if not keys or keys[-1] < limit:
             # Does not cross: the common case, kept short (_rest inlined for the latest order at
             # its price, the usual one).
             if tif is _GTC or tif is _POST_ONLY:
@@ -312,8 +315,13 @@ class MatchingEngine:
                 level.count -= 1
                 if not level.count:
                     opposite.remove_level(maker_price)
-                elif not level.queue[0].remaining or len(level.queue) > 2 * level.count + COMPACT_SLACK:
-                    level.drop_dead()
+                else:
+                    # PriceLevel.drop_dead inlined: the filled maker is usually at the front.
+                    queue = level.queue
+                    while not queue[0].remaining:
+                        queue.popleft()
+                    if len(queue) > 2 * level.count + COMPACT_SLACK:
+                        level.drop_dead()
                 self._stale += 1
             fills.append(
                 Fill(
@@ -457,14 +465,17 @@ class MatchingEngine:
         order.cancelled += order.remaining
         order.remaining = 0
         order.status = _CANCELLED
-        book = self._book
-        book_side = book.bids if order.side is _BUY else book.asks
+        book_side = self._bids if order.side is _BUY else self._asks
         level = book_side.levels[order.price]
         level.count -= 1
         if not level.count:
             book_side.remove_level(order.price)
-        elif not level.queue[0].remaining or len(level.queue) > 2 * level.count + COMPACT_SLACK:
-            level.drop_dead()
+        else:
+            queue = level.queue
+            while not queue[0].remaining:
+                queue.popleft()
+            if len(queue) > 2 * level.count + COMPACT_SLACK:
+                level.drop_dead()
         self._stale += 1
         return order
 
