@@ -349,7 +349,7 @@ class MatchingEngine:
             self._withdraw(order, Reason.SELF_TRADE, execution)
         elif tif is not _GTC:
             self._withdraw(order, Reason.IOC_REMAINDER, execution)
-        elif opposite.keys and opposite.keys[-1] >= opposite.sign * order.price:
+        elif opposite.keys and opposite.keys[-1] >= limit:
             self._withdraw(order, Reason.WOULD_REST_CROSSED, execution)
         else:
             self._rest(own, order)
