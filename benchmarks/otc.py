@@ -332,7 +332,7 @@ def main() -> None:
     print(f"book: {workload.depth_before:,} resting orders before, {workload.depth_after:,} after")
     variants: list[tuple[str, Callable[[], Engine]]] = [
         ("engine (mixhouse.otc.matching)", lambda: MatchingEngine(RULES)),
-        ("naive sorted-list book (baseline)", NaiveBook),
+        ("naive book (baseline, dict price -> list)", NaiveBook),
     ]
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
     for _ in range(3):  # interleaved, so that both see the same machine load
