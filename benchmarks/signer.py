@@ -7,15 +7,24 @@
 * keys/s: new deposit keys, what issuing a deposit address costs: a fresh BIP-32 path derived
   and its public key (software), a key pair generated in the token and stored (SoftHSM2).
 
+* deposit addresses issued/s on the token (with ``--database-url``, a PostgreSQL server):
+  without the key buffer (index from ``key_counters`` and the key made in the token, in one
+  transaction, as ``create_mix`` did) and with it (``mixhouse.keys.buffer.take_key`` from keys
+  made ahead by ``top_up``), in a temporary database dropped afterwards. The buffer moves the
+  token's work out of the issuing transaction: a burst up to the buffer's size is issued at the
+  database's pace; a sustained rate above the token's keygen rate still drains it.
+
 Each figure is the median of 3 runs. SoftHSM2 runs on a temporary token (``SOFTHSM2_CONF``
 set by this script before the library loads).
 
-Usage: ``python -m benchmarks.signer [--signatures 2000] [--keys 200]``
+Usage: ``python -m benchmarks.signer [--signatures 2000] [--keys 200] [--database-url URL]``
+(``--database-url`` defaults to ``MIXHOUSE_TEST_DATABASE_URL``; without either, no issue figures)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import os
 import statistics
@@ -88,11 +97,59 @@ def _measure(name: str, signer: Signer, new_key: Callable[[int], str], signature
     print(f"  deposit keys/s          {_median_rate(3, keys, make_keys):10,.0f}")
 
 
+async def _issue_rates(url: str, hsm: Signer, issues: int) -> tuple[float, float, float]:
+    """(issued/s without the buffer, buffer filled/s, issued/s from the buffer), medians of 3."""
+    import psycopg  # noqa: PLC0415
+
+    from mixhouse.db.engine import make_engine, with_database  # noqa: PLC0415
+    from mixhouse.db.migrate import upgrade  # noqa: PLC0415
+    from mixhouse.keys.buffer import take_key, top_up  # noqa: PLC0415
+    from mixhouse.keys.hd import evm_address  # noqa: PLC0415
+    from mixhouse.mixer.mixes import next_key_index  # noqa: PLC0415
+    from mixhouse.unit import unit  # noqa: PLC0415
+
+    name = f"mh_bench_keys_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = with_database(url, name)
+    try:
+        upgrade(db_url)
+        engine = make_engine(db_url, pool_size=4)
+
+        def address_of(index: int) -> str:
+            return evm_address(hsm.public_key(f"bench-issue/{index}"))
+
+        inline, fill, buffered_rates = [], [], []
+        try:
+            for _ in range(3):
+                started = time.perf_counter()
+                for _ in range(issues):
+                    async with unit(engine) as work:  # the counter row stays locked while the token works
+                        address_of(await next_key_index(work, "ETH"))
+                inline.append(issues / (time.perf_counter() - started))
+                started = time.perf_counter()
+                await top_up(engine, "ETH", address_of, target=issues)
+                fill.append(issues / (time.perf_counter() - started))
+                started = time.perf_counter()
+                for _ in range(issues):
+                    async with unit(engine) as work:
+                        assert await take_key(work.conn, "ETH") is not None
+                buffered_rates.append(issues / (time.perf_counter() - started))
+        finally:
+            await engine.dispose()
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return statistics.median(inline), statistics.median(fill), statistics.median(buffered_rates)
+
+
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--signatures", type=int, default=2000)
     parser.add_argument("--keys", type=int, default=200)
+    parser.add_argument("--issues", type=int, default=100, help="deposit addresses issued per run")
+    parser.add_argument("--database-url", default=os.environ.get("MIXHOUSE_TEST_DATABASE_URL"))
     args = parser.parse_args()
     evm = SoftwareSigner.for_evm(HdKeyring(MNEMONIC))
     _measure("software signer, EVM keyring (BIP-32 m/44'/60'/0'/0/i)", evm, deposit_path, args.signatures, args.keys)
@@ -110,6 +167,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         hsm = _softhsm_signer(Path(root))
         _measure("SoftHSM2 token (PKCS#11, CKM_ECDSA)", hsm, deposit_path, args.signatures, args.keys)
+        if args.database_url:
+            inline, fill, taken = asyncio.run(_issue_rates(args.database_url, hsm, args.issues))
+            print("SoftHSM2 deposit addresses issued (PostgreSQL transaction each):")
+            print(f"  without the key buffer/s {inline:10,.1f}")
+            print(f"  buffer filled/s          {fill:10,.1f}")
+            print(f"  from the key buffer/s    {taken:10,.1f}")
 
 
 if __name__ == "__main__":
