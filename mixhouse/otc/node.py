@@ -744,9 +744,13 @@ class OtcNode:
             try:
                 data = await self._request(address, {"action": "take", "args": [_dump(request)]})
             except RpcError as exc:
-                # The owner answered with an error: it refused, nothing was granted.
-                log.info("otc take of %s refused with an error: %s", maker.id[:12], exc.message)
-                await self._refuse_take(maker.id, order.id)
+                if exc.message.startswith(("ERR_INVALID", "ERR_STATE", "ERR_BAD_REQUEST")):
+                    # The owner refused the request itself before changing anything.
+                    log.info("otc take of %s refused with an error: %s", maker.id[:12], exc.message)
+                    await self._refuse_take(maker.id, order.id)
+                else:
+                    # The owner's handler failed (its database, say): the take stays pending.
+                    log.info("otc take of %s failed at the owner: %s; will retry", maker.id[:12], exc.message)
                 return None
             except PeerUnavailable as exc:
                 # Unknown outcome: the take stays pending, its quantity reserved, re-sent later.

@@ -75,7 +75,8 @@ async def running_node(config: NodeConfig) -> AsyncIterator[RunningNode]:
         url = await asyncio.to_thread(start_embedded, config.data_dir)
     await asyncio.to_thread(upgrade, url)
     key = NodeKey.load_or_create(config.data_dir / "otc_node.key")
-    engine = make_engine(url, pool_size=5)
+    # A node's own transactions are short; a small pool keeps many nodes on one server possible.
+    engine = make_engine(url, pool_size=4, max_overflow=4)
     node = OtcNode(key=key, engine=engine, settings=config.settings)
     peer = GrenachePeer(
         grape_url=config.grape_url,
