@@ -244,3 +244,47 @@ def test_the_installed_command_in_a_subprocess(tmp_path: Path, passphrase_file: 
     again = run("init")
     assert again.returncode == 2
     assert "refusing to overwrite" in again.stderr
+
+
+def test_a_mixhouse_process_takes_its_keys_from_the_keystore(
+    tmp_path: Path, passphrase_file: Path, database_url: str
+) -> None:
+    """`mixhouse mix create ETH ...` in a process of its own: the deposit address is the keystore
+    seed's first deposit key; a wrong passphrase stops the command with a clear error."""
+    path = tmp_path / "ks.json"
+    create_keystore(path, Mnemonics(evm=EVM_WORDS, bitcoin=VECTOR_WORDS), PASSPHRASE)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIXHOUSE_")}
+    env |= {
+        "MIXHOUSE_DATABASE_URL": database_url,
+        "MIXHOUSE_JOBCOIN_ENABLED": "false",
+        "MIXHOUSE_EVM_ENABLED": "true",
+        "MIXHOUSE_KEYSTORE_PATH": str(path),
+        "MIXHOUSE_KEYSTORE_PASSPHRASE_FILE": str(passphrase_file),
+        "COLUMNS": "200",
+    }
+    withdrawal = "0x" + "cd" * 20
+
+    def create() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mixhouse", "mix", "create", "ETH", withdrawal],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    done = create()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"deposit address: {HdKeyring(EVM_WORDS).deposit_address(0)}" in done.stdout
+    wrong = tmp_path / "wrong"
+    wrong.write_text("a wrong keystore passphrase\n", encoding="utf-8")
+    env["MIXHOUSE_KEYSTORE_PASSPHRASE_FILE"] = str(wrong)
+    refused = create()
+    assert refused.returncode == 2
+    assert "wrong keystore passphrase, or the keystore file was altered" in refused.stdout
+    output = done.stdout + done.stderr + refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    for secret in (PASSPHRASE, "a wrong keystore passphrase", " ".join(EVM_WORDS.split()[:4])):
+        assert secret not in output
