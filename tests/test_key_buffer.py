@@ -12,7 +12,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.api.serving import api_app
 from mixhouse.config import Settings
+from mixhouse.db.engine import make_engine
 from mixhouse.db.tables import key_buffer, key_counters
 from mixhouse.keys.audited import unwrap
 from mixhouse.keys.buffer import buffered, run_key_buffer, take_key, top_up
@@ -156,3 +158,41 @@ async def test_a_mix_gets_a_key_made_ahead_in_the_token(database_url: str, softh
         await rt.aclose()
         await rt.engine.dispose()
         token.close()  # type: ignore[attr-defined]
+
+
+async def test_an_api_process_keeps_the_buffer_filled(database_url: str, softhsm: SoftHsm) -> None:
+    settings = Settings(
+        database_url=database_url,
+        jobcoin_enabled=False,
+        evm_enabled=True,
+        bitcoin_enabled=True,
+        signer="pkcs11",
+        pkcs11_module=softhsm.module,
+        pkcs11_token_label=softhsm.token_label,
+        pkcs11_pin=softhsm.pin,
+        pkcs11_label_prefix="test-api-buffer/",
+        key_buffer_size=3,
+        key_buffer_interval_seconds=0.05,
+        api_status_cache=False,
+    )
+    fast = api_app(settings, database_url)
+    app = fast.app
+    async with app.router.lifespan_context(app):
+        async with asyncio.timeout(120):
+            while True:
+                async with fast.rt.engine.connect() as conn:
+                    if await buffered(conn, "ETH") >= 3 and await buffered(conn, "BTC") >= 3:
+                        break
+                await asyncio.sleep(0.05)
+    check = make_engine(database_url, pool_size=1)
+    try:
+        async with check.connect() as conn:
+            rows = (await conn.execute(select(key_buffer.c.asset, key_buffer.c.key_index, key_buffer.c.address))).all()
+    finally:
+        await check.dispose()
+    assert sorted((r.asset, r.key_index) for r in rows) == [("BTC", i) for i in range(3)] + [
+        ("ETH", i) for i in range(3)
+    ]
+    btc = fast.rt.adapter("BTC")
+    assert {r.address for r in rows if r.asset == "BTC"} == {btc.deposit_address(i) for i in range(3)}
+    unwrap(fast.rt.signers[next(iter(fast.rt.signers))]).close()  # type: ignore[attr-defined]
