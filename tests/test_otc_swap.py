@@ -1,0 +1,582 @@
+"""Atomic swaps between two swap engines (issue 10, parts 3-4), each with its own database and
+its own keys, in one test process, on the real bcoin regtest and anvil.
+
+The tests drive the engines in rounds: every engine takes one pass, then a Bitcoin block and
+an Ethereum block are mined (time moves on both chains only through those blocks, and the
+refund tests move it faster). Nothing waits on wall-clock time: a round loop ends when the
+swaps reach the expected states, or fails after a bounded number of rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+from eth_abi.abi import encode as abi_encode
+from eth_utils.crypto import keccak
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse.chains.base import PreparedSend
+from mixhouse.chains.bitcoin.rpc import BitcoinRpc
+from mixhouse.chains.evm import EvmAdapter
+from mixhouse.chains.evm.htlc import EvmHtlc, htlc_artifact
+from mixhouse.chains.htlc import secret_hash
+from mixhouse.db.engine import make_engine, with_database
+from mixhouse.keys.hd import HdKeyring
+from mixhouse.keys.signer import SoftwareSigner
+from mixhouse.otc.swaps import plan, store
+from mixhouse.otc.swaps.engine import SwapEngine, SwapTrade, swap_rows
+from mixhouse.otc.swaps.legs import BitcoinLeg, EvmLeg, LockSpec, StoredTx
+from mixhouse.otc.swaps.transport import LocalTransport
+from tests.fixtures.anvil import Anvil
+from tests.fixtures.bcoin import Bcoin
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOKENS_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "test_tokens_artifact.json"
+ETH = 10**18
+BTC_SAT = 1_000_000
+EVM_AMOUNT = {"eth": ETH // 10, "erc20": 2_500 * 10**6, "usdt": 2_500 * 10**6}
+# Test scale: a Bitcoin block stands for 10 s; T1 = 400 s (40 blocks), T2 = 200 s, k = 2.
+SETTINGS = plan.SwapSettings(
+    t1_seconds=400,
+    t2_seconds=200,
+    min_gap_seconds=120,
+    claim_margin_seconds=40,
+    lock_by_seconds=3_600,
+    btc_block_seconds=10,
+    btc_confirmations=2,
+    evm_confirmations=2,
+    message_retry_seconds=0,
+)
+MAX_ROUNDS = 120
+RECEIPT_TIMEOUT_SECONDS = 60.0
+
+
+def _second_db(pg_server_url: str, template_db: str) -> Iterator[str]:
+    name = f"mh_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield with_database(pg_server_url, name)
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def bob_database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
+    """A second fresh migrated database: Bob's node."""
+    yield from _second_db(pg_server_url, template_db)
+
+
+@dataclass
+class Node:
+    """One side: its database, keys, legs and (re)startable engine."""
+
+    name: str
+    db: AsyncEngine
+    btc: BitcoinLeg
+    evm: EvmLeg
+    transport: LocalTransport
+    engine: SwapEngine
+
+    def restart(self) -> None:
+        """A new engine on the same database and keys (what a restarted node process has)."""
+        self.engine = SwapEngine(
+            self.db,
+            node=self.name,
+            legs={"btc": self.btc, "evm": self.evm},
+            transport=self.transport,
+            settings=SETTINGS,
+        )
+        self.transport.register(self.name, self.engine.handle)
+
+    async def state(self, swap_id: str) -> str:
+        async with self.db.connect() as conn:
+            row = await store.get_swap(conn, swap_id)
+        assert row is not None
+        return str(row.state)
+
+    async def row(self, swap_id: str) -> Any:
+        async with self.db.connect() as conn:
+            return await store.get_swap(conn, swap_id)
+
+
+@dataclass
+class World:
+    bcoin: Bcoin
+    anvil: Anvil
+    rpc: BitcoinRpc
+    adapter: EvmAdapter
+    htlc: EvmHtlc
+    tokens: dict[str, str]
+    alice: Node
+    bob: Node
+
+    async def mine(self, btc_blocks: int = 1, evm_seconds: int = 0) -> None:
+        await self.bcoin.mine(btc_blocks)
+        if evm_seconds:
+            await self.anvil.rpc("evm_increaseTime", [evm_seconds])
+        await self.anvil.rpc("evm_mine")
+
+    async def drive(
+        self,
+        until: Callable[[], Awaitable[bool]],
+        *,
+        nodes: tuple[Node, ...] | None = None,
+        btc_blocks: int = 1,
+        evm_seconds: int = 0,
+        restart_each_round: bool = False,
+    ) -> int:
+        """Rounds of one pass per engine and one block per chain until ``until()``; returns
+        the rounds taken."""
+        running = nodes if nodes is not None else (self.alice, self.bob)
+        for rounds in range(1, MAX_ROUNDS + 1):
+            for node in running:
+                if restart_each_round:
+                    node.restart()
+                await node.engine.run_once()
+            if await until():
+                return rounds
+            await self.mine(btc_blocks, evm_seconds)
+        raise AssertionError(f"not done after {MAX_ROUNDS} rounds: {await self.states()}")
+
+    async def states(self) -> dict[str, list[tuple[str, str, Any]]]:
+        found: dict[str, list[tuple[str, str, Any]]] = {}
+        for node in (self.alice, self.bob):
+            found[node.name] = [(r["swap_id"], r["state"], r["error"]) for r in await swap_rows(node.db)]
+        return found
+
+    async def btc_balance(self, address: str) -> int:
+        result = await self.rpc.scantxoutset_addresses([address])
+        return sum(int(Decimal(str(u["amount"])) * 100_000_000) for u in result.get("unspents", []))
+
+    async def evm_balance(self, asset: str, owner: str) -> int:
+        if asset == "eth":
+            return await self.anvil.balance(owner)
+        return await self.htlc.token_balance(self.tokens[asset], owner)
+
+    async def evm_fee_paid(self, tx: StoredTx) -> int:
+        receipt = await self.adapter.receipt(tx.txid)
+        assert receipt is not None
+        return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+
+
+async def _mined(adapter: EvmAdapter, prepared: PreparedSend) -> Any:
+    """Broadcast and wait (deadline, not a fixed sleep) for the successful receipt."""
+    await adapter.broadcast(prepared)
+    assert prepared.txid is not None
+    deadline = time.monotonic() + RECEIPT_TIMEOUT_SECONDS
+    while (receipt := await adapter.receipt(prepared.txid)) is None:
+        assert time.monotonic() < deadline, f"{prepared.txid} not mined"
+        await asyncio.sleep(0.02)
+    assert receipt["status"] == 1
+    return receipt
+
+
+async def _deploy(adapter: EvmAdapter, key_ref: str, bytecode: str) -> str:
+    data = bytes.fromhex(bytecode.removeprefix("0x"))
+    sender = adapter.key_address(key_ref)
+    gas = await adapter.estimate_gas(from_address=sender, to=None, data=data)
+    prepared = adapter.prepare_contract_call(
+        key_ref=key_ref,
+        to=None,
+        data=data,
+        value=0,
+        gas=gas * 2,
+        max_fee_per_gas=await adapter.gas_price(),
+        nonce=await adapter.next_nonce(sender),
+    )
+    receipt = await _mined(adapter, prepared)
+    return str(receipt["contractAddress"])
+
+
+async def _call(adapter: EvmAdapter, key_ref: str, to: str, data: bytes) -> None:
+    sender = adapter.key_address(key_ref)
+    prepared = adapter.prepare_contract_call(
+        key_ref=key_ref,
+        to=to,
+        data=data,
+        value=0,
+        gas=200_000,
+        max_fee_per_gas=await adapter.gas_price(),
+        nonce=await adapter.next_nonce(sender),
+    )
+    await _mined(adapter, prepared)
+
+
+@pytest_asyncio.fixture
+async def world(
+    bcoin: Bcoin, anvil: Anvil, evm_keyring: HdKeyring, database_url: str, bob_database_url: str
+) -> AsyncIterator[World]:
+    """Alice and Bob, each with a database, a Bitcoin key and an Ethereum key (a fresh BIP-44
+    account per test, so nonces and balances start clean); a fresh HTLC and test tokens."""
+    account = int.from_bytes(hashlib.sha256(database_url.encode()).digest()[:3], "big") % 100_000 + 1_000
+    deployer, alice_evm, bob_evm = (f"m/44'/60'/{account}'/0/{i}" for i in range(3))
+    adapter = EvmAdapter(
+        anvil.rpc_url,
+        chain_id=anvil.chain_id,
+        signer=SoftwareSigner.for_evm(evm_keyring),
+        confirmations=SETTINGS.evm_confirmations,
+        max_fee_per_gas_cap=500 * 10**9,
+    )
+    rpc = bcoin.client(timeout=30.0)
+    dbs = [make_engine(database_url, pool_size=3), make_engine(bob_database_url, pool_size=3)]
+    try:
+        for key_ref in (deployer, alice_evm, bob_evm):
+            await anvil.fund(adapter.key_address(key_ref), 10 * ETH)
+        htlc = EvmHtlc(adapter, await _deploy(adapter, deployer, htlc_artifact()["bytecode"]))
+        tokens: dict[str, str] = {}
+        artifacts = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
+        for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken")):
+            tokens[asset] = await _deploy(adapter, deployer, artifacts[name]["bytecode"])
+            for holder in (alice_evm, bob_evm):
+                mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
+                    ["address", "uint256"], [adapter.key_address(holder), 100 * EVM_AMOUNT[asset]]
+                )
+                await _call(adapter, deployer, tokens[asset], mint)
+        transport = LocalTransport()
+        nodes = []
+        for name, db, evm_key in (("alice", dbs[0], alice_evm), ("bob", dbs[1], bob_evm)):
+            btc_key = hashlib.sha256(f"swap test {name} {account}".encode()).digest()
+            btc = BitcoinLeg(
+                rpc,
+                signer=SoftwareSigner.from_keys({"swap": btc_key}),
+                key_ref="swap",
+                network="regtest",
+                block_seconds=SETTINGS.btc_block_seconds,
+            )
+            evm = EvmLeg(htlc, key_ref=evm_key)
+            node = Node(name, db, btc, evm, transport, None)  # type: ignore[arg-type]
+            node.restart()
+            nodes.append(node)
+        yield World(bcoin, anvil, rpc, adapter, htlc, tokens, nodes[0], nodes[1])
+    finally:
+        for db in dbs:
+            await db.dispose()
+        await rpc.aclose()
+        await adapter.aclose()
+
+
+async def _fund_btc(world: World, node: Node, sat: int) -> None:
+    await world.bcoin.fund(node.btc.address, sat)
+    await world.bcoin.mine(1)
+
+
+def _trade(world: World, asset: str, *, initiator_chain: str = "btc") -> SwapTrade:
+    """Alice pays Bitcoin, Bob pays ETH or tokens; the initiator is the side paying on
+    ``initiator_chain``."""
+    alice_initiates = initiator_chain == "btc"
+    return SwapTrade(
+        trade_id=uuid.uuid4().hex,
+        initiator="alice" if alice_initiates else "bob",
+        participant="bob" if alice_initiates else "alice",
+        initiator_chain=initiator_chain,
+        btc_sat=BTC_SAT,
+        evm_amount=EVM_AMOUNT[asset],
+        evm_token=None if asset == "eth" else world.tokens[asset],
+    )
+
+
+def _both(world: World, swap_id: str, alice: str, bob: str) -> Callable[[], Awaitable[bool]]:
+    async def done() -> bool:
+        return await world.alice.state(swap_id) == alice and await world.bob.state(swap_id) == bob
+
+    return done
+
+
+async def _audit_actions(node: Node, swap_id: str) -> list[str]:
+    async with node.db.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT action FROM audit_log WHERE entity_type = 'otc_swap' AND entity_id = :id ORDER BY id"),
+            {"id": swap_id},
+        )
+        return [str(r.action) for r in rows]
+
+
+@pytest.mark.parametrize("asset", ["eth", "erc20", "usdt"])
+async def test_btc_against_evm_settles_with_the_agreed_amounts(world: World, asset: str) -> None:
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, asset)
+    alice_btc_before = await world.btc_balance(alice.btc.address)
+    bob_btc_before = await world.btc_balance(bob.btc.address)
+    alice_evm_before = await world.evm_balance(asset, alice.evm.address)
+    bob_evm_before = await world.evm_balance(asset, bob.evm.address)
+
+    # Bob opens after Alice: her offer is refused ("unknown swap") until he has the trade.
+    swap_id = await alice.engine.open_swap(trade)
+    await alice.engine.run_once()
+    assert await alice.state(swap_id) == "offering"
+    assert await bob.engine.open_swap(trade) == swap_id
+    await world.drive(_both(world, swap_id, "completed", "completed"))
+
+    a, b = await alice.row(swap_id), await bob.row(swap_id)
+    # One secret, known to both at the end; each side went through its whole machine.
+    assert a.secret == b.secret
+    assert secret_hash(bytes.fromhex(a.secret)).hex() == a.secret_hash == b.secret_hash
+    assert [h["state"] for h in a.data["history"]] == [
+        "agreed", "lock_signed", "locked", "lock_confirmed", "claim_signed", "claimed", "completed"
+    ]  # fmt: skip
+    assert [h["state"] for h in b.data["history"]] == [
+        "offered", "lock_signed", "locked", "lock_confirmed", "secret_known", "claim_signed", "claimed", "completed"
+    ]  # fmt: skip
+    assert (await _audit_actions(alice, swap_id))[0] == "otc_swap.opened"
+    assert "otc_swap.completed" in await _audit_actions(bob, swap_id)
+
+    # Each chain's own view: Bob got the Bitcoin less his claim's fee, Alice the EVM amount
+    # (less her claim's gas when it is ETH); each paid exactly the amount plus fees.
+    alice_lock = StoredTx.from_json(a.data["lock_txs"][-1])
+    bob_claim = StoredTx.from_json(b.data["claim_tx"])
+    assert await world.btc_balance(bob.btc.address) == bob_btc_before + BTC_SAT - bob_claim.fee
+    assert await world.btc_balance(alice.btc.address) == alice_btc_before - BTC_SAT - alice_lock.fee
+    alice_claim = StoredTx.from_json(a.data["claim_tx"])
+    amount = EVM_AMOUNT[asset]
+    if asset == "eth":
+        bob_fees = sum([await world.evm_fee_paid(StoredTx.from_json(t)) for t in b.data["lock_txs"]])
+        assert await world.evm_balance(
+            "eth", alice.evm.address
+        ) == alice_evm_before + amount - await world.evm_fee_paid(alice_claim)
+        assert await world.evm_balance("eth", bob.evm.address) == bob_evm_before - amount - bob_fees
+    else:
+        assert await world.evm_balance(asset, alice.evm.address) == alice_evm_before + amount
+        assert await world.evm_balance(asset, bob.evm.address) == bob_evm_before - amount
+    assert await world.evm_balance(asset, world.htlc.address) == 0
+
+
+async def test_initiator_on_ethereum_settles_too(world: World) -> None:
+    """Roles follow the trade: Bob initiates by locking ETH (T1 on Ethereum), Alice locks BTC."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "eth", initiator_chain="evm")
+    trade = replace(trade, initiator="bob", participant="alice")
+    swap_id = await bob.engine.open_swap(trade)
+    await alice.engine.open_swap(trade)
+    await world.drive(_both(world, swap_id, "completed", "completed"))
+    assert (await alice.row(swap_id)).role == "participant"
+
+
+async def test_safety_rules_in_order(world: World) -> None:
+    """The participant locks only after the initiator's lock has k confirmations, and the
+    secret appears on chain only after the participant's lock has k confirmations."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "eth")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    seen_bob_lock_at: int | None = None
+    for _ in range(MAX_ROUNDS):
+        await alice.engine.run_once()
+        await bob.engine.run_once()
+        a, b = await alice.row(swap_id), await bob.row(swap_id)
+        if "lock_txs" in b.data and seen_bob_lock_at is None:
+            # Bob signed his lock: Alice's was confirmed k deep and checked by then.
+            depth = await alice.btc.tx_confirmations(StoredTx.from_json(a.data["lock_txs"][-1]))
+            assert depth is not None
+            assert depth >= SETTINGS.btc_confirmations
+            seen_bob_lock_at = 1
+        if "claim_tx" in a.data:
+            # Alice signed the claim that reveals the secret: Bob's lock was k deep.
+            bob_lock = StoredTx.from_json(b.data["lock_txs"][-1])
+            depth = await bob.evm.tx_confirmations(bob_lock)
+            assert depth is not None
+            assert depth >= SETTINGS.evm_confirmations
+            break
+        # Until then the secret is nowhere on either chain.
+        if "lock_ref" in a.data:
+            spec = LockSpec.from_json(a.data["lock_spec"])
+            assert await alice.btc.find_secret(spec, a.data["lock_ref"]) is None
+        await world.mine()
+    else:
+        raise AssertionError(await world.states())
+
+
+async def test_participant_never_locks_initiator_refunds_after_t1(world: World) -> None:
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    before = await world.btc_balance(alice.btc.address)
+    trade = _trade(world, "eth")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    # Bob answers messages but his engine never takes a step: he never locks.
+    await world.drive(lambda: _is(alice, swap_id, "lock_confirmed"), nodes=(alice,))
+    spec = LockSpec.from_json((await alice.row(swap_id)).data["lock_spec"])
+    await world.drive(lambda: _is(alice, swap_id, "refunded"), nodes=(alice,), btc_blocks=3)
+    a = await alice.row(swap_id)
+    # Refunded only from the lock height on, never before.
+    refund = StoredTx.from_json(a.data["refund_tx"])
+    raw = await world.rpc.gettransaction_verbose(refund.txid)
+    assert raw is not None
+    assert await world.rpc.getblockcount() >= spec.timeout
+    lock = StoredTx.from_json(a.data["lock_txs"][-1])
+    assert await world.btc_balance(alice.btc.address) == before - lock.fee - refund.fee
+    assert await bob.state(swap_id) == "offered"
+
+
+async def _is(node: Node, swap_id: str, state: str) -> bool:
+    return await node.state(swap_id) == state
+
+
+async def test_initiator_never_claims_both_refund(world: World) -> None:
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "erc20")
+    bob_tokens = await world.evm_balance("erc20", bob.evm.address)
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    await world.drive(lambda: _is(bob, swap_id, "lock_confirmed"))
+    # Alice's node goes away before claiming; Bob refunds himself after T2.
+    world.alice.transport.offline.add("alice")
+    await world.drive(lambda: _is(bob, swap_id, "refunded"), nodes=(bob,), evm_seconds=20)
+    assert await world.evm_balance("erc20", bob.evm.address) == bob_tokens
+    # Alice comes back after T2: too late to claim, she waits for T1 and refunds.
+    world.alice.transport.offline.discard("alice")
+    alice.restart()
+    await world.drive(lambda: _is(alice, swap_id, "refunded"), nodes=(alice,), btc_blocks=3)
+    a = await alice.row(swap_id)
+    assert "claim_tx" not in a.data
+    assert a.data["error"]
+
+
+async def test_every_step_from_a_restarted_engine(world: World) -> None:
+    """Each round both engines are new objects on the same databases (a node process killed
+    between any two steps and started again): the swap still completes."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "usdt")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    await world.drive(_both(world, swap_id, "completed", "completed"), restart_each_round=True)
+
+
+async def test_signed_but_not_broadcast_is_sent_after_a_restart(world: World) -> None:
+    """A node that died right after storing its lock (before broadcasting it) sends the very
+    same transaction after its restart."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "eth")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    for _ in range(10):
+        await alice.engine.pump()
+        rows = await swap_rows(alice.db)
+        if rows[0]["state"] == "agreed":
+            break
+    await alice.engine.step(await alice.row(swap_id))
+    a = await alice.row(swap_id)
+    assert a.state == "lock_signed"
+    stored = StoredTx.from_json(a.data["lock_txs"][-1])
+    assert await alice.btc.tx_confirmations(stored) is None
+    alice.restart()
+    await world.drive(_both(world, swap_id, "completed", "completed"))
+    assert (await alice.row(swap_id)).data["txids"]["locked"] == stored.txid
+
+
+class ShortLeg(BitcoinLeg):
+    """A cheating initiator's leg: locks less than agreed, another hash, or a short timeout,
+    and announces the agreed terms."""
+
+    cheat = "amount"
+
+    async def prepare_lock(self, spec: LockSpec, *, reserved: set[str]) -> tuple[list[StoredTx], dict[str, Any]]:
+        if self.cheat == "amount":
+            spec = replace(spec, amount=spec.amount - 1_000)
+        elif self.cheat == "hash":
+            spec = replace(spec, secret_hash=hashlib.sha256(b"another secret").hexdigest())
+        return await super().prepare_lock(spec, reserved=reserved)
+
+    async def timeout_in(self, seconds: int) -> int:
+        if self.cheat == "timeout":
+            seconds = SETTINGS.t2_seconds  # far below T1
+        return await super().timeout_in(seconds)
+
+
+@pytest.mark.parametrize("cheat", ["amount", "hash", "timeout"])
+async def test_a_bad_initiator_lock_is_refused(world: World, cheat: str) -> None:
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    cheating = ShortLeg(
+        alice.btc.rpc,
+        signer=alice.btc.signer,
+        key_ref="swap",
+        network="regtest",
+        block_seconds=SETTINGS.btc_block_seconds,
+    )
+    cheating.cheat = cheat
+    alice.btc = cheating
+    alice.restart()
+    bob_eth = await world.evm_balance("eth", bob.evm.address)
+    trade = _trade(world, "eth")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    await world.drive(lambda: _is(bob, swap_id, "abandoned"))
+    b = await bob.row(swap_id)
+    assert "lock_txs" not in b.data
+    assert b.data["error"]
+    assert await world.evm_balance("eth", bob.evm.address) == bob_eth
+
+
+def test_settings_are_checked() -> None:
+    plan.check_settings(plan.SwapSettings())
+    plan.check_settings(SETTINGS)
+    for bad in (
+        replace(SETTINGS, t2_seconds=SETTINGS.t1_seconds),
+        replace(SETTINGS, min_gap_seconds=SETTINGS.t1_seconds),
+        replace(SETTINGS, claim_margin_seconds=SETTINGS.min_gap_seconds),
+        replace(SETTINGS, btc_confirmations=0),
+    ):
+        with pytest.raises(Exception, match=r"T2|gap|margin|confirmations"):
+            plan.check_settings(bad)
+
+
+async def test_early_announcements_are_not_trusted(world: World) -> None:
+    """A lock announced before it has k confirmations (an eager or lying peer) is not acted
+    on: Bob does not lock on Alice's unconfirmed lock, Alice does not reveal the secret on
+    Bob's unconfirmed lock. Each waits for k on the chain itself."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "eth")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    await world.drive(lambda: _is(alice, swap_id, "locked"))
+    a = await alice.row(swap_id)
+    early = {
+        "swap_id": swap_id,
+        "kind": "locked",
+        "payload": {"spec": a.data["lock_spec"], "ref": a.data["lock_ref"]},
+        "from": "alice",
+    }
+    assert (await bob.engine.handle(early))["ok"]
+    for blocks in (0, SETTINGS.btc_confirmations - 1):
+        if blocks:
+            await world.bcoin.mine(blocks)
+        for _ in range(3):
+            await bob.engine.run_once()
+        b = await bob.row(swap_id)
+        assert b.state == "offered"
+        assert "lock_txs" not in b.data
+    await world.drive(lambda: _is(bob, swap_id, "locked"))
+    b = await bob.row(swap_id)
+    early = {
+        "swap_id": swap_id,
+        "kind": "locked",
+        "payload": {"spec": b.data["lock_spec"], "ref": b.data["lock_ref"]},
+        "from": "bob",
+    }
+    assert (await alice.engine.handle(early))["ok"]
+    for _ in range(3):
+        await alice.engine.run_once()
+    a = await alice.row(swap_id)
+    assert a.state == "lock_confirmed"
+    assert "claim_tx" not in a.data
+    await world.drive(_both(world, swap_id, "completed", "completed"))
