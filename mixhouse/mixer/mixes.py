@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -86,7 +87,11 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
                 index, deposit_address = taken
             else:
                 index = await next_key_index(work, asset.value)
-                deposit_address = adapter.deposit_address(index)
+                if settings.signer == "pkcs11" and asset in rt.signers:
+                    # The token makes the key (tens to hundreds of ms): off the event loop.
+                    deposit_address = await asyncio.to_thread(adapter.deposit_address, index)
+                else:
+                    deposit_address = adapter.deposit_address(index)
         except ValueError as exc:
             # Past the account's last soft BIP-32 index: nothing is created (the counter's
             # increment rolls back with this unit), and the operator is told, not a 500.
