@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 import pytest_asyncio
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.chains.base import PreparedSend
@@ -34,14 +35,20 @@ from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.htlc import EvmHtlc, htlc_artifact
 from mixhouse.chains.htlc import secret_hash
 from mixhouse.db.engine import make_engine, with_database
+from mixhouse.db.tables import otc_orders, otc_trades
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.signer import SoftwareSigner
+from mixhouse.otc.devnet import Grapes
+from mixhouse.otc.node import NewOrder
+from mixhouse.otc.runtime import RunningNode
 from mixhouse.otc.swaps import plan, store
 from mixhouse.otc.swaps.engine import SwapEngine, SwapTrade, swap_rows
+from mixhouse.otc.swaps.hook import NodeSwapTransport, serve_swaps, swap_trade_of
 from mixhouse.otc.swaps.legs import BitcoinLeg, EvmLeg, LockSpec, StoredTx
 from mixhouse.otc.swaps.transport import LocalTransport
 from tests.fixtures.anvil import Anvil
 from tests.fixtures.bcoin import Bcoin
+from tests.otc_support import PRICE, fresh_databases, start_nodes, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKENS_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "test_tokens_artifact.json"
@@ -580,3 +587,65 @@ async def test_early_announcements_are_not_trusted(world: World) -> None:
     assert a.state == "lock_confirmed"
     assert "claim_tx" not in a.data
     await world.drive(_both(world, swap_id, "completed", "completed"))
+
+
+async def test_an_agreed_otc_trade_settles_over_the_otc_network(
+    world: World, grapes: Grapes, pg_server_url: str, template_db: str, tmp_path: Path
+) -> None:
+    """Two OTC nodes on real grapes: Alice's BTC/USDT sell is taken by Bob's buy; each node's
+    swap engine (on the node's own database) settles that trade, messages as the node's RPC
+    action ``swap`` over Grenache: Alice locks BTC, Bob locks USDT-like tokens."""
+    quantity = 1_000_000  # 0.01 BTC at 60,000: 600 units of the 6-decimal token
+    await _fund_btc(world, world.alice, 3 * BTC_SAT)
+    with fresh_databases(pg_server_url, template_db, 2) as urls:
+        async with AsyncExitStack() as stack:
+            a, b = await start_nodes(stack, grapes.urls, urls, tmp_path)
+            sell = await a.node.place(NewOrder("BTC/USDT", "sell", quantity, PRICE))
+            await wait_until(lambda: _sees_order(b, sell.order_id), what="the sell at Bob's node")
+            buy = await b.node.place(NewOrder("BTC/USDT", "buy", quantity, PRICE, tif="IOC"))
+            assert [f.quantity for f in buy.fills] == [quantity]
+            engines = []
+            for running, side in ((a, world.alice), (b, world.bob)):
+                engine = SwapEngine(
+                    running.node.engine,
+                    node=running.node.node_id,
+                    legs={"btc": side.btc, "evm": side.evm},
+                    transport=NodeSwapTransport(running.node),
+                    settings=SETTINGS,
+                )
+                serve_swaps(running.node, engine)
+                engines.append(engine)
+            swap_ids = set()
+            for running, engine in zip((a, b), engines, strict=True):
+                async with running.node.engine.connect() as conn:
+                    (row,) = list(await conn.execute(select(otc_trades)))
+                trade = swap_trade_of(row, evm_tokens={"USDT": world.tokens["usdt"]})
+                assert trade.initiator == a.node.node_id
+                assert trade.evm_amount == 600 * 10**6
+                swap_ids.add(await engine.open_swap(trade))
+            (swap_id,) = swap_ids
+
+            async def settled() -> bool:
+                states = set()
+                for running in (a, b):
+                    rows = await swap_rows(running.node.engine, trade_id=buy.fills[0].trade_id)
+                    states.update(r["state"] for r in rows)
+                return states == {"completed"}
+
+            for _ in range(MAX_ROUNDS):
+                for engine in engines:
+                    await engine.run_once()
+                if await settled():
+                    break
+                await world.mine()
+            else:
+                raise AssertionError([await swap_rows(r.node.engine) for r in (a, b)])
+            shown = await swap_rows(a.node.engine)
+            assert shown[0]["swap_id"] == swap_id
+            assert set(shown[0]["txids"]) >= {"locked", "claimed", "completed"}
+
+
+async def _sees_order(node: RunningNode, order_id: str) -> bool:
+    async with node.node.engine.connect() as conn:
+        found = await conn.execute(select(otc_orders.c.id).where(otc_orders.c.id == order_id))
+        return found.first() is not None
