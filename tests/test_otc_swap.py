@@ -626,7 +626,7 @@ async def test_an_agreed_otc_trade_settles_over_the_otc_network(
             (swap_id,) = swap_ids
 
             async def settled() -> bool:
-                states = set()
+                states: set[str] = set()
                 for running in (a, b):
                     rows = await swap_rows(running.node.engine, trade_id=buy.fills[0].trade_id)
                     states.update(r["state"] for r in rows)
