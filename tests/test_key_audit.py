@@ -156,7 +156,9 @@ async def test_key_use_entries_commit_with_the_transaction(engine: AsyncEngine) 
     async with engine.connect() as conn:
         rows = (await conn.execute(select(audit_log).where(audit_log.c.action == "key.used"))).all()
         assert len(rows) == 1
-        assert await audit.verify(conn) >= 1
+        # The chain still verifies (how many entries are sealed yet depends on the server's xmin,
+        # which other databases' transactions hold back).
+        await audit.verify(conn)
     row = rows[0]
     assert (row.entity_type, row.entity_id, row.asset) == ("send", "7", "ETH")
     assert row.details == {
