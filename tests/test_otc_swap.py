@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -96,6 +96,7 @@ class Node:
     evm: EvmLeg
     transport: LocalTransport
     engine: SwapEngine
+    settings: plan.SwapSettings = SETTINGS
 
     def restart(self) -> None:
         """A new engine on the same database and keys (what a restarted node process has)."""
@@ -104,7 +105,7 @@ class Node:
             node=self.name,
             legs={"btc": self.btc, "evm": self.evm},
             transport=self.transport,
-            settings=SETTINGS,
+            settings=self.settings,
         )
         self.transport.register(self.name, self.engine.handle)
 
@@ -228,13 +229,27 @@ async def world(
 ) -> AsyncIterator[World]:
     """Alice and Bob, each with a database, a Bitcoin key and an Ethereum key (a fresh BIP-44
     account per test, so nonces and balances start clean); a fresh HTLC and test tokens."""
+    async with make_world(bcoin, anvil, evm_keyring, database_url, bob_database_url) as built:
+        yield built
+
+
+@asynccontextmanager
+async def make_world(
+    bcoin: Bcoin,
+    anvil: Anvil,
+    evm_keyring: HdKeyring,
+    database_url: str,
+    bob_database_url: str,
+    settings: plan.SwapSettings = SETTINGS,
+) -> AsyncIterator[World]:
+    """The :func:`world` of the tests (the benchmark builds one too)."""
     account = int.from_bytes(hashlib.sha256(database_url.encode()).digest()[:3], "big") % 100_000 + 1_000
     deployer, alice_evm, bob_evm = (f"m/44'/60'/{account}'/0/{i}" for i in range(3))
     adapter = EvmAdapter(
         anvil.rpc_url,
         chain_id=anvil.chain_id,
         signer=SoftwareSigner.for_evm(evm_keyring),
-        confirmations=SETTINGS.evm_confirmations,
+        confirmations=settings.evm_confirmations,
         max_fee_per_gas_cap=500 * 10**9,
     )
     rpc = bcoin.client(timeout=30.0)
@@ -261,10 +276,10 @@ async def world(
                 signer=SoftwareSigner.from_keys({"swap": btc_key}),
                 key_ref="swap",
                 network="regtest",
-                block_seconds=SETTINGS.btc_block_seconds,
+                block_seconds=settings.btc_block_seconds,
             )
             evm = EvmLeg(htlc, key_ref=evm_key)
-            node = Node(name, db, btc, evm, transport, None)  # type: ignore[arg-type]
+            node = Node(name, db, btc, evm, transport, None, settings)  # type: ignore[arg-type]
             node.restart()
             nodes.append(node)
         yield World(bcoin, anvil, rpc, adapter, htlc, tokens, nodes[0], nodes[1])
@@ -649,3 +664,26 @@ async def _sees_order(node: RunningNode, order_id: str) -> bool:
     async with node.node.engine.connect() as conn:
         found = await conn.execute(select(otc_orders.c.id).where(otc_orders.c.id == order_id))
         return found.first() is not None
+
+
+async def test_partial_fills_settle_at_once_each_with_its_own_secret(world: World) -> None:
+    """Four fills between the same two nodes at once (two in ETH, two in a token): each its
+    own swap and secret, Bitcoin locks on distinct coins, Ethereum nonces in sequence."""
+    alice, bob = world.alice, world.bob
+    for _ in range(4):
+        await world.bcoin.fund(alice.btc.address, 2 * BTC_SAT)
+    await world.bcoin.mine(1)
+    trades = [_trade(world, asset) for asset in ("eth", "erc20", "eth", "erc20")]
+    ids = [await alice.engine.open_swap(t) for t in trades]
+    for trade in trades:
+        await bob.engine.open_swap(trade)
+
+    async def all_done() -> bool:
+        return all([await alice.state(i) == "completed" and await bob.state(i) == "completed" for i in ids])
+
+    await world.drive(all_done)
+    rows = [await alice.row(i) for i in ids]
+    assert len({r.secret for r in rows}) == len(ids)
+    assert len({r.secret_hash for r in rows}) == len(ids)
+    inputs = [x for r in rows for x in r.data["lock_txs"][-1]["extra"]["inputs"]]
+    assert len(inputs) == len(set(inputs))

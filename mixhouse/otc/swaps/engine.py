@@ -33,13 +33,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mixhouse import audit
 from mixhouse.chains.htlc import HtlcMismatch, new_secret, secret_hash
-from mixhouse.errors import ChainError, InsufficientFunds, InvalidInput, MixhouseError
+from mixhouse.errors import BroadcastRejected, ChainError, InsufficientFunds, InvalidInput, MixhouseError
 from mixhouse.otc.swaps import plan, store
 from mixhouse.otc.swaps.legs import Leg, LockSpec, StoredTx
 from mixhouse.otc.swaps.states import INITIATOR, PARTICIPANT, check_transition, initial_state
 from mixhouse.otc.swaps.transport import PeerUnreachable, SwapTransport
 
 log = logging.getLogger(__name__)
+
+SIGNED = frozenset({"lock_signed", "claim_signed", "refund_signed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +272,12 @@ class SwapEngine:
         for row in rows:
             try:
                 await self.step(row)
+                # A transaction just signed and stored is broadcast at once (the next swap's
+                # Ethereum nonce then counts it); a crash in between sends it on restart.
+                async with self.db.connect() as conn:
+                    fresh = await store.get_swap(conn, row.id)
+                if fresh is not None and fresh.state != row.state and fresh.state in SIGNED:
+                    await self.step(fresh)
             except (ChainError, InsufficientFunds, PeerUnreachable) as exc:
                 # Retried on the next pass: the swap's state is unchanged.
                 log.warning("swap %s (%s): step failed: %s", row.id, row.state, exc)
@@ -345,8 +353,16 @@ class SwapEngine:
             return
 
         if state == "lock_signed":
-            for tx in self._txs(data, "lock_txs"):
-                await mine.broadcast(tx)
+            try:
+                for tx in self._txs(data, "lock_txs"):
+                    await mine.broadcast(tx)
+            except BroadcastRejected:
+                if my_chain != plan.EVM:
+                    raise
+                # Its nonce went to another of our transactions: this one can never be
+                # mined, so the same lock is signed again with the next nonce.
+                await self._sign_lock(row, data, LockSpec.from_json(data["lock_spec"]), state="lock_signed")
+                return
             await self._move(row, "locked", data, txid=self._txs(data, "lock_txs")[-1].txid)
             return
 
@@ -406,7 +422,15 @@ class SwapEngine:
 
         if state == "claim_signed":
             tx = StoredTx.from_json(data["claim_tx"])
-            await theirs.broadcast(tx)
+            try:
+                await theirs.broadcast(tx)
+            except BroadcastRejected:
+                if peer_chain != plan.EVM:
+                    raise
+                spec, ref = self._peer_lock(data)
+                again = await theirs.prepare_claim(spec, ref, bytes.fromhex(row.secret))
+                await self._sign(row, data, "claim_tx", "claim_signed", again)
+                return
             await self._move(row, "claimed", data, txid=tx.txid)
             return
 
@@ -431,8 +455,16 @@ class SwapEngine:
             return
 
         if state == "refund_signed":
+            assert own_spec is not None
             tx = StoredTx.from_json(data["refund_tx"])
-            await mine.broadcast(tx)
+            try:
+                await mine.broadcast(tx)
+            except BroadcastRejected:
+                if my_chain != plan.EVM:
+                    raise
+                again = await mine.prepare_refund(own_spec, data["lock_ref"])
+                await self._sign(row, data, "refund_tx", "refund_signed", again)
+                return
             await self._move(row, "refunding", data, txid=tx.txid)
             return
 
@@ -525,13 +557,13 @@ class SwapEngine:
     def _age(row: Row[Any]) -> float:
         return time.time() - float(row.created_at.timestamp())
 
-    async def _sign_lock(self, row: Row[Any], data: dict[str, Any], spec: LockSpec) -> None:
+    async def _sign_lock(self, row: Row[Any], data: dict[str, Any], spec: LockSpec, state: str = "lock_signed") -> None:
         async with self.db.connect() as conn:
             reserved = await store.reserved_outpoints(conn)
         chain = plan.lock_chain(row.role, row.terms["initiator_chain"])
         txs, ref = await self.legs[chain].prepare_lock(spec, reserved=reserved)
         data.update(lock_spec=spec.as_json(), lock_txs=[tx.as_json() for tx in txs], lock_ref=ref)
-        await self._move(row, "lock_signed", data, txid=txs[-1].txid, amount=spec.amount, asset=chain)
+        await self._move(row, state, data, txid=txs[-1].txid, amount=spec.amount, asset=chain)
 
     async def _sign(self, row: Row[Any], data: dict[str, Any], key: str, state: str, tx: StoredTx) -> None:
         data[key] = tx.as_json()

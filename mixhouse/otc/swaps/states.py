@@ -15,7 +15,9 @@ or it is too late to claim safely) waits for its own timeout and refunds on its 
 ends ``abandoned``; one that learned the secret too late to claim safely ends ``too_late``
 (its coins were claimed, the initiator's may be refunded: the documented loss of a node that
 was offline past the margin). ``*_signed`` states hold a signed, stored, not yet broadcast
-transaction: a restart broadcasts it again (the same bytes, so the same txid).
+transaction: a restart broadcasts it again (the same bytes, so the same txid). An Ethereum
+transaction the node refuses there (its nonce was taken meanwhile) is signed again in place
+(``*_signed -> *_signed``): the refused one can never be mined.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ PARTICIPANT = "participant"
 
 REFUND_PATH = {
     "refund_wait": frozenset({"refund_signed"}),
-    "refund_signed": frozenset({"refunding"}),
+    "refund_signed": frozenset({"refunding", "refund_signed"}),
     "refunding": frozenset({"refunded", "refund_signed"}),
 }
 
@@ -35,21 +37,21 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     INITIATOR: {
         "offering": frozenset({"agreed", "abandoned"}),
         "agreed": frozenset({"lock_signed", "abandoned"}),
-        "lock_signed": frozenset({"locked"}),
+        "lock_signed": frozenset({"locked", "lock_signed"}),
         "locked": frozenset({"lock_confirmed", "refund_wait", "lock_signed"}),
         "lock_confirmed": frozenset({"claim_signed", "refund_wait"}),
-        "claim_signed": frozenset({"claimed"}),
+        "claim_signed": frozenset({"claimed", "claim_signed"}),
         "claimed": frozenset({"completed", "claim_signed", "refund_wait"}),
         **REFUND_PATH,
     },
     PARTICIPANT: {
         "awaiting_offer": frozenset({"offered", "abandoned"}),
         "offered": frozenset({"lock_signed", "abandoned"}),
-        "lock_signed": frozenset({"locked"}),
+        "lock_signed": frozenset({"locked", "lock_signed"}),
         "locked": frozenset({"lock_confirmed", "refund_wait", "lock_signed"}),
         "lock_confirmed": frozenset({"secret_known", "refund_wait"}),
         "secret_known": frozenset({"claim_signed", "too_late"}),
-        "claim_signed": frozenset({"claimed"}),
+        "claim_signed": frozenset({"claimed", "claim_signed"}),
         "claimed": frozenset({"completed", "claim_signed"}),
         **REFUND_PATH,
     },
