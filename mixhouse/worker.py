@@ -7,6 +7,11 @@ never run concurrently.
 
 The ``seal_audit`` task chains new audit entries every second (:func:`mixhouse.audit.seal`).
 
+Scans on arrival: a scan job sweeps what it accepted and, when deposits joined the pool, runs a
+payout round at once; then, until the next tick's job takes over, it waits on any chain that
+can report a new transfer (the local Jobcoin ledger's long poll) and scans again as one lands.
+The scan and round ticks stay the fallback (the only path on chains without such a wait).
+
 Database outages: :func:`run_worker` outlives them, reconnecting with backoff.
 
 Recovery: a worker killed mid-job leaves its job ``doing``; the ``recover`` task retries jobs

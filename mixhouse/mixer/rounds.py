@@ -1,7 +1,8 @@
 """Payout rounds: the release gate, then every due payout of every mix sent in one batch.
 
-A round runs every ``payout_round_seconds`` per asset (one round per asset at a time across all
-workers: a session advisory lock that dies with a killed worker's connection). It does three
+A round runs every ``payout_round_seconds`` per asset, and right after a scan's sweeps pool
+deposits (``mixhouse.worker``), one round per asset at a time across all workers (a session
+advisory lock that dies with a killed worker's connection). It does three
 things, each in as few durable transactions as possible:
 
 1. **Gate** (``mixer/gate.py``). Each pooled deposit whose payouts are not yet released and
