@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import structlog
 from eth_account import Account
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.db.tables import audit_log
 from mixhouse.keys.audited import unwrap
 from mixhouse.keys.bip84 import Bip84Keyring, key_path, p2wpkh_address
 from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path, evm_address
@@ -140,6 +142,14 @@ async def test_eth_mix_with_every_signature_from_the_signer(
         assert (await reconcile(rt, Asset.ETH)).ok
         async with engine.connect() as conn:
             assert await audit.verify(conn) > 0
+            used = (await conn.execute(select(audit_log).where(audit_log.c.action == "key.used"))).all()
+        # Every signature is in the audit log: one key use per send, by the key that sent it.
+        roles = {row.entity_id: (row.details["role"], row.details["signer"]) for row in used}
+        assert len(used) == len(view["sends"])
+        assert roles == {
+            str(s["id"]): ("evm-deposit" if s["kind"] == "sweep" else "evm-pool", signer) for s in view["sends"]
+        }
+        assert adapter._signer.unrecorded == 0  # type: ignore[attr-defined]
     finally:
         await rt.aclose()
         await rt.engine.dispose()
@@ -204,6 +214,14 @@ async def test_btc_mix_with_every_signature_from_the_token(
         assert (await reconcile(rt, Asset.BTC)).ok
         async with engine.connect() as conn:
             assert await audit.verify(conn) > 0
+            used = (await conn.execute(select(audit_log).where(audit_log.c.action == "key.used"))).all()
+        # Every input's signature is in the audit log, by the token, on its batch or send.
+        inputs = 0
+        for txid in {send["txid"] for send in payouts}:
+            inputs += len((await bcoin.rpc("getrawtransaction", txid, True))["vin"])
+        assert sum(row.details["signatures"] for row in used) == inputs
+        assert {row.details["signer"] for row in used} == {"pkcs11"}
+        assert adapter._signer.unrecorded == 0  # type: ignore[attr-defined]
     finally:
         await rt.aclose()
         await rt.engine.dispose()

@@ -32,6 +32,7 @@ from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends, utxos
 from mixhouse.errors import BroadcastRejected, IllegalTransition, InsufficientFunds, SendOutcomeUnknown
 from mixhouse.jobs import send_job
+from mixhouse.keys.audited import KeyUse, key_use_entries, recording_key_uses
 from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.pooling import pool_deposit
 from mixhouse.mixer.refunds import mark_refunded
@@ -152,20 +153,24 @@ async def sign_account_send(work: Unit, adapter: ChainAdapter, row: Row[Any], **
         IntegrityError: another send of the same (from, to) pair is in flight (Jobcoin).
     """
     nonce = await allocate_nonce(work, adapter, row.from_address) if adapter.uses_nonces else None
-    prepared = await adapter.prepare_send(
-        from_address=row.from_address,
-        from_key_index=row.from_key_index,
-        to_address=row.to_address,
-        amount=row.amount,
-        fee=FeeQuote(per_send=row.network_fee_reserved, detail="as planned"),
-        nonce=nonce,
-    )
-    return await _store_signed(work, row, prepared, **audit_details)
+    with recording_key_uses() as uses:
+        prepared = await adapter.prepare_send(
+            from_address=row.from_address,
+            from_key_index=row.from_key_index,
+            to_address=row.to_address,
+            amount=row.amount,
+            fee=FeeQuote(per_send=row.network_fee_reserved, detail="as planned"),
+            nonce=nonce,
+        )
+    return await _store_signed(work, row, prepared, key_uses=uses, **audit_details)
 
 
-async def _store_signed(work: Unit, row: Row[Any], prepared: PreparedSend, **audit_details: Any) -> Row[Any]:
+async def _store_signed(
+    work: Unit, row: Row[Any], prepared: PreparedSend, *, key_uses: list[KeyUse], **audit_details: Any
+) -> Row[Any]:
     """``scheduled -> signed`` with ``prepared``'s raw tx, txid and nonce stored and the attempt
-    counted, audited (``send.signed`` with ``audit_details``), in ``work``.
+    counted, audited (``send.signed`` with ``audit_details``, and a ``key.used`` entry per key
+    that signed it), in ``work``.
 
     Raises:
         IllegalTransition: the send is no longer ``scheduled``.
@@ -183,7 +188,14 @@ async def _store_signed(work: Unit, row: Row[Any], prepared: PreparedSend, **aud
         attempts=sends.c.attempts + 1,
     )
     work.audit(send_entry("send.signed", signed, **audit_details))
+    _audit_key_uses(work, signed, key_uses)
     return signed
+
+
+def _audit_key_uses(work: Unit, row: Row[Any], uses: list[KeyUse]) -> None:
+    """A ``key.used`` audit entry per key that signed send ``row`` (issue 12), in ``work``."""
+    for entry in key_use_entries(uses, entity_type="send", entity_id=str(row.id), purpose=row.kind, asset=row.asset):
+        work.audit(entry)
 
 
 async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any] | None:
@@ -219,15 +231,16 @@ async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]
                 )
             ).all()
             change_index = await next_key_index(work, f"{row.asset}:change")
-            spend = await adapter.prepare_utxo_send(
-                coins=[coin_of(c) for c in coin_rows],
-                exclude_owner=row.mix_id,
-                payments=[(row.to_address, row.amount)],
-                change_index=change_index,
-                fee_rate=fee_rate,
-                max_fee=max(row.network_fee_reserved * _MAX_FEE_MULTIPLE, _MIN_FEE_CAP),
-                rng_seed=row.id,
-            )
+            with recording_key_uses() as uses:
+                spend = await adapter.prepare_utxo_send(
+                    coins=[coin_of(c) for c in coin_rows],
+                    exclude_owner=row.mix_id,
+                    payments=[(row.to_address, row.amount)],
+                    change_index=change_index,
+                    fee_rate=fee_rate,
+                    max_fee=max(row.network_fee_reserved * _MAX_FEE_MULTIPLE, _MIN_FEE_CAP),
+                    rng_seed=row.id,
+                )
             for coin in spend.inputs:
                 await work.conn.execute(
                     utxos.update()
@@ -270,6 +283,7 @@ async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]
                     fee_rate=fee_rate,
                 )
             )
+            _audit_key_uses(work, signed, uses)
             return signed
     except InsufficientFunds as exc:
         # The pool holds no coins but this mix's own: wait for other deposits or a top-up
@@ -290,10 +304,16 @@ async def sign_utxo_refund(work: Unit, adapter: UtxoChainAdapter, row: Row[Any])
         NoResultFound: the refund has no reserved coin (a data error).
     """
     coin = (await work.conn.execute(select(utxos).where(utxos.c.reserved_by_send == row.id))).one()
-    prepared = await adapter.prepare_single_spend(coin=coin_of(coin), to_address=row.to_address, amount=row.amount)
+    with recording_key_uses() as uses:
+        prepared = await adapter.prepare_single_spend(coin=coin_of(coin), to_address=row.to_address, amount=row.amount)
     # A single spend has no nonce (prepared.nonce is None, as the row's already is).
     return await _store_signed(
-        work, row, prepared, inputs=[f"{coin.txid}:{coin.vout}"], miner_fee=str(int(coin.amount) - row.amount)
+        work,
+        row,
+        prepared,
+        key_uses=uses,
+        inputs=[f"{coin.txid}:{coin.vout}"],
+        miner_fee=str(int(coin.amount) - row.amount),
     )
 
 

@@ -51,6 +51,7 @@ from mixhouse.chains.base import PreparedSend, UtxoChainAdapter
 from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.db.tables import payout_batches, sends, utxos
 from mixhouse.errors import BroadcastRejected, IllegalTransition, InsufficientFunds, InvalidAmount, SendOutcomeUnknown
+from mixhouse.keys.audited import key_use_entries, recording_key_uses
 from mixhouse.mixer.batch_plan import BatchCandidate, batch_fee_cap, choose_batch, split_fee
 from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.runtime import Runtime
@@ -247,18 +248,19 @@ async def _sign_batch_in(
     ).all()
     change_index = await next_key_index(work, f"{asset.value}:change")
     try:
-        spend = await adapter.prepare_utxo_send(
-            coins=[coin_of(c) for c in coin_rows],
-            exclude_owner=None,
-            payments=[(c.to_address, c.amount) for c in choice.taken],
-            change_index=change_index,
-            fee_rate=fee_rate,
-            max_fee=batch_fee_cap(
-                [c.fee_reserved for c in choice.taken], multiple=_MAX_FEE_MULTIPLE, floor=_MIN_FEE_CAP
-            ),
-            # Output order and tie-breaks from a secret: nothing about the order is predictable.
-            rng_seed=secrets.randbits(63),
-        )
+        with recording_key_uses() as uses:
+            spend = await adapter.prepare_utxo_send(
+                coins=[coin_of(c) for c in coin_rows],
+                exclude_owner=None,
+                payments=[(c.to_address, c.amount) for c in choice.taken],
+                change_index=change_index,
+                fee_rate=fee_rate,
+                max_fee=batch_fee_cap(
+                    [c.fee_reserved for c in choice.taken], multiple=_MAX_FEE_MULTIPLE, floor=_MIN_FEE_CAP
+                ),
+                # Output order and tie-breaks from a secret: nothing about the order is predictable.
+                rng_seed=secrets.randbits(63),
+            )
     except (InsufficientFunds, InvalidAmount) as exc:
         raise _NoBatch(choice.taken, str(exc)) from exc
     weights = list(spend.payment_vbytes) or [1] * len(choice.taken)
@@ -348,6 +350,11 @@ async def _sign_batch_in(
                 fee_rate=fee_rate,
             )
         )
+    # The keys that signed the batch's one transaction: one entry each, on the batch.
+    for entry in key_use_entries(
+        uses, entity_type="payout_batch", entity_id=str(batch_id), purpose="payout", asset=asset.value
+    ):
+        work.audit(entry)
     return batch_id, len(signed), choice.unbatchable
 
 
