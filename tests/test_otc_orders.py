@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from mixhouse.otc.grenache.errors import PeerUnavailable
 from mixhouse.otc.identity import KeyFileError, NodeKey
 from mixhouse.otc.orders import (
     InvalidMessage,
@@ -23,6 +24,7 @@ from mixhouse.otc.orders import (
     sign_order,
     sign_status,
 )
+from mixhouse.otc.protocol import ack_digest, check_ack
 
 NOW = 1_800_000_000_000
 LIMITS = {"now_ms": NOW, "max_skew_ms": 30_000, "max_ttl_ms": 600_000}
@@ -139,3 +141,14 @@ def test_the_otc_feature_imports_no_other_feature() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_confirmation_counts_as_delivered_only_with_the_partys_signed_ack() -> None:
+    party, stranger = NodeKey.generate(), NodeKey.generate()
+    tid = "ab" * 32
+    check_ack({"ok": True, "ack": party.sign(ack_digest(tid))}, node=party.node_id, trade_id=tid)
+    for reply in ({"ok": True}, {"ok": True, "ack": stranger.sign(ack_digest(tid))}, ["ok"], None):
+        with pytest.raises(PeerUnavailable):
+            check_ack(reply, node=party.node_id, trade_id=tid)
+    with pytest.raises(PeerUnavailable):
+        check_ack({"ack": party.sign(ack_digest("cd" * 32))}, node=party.node_id, trade_id=tid)

@@ -79,6 +79,8 @@ from mixhouse.otc.protocol import (
     TakeBody,
     TakeReply,
     TakeRequest,
+    ack_digest,
+    check_ack,
     sign_confirmation,
     sign_grant,
     sign_take,
@@ -1088,7 +1090,9 @@ class OtcNode:
                     await append(conn, [self._trade_audit("otc.trade.confirmed", trade.id, "taker")])
         else:
             raise InvalidMessage("the sender and this node are not the trade's two parties")
-        return {"ok": True}
+        # The acknowledgement is signed: a sender marks its confirmation delivered only when
+        # the trade's other party itself answered (not whoever an address led to).
+        return {"ok": True, "ack": self.key.sign(ack_digest(b.grant.body.trade_id))}
 
     @staticmethod
     def _trade_audit(action: str, tid: str, role: str) -> AuditEntry:
@@ -1104,7 +1108,9 @@ class OtcNode:
             try:
                 if address is None:
                     raise PeerUnavailable(f"no address known for node {message.target_node[:12]}")
-                await self._request(address, {"action": message.kind, "args": [message.payload]})
+                reply = await self._request(address, {"action": message.kind, "args": [message.payload]})
+                if message.trade_id is not None:
+                    check_ack(reply, node=message.target_node, trade_id=message.trade_id)
             except GrenacheError as exc:
                 if isinstance(exc, PeerUnavailable):
                     self._directory.pop(message.target_node, None)

@@ -10,23 +10,25 @@ action         args                                reply data
 ``digest``     ``[]``                              ``{"orders": [[id, version], ...]}``
 ``fetch``      ``[[id, ...]]`` (at most 500)       ``{"orders": [Announcement, ...]}``
 ``take``       ``[TakeRequest]``                   ``TakeReply``
-``confirm``    ``[Confirmation]``                  ``{"ok": true}``
+``confirm``    ``[Confirmation]``                  ``{"ok": true, "ack": sig}``
 =============  ==================================  =====================================
 
 A take is signed by the taker order's owner (so no one else can spend that order's quantity)
 and is idempotent by (maker order id, taker order id): the owner answers a repeat with the
 grant it made, never a second one. A grant is signed by the maker order's owner: it is the
 proof of the trade the taker's node records. A confirmation carries the grant and both orders,
-signed by the sending party; each side sends one until the other acknowledges it.
+signed by the sending party; each side sends one until the other acknowledges it with its
+signature of ``tagged_hash("mixhouse/otc/ack", trade id)``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from mixhouse.otc.identity import NodeKey, tagged_hash, verify
+from mixhouse.otc.grenache.errors import PeerUnavailable
+from mixhouse.otc.identity import BadSignature, NodeKey, tagged_hash, verify
 from mixhouse.otc.orders import (
     Hex64,
     Hex128,
@@ -42,6 +44,7 @@ TAKE_TAG = "mixhouse/otc/take"
 GRANT_TAG = "mixhouse/otc/grant"
 CONFIRM_TAG = "mixhouse/otc/confirm"
 TRADE_TAG = "mixhouse/otc/trade"
+ACK_TAG = "mixhouse/otc/ack"
 Address = Annotated[str, Field(max_length=64, pattern=r"^[0-9A-Za-z.:\[\]-]{1,64}$")]
 
 
@@ -144,3 +147,24 @@ def sign_confirmation(key: NodeKey, body: ConfirmBody) -> Confirmation:
 def verify_confirmation(confirmation: Confirmation) -> None:
     """Raises: BadSignature: the confirmation is not signed by its sender."""
     verify(confirmation.body.sender, _digest(CONFIRM_TAG, confirmation.body), confirmation.sig)
+
+
+def ack_digest(trade_id_hex: str) -> bytes:
+    """What a node signs to acknowledge the confirmation of trade ``trade_id_hex``."""
+    return tagged_hash(ACK_TAG, bytes.fromhex(trade_id_hex))
+
+
+def check_ack(reply: Any, *, node: str, trade_id: str) -> None:
+    """Check that ``reply`` is ``node``'s signed acknowledgement of ``trade_id``.
+
+    Raises:
+        PeerUnavailable: no such acknowledgement (another node answered at that address, or a
+            malformed reply): the confirmation is not delivered and is sent again.
+    """
+    ack = reply.get("ack") if isinstance(reply, dict) else None
+    if not isinstance(ack, str) or len(ack) != 128:
+        raise PeerUnavailable("the reply to a confirmation carries no acknowledgement")
+    try:
+        verify(node, ack_digest(trade_id), ack)
+    except BadSignature as exc:
+        raise PeerUnavailable(f"the acknowledgement is not the trade party's: {exc}") from exc
