@@ -28,6 +28,12 @@ never offered twice) and is re-sent until the owner answers.
 
 Every change of the node's own orders, takes and trades is one transaction with its audit
 entries; the learned book is a cache of others' signed records and is not audited.
+
+**Limits.** FOK is checked against this node's copy of the book: if an owner then grants less
+(another taker came first), the order keeps what was granted and the rest is cancelled. Two GTC
+orders placed at once on two nodes can rest crossed until one is taken (nothing is over-filled).
+A take whose owner never answers again stays pending, its quantity reserved, for good: the owner
+may have granted it, so releasing it could over-fill the taker order.
 """
 
 from __future__ import annotations
