@@ -82,6 +82,9 @@ bench: install $(WRK)
 	$(PY) -m benchmarks.wallets_node
 	$(PY) -m benchmarks.scan
 	$(PY) -m benchmarks.api
+	$(PY) -m benchmarks.otc
+	$(PY) -m benchmarks.otc_network
+	$(PY) -m benchmarks.grenache
 
 # The Solidity contracts (contracts/HTLC.sol, tests/data/contracts/TestTokens.sol) compiled offline
 # by npm solc 0.8.28 into the ABI + bytecode JSON the package and the tests load; committed, and
