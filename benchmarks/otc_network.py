@@ -5,7 +5,7 @@ round trip.
                                               [--in-process]
 
 Five nodes over two real grapes, each with its own database on the PostgreSQL server
-``--database-url`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``; databases
+``--database-url`` (default ``MIXHOUSE_BENCH_DATABASE_URL``, else an embedded PostgreSQL; databases
 created and dropped). By default each node is its own ``mixhouse otc node`` process, driven
 through its HTTP API; ``--in-process`` runs the five in this process (one event loop, so one
 core for all: a pessimistic setting).
@@ -39,6 +39,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from mixhouse.db.embedded import start_embedded
 from mixhouse.db.engine import with_database
 from mixhouse.db.migrate import upgrade
 from mixhouse.otc.devnet import start_grapes
@@ -222,10 +223,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--takes", type=int, default=200)
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("MIXHOUSE_BENCH_DATABASE_URL"),
+        help="a server we may create databases on (default MIXHOUSE_BENCH_DATABASE_URL, else an embedded PostgreSQL)",
+    )
     parser.add_argument("--in-process", action="store_true", help="run the five nodes in this process")
     args = parser.parse_args(argv)
-    server: str = args.database_url
+    server: str = args.database_url or with_database(
+        start_embedded(Path(tempfile.gettempdir()) / "mixhouse-bench-pg"), "postgres"
+    )
     template = f"mh_bench_tmpl_{uuid.uuid4().hex[:8]}"
     names = [f"mh_bench_{uuid.uuid4().hex[:10]}" for _ in range(5)]
     with psycopg.connect(server, autocommit=True) as conn:
