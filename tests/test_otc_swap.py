@@ -687,3 +687,33 @@ async def test_partial_fills_settle_at_once_each_with_its_own_secret(world: Worl
     assert len({r.secret_hash for r in rows}) == len(ids)
     inputs = [x for r in rows for x in r.data["lock_txs"][-1]["extra"]["inputs"]]
     assert len(inputs) == len(set(inputs))
+
+
+async def test_a_reorg_that_removes_the_first_lock_is_noticed(world: World) -> None:
+    """Alice's lock reaches k confirmations, then a reorg takes its blocks away before Bob's
+    next step: Bob does not lock on it until it is k deep again in the new chain."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "eth")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    # Bob only answers messages meanwhile; Alice locks and announces at k.
+    await world.drive(lambda: _is(alice, swap_id, "lock_confirmed"), nodes=(alice,))
+    a = await alice.row(swap_id)
+    lock_txid = a.data["lock_txs"][-1]["txid"]
+    found = await world.rpc.gettransaction_verbose(lock_txid)
+    assert found is not None
+    depth = int(found["confirmations"])
+    assert depth >= SETTINGS.btc_confirmations
+    tip = await world.rpc.getblockcount()
+    first = await world.rpc.getblockhash(tip - depth + 1)
+    assert first is not None
+    await world.rpc.invalidateblock(first)
+    assert (await bob.row(swap_id)).data.get("peer_lock") is not None
+    for _ in range(3):
+        await bob.engine.run_once()
+    b = await bob.row(swap_id)
+    assert b.state == "offered"
+    assert "lock_txs" not in b.data
+    # The lock comes back (from the mempool, or Alice sends it again) and Bob goes on at k.
+    await world.drive(_both(world, swap_id, "completed", "completed"))
