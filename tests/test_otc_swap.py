@@ -717,3 +717,34 @@ async def test_a_reorg_that_removes_the_first_lock_is_noticed(world: World) -> N
     assert "lock_txs" not in b.data
     # The lock comes back (from the mempool, or Alice sends it again) and Bob goes on at k.
     await world.drive(_both(world, swap_id, "completed", "completed"))
+
+
+async def test_a_33_byte_secret_claims_nothing_and_both_refund(world: World) -> None:
+    """An initiator whose hash lock is the hash of a 33-byte secret (the secret-size attack):
+    Bob locks against the hash (he cannot tell), but no chain takes a 33-byte preimage, so
+    Alice claims nothing and each side refunds at its own timeout."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "eth")
+    bob_eth = await world.evm_balance("eth", bob.evm.address)
+    swap_id = await alice.engine.open_swap(trade)
+    long_secret = b"\x42" * 33
+    long_hash = hashlib.sha256(long_secret).hexdigest()
+    async with alice.db.begin() as conn:
+        await conn.execute(
+            text("UPDATE otc_swaps SET secret = :s, secret_hash = :h WHERE id = :id"),
+            {"s": long_secret.hex(), "h": long_hash, "id": swap_id},
+        )
+        await conn.execute(
+            text(
+                "UPDATE otc_swap_outbox SET payload = jsonb_set(payload, '{secret_hash}', to_jsonb(CAST(:h AS TEXT)))"
+            ),
+            {"h": long_hash},
+        )
+    await bob.engine.open_swap(trade)
+    await world.drive(lambda: _is(bob, swap_id, "lock_confirmed"))
+    await world.drive(_both(world, swap_id, "refunded", "refunded"), btc_blocks=3, evm_seconds=20)
+    assert "claim_tx" not in (await alice.row(swap_id)).data
+    b = await bob.row(swap_id)
+    fees = sum([await world.evm_fee_paid(StoredTx.from_json(t)) for t in [*b.data["lock_txs"], b.data["refund_tx"]]])
+    assert await world.evm_balance("eth", bob.evm.address) == bob_eth - fees
