@@ -650,3 +650,68 @@ otc_outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 Index("ix_otc_outbox_due", otc_outbox.c.next_attempt_at, postgresql_where=text("delivered_at IS NULL"))
+
+# Pool key generations (migration 0020, keys/rotation.py): active -> draining -> retired, one
+# active per asset; the key a payout of the asset is signed with is the active one's.
+pool_generations = Table(
+    "pool_generations",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("generation", Integer, primary_key=True),
+    Column("key_ref", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("draining_at", DateTime(timezone=True), nullable=True),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("generation >= 0", name="pool_generations_generation_check"),
+    CheckConstraint("state IN ('active', 'draining', 'retired')", name="pool_generations_state_check"),
+)
+Index(
+    "ux_pool_generations_active",
+    pool_generations.c.asset,
+    unique=True,
+    postgresql_where=text("state = 'active'"),
+)
+
+# A draining generation's balance moved to the active one (migration 0020): signed and stored
+# before broadcast, one in flight per generation.
+pool_moves = Table(
+    "pool_moves",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("asset", Text, nullable=False),
+    Column("from_generation", Integer, nullable=False),
+    Column("to_generation", Integer, nullable=False),
+    Column("from_address", Text, nullable=False),
+    Column("to_address", Text, nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("network_fee_max", Amount, nullable=False),
+    Column("network_fee_paid", Amount, nullable=True),
+    Column("nonce", BigInteger, nullable=True),
+    Column("raw_tx", LargeBinary, nullable=False),
+    Column("txid", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("broadcast_at", DateTime(timezone=True), nullable=True),
+    Column("confirmed_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("amount > 0", name="pool_moves_amount_check"),
+    CheckConstraint("state IN ('signed', 'broadcast', 'confirmed')", name="pool_moves_state_check"),
+    ForeignKeyConstraint(
+        ["asset", "from_generation"],
+        ["pool_generations.asset", "pool_generations.generation"],
+        name="pool_moves_asset_from_generation_fkey",
+    ),
+    ForeignKeyConstraint(
+        ["asset", "to_generation"],
+        ["pool_generations.asset", "pool_generations.generation"],
+        name="pool_moves_asset_to_generation_fkey",
+    ),
+)
+Index(
+    "ux_pool_moves_in_flight",
+    pool_moves.c.asset,
+    pool_moves.c.from_generation,
+    unique=True,
+    postgresql_where=text("state IN ('signed', 'broadcast')"),
+)
