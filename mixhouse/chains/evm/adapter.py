@@ -520,6 +520,7 @@ class EvmAdapter(ChainAdapter):
         amount: int,
         fee: FeeQuote,
         nonce: int | None,
+        from_key_ref: str | None = None,
     ) -> PreparedSend:
         """Sign an EIP-1559 (type 2) transfer of ``amount`` wei; nothing is sent.
 
@@ -527,7 +528,9 @@ class EvmAdapter(ChainAdapter):
         maxFeePerGas=P, maxPriorityFeePerGas=P, data=""}`` with ``P = fee.per_send // 21000``,
         so it costs the sender exactly ``21000 * P <= fee.per_send`` wei on top of ``amount``.
         It is signed with the deposit key ``m/44'/60'/0'/0/{from_key_index}`` or, when
-        ``from_key_index`` is ``None``, the pool key ``m/44'/60'/1'/0/0``.
+        ``from_key_index`` is ``None``, the pool key ``m/44'/60'/1'/0/0``; ``from_key_ref``, when
+        given, names the key instead (a pool key generation's ``m/44'/60'/1'/0/g``,
+        :mod:`mixhouse.keys.rotation`).
 
         Returns:
             ``PreparedSend`` with ``raw_tx`` (the signed RLP bytes), ``txid`` (keccak of them,
@@ -551,7 +554,10 @@ class EvmAdapter(ChainAdapter):
             raise ChainError(f"gas price {price} wei is above the cap of {self.max_fee_per_gas_cap} wei")
         sender = self.normalize_address(from_address)
         receiver = self.normalize_address(to_address)
-        path = POOL_PATH if from_key_index is None else deposit_path(from_key_index)
+        if from_key_ref is not None:
+            path = from_key_ref
+        else:
+            path = POOL_PATH if from_key_index is None else deposit_path(from_key_index)
         if self._address(path) != sender:
             raise ChainError(f"the key at {path} does not own {sender}")
         transaction: dict[str, Any] = {
