@@ -210,3 +210,47 @@ async def test_a_worker_killed_between_storing_and_broadcasting_the_move_sends_t
     assert move.state == "confirmed"
     assert await anvil.balance(old) == 0
     assert await anvil.balance(new.address) == int(move.amount)
+
+
+async def test_reconciliation_counts_every_generation_and_the_move_fee(
+    database_url: str, engine: AsyncEngine, anvil: Anvil, mnemonic: str
+) -> None:
+    from mixhouse.mixer.reconcile import reconcile  # noqa: PLC0415 - the runtime's imports are slow
+    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
+    from mixhouse.money import Asset  # noqa: PLC0415
+    from tests.e2e import fast_settings  # noqa: PLC0415
+
+    settings = fast_settings(
+        database_url,
+        jobcoin_enabled=False,
+        evm_enabled=True,
+        evm_rpc_url=anvil.rpc_url,
+        evm_chain_id=anvil.chain_id,
+        evm_mnemonic=mnemonic,
+        evm_confirmations=3,
+    )
+    rt = build_runtime(settings, database_url)
+    try:
+        chain = rt.adapter(Asset.ETH)
+        assert isinstance(chain, EvmAdapter)
+        guard = RetiredKeyGuard(rt.signers[Asset.ETH])
+        old = chain.pool_address
+        await ensure_first_generation(engine, "ETH", key_ref=POOL_PATH, address=old)
+        # Liquidity put in by the operator: outside the books, so a surplus of exactly FUNDS.
+        await anvil.fund(old, FUNDS)
+        before = await reconcile(rt, Asset.ETH)
+        assert (before.books, before.actual) == (0, FUNDS)
+
+        await rotate(engine, "ETH", address_of=chain.key_address)
+        await _drain_until(engine, chain, anvil, guard, "retired")
+        after = await reconcile(rt, Asset.ETH)
+        async with engine.connect() as conn:
+            (move,) = (await conn.execute(select(pool_moves))).all()
+        fee = int(move.network_fee_paid)
+        assert fee > 0
+        # The new key's balance is counted and the move's fee is in the books: the same surplus.
+        assert (after.books, after.actual) == (-fee, FUNDS - fee)
+        assert (after.low, after.high) == (-fee, -fee)
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()

@@ -40,7 +40,7 @@ from sqlalchemy.types import UserDefinedType
 
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import UtxoChainAdapter
-from mixhouse.db.tables import reconciliations, sends, utxos
+from mixhouse.db.tables import pool_generations, pool_moves, reconciliations, sends, utxos
 from mixhouse.mixer.acknowledgements import still_covered
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import SendState, now
@@ -107,8 +107,16 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
     if isinstance(adapter, UtxoChainAdapter):
         return await _record(rt, await _check_utxo_pool(rt, adapter))
     pool = adapter.pool_address
-    into_pool = and_(sends.c.kind == "sweep", sends.c.to_address == pool)
-    out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address == pool)
+    # Every pool key generation (keys/rotation.py) holds part of the pool: the books and the
+    # balance count them all; a move between two of them costs only its fee.
+    async with rt.engine.connect() as conn:
+        generation_addresses = (
+            await conn.execute(select(pool_generations.c.address).where(pool_generations.c.asset == asset.value))
+        ).scalars()
+        pools = sorted({pool, *generation_addresses})
+        moves_before = await _move_fees(conn, asset)
+    into_pool = and_(sends.c.kind == "sweep", sends.c.to_address.in_(pools))
+    out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address.in_(pools))
     confirmed = sends.c.state == SendState.CONFIRMED
     in_flight = sends.c.state.in_(_IN_FLIGHT)
     out_cost = sends.c.amount + sends.c.network_fee_reserved
@@ -142,7 +150,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
                 ).where(sends.c.asset == asset.value)
             )
         ).one()
-    actual = await adapter.balance(pool)
+    actual = sum([await adapter.balance(address) for address in pools])
+    async with rt.engine.connect() as conn:
+        moves_after = await _move_fees(conn, asset)
     snapshot = cast(books_row.snapshot, PG_SNAPSHOT)
     async with rt.engine.connect() as conn:
         late = (
@@ -158,16 +168,37 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
                 )
             )
         ).one()
-    books = int(books_row.credits) - int(books_row.debits)
+    books = int(books_row.credits) - int(books_row.debits) - moves_before[0]
+    # A move in flight, or signed since the first look, may have paid its fee already.
+    moves_in_flight = moves_before[1] + max(0, moves_after[2] - moves_before[2])
     result = Reconciliation(
         asset=asset.value,
         pool_address=pool,
         books=books,
-        low=books - int(books_row.out_flight) - int(late.out),
+        low=books - int(books_row.out_flight) - int(late.out) - moves_in_flight,
         high=books + int(books_row.in_flight) + int(late.in_),
         actual=actual,
     )
     return await _record(rt, result)
+
+
+async def _move_fees(conn: Any, asset: Asset) -> tuple[int, int, int]:
+    """Pool moves of ``asset`` (keys/rotation.py): fees paid by the confirmed ones, the most
+    the in-flight ones can cost, and the most all of them can cost (base units)."""
+    row = (
+        await conn.execute(
+            select(
+                func.coalesce(
+                    func.sum(case((pool_moves.c.state == "confirmed", pool_moves.c.network_fee_paid), else_=0)), 0
+                ).label("paid"),
+                func.coalesce(
+                    func.sum(case((pool_moves.c.state != "confirmed", pool_moves.c.network_fee_max), else_=0)), 0
+                ).label("in_flight"),
+                func.coalesce(func.sum(pool_moves.c.network_fee_max), 0).label("all_max"),
+            ).where(pool_moves.c.asset == asset.value)
+        )
+    ).one()
+    return int(row.paid), int(row.in_flight), int(row.all_max)
 
 
 async def _check_utxo_pool(rt: Runtime, adapter: UtxoChainAdapter) -> Reconciliation:
