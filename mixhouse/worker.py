@@ -29,6 +29,7 @@ import procrastinate
 import procrastinate.worker
 import structlog
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from mixhouse import audit, audit_anchor
 from mixhouse.chains.base import UtxoChainAdapter
@@ -50,13 +51,13 @@ log = structlog.get_logger(__name__)
 
 # A worker incarnation that ran this long was healthy: the next outage starts a fresh backoff.
 _HEALTHY_RUN_SECONDS = 60.0
-# A scan job waits for transfers (the local ledger's long poll) for one scan interval from its
+# A scan job waits for transfers (the local ledger's long poll) until two scan intervals from its
 # start (the next tick's job takes over), never for less than _MIN_WAIT_SECONDS at a time.
 _MIN_WAIT_SECONDS = 0.05
 # A round run because deposits were just pooled waits this long for one already running.
 _ROUND_WAIT_SECONDS = 5.0
 _LOCK_POLL_SECONDS = 0.02
-_TRY_WAIT_LOCK_SQL = text("SELECT pg_try_advisory_lock(hashtext('mixhouse:scan_wait'))")
+_WAIT_LOCK_SQL = text("SELECT pg_advisory_lock(hashtext('mixhouse:scan_wait'))")
 _WAIT_UNLOCK_SQL = text("SELECT pg_advisory_unlock(hashtext('mixhouse:scan_wait'))")
 
 
@@ -135,7 +136,7 @@ def create_job_app(rt: Runtime, conninfo: str, *, scan_between_ticks: bool = Tru
         # ledger's long poll) is scanned again as soon as one does, instead of up to a whole
         # interval later. On a chain without it (the original Jobcoin API) nothing changes.
         if scan_between_ticks:
-            await _scan_on_arrival(rt, seconds=scan_every)
+            await _scan_on_arrival(rt, seconds=2 * scan_every)
 
     @app.periodic(cron=every_seconds(reconcile_every), periodic_id="reconcile")
     @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile")
@@ -212,10 +213,10 @@ async def _scan_and_pay(rt: Runtime, asset: Asset) -> None:
 
 
 async def _scan_on_arrival(rt: Runtime, *, seconds: float) -> None:
-    """For about ``seconds``, scan again each time a :class:`TransferWaiter` chain reports a
-    transfer. One worker waits at a time (a session advisory lock, released if the worker
-    dies): the next tick's job takes over when this one stops, waiting briefly for the lock
-    rather than leaving the rest of its interval to the tick alone. Returns at once when no
+    """Until ``seconds`` from now, scan again each time a :class:`TransferWaiter` chain reports
+    a transfer. One job waits at a time (a session advisory lock, released if the worker dies);
+    the next tick's job queues on the lock and takes over when this one stops. ``seconds`` is
+    two scan intervals, so one late tick leaves no time unwatched. Returns at once when no
     adapter can wait."""
     waiters = [(asset, a) for asset, a in rt.adapters.items() if isinstance(a, TransferWaiter)]
     if not waiters:
@@ -223,14 +224,16 @@ async def _scan_on_arrival(rt: Runtime, *, seconds: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     async with rt.engine.connect() as lock_conn:
-        got = False
-        while not got and loop.time() < deadline - _MIN_WAIT_SECONDS:
-            got = bool((await lock_conn.execute(_TRY_WAIT_LOCK_SQL)).scalar_one())
+        # Queued on the lock (no polling) until the waiter before this one stops, at most
+        # until this job's own deadline. A session lock taken inside a transaction outlives it.
+        budget_ms = int((seconds - _MIN_WAIT_SECONDS) * 1000)
+        try:
+            await lock_conn.execute(text(f"SET LOCAL lock_timeout = {max(1, budget_ms)}"))
+            await lock_conn.execute(_WAIT_LOCK_SQL)
             await lock_conn.commit()
-            if not got:
-                await asyncio.sleep(_LOCK_POLL_SECONDS)
-        if not got:
-            return  # another worker waits on the chains until after this interval
+        except OperationalError:
+            await lock_conn.rollback()
+            return  # another worker waits on the chains until after this job's deadline
         try:
             while (left := deadline - loop.time()) > _MIN_WAIT_SECONDS:
                 woke = await asyncio.gather(*(a.wait_for_transfers(left) for _, a in waiters))
