@@ -24,6 +24,7 @@ from mixhouse.errors import IllegalTransition, InvalidInput, NotFound
 from mixhouse.otc.node import NewOrder, OrderNotFound, OtcNode
 from mixhouse.otc.orders import OrderId
 from mixhouse.otc.pairs import PAIRS
+from mixhouse.otc.swaps.engine import swap_rows
 
 Digits = Annotated[str, Field(pattern=r"^[0-9]{1,40}$", examples=["50000000"])]
 
@@ -280,5 +281,11 @@ def create_app(node: OtcNode) -> FastAPI:
     async def trades(order_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None) -> list[TradeOut]:
         """This node's trades (of one order, or all), oldest first."""
         return [trade_out(r) for r in await node.trades(None if order_id is None else OrderId(order_id))]
+
+    @app.get("/swaps")
+    async def swaps(trade_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None) -> list[dict[str, Any]]:
+        """The atomic swap of each trade (issue 10): role, state, txids by step, both timeouts
+        (Bitcoin height / unix seconds) and the last error, oldest first; never the secret."""
+        return await swap_rows(node.engine, trade_id=trade_id)
 
     return app
