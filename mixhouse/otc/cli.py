@@ -178,6 +178,12 @@ def trades(node: NodeOpt = DEFAULT_NODE) -> None:
     _echo(_call(node, "GET", "/trades"))
 
 
+@otc_app.command("swaps")
+def swaps(node: NodeOpt = DEFAULT_NODE) -> None:
+    """The atomic swap of each of your trades: state, txids, deadlines."""
+    _echo(_call(node, "GET", "/swaps"))
+
+
 @otc_app.command("demo")
 def demo(timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 180.0) -> None:
     """Two grapes, three nodes, crossing orders on different nodes: books and fills as they happen."""
