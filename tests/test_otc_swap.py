@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import pytest_asyncio
@@ -614,7 +615,7 @@ async def test_an_agreed_otc_trade_settles_over_the_otc_network(
     await _fund_btc(world, world.alice, 3 * BTC_SAT)
     with fresh_databases(pg_server_url, template_db, 2) as urls:
         async with AsyncExitStack() as stack:
-            a, b = await start_nodes(stack, grapes.urls, urls, tmp_path)
+            a, b = await start_nodes(stack, grapes.urls, urls, tmp_path, api=True)
             sell = await a.node.place(NewOrder("BTC/USDT", "sell", quantity, PRICE))
             await wait_until(lambda: _sees_order(b, sell.order_id), what="the sell at Bob's node")
             buy = await b.node.place(NewOrder("BTC/USDT", "buy", quantity, PRICE, tif="IOC"))
@@ -655,9 +656,17 @@ async def test_an_agreed_otc_trade_settles_over_the_otc_network(
                 await world.mine()
             else:
                 raise AssertionError([await swap_rows(r.node.engine) for r in (a, b)])
-            shown = await swap_rows(a.node.engine)
-            assert shown[0]["swap_id"] == swap_id
-            assert set(shown[0]["txids"]) >= {"locked", "claimed", "completed"}
+            # What the node's API (GET /swaps, `mixhouse otc swaps`) shows: state, txids, deadlines.
+            assert a.api_url is not None
+            async with httpx.AsyncClient(trust_env=False) as client:
+                shown = (await client.get(a.api_url + "/swaps", timeout=30)).json()
+            assert [(s["swap_id"], s["role"], s["state"]) for s in shown] == [(swap_id, "initiator", "completed")]
+            assert set(shown[0]["txids"]) >= {"lock_signed", "locked", "claim_signed", "claimed", "completed"}
+            # Alice's own timeout is a Bitcoin height, Bob's an Ethereum unix time.
+            assert 0 < shown[0]["own_timeout"] < 500_000_000 <= shown[0]["peer_timeout"]
+            async with a.node.engine.connect() as conn:
+                secret = (await conn.execute(text("SELECT secret FROM otc_swaps"))).scalar_one()
+            assert secret not in json.dumps(shown)
 
 
 async def _sees_order(node: RunningNode, order_id: str) -> bool:
