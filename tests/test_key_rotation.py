@@ -6,6 +6,7 @@ Each test has its own seed phrase, so its pool addresses are its own on the sess
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import textwrap
@@ -254,3 +255,44 @@ async def test_reconciliation_counts_every_generation_and_the_move_fee(
     finally:
         await rt.aclose()
         await rt.engine.dispose()
+
+
+async def test_keys_rotate_command(database_url: str, engine: AsyncEngine, anvil: Anvil, mnemonic: str) -> None:
+    env = {
+        **os.environ,
+        "MIXHOUSE_DATABASE_URL": database_url,
+        "MIXHOUSE_JOBCOIN_ENABLED": "false",
+        "MIXHOUSE_EVM_ENABLED": "true",
+        "MIXHOUSE_EVM_RPC_URL": anvil.rpc_url,
+        "MIXHOUSE_EVM_CHAIN_ID": str(anvil.chain_id),
+        "MIXHOUSE_EVM_MNEMONIC": mnemonic,
+    }
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mixhouse",
+            "keys",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(child.communicate(), DEADLINE)
+        assert child.returncode is not None
+        return child.returncode, out.decode(), err.decode()
+
+    code, out, err = await run("rotate", "ETH", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["generation"], r["state"], r["key_ref"]) for r in rows] == [
+        (0, "draining", POOL_PATH),
+        (1, "active", evm_pool_key_ref(1)),
+    ]
+    assert mnemonic not in out + err  # the seed phrase is never printed
+    code, out, err = await run("rotate", "ETH")
+    assert code == 2
+    assert "still draining" in out + err
+    code, out, err = await run("rotate", "BTC")
+    assert code == 2

@@ -33,7 +33,7 @@ import structlog
 from embit import hashes  # type: ignore[import-untyped]
 
 from mixhouse.audit import AuditEntry
-from mixhouse.keys.signer import Signer, SignerHealth
+from mixhouse.keys.signer import Signer, SignerError, SignerHealth
 
 _ROLES = (
     (re.compile(r"m/44'/60'/0'/0/\d+"), "evm-deposit"),
@@ -195,9 +195,62 @@ class AuditedSigner:
         return result
 
 
+class KeyRetired(SignerError):
+    """A signature was asked of a retired pool key (mixhouse.keys.rotation)."""
+
+
+class RetiredKeyGuard:
+    """A :class:`~mixhouse.keys.signer.Signer` that refuses to sign with a retired key.
+
+    Args:
+        inner: the signer holding the keys (an ``AuditedSigner`` goes inside or outside: a
+            refused signature is never made, so never audited).
+        retired: key references refused (:func:`mixhouse.keys.rotation.retired_key_refs`); :meth:`set_retired`
+            replaces them when a generation retires.
+    """
+
+    __slots__ = ("_retired", "inner", "kind")
+
+    def __init__(self, inner: Signer, retired: frozenset[str] = frozenset()) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self._retired = retired
+
+    def __repr__(self) -> str:
+        return f"<RetiredKeyGuard of {self.inner!r}, {len(self._retired)} retired>"
+
+    def set_retired(self, retired: frozenset[str]) -> None:
+        """Refuse exactly ``retired`` from now on."""
+        self._retired = retired
+
+    def public_key(self, key_ref: str) -> bytes:
+        """``inner.public_key``: a public key is no use of the private key (a retired
+        generation's address is still read to check it is empty)."""
+        return self.inner.public_key(key_ref)
+
+    def sign_digest(self, key_ref: str, digest: bytes, *, low_r: bool = False) -> tuple[int, int]:
+        """``inner.sign_digest`` unless ``key_ref`` is retired.
+
+        Raises:
+            KeyRetired: ``key_ref`` belongs to a retired generation.
+            SignerError, ValueError: as ``inner``.
+        """
+        if key_ref in self._retired:
+            raise KeyRetired(f"key {key_ref} is retired")
+        return self.inner.sign_digest(key_ref, digest, low_r=low_r)
+
+    def health(self, timeout: float = 5.0) -> SignerHealth:
+        """``inner.health(timeout)`` where it has one, else ``ok`` unchecked."""
+        check = getattr(self.inner, "health", None)
+        if check is None:
+            return SignerHealth(self.kind, True, True, True, None, None)
+        result: SignerHealth = check(timeout)
+        return result
+
+
 def unwrap(signer: Signer) -> Signer:
-    """The signer under any :class:`AuditedSigner` wrapping (tests and tools that need the
-    token's own methods)."""
-    while isinstance(signer, AuditedSigner):
+    """The signer under any :class:`AuditedSigner` or :class:`RetiredKeyGuard` wrapping (tests
+    and tools that need the token's own methods)."""
+    while isinstance(signer, AuditedSigner | RetiredKeyGuard):
         signer = signer.inner
     return signer

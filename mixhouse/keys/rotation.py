@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import func, select, update
+import structlog
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,11 +35,31 @@ from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import PreparedSend, SendState
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.db.tables import pool_generations, pool_moves, sends
-from mixhouse.errors import IllegalTransition
-from mixhouse.keys.audited import key_use_entries, recording_key_uses
-from mixhouse.keys.signer import Signer, SignerError, SignerHealth
+from mixhouse.errors import ChainError, IllegalTransition
+from mixhouse.keys.audited import KeyRetired, RetiredKeyGuard, key_use_entries, recording_key_uses
+from mixhouse.keys.hd import POOL_PATH
+from mixhouse.keys.signer import SignerError
+from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import allocate_nonce
+from mixhouse.money import Asset
 from mixhouse.unit import unit
+
+__all__ = [
+    "ROTATABLE",
+    "KeyRetired",
+    "PoolGeneration",
+    "RetiredKeyGuard",
+    "RotationError",
+    "drain_evm",
+    "ensure_first_generation",
+    "evm_pool_key_ref",
+    "follow_rotation",
+    "generations",
+    "retired_key_refs",
+    "rotate",
+]
+
+log = structlog.get_logger(__name__)
 
 ROTATABLE: Final = frozenset({"ETH"})
 # Send states after which a send no longer moves the pool's money.
@@ -48,10 +69,6 @@ _FINISHED: Final = ("confirmed",)
 class RotationError(IllegalTransition):
     """A rotation step that does not apply: the asset cannot rotate yet, a rotation is still
     draining, or the asset has no generation."""
-
-
-class KeyRetired(SignerError):
-    """A signature was asked of a retired pool key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,55 +193,6 @@ async def retired_key_refs(conn: AsyncConnection) -> frozenset[str]:
     return frozenset(r.key_ref for r in rows)
 
 
-class RetiredKeyGuard:
-    """A :class:`~mixhouse.keys.signer.Signer` that refuses to sign with a retired key.
-
-    Args:
-        inner: the signer holding the keys (an ``AuditedSigner`` goes inside or outside: a
-            refused signature is never made, so never audited).
-        retired: key references refused (:func:`retired_key_refs`); :meth:`set_retired`
-            replaces them when a generation retires.
-    """
-
-    __slots__ = ("_retired", "inner", "kind")
-
-    def __init__(self, inner: Signer, retired: frozenset[str] = frozenset()) -> None:
-        self.inner = inner
-        self.kind = inner.kind
-        self._retired = retired
-
-    def __repr__(self) -> str:
-        return f"<RetiredKeyGuard of {self.inner!r}, {len(self._retired)} retired>"
-
-    def set_retired(self, retired: frozenset[str]) -> None:
-        """Refuse exactly ``retired`` from now on."""
-        self._retired = retired
-
-    def public_key(self, key_ref: str) -> bytes:
-        """``inner.public_key``: a public key is no use of the private key (a retired
-        generation's address is still read to check it is empty)."""
-        return self.inner.public_key(key_ref)
-
-    def sign_digest(self, key_ref: str, digest: bytes, *, low_r: bool = False) -> tuple[int, int]:
-        """``inner.sign_digest`` unless ``key_ref`` is retired.
-
-        Raises:
-            KeyRetired: ``key_ref`` belongs to a retired generation.
-            SignerError, ValueError: as ``inner``.
-        """
-        if key_ref in self._retired:
-            raise KeyRetired(f"key {key_ref} is retired")
-        return self.inner.sign_digest(key_ref, digest, low_r=low_r)
-
-    def health(self, timeout: float = 5.0) -> SignerHealth:
-        """``inner.health(timeout)`` where it has one, else ``ok`` unchecked."""
-        check = getattr(self.inner, "health", None)
-        if check is None:
-            return SignerHealth(self.kind, True, True, True, None, None)
-        result: SignerHealth = check(timeout)
-        return result
-
-
 def _prepared(row: Any) -> PreparedSend:
     return PreparedSend(
         from_address=row.from_address,
@@ -326,7 +294,9 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
                 .select_from(sends)
                 .where(
                     sends.c.asset == asset,
-                    sends.c.from_address == draining.address,
+                    # Paid from it, or (a sweep stored before the rotation) paid into it: a
+                    # coin landing after the retirement would be stuck behind a refused key.
+                    or_(sends.c.from_address == draining.address, sends.c.to_address == draining.address),
                     sends.c.state.not_in(_FINISHED),
                 )
             )
@@ -405,3 +375,34 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
         ):
             work.audit(entry)
     return await _follow_move(engine, adapter, row)
+
+
+async def follow_rotation(rt: Runtime) -> str | None:
+    """The worker's rotation step (each reconcile tick and at start): record generation 0 the
+    first time, point the ETH adapter at the active generation's key (new sweeps and payouts
+    use it), refuse retired keys, and take one :func:`drain_evm` step.
+
+    Returns:
+        The drain step's answer, ``None`` without an ETH adapter. A node error is logged and
+        answered ``"error"``: the next tick retries, nothing is lost.
+    """
+    adapter = rt.adapters.get(Asset.ETH)
+    if not isinstance(adapter, EvmAdapter):
+        return None
+    guard = rt.signers.get(Asset.ETH)
+    guard = guard if isinstance(guard, RetiredKeyGuard) else None
+    await ensure_first_generation(rt.engine, "ETH", key_ref=POOL_PATH, address=adapter.key_address(POOL_PATH))
+    async with rt.engine.connect() as conn:
+        gens = await generations(conn, "ETH")
+        if guard is not None:
+            guard.set_retired(await retired_key_refs(conn))
+    active = next(g for g in gens if g.state == "active")
+    for g in gens:
+        if g.state == "draining":
+            adapter.use_pool_key(g.key_ref)  # known to the adapter: its stored sends still sign
+    adapter.use_pool_key(active.key_ref)
+    try:
+        return await drain_evm(rt.engine, adapter, guard)
+    except ChainError as exc:
+        log.warning("pool rotation step failed; retried next tick", error=str(exc))
+        return "error"

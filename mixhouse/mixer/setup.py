@@ -12,7 +12,7 @@ from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
 from mixhouse.errors import ConfigError
-from mixhouse.keys.audited import AuditedSigner
+from mixhouse.keys.audited import AuditedSigner, RetiredKeyGuard
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.hsm import Pkcs11Signer
@@ -52,7 +52,9 @@ def build_signers(settings: Settings) -> dict[Asset, Signer]:
     hsm = build_hsm_signer(settings)
     signers: dict[Asset, Signer] = {}
     if hsm is not None:
-        shared = AuditedSigner(hsm)
+        # One token session for both chains; a retired pool key generation (keys/rotation.py)
+        # is refused before the token.
+        shared = RetiredKeyGuard(AuditedSigner(hsm))
         if settings.evm_enabled:
             signers[Asset.ETH] = shared
         if settings.bitcoin_enabled:
@@ -62,7 +64,7 @@ def build_signers(settings: Settings) -> dict[Asset, Signer]:
         return signers
     mnemonics: Mnemonics = software_mnemonics(settings)
     if settings.evm_enabled:
-        signers[Asset.ETH] = AuditedSigner(SoftwareSigner.for_evm(HdKeyring(mnemonics.evm)))
+        signers[Asset.ETH] = RetiredKeyGuard(AuditedSigner(SoftwareSigner.for_evm(HdKeyring(mnemonics.evm))))
     if settings.bitcoin_enabled:
         signers[Asset.BTC] = AuditedSigner(_bitcoin_software_signer(settings, mnemonics.bitcoin))
     return signers

@@ -206,6 +206,9 @@ class EvmAdapter(ChainAdapter):
         # token round trip on an HSM.
         self._addresses: dict[str, str] = {}
         self.pool_address = self._address(POOL_PATH)
+        # Pool address -> key path of every pool key generation in use (keys/rotation.py): a
+        # payout stored from an older generation's address is signed by that generation's key.
+        self._pool_keys: dict[str, str] = {self.pool_address: POOL_PATH}
         # No retries inside web3: a retried eth_sendRawTransaction would blur the difference
         # between "refused" and "outcome unknown", and the job layer already retries reads.
         self._provider = AsyncHTTPProvider(
@@ -250,6 +253,19 @@ class EvmAdapter(ChainAdapter):
             ValueError: ``index`` outside ``[0, 2**31)``.
         """
         return self._address(deposit_path(index))
+
+    def use_pool_key(self, key_ref: str) -> str:
+        """Make the key at ``key_ref`` the pool key: new sweeps and payouts use its address
+        (:attr:`pool_address`); sends already stored from an earlier pool key's address are
+        still signed by that key (the signer refuses it once retired). Returns the address.
+
+        Raises:
+            SignerError: the signer has no such key.
+        """
+        address = self._address(key_ref)
+        self._pool_keys[address] = key_ref
+        self.pool_address = address
+        return address
 
     def _address(self, path: str) -> str:
         address = self._addresses.get(path)
@@ -557,7 +573,7 @@ class EvmAdapter(ChainAdapter):
         if from_key_ref is not None:
             path = from_key_ref
         else:
-            path = POOL_PATH if from_key_index is None else deposit_path(from_key_index)
+            path = self._pool_keys.get(sender, POOL_PATH) if from_key_index is None else deposit_path(from_key_index)
         if self._address(path) != sender:
             raise ChainError(f"the key at {path} does not own {sender}")
         transaction: dict[str, Any] = {
