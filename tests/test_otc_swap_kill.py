@@ -218,7 +218,7 @@ async def test_a_node_killed_mid_swap_resumes_after_restart(
                     async def bob_sees() -> bool:
                         return any(o.id == order_id for o in await bob.node.book("BTC/USDT"))
 
-                    await wait_until(bob_sees, timeout_s=60, what="the sell at Bob's node")
+                    await wait_until(bob_sees, timeout_s=180, what="the sell at Bob's node")
                     buy = await bob.node.place(NewOrder("BTC/USDT", "buy", QUANTITY, PRICE, tif="IOC"))
                     assert [f.quantity for f in buy.fills] == [QUANTITY]
 
