@@ -296,3 +296,59 @@ async def test_keys_rotate_command(database_url: str, engine: AsyncEngine, anvil
     assert "still draining" in out + err
     code, out, err = await run("rotate", "BTC")
     assert code == 2
+
+
+async def test_retirement_waits_for_a_send_into_the_old_pool_and_then_no_send_may_touch_it(
+    engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyGuard
+) -> None:
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
+    from mixhouse.db.tables import deposits, sends  # noqa: PLC0415
+    from tests.test_states import T0, _insert_mix  # noqa: PLC0415
+
+    old = adapter.key_address(POOL_PATH)
+    await ensure_first_generation(engine, "ETH", key_ref=POOL_PATH, address=old)
+    await _insert_mix(engine)
+    async with engine.begin() as conn:
+        dep_id = (
+            await conn.execute(
+                deposits.insert()
+                .values(
+                    mix_id="mix-1",
+                    asset="ETH",
+                    chain_ref="0xdeposit#0",
+                    deposit_address="deposit-address-of-mix-1",
+                    from_addresses=["0x" + "33" * 20],
+                    amount=10**17,
+                    state="sweeping",
+                )
+                .returning(deposits.c.id)
+            )
+        ).scalar_one()
+    sweep = {
+        "kind": "sweep",
+        "asset": "ETH",
+        "mix_id": "mix-1",
+        "deposit_id": dep_id,
+        "from_address": "deposit-address-of-mix-1",
+        "from_key_index": 1,
+        "to_address": old,
+        "amount": 10**17,
+        "due_at": T0,
+    }
+    async with engine.begin() as conn:
+        # Stored by a worker before the rotation, not yet confirmed.
+        send_id = (
+            await conn.execute(sends.insert().values(state="signed", **sweep).returning(sends.c.id))
+        ).scalar_one()
+    await rotate(engine, "ETH", address_of=adapter.key_address)
+    assert await drain_evm(engine, adapter, guard) == "waiting"
+    assert await drain_evm(engine, adapter, guard) == "waiting"
+    async with engine.begin() as conn:
+        await conn.execute(sends.update().where(sends.c.id == send_id).values(state="confirmed"))
+    # (The old address holds nothing on this chain: the sweep above is only rows.)
+    assert await drain_evm(engine, adapter, guard) == "retired"
+    # A worker still pointing at the old pool cannot store a send into it any more.
+    with pytest.raises(DBAPIError, match="retired pool key"):
+        async with engine.begin() as conn:
+            await conn.execute(sends.insert().values(state="scheduled", **sweep))

@@ -264,6 +264,59 @@ def _move_entry(action: str, move: Any, **extra: Any) -> AuditEntry:
     )
 
 
+def _unfinished_of(asset: str, address: str) -> Any:
+    return (
+        select(func.count())
+        .select_from(sends)
+        .where(
+            sends.c.asset == asset,
+            # Paid from it, or (a sweep stored before the rotation) paid into it: a coin
+            # landing after the retirement would be stuck behind a refused key.
+            or_(sends.c.from_address == address, sends.c.to_address == address),
+            sends.c.state.not_in(_FINISHED),
+        )
+    )
+
+
+async def _retire(engine: AsyncEngine, adapter: EvmAdapter, draining: PoolGeneration) -> bool:
+    """Retire ``draining`` if, under its row lock, no send from or into it is unfinished and
+    its balance is 0. The lock orders this against the sends trigger (migration 0020): a send
+    inserted meanwhile is either counted here or refused."""
+    asset = draining.asset
+    async with unit(engine) as work:
+        state = (
+            await work.conn.execute(
+                select(pool_generations.c.state)
+                .where(pool_generations.c.asset == asset, pool_generations.c.generation == draining.generation)
+                .with_for_update()
+            )
+        ).scalar_one()
+        if state != "draining":
+            return bool(state == "retired")
+        if (await work.conn.execute(_unfinished_of(asset, draining.address))).scalar_one():
+            return False
+        if await _move_in_flight(work.conn, asset, draining.generation) is not None:
+            return False
+        # Read again under the lock: a send that landed since the first look counts.
+        if await adapter.balance(draining.address) != 0:
+            return False
+        await work.conn.execute(
+            update(pool_generations)
+            .where(pool_generations.c.asset == asset, pool_generations.c.generation == draining.generation)
+            .values(state="retired", retired_at=func.now())
+        )
+        work.audit(
+            AuditEntry(
+                "pool.retired",
+                "pool_generation",
+                f"{asset}/{draining.generation}",
+                asset=asset,
+                details={"address": draining.address, "key_ref": draining.key_ref},
+            )
+        )
+    return True
+
+
 async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyGuard | None = None) -> str:
     """One step of draining the draining generation of ``adapter.asset`` into the active one.
 
@@ -288,49 +341,18 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
             return "idle"
         active = next(g for g in gens if g.state == "active")
         move = await _move_in_flight(conn, asset, draining.generation)
-        unfinished = (
-            await conn.execute(
-                select(func.count())
-                .select_from(sends)
-                .where(
-                    sends.c.asset == asset,
-                    # Paid from it, or (a sweep stored before the rotation) paid into it: a
-                    # coin landing after the retirement would be stuck behind a refused key.
-                    or_(sends.c.from_address == draining.address, sends.c.to_address == draining.address),
-                    sends.c.state.not_in(_FINISHED),
-                )
-            )
-        ).scalar_one()
+        unfinished = (await conn.execute(_unfinished_of(asset, draining.address))).scalar_one()
     if move is not None:
         return await _follow_move(engine, adapter, move)
     if unfinished:
         return "waiting"
     balance = await adapter.balance(draining.address)
     if balance == 0:
-        async with unit(engine) as work:
-            done = await work.conn.execute(
-                update(pool_generations)
-                .where(
-                    pool_generations.c.asset == asset,
-                    pool_generations.c.generation == draining.generation,
-                    pool_generations.c.state == "draining",
-                )
-                .values(state="retired", retired_at=func.now())
-            )
-            if done.rowcount:
-                work.audit(
-                    AuditEntry(
-                        "pool.retired",
-                        "pool_generation",
-                        f"{asset}/{draining.generation}",
-                        asset=asset,
-                        details={"address": draining.address, "key_ref": draining.key_ref},
-                    )
-                )
-        if guard is not None:
+        retired = await _retire(engine, adapter, draining)
+        if retired and guard is not None:
             async with engine.connect() as conn:
                 guard.set_retired(await retired_key_refs(conn))
-        return "retired"
+        return "retired" if retired else "waiting"
     fee = await adapter.quote_network_fee()
     price = fee.per_send // 21_000
     cost = 21_000 * price

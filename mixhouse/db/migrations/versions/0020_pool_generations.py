@@ -10,6 +10,12 @@ movement of its own kind (not a mix's send: it has no mix or deposit). Stored ``
 its raw bytes before it is broadcast, so a crash between the two rebroadcasts the same bytes;
 a partial unique index allows one move in flight per generation.
 
+A trigger refuses a send (insert) paying from or into a *retired* generation's address: a worker
+process that still has the old pool address would otherwise park coins behind a key the signer
+refuses. It takes a share lock on the generation, and the retirement an update lock before its
+last check, so a send inserted while the generation retires either is seen by that check
+(which then waits) or is refused.
+
 Frozen SQL, like the earlier revisions.
 """
 
@@ -67,7 +73,32 @@ def upgrade() -> None:
         "WHERE state IN ('signed', 'broadcast')"
     )
 
+    op.execute(
+        """
+        CREATE FUNCTION sends_refuse_retired_pool() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM 1 FROM pool_generations
+             WHERE asset = NEW.asset AND address IN (NEW.from_address, NEW.to_address) AND state <> 'active'
+               FOR SHARE;
+            IF EXISTS (SELECT 1 FROM pool_generations
+                        WHERE asset = NEW.asset AND address IN (NEW.from_address, NEW.to_address)
+                          AND state = 'retired') THEN
+                RAISE EXCEPTION 'a send of % touches a retired pool key address', NEW.asset
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            RETURN NEW;
+        END
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER sends_refuse_retired_pool BEFORE INSERT ON sends "
+        "FOR EACH ROW EXECUTE FUNCTION sends_refuse_retired_pool()"
+    )
+
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER sends_refuse_retired_pool ON sends")
+    op.execute("DROP FUNCTION sends_refuse_retired_pool()")
     op.execute("DROP TABLE pool_moves")
     op.execute("DROP TABLE pool_generations")
