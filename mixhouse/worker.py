@@ -35,6 +35,7 @@ from mixhouse import audit, audit_anchor
 from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.errors import ConfigError
 from mixhouse.jobs import QUEUE, TASK_EXECUTE_SEND, TASK_PAYOUT_ROUND, TASK_RECONCILE, TASK_SCAN_CHAIN, send_job
+from mixhouse.keys.rotation import follow_rotation
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import expire_mixes
 from mixhouse.mixer.reconcile import reconcile
@@ -141,6 +142,8 @@ def create_job_app(rt: Runtime, conninfo: str, *, scan_between_ticks: bool = Tru
     @app.periodic(cron=every_seconds(reconcile_every), periodic_id="reconcile")
     @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile")
     async def reconcile_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
+        # Pool key rotation (keys/rotation.py): the active generation's key, one drain step.
+        await follow_rotation(rt)
         for asset in rt.adapters:
             await reconcile(rt, asset)
 
