@@ -6,7 +6,8 @@ strings of base units (quantity: BASE base units; price: QUOTE base units per wh
 coin). Errors are RFC 9457 problems (``application/problem+json``, ``{type, title, status,
 detail, instance}``), as the main API's: 422 invalid input (unknown pair, off-tick price, zero
 amount..., and request validation with ``errors``), 404 unknown order, 409 an order no longer
-open. The main API's handlers are not reused: ``mixhouse.api`` imports the mixer, which the
+open, 400 a body that does not parse (JSON nested too deep included), 413 a body above 64 KiB
+(:mod:`mixhouse.otc.bodylimit`). The main API's handlers are not reused: ``mixhouse.api`` imports the mixer, which the
 OTC feature must not.
 """
 
@@ -19,8 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
+from starlette.exceptions import HTTPException
 
 from mixhouse.errors import IllegalTransition, InvalidInput, NotFound
+from mixhouse.otc.bodylimit import BodyLimit
 from mixhouse.otc.node import NewOrder, OrderNotFound, OtcNode
 from mixhouse.otc.orders import OrderId
 from mixhouse.otc.pairs import PAIRS
@@ -198,11 +201,20 @@ def _install_problems(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, validation)
 
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's own refusals (a body that does not parse, e.g. JSON nested too deep; an
+        # unknown path or method) are problems too, not FastAPI's {"detail"} shape.
+        assert isinstance(exc, HTTPException)
+        return _problem(request, exc.status_code, "http", str(exc.detail))
+
+    app.add_exception_handler(HTTPException, http_error)
+
 
 def create_app(node: OtcNode) -> FastAPI:
     """The HTTP API of ``node``."""
     app = FastAPI(title="Mixhouse OTC node", version="1", description=__doc__)
     _install_problems(app)
+    app.add_middleware(BodyLimit)  # an order is under 1 KiB: refuse huge bodies before reading them
 
     @app.get("/health")
     async def health() -> dict[str, str]:
