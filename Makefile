@@ -59,6 +59,7 @@ demo-bitcoin: install
 # Two grapes, three OTC nodes (embedded PostgreSQL each), crossing orders, books and fills.
 demo-otc: install
 	$(VENV)/bin/mixhouse otc demo
+	$(VENV)/bin/python -m mixhouse.otc.swaps.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mixhouse tests benchmarks
