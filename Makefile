@@ -56,7 +56,8 @@ demo: $(STAMP)
 demo-bitcoin: install
 	$(VENV)/bin/mixhouse demo --chain bitcoin
 
-# Two grapes, three OTC nodes (embedded PostgreSQL each), crossing orders, books and fills.
+# Two grapes, three OTC nodes (embedded PostgreSQL each), crossing orders, books and fills;
+# then a BTC/USDT trade settled by an atomic swap on bcoin regtest + anvil.
 demo-otc: install
 	$(VENV)/bin/mixhouse otc demo
 	$(VENV)/bin/python -m mixhouse.otc.swaps.demo
