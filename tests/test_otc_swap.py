@@ -757,3 +757,39 @@ async def test_a_33_byte_secret_claims_nothing_and_both_refund(world: World) -> 
     b = await bob.row(swap_id)
     fees = sum([await world.evm_fee_paid(StoredTx.from_json(t)) for t in [*b.data["lock_txs"], b.data["refund_tx"]]])
     assert await world.evm_balance("eth", bob.evm.address) == bob_eth - fees
+
+
+@pytest.mark.parametrize("back", ["before_t1", "after_t1", "after_refund"])
+async def test_participant_offline_after_the_secret_is_out(world: World, back: str) -> None:
+    """Bob's node goes away right after locking; Alice claims his ETH (the secret is out).
+    Back before T1, Bob claims the Bitcoin. Back after T1, the secret is public already, so he
+    still claims on Bitcoin (the script takes it after the lock height) racing Alice's refund:
+    he gets it if she has not refunded. If she did refund first, he has lost his ETH: the
+    documented risk of a node offline past the margin."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    trade = _trade(world, "eth")
+    swap_id = await alice.engine.open_swap(trade)
+    await bob.engine.open_swap(trade)
+    await world.drive(lambda: _is(bob, swap_id, "lock_confirmed"))
+    await world.drive(lambda: _is(alice, swap_id, "completed"), nodes=(alice,))
+    a = await alice.row(swap_id)
+    spec = LockSpec.from_json(a.data["lock_spec"])
+    if back != "before_t1":
+        while await world.rpc.getblockcount() < spec.timeout:
+            await world.bcoin.mine(5)
+    if back == "after_refund":
+        # An initiator that takes both: it refunds its own lock after claiming Bob's.
+        refund = await alice.btc.prepare_refund(spec, a.data["lock_ref"])
+        await alice.btc.broadcast(refund)
+        await world.bcoin.mine(1)
+    bob.restart()
+    final = "too_late" if back == "after_refund" else "completed"
+    await world.drive(lambda: _is(bob, swap_id, final), nodes=(bob,))
+    b = await bob.row(swap_id)
+    bob_btc = await world.btc_balance(bob.btc.address)
+    if final == "completed":
+        assert bob_btc == BTC_SAT - StoredTx.from_json(b.data["claim_tx"]).fee
+    else:
+        assert bob_btc == 0
+        assert "refunded" in b.data["error"]

@@ -408,8 +408,15 @@ class SwapEngine:
             verdict = plan.may_claim(
                 s, other_left_seconds=left, other_confirmations=status.confirmations or 0, chain=peer_chain
             )
-            if verdict == "too_late" or status.confirmations is None:
-                await self._move(row, "too_late", data, error="the secret came too late to claim safely")
+            late_on_bitcoin = verdict == "too_late" and peer_chain == plan.BTC and status.confirmations is not None
+            if late_on_bitcoin:
+                # The secret is public already, so a late claim risks only its fee: the script
+                # still takes it after the lock height, racing the initiator's refund.
+                data["error"] = "late claim: the initiator may refund first"
+                claim = await theirs.prepare_claim(spec, ref, bytes.fromhex(row.secret))
+                await self._sign(row, data, "claim_tx", "claim_signed", claim)
+            elif verdict == "too_late" or status.confirmations is None:
+                await self._move(row, "too_late", data, error="the secret came too late to claim")
             elif verdict is None:
                 await self._sign(
                     row,
@@ -426,6 +433,10 @@ class SwapEngine:
                 await theirs.broadcast(tx)
             except BroadcastRejected:
                 if peer_chain != plan.EVM:
+                    if role == PARTICIPANT and await theirs.lock_spent(self._peer_lock(data)[1]):
+                        # The initiator's refund was first: the late claim lost the race.
+                        await self._move(row, "too_late", data, error="the initiator refunded before our claim")
+                        return
                     raise
                 spec, ref = self._peer_lock(data)
                 again = await theirs.prepare_claim(spec, ref, bytes.fromhex(row.secret))

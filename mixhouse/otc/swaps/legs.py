@@ -218,6 +218,16 @@ class Leg(abc.ABC):
             ChainError: the node failed.
         """
 
+    async def lock_spent(self, ref: dict[str, Any]) -> bool:
+        """True if the lock ``ref`` is spent (claimed or refunded) on Bitcoin; EVM legs never
+        need it (their claims are refused from the expiry on), so the default is ``False``.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        del ref
+        return False
+
     @abc.abstractmethod
     async def broadcast(self, tx: StoredTx) -> None:
         """Send ``tx``; safe to repeat.
@@ -410,6 +420,11 @@ class BitcoinLeg(Leg):
                 if isinstance(raw, str) and (secret := extract_secret(bytes.fromhex(raw), script)) is not None:
                     return secret
         return None
+
+    async def lock_spent(self, ref: dict[str, Any]) -> bool:
+        """``gettxout txid vout true`` is empty: the HTLC output is spent (in a block or by a
+        mempool transaction)."""
+        return not isinstance(await self.rpc.call("gettxout", str(ref["txid"]), int(ref["vout"]), True), dict)
 
     async def broadcast(self, tx: StoredTx) -> None:
         """``sendrawtransaction``; already in a block or the mempool is success."""

@@ -12,12 +12,16 @@ and the participant::
 Either side that has locked and cannot go on (the other side vanished, its lock is wrong,
 or it is too late to claim safely) waits for its own timeout and refunds on its own:
 ``refund_wait -> refund_signed -> refunding -> refunded``. A participant that never locked
-ends ``abandoned``; one that learned the secret too late to claim safely ends ``too_late``
-(its coins were claimed, the initiator's may be refunded: the documented loss of a node that
-was offline past the margin). ``*_signed`` states hold a signed, stored, not yet broadcast
-transaction: a restart broadcasts it again (the same bytes, so the same txid). An Ethereum
-transaction the node refuses there (its nonce was taken meanwhile) is signed again in place
-(``*_signed -> *_signed``): the refused one can never be mined.
+ends ``abandoned``; one that learned the secret too late ends ``too_late`` (its coins were
+claimed and the initiator's lock is gone or past claiming: the documented loss of a node that
+was offline past the margin). On Bitcoin the participant still claims late, since the secret is
+public already and the script takes a claim after the lock height until someone refunds: it
+ends ``too_late`` only if the initiator's refund won that race.
+
+``*_signed`` states hold a signed, stored, not yet broadcast transaction: a restart broadcasts
+it again (the same bytes, so the same txid). An Ethereum transaction the node refuses there
+(its nonce was taken meanwhile) is signed again in place (``*_signed -> *_signed``): the
+refused one can never be mined.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
         "locked": frozenset({"lock_confirmed", "refund_wait", "lock_signed"}),
         "lock_confirmed": frozenset({"secret_known", "refund_wait"}),
         "secret_known": frozenset({"claim_signed", "too_late"}),
-        "claim_signed": frozenset({"claimed", "claim_signed"}),
+        "claim_signed": frozenset({"claimed", "claim_signed", "too_late"}),
         "claimed": frozenset({"completed", "claim_signed"}),
         **REFUND_PATH,
     },
