@@ -6,9 +6,10 @@ strings of base units (quantity: BASE base units; price: QUOTE base units per wh
 coin). Errors are RFC 9457 problems (``application/problem+json``, ``{type, title, status,
 detail, instance}``), as the main API's: 422 invalid input (unknown pair, off-tick price, zero
 amount..., and request validation with ``errors``), 404 unknown order, 409 an order no longer
-open, 400 a body that does not parse (JSON nested too deep included), 413 a body above 64 KiB
-(:mod:`mixhouse.otc.bodylimit`). The main API's handlers are not reused: ``mixhouse.api`` imports the mixer, which the
-OTC feature must not.
+open, 400 a body that does not parse, a NUL in the path or query or JSON nested too deep, 413
+a body above 64 KiB (the last three by :mod:`mixhouse.http_guard`, as on the main API). The
+main API's handlers are not reused: ``mixhouse.api`` imports the mixer, which the OTC feature
+must not.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
 from mixhouse.errors import IllegalTransition, InvalidInput, NotFound
-from mixhouse.otc.bodylimit import BodyLimit
+from mixhouse.http_guard import Refusal, RequestGuardMiddleware
 from mixhouse.otc.node import NewOrder, OrderNotFound, OtcNode
 from mixhouse.otc.orders import OrderId
 from mixhouse.otc.pairs import PAIRS
@@ -210,11 +212,27 @@ def _install_problems(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
+MAX_BODY_BYTES = 64 * 1024  # the largest request body the node's API reads, bytes
+
+
+def _guard_refusal(refusal: Refusal, scope: Scope) -> JSONResponse:
+    body = {
+        "type": f"urn:mixhouse:problem:{refusal.slug}",
+        "title": refusal.title,
+        "status": refusal.status,
+        "detail": refusal.detail,
+        "instance": str(scope.get("path", "")),
+    }
+    return JSONResponse(body, status_code=refusal.status, media_type="application/problem+json")
+
+
 def create_app(node: OtcNode) -> FastAPI:
     """The HTTP API of ``node``."""
     app = FastAPI(title="Mixhouse OTC node", version="1", description=__doc__)
     _install_problems(app)
-    app.add_middleware(BodyLimit)  # an order is under 1 KiB: refuse huge bodies before reading them
+    # The request guard shared with the main API (NUL in path or query, body size, JSON depth),
+    # the only middleware, so nothing reads the body before it; an order is under 1 KiB.
+    app.add_middleware(RequestGuardMiddleware, respond=_guard_refusal, max_body_bytes=MAX_BODY_BYTES)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
