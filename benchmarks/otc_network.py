@@ -73,7 +73,7 @@ async def _run(database_urls: list[str], orders: int, takes: int) -> None:
             seen.setdefault((self.node_id, ann.order.id), time.perf_counter())
         return accepted
 
-    OtcNode.ingest = timed_ingest  # type: ignore[method-assign]
+    OtcNode.ingest = timed_ingest  # type: ignore[method-assign,assignment]
     with tempfile.TemporaryDirectory() as tmp, start_grapes(ports=None) as grapes:
         async with AsyncExitStack() as stack:
             nodes = []

@@ -651,6 +651,43 @@ otc_outbox = Table(
 )
 Index("ix_otc_outbox_due", otc_outbox.c.next_attempt_at, postgresql_where=text("delivered_at IS NULL"))
 
+# One atomic swap per fill (migration 0019, mixhouse/otc/swaps/store.py): its role, state, the
+# secret's hash (the secret itself only on the initiator, never served), the agreed terms and the
+# transactions it stored before broadcasting them.
+otc_swaps = Table(
+    "otc_swaps",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("trade_id", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("peer", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("secret", Text, nullable=True),
+    Column("terms", JSONB, nullable=False),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("next_check_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("role IN ('initiator', 'participant')", name="ck_otc_swaps_role"),
+)
+Index("ix_otc_swaps_trade", otc_swaps.c.trade_id)
+Index("ix_otc_swaps_open", otc_swaps.c.state, otc_swaps.c.next_check_at)
+
+# The messages a swap owes the other node, one per kind, retried until acknowledged.
+otc_swap_outbox = Table(
+    "otc_swap_outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("swap_id", Text, ForeignKey("otc_swaps.id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("delivered", Boolean, nullable=False, server_default=text("false")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("swap_id", "kind", name="uq_otc_swap_outbox"),
+)
+
 # Pool key generations (migration 0020, keys/rotation.py): active -> draining -> retired, one
 # active per asset; the key a payout of the asset is signed with is the active one's.
 pool_generations = Table(
