@@ -67,14 +67,38 @@ def node_command(
     data_dir: Annotated[Path, typer.Option(help="Key file and embedded database of this node.")] = Path(
         ".mixhouse/otc-node"
     ),
+    swaps: Annotated[
+        bool | None,
+        typer.Option(
+            "--swaps/--no-swaps",
+            help="Settle agreed trades by atomic swaps (needs the MIXHOUSE_SWAP_* settings; "
+            "default: on when MIXHOUSE_SWAP_BTC_RPC_URL is set).",
+        ),
+    ] = None,
 ) -> None:
-    """Run one OTC peer until Ctrl-C (SIGTERM too)."""
+    """Run one OTC peer until Ctrl-C (SIGTERM too); with swaps, its trades settle on chain."""
     import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    from contextlib import AsyncExitStack  # noqa: PLC0415
 
     from mixhouse.otc.runtime import NodeConfig, running_node  # noqa: PLC0415
     from mixhouse.termination import exit_cleanly_on_sigterm, run_async  # noqa: PLC0415
 
     exit_cleanly_on_sigterm()
+    settle = bool(os.environ.get("MIXHOUSE_SWAP_BTC_RPC_URL")) if swaps is None else swaps
+    swap_config = None
+    if settle:
+        # Imported here: the swap service reads this module's node settings.
+        from mixhouse.errors import ConfigError  # noqa: PLC0415
+        from mixhouse.otc.swaps import plan  # noqa: PLC0415
+        from mixhouse.otc.swaps.service import SwapServiceConfig  # noqa: PLC0415
+
+        try:
+            swap_config = SwapServiceConfig.from_env(os.environ)
+            plan.check_settings(swap_config.settings)
+        except ConfigError as exc:
+            typer.echo(f"cannot settle by swaps: {exc}", err=True)
+            raise typer.Exit(2) from exc
     config = NodeConfig(
         grape_url=grape,
         other_grape_urls=other_grape or [],
@@ -87,8 +111,13 @@ def node_command(
     )
 
     async def main() -> None:
-        async with running_node(config) as running:
-            typer.echo(f"otc node {running.node.node_id}")
+        async with AsyncExitStack() as stack:
+            running = await stack.enter_async_context(running_node(config))
+            if swap_config is not None:
+                from mixhouse.otc.swaps.service import running_swaps  # noqa: PLC0415
+
+                await stack.enter_async_context(running_swaps(running, swap_config))
+            typer.echo(f"otc node {running.node.node_id}" + (" (settling by atomic swaps)" if swap_config else ""))
             typer.echo(f"grenache {running.peer.address} via {grape}; API {running.api_url}")
             await asyncio.Event().wait()  # serve until interrupted
 
