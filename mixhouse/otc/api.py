@@ -115,6 +115,9 @@ class TradeOut(BaseModel):
     peer_confirmed: bool
     confirm_acked: bool
     agreed_at_ms: int
+    # The state of the trade's atomic swap on this node (issue 10: locked, lock_confirmed,
+    # claimed, completed, refunded...), or None while no swap settles it.
+    settlement: str | None = None
 
 
 class NodeOut(BaseModel):
@@ -148,9 +151,10 @@ def order_out(row: Row[Any]) -> OrderOut:
     )
 
 
-def trade_out(row: Row[Any]) -> TradeOut:
-    """The API form of an ``otc_trades`` row."""
+def trade_out(row: Row[Any], settlement: str | None = None) -> TradeOut:
+    """The API form of an ``otc_trades`` row, with the state of its swap (``settlement``)."""
     return TradeOut(
+        settlement=settlement,
         id=row.id,
         role=row.role,
         pair=row.pair,
@@ -309,8 +313,11 @@ def create_app(node: OtcNode) -> FastAPI:
 
     @app.get("/trades")
     async def trades(order_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None) -> list[TradeOut]:
-        """This node's trades (of one order, or all), oldest first."""
-        return [trade_out(r) for r in await node.trades(None if order_id is None else OrderId(order_id))]
+        """This node's trades (of one order, or all), oldest first, each with the state of the
+        atomic swap that settles it (``settlement``)."""
+        rows = await node.trades(None if order_id is None else OrderId(order_id))
+        settled = {s["trade_id"]: s["state"] for s in await swap_rows(node.engine)}
+        return [trade_out(r, settled.get(r.id)) for r in rows]
 
     @app.get("/swaps")
     async def swaps(trade_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None) -> list[dict[str, Any]]:
