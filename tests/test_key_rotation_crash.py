@@ -124,11 +124,14 @@ async def test_rotation_during_mixes_with_worker_kills(database_url: str, engine
         kills += 1
         worker = _start_worker(env)
 
+    async def new_mix() -> str:
+        to = [adapter.normalize_address(f"0x{rnd.getrandbits(160):040x}") for _ in range(2)]
+        address: str = (await create_mix(rt, MixRequest("ETH", to, 0, 3)))["deposit_address"]
+        return address
+
     async def new_mixes(count: int) -> None:
         for _ in range(count):
-            to = [adapter.normalize_address(f"0x{rnd.getrandbits(160):040x}") for _ in range(2)]
-            mix = await create_mix(rt, MixRequest("ETH", to, 0, 3))
-            await anvil.fund(mix["deposit_address"], rnd.randrange(2, 6) * ETHER // 10)
+            await anvil.fund(await new_mix(), rnd.randrange(2, 6) * ETHER // 10)
 
     old = adapter.key_address(POOL_PATH)
     try:
@@ -139,10 +142,12 @@ async def test_rotation_during_mixes_with_worker_kills(database_url: str, engine
                 async with engine.connect() as conn:
                     return (await conn.execute(select(chain_cursors.c.asset))).first() is not None
 
-            # The first ETH scan starts a few blocks below the head (EvmAdapter.scan): blocks
-            # mined in between are not read, so mixes are made once the scanner holds a cursor.
+            # The first ETH scan (the first with an address to watch) starts a few blocks below
+            # the head (EvmAdapter.scan): deposits are made once the scanner holds a cursor.
+            first = await new_mix()
             await _until("the worker scanning", scanning, deadline)
-            await new_mixes(MIXES_BEFORE)
+            await anvil.fund(first, ETHER // 2)
+            await new_mixes(MIXES_BEFORE - 1)
             await _until("a payout signed", lambda: _signed_payouts(engine), deadline)
             kill_and_restart()  # 1: payouts of the old pool in flight
             new = await rotate(engine, "ETH", address_of=adapter.key_address, actor="test")
