@@ -39,8 +39,8 @@ from tests.e2e import fast_settings
 from tests.fixtures.anvil import Anvil
 
 ETHER = 10**18
-MIXES_BEFORE = 6
-MIXES_AFTER = 4
+MIXES_BEFORE = 30
+MIXES_AFTER = 20
 DEADLINE = 420.0  # seconds, for the whole run: a loaded 2-core machine
 
 
