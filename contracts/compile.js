@@ -9,6 +9,12 @@
  *
  *   contracts/HTLC.sol                  -> mixhouse/chains/evm/htlc_artifact.json
  *   tests/data/contracts/TestTokens.sol -> tests/data/contracts/test_tokens_artifact.json
+ *   tests/data/contracts/OzToken.sol    -> tests/data/contracts/oz_token_artifact.json
+ *
+ * Imports of `@openzeppelin/contracts/...` are read from node_modules (solc's import callback);
+ * the installed version must be the exact one package.json pins, and an artifact built with
+ * imports lists each imported file with its sha256 (solc's metadata hash covers them too).
+ * No other import is resolved.
  *
  * With --out-dir every artifact goes into DIR under its file name instead (the test that
  * checks the committed artifacts are what the sources compile to uses it).
@@ -36,18 +42,53 @@ const SETTINGS = {
 };
 const BUILDS = [
   {source: 'contracts/HTLC.sol', out: 'mixhouse/chains/evm/htlc_artifact.json'},
-  {source: 'tests/data/contracts/TestTokens.sol', out: 'tests/data/contracts/test_tokens_artifact.json'}
+  {source: 'tests/data/contracts/TestTokens.sol', out: 'tests/data/contracts/test_tokens_artifact.json'},
+  {source: 'tests/data/contracts/OzToken.sol', out: 'tests/data/contracts/oz_token_artifact.json'}
 ];
+const IMPORT_PACKAGE = '@openzeppelin/contracts';
+
 
 function fail(message) {
   process.stderr.write(`compile.js: ${message}\n`);
   process.exit(1);
 }
 
+function sha256(text) {
+  return crypto.createHash('sha256').update(text).digest('hex');
+}
+
+// The version package.json pins and the one node_modules holds must be the same: a different
+// OpenZeppelin release compiles to different bytecode.
+function checkImportPackage() {
+  const pinned = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).dependencies[IMPORT_PACKAGE];
+  const manifest = path.join(ROOT, 'node_modules', IMPORT_PACKAGE, 'package.json');
+  if (!fs.existsSync(manifest))
+    fail(`${IMPORT_PACKAGE} is not installed: run \`npm install\``);
+  const installed = JSON.parse(fs.readFileSync(manifest, 'utf8')).version;
+  if (installed !== pinned)
+    fail(`${IMPORT_PACKAGE} ${installed} is installed, package.json pins ${pinned}: run \`npm install\``);
+}
+
+// solc calls this for every import it cannot find among the input sources, with the import's
+// source unit name (relative imports inside the package arrive already joined to the importer's).
+function importer(imported) {
+  return (importPath) => {
+    if (!importPath.startsWith(IMPORT_PACKAGE + '/') || importPath.split('/').includes('..'))
+      return {error: `only ${IMPORT_PACKAGE}/... imports are resolved, not ${importPath}`};
+    const file = path.join(ROOT, 'node_modules', importPath);
+    if (!fs.existsSync(file))
+      return {error: `${importPath} not found in node_modules`};
+    const contents = fs.readFileSync(file, 'utf8');
+    imported[importPath] = sha256(contents);
+    return {contents};
+  };
+}
+
 function compile(sourcePath) {
   const text = fs.readFileSync(path.join(ROOT, sourcePath), 'utf8');
   const input = {language: 'Solidity', sources: {[sourcePath]: {content: text}}, settings: SETTINGS};
-  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const imported = {};
+  const output = JSON.parse(solc.compile(JSON.stringify(input), {import: importer(imported)}));
   const errors = (output.errors || []).filter((e) => e.severity === 'error');
   for (const e of output.errors || [])
     process.stderr.write(`${e.formattedMessage || e.message}\n`);
@@ -60,13 +101,17 @@ function compile(sourcePath) {
       continue; // abstract contracts have no bytecode
     contracts[name] = {abi: c.abi, bytecode: '0x' + c.evm.bytecode.object};
   }
-  return {
+  const artifact = {
     compiler: solc.version(),
     settings: {evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer},
     source: sourcePath,
-    source_sha256: crypto.createHash('sha256').update(text).digest('hex'),
-    contracts
+    source_sha256: sha256(text)
   };
+  const importPaths = Object.keys(imported).sort();
+  if (importPaths.length > 0)
+    artifact.imports = Object.fromEntries(importPaths.map((p) => [p, imported[p]]));
+  artifact.contracts = contracts;
+  return artifact;
 }
 
 function main() {
@@ -78,6 +123,7 @@ function main() {
     fail('usage: node contracts/compile.js [--out-dir DIR]');
   if (!solc.version().startsWith(EXPECTED_COMPILER + '+'))
     fail(`solc ${solc.version()} is installed, the artifacts are pinned to ${EXPECTED_COMPILER}`);
+  checkImportPackage();
   for (const build of BUILDS) {
     const artifact = compile(build.source);
     const target = outDir ? path.join(outDir, path.basename(build.out)) : path.join(ROOT, build.out);

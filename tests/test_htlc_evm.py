@@ -32,6 +32,8 @@ from tests.fixtures.anvil import Anvil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKENS_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "test_tokens_artifact.json"
+# OpenZeppelin Contracts' ERC20 (npm @openzeppelin/contracts, tests/data/contracts/OzToken.sol).
+OZ_TOKEN_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "oz_token_artifact.json"
 # Keys of these tests only (BIP-44 account 7), so no other test's nonces or balances move.
 DEPLOYER, ALICE, BOB, CAROL = (f"m/44'/60'/7'/0/{i}" for i in range(4))
 ETH = 10**18
@@ -52,7 +54,7 @@ def test_committed_artifacts_are_what_the_sources_compile_to(tmp_path: Path) -> 
         capture_output=True,
         timeout=300,
     )
-    for committed in (ARTIFACT_PATH, TOKENS_ARTIFACT):
+    for committed in (ARTIFACT_PATH, TOKENS_ARTIFACT, OZ_TOKEN_ARTIFACT):
         rebuilt = tmp_path / committed.name
         assert rebuilt.read_bytes() == committed.read_bytes(), f"run `make contracts`: {committed.name} is stale"
     artifact = json.loads(ARTIFACT_PATH.read_text())
@@ -65,7 +67,7 @@ class Env:
     anvil: Anvil
     adapter: EvmAdapter
     htlc: EvmHtlc
-    tokens: dict[str, str]  # "erc20" / "usdt" -> address
+    tokens: dict[str, str]  # "erc20" / "usdt" / "fee" / "oz" -> address
 
     def address(self, key_ref: str) -> str:
         return self.adapter.key_address(key_ref)
@@ -128,8 +130,9 @@ class Env:
 
 @pytest_asyncio.fixture
 async def env(anvil: Anvil, evm_keyring: HdKeyring) -> AsyncIterator[Env]:
-    """A fresh HTLC and two test tokens on the session's anvil; Alice (the locker), Bob (the
-    recipient) and Carol (a third party who sends claims and refunds) with ETH, Alice with tokens."""
+    """A fresh HTLC and the test tokens (ours and OpenZeppelin's ERC20) on the session's anvil;
+    Alice (the locker), Bob (the recipient) and Carol (a third party who sends claims and refunds)
+    with ETH, Alice with tokens."""
     adapter = EvmAdapter(
         anvil.rpc_url,
         chain_id=anvil.chain_id,
@@ -143,7 +146,8 @@ async def env(anvil: Anvil, evm_keyring: HdKeyring) -> AsyncIterator[Env]:
             await anvil.fund(env.address(key_ref), 10 * ETH)
         env.htlc = EvmHtlc(adapter, await env.deploy(htlc_artifact()["bytecode"]))
         tokens = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
-        for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken"), ("fee", "FeeToken")):
+        tokens.update(json.loads(OZ_TOKEN_ARTIFACT.read_text())["contracts"])
+        for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken"), ("fee", "FeeToken"), ("oz", "OzToken")):
             env.tokens[asset] = await env.deploy(tokens[name]["bytecode"])
             mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
                 ["address", "uint256"], [env.address(ALICE), 100 * TOKEN_AMOUNT]
@@ -186,7 +190,7 @@ async def test_swap_id_is_the_contracts(env: Env) -> None:
     assert await env.adapter.call(to=env.htlc.address, data=data) == env.htlc.swap_id(terms)
 
 
-@pytest.mark.parametrize("asset", ["eth", "erc20", "usdt"])
+@pytest.mark.parametrize("asset", ["eth", "erc20", "usdt", "oz"])
 async def test_lock_verify_and_claim_reveals_the_secret(env: Env, asset: str) -> None:
     secret = new_secret()
     start = await env.anvil.block_number()
@@ -245,7 +249,7 @@ async def test_lock_verify_and_claim_reveals_the_secret(env: Env, asset: str) ->
     assert await env.balance(asset, env.address(BOB)) == bob_before + terms.amount
 
 
-@pytest.mark.parametrize("asset", ["eth", "erc20", "usdt"])
+@pytest.mark.parametrize("asset", ["eth", "erc20", "usdt", "oz"])
 async def test_refund_after_expiry_then_no_claim(env: Env, asset: str) -> None:
     secret = new_secret()
     terms = await _lock(env, asset, hash_lock=secret_hash(secret), seconds=600)
