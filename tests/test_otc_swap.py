@@ -53,9 +53,11 @@ from tests.otc_support import PRICE, fresh_databases, start_nodes, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKENS_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "test_tokens_artifact.json"
+# OpenZeppelin Contracts' ERC20 (npm @openzeppelin/contracts, tests/data/contracts/OzToken.sol).
+OZ_TOKEN_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "oz_token_artifact.json"
 ETH = 10**18
 BTC_SAT = 1_000_000
-EVM_AMOUNT = {"eth": ETH // 10, "erc20": 2_500 * 10**6, "usdt": 2_500 * 10**6}
+EVM_AMOUNT = {"eth": ETH // 10, "erc20": 2_500 * 10**6, "usdt": 2_500 * 10**6, "oz": 2_500 * 10**6}
 # Test scale: a Bitcoin block stands for 10 s; T1 = 400 s (40 blocks), T2 = 200 s, k = 2.
 SETTINGS = plan.SwapSettings(
     t1_seconds=400,
@@ -261,7 +263,8 @@ async def make_world(
         htlc = EvmHtlc(adapter, await _deploy(adapter, deployer, htlc_artifact()["bytecode"]))
         tokens: dict[str, str] = {}
         artifacts = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
-        for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken")):
+        artifacts.update(json.loads(OZ_TOKEN_ARTIFACT.read_text())["contracts"])
+        for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken"), ("oz", "OzToken")):
             tokens[asset] = await _deploy(adapter, deployer, artifacts[name]["bytecode"])
             for holder in (alice_evm, bob_evm):
                 mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
@@ -327,7 +330,7 @@ async def _audit_actions(node: Node, swap_id: str) -> list[str]:
         return [str(r.action) for r in rows]
 
 
-@pytest.mark.parametrize("asset", ["eth", "erc20", "usdt"])
+@pytest.mark.parametrize("asset", ["eth", "erc20", "usdt", "oz"])
 async def test_btc_against_evm_settles_with_the_agreed_amounts(world: World, asset: str) -> None:
     alice, bob = world.alice, world.bob
     await _fund_btc(world, alice, 3 * BTC_SAT)
