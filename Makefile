@@ -88,7 +88,8 @@ bench: install $(WRK)
 	$(PY) -m benchmarks.otc_network
 	$(PY) -m benchmarks.grenache
 
-# The Solidity contracts (contracts/HTLC.sol, tests/data/contracts/TestTokens.sol) compiled offline
+# The Solidity contracts (contracts/HTLC.sol, tests/data/contracts/TestTokens.sol and OzToken.sol,
+# the latter importing npm @openzeppelin/contracts from node_modules) compiled offline
 # by npm solc 0.8.28 into the ABI + bytecode JSON the package and the tests load; committed, and
 # tests/test_htlc_evm.py checks they are what the sources compile to.
 contracts: $(NODE_STAMP)
