@@ -277,16 +277,8 @@ class MatchingEngine:
                 queue.append(order)
                 level.count += 1
                 self._orders[order.id] = order
-                at = order.expires_at_ms
-                if at != NEVER_MS:
-                    bucket = self._buckets.get(at)
-                    if bucket is None:
-                        self._buckets[at] = [order]
-                        heapq.heappush(self._expiry, at)
-                    else:
-                        bucket.append(order)
-                    if self._stale > self._stale_limit:
-                        self._rebuild_expiry()
+                if order.expires_at_ms != NEVER_MS:
+                    self._track_expiry(order)
                 return Execution(order, (), None, (), expired)
             return self._kill(order, Reason.IOC_REMAINDER if tif is _IOC else Reason.FOK_NOT_FILLABLE, expired)
         if tif is _POST_ONLY:
@@ -365,11 +357,12 @@ class MatchingEngine:
             level = book_side.level_for(price)
         level.append(order)
         self._orders[order.id] = order
-        at = order.expires_at_ms
-        if at != NEVER_MS:
+        if order.expires_at_ms != NEVER_MS:
             self._track_expiry(order)
 
     def _track_expiry(self, order: Order) -> None:
+        """Index an order with an expiry in its bucket (and the bucket time in the heap);
+        rebuild the heap once too many of its entries are stale."""
         at = order.expires_at_ms
         bucket = self._buckets.get(at)
         if bucket is None:
