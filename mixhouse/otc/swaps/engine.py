@@ -298,15 +298,7 @@ class SwapEngine:
             return
 
         if state == "agreed":
-            spec = LockSpec(
-                secret_hash=row.secret_hash,
-                claimer=terms["ids"][PARTICIPANT][my_chain],
-                refunder=mine.identity(),
-                amount=_amount(terms, my_chain),
-                timeout=await mine.timeout_in(s.t1_seconds),
-                token=_token(terms, my_chain),
-            )
-            await self._sign_lock(row, data, spec)
+            await self._lock_own(row, data, claimer_role=PARTICIPANT, lock_seconds=s.t1_seconds)
             return
 
         if state == "offered":
@@ -341,15 +333,7 @@ class SwapEngine:
                 )
                 return
             data["peer_lock"]["ref"] = status.ref
-            own = LockSpec(
-                secret_hash=row.secret_hash,
-                claimer=terms["ids"][INITIATOR][my_chain],
-                refunder=mine.identity(),
-                amount=_amount(terms, my_chain),
-                timeout=await mine.timeout_in(s.t2_seconds),
-                token=_token(terms, my_chain),
-            )
-            await self._sign_lock(row, data, own)
+            await self._lock_own(row, data, claimer_role=INITIATOR, lock_seconds=s.t2_seconds)
             return
 
         if state == "lock_signed":
@@ -567,6 +551,22 @@ class SwapEngine:
     @staticmethod
     def _age(row: Row[Any]) -> float:
         return time.time() - float(row.created_at.timestamp())
+
+    async def _lock_own(self, row: Row[Any], data: dict[str, Any], *, claimer_role: str, lock_seconds: int) -> None:
+        """Sign our side's lock of the agreed amount: claimable by ``claimer_role``'s key on our
+        chain, refundable to us after ``lock_seconds`` (t1 for the initiator, t2 for the participant)."""
+        terms = row.terms
+        chain = plan.lock_chain(row.role, terms["initiator_chain"])
+        mine = self.legs[chain]
+        spec = LockSpec(
+            secret_hash=row.secret_hash,
+            claimer=terms["ids"][claimer_role][chain],
+            refunder=mine.identity(),
+            amount=_amount(terms, chain),
+            timeout=await mine.timeout_in(lock_seconds),
+            token=_token(terms, chain),
+        )
+        await self._sign_lock(row, data, spec)
 
     async def _sign_lock(self, row: Row[Any], data: dict[str, Any], spec: LockSpec, state: str = "lock_signed") -> None:
         async with self.db.connect() as conn:
