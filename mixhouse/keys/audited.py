@@ -188,11 +188,17 @@ class AuditedSigner:
 
     def health(self, timeout: float = 5.0) -> SignerHealth:
         """``inner.health(timeout)`` where the inner signer has one, else ``ok`` unchecked."""
-        check = getattr(self.inner, "health", None)
-        if check is None:
-            return SignerHealth(self.kind, True, True, True, None, None)
-        result: SignerHealth = check(timeout)
-        return result
+        return inner_health(self.inner, timeout)
+
+
+def inner_health(inner: Signer, timeout: float) -> SignerHealth:
+    """The health of the signer a wrapper holds: ``inner.health(timeout)`` where it has one
+    (a PKCS#11 token does), else ``ok`` unchecked (a software signer has nothing to reach)."""
+    check = getattr(inner, "health", None)
+    if check is None:
+        return SignerHealth(inner.kind, True, True, True, None, None)
+    result: SignerHealth = check(timeout)
+    return result
 
 
 class KeyRetired(SignerError):
@@ -241,11 +247,7 @@ class RetiredKeyGuard:
 
     def health(self, timeout: float = 5.0) -> SignerHealth:
         """``inner.health(timeout)`` where it has one, else ``ok`` unchecked."""
-        check = getattr(self.inner, "health", None)
-        if check is None:
-            return SignerHealth(self.kind, True, True, True, None, None)
-        result: SignerHealth = check(timeout)
-        return result
+        return inner_health(self.inner, timeout)
 
 
 def unwrap(signer: Signer) -> Signer:
