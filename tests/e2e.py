@@ -18,6 +18,7 @@ from mixhouse.db.tables import sends
 from mixhouse.mixer.mixes import get_mix
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.servers import free_port, running_server
+from tests.fixtures.anvil import Anvil
 
 
 @dataclass
@@ -72,6 +73,21 @@ def fast_settings(database_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def anvil_settings(database_url: str, anvil: Anvil, mnemonic: str, **overrides: Any) -> Settings:
+    """``fast_settings`` for ETH alone on the test's anvil node: keys from ``mnemonic``, payouts
+    final after 3 confirmations."""
+    values: dict[str, Any] = {
+        "jobcoin_enabled": False,
+        "evm_enabled": True,
+        "evm_rpc_url": anvil.rpc_url,
+        "evm_chain_id": anvil.chain_id,
+        "evm_mnemonic": mnemonic,
+        "evm_confirmations": 3,
+    }
+    values.update(overrides)
+    return fast_settings(database_url, **values)
 
 
 async def wait_for_payouts(rt: Runtime, mix_id: str, *, within: float) -> dict[str, Any]:

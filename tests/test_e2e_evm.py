@@ -16,7 +16,7 @@ from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from mixhouse.worker import run_worker
-from tests.e2e import fast_settings, wait_for_payouts
+from tests.e2e import anvil_settings, wait_for_payouts
 from tests.fixtures.anvil import Anvil
 
 ETHER = 10**18
@@ -32,15 +32,7 @@ async def test_mix_eth_end_to_end_on_anvil(database_url: str, engine: AsyncEngin
     # A mnemonic of its own: a fresh pool, whatever other tests did on the shared node.
     Account.enable_unaudited_hdwallet_features()
     _, mnemonic = Account.create_with_mnemonic()
-    settings = fast_settings(
-        database_url,
-        jobcoin_enabled=False,
-        evm_enabled=True,
-        evm_rpc_url=anvil.rpc_url,
-        evm_chain_id=anvil.chain_id,
-        evm_mnemonic=mnemonic,
-        evm_confirmations=3,
-    )
+    settings = anvil_settings(database_url, anvil, mnemonic)
     rt = build_runtime(settings, database_url)
     rt.rng = random.Random(11)
     withdrawals = ["0x" + f"{random.Random(i).getrandbits(160):040x}" for i in range(3)]

@@ -35,7 +35,7 @@ from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from mixhouse.worker import run_worker
-from tests.e2e import fast_settings, wait_for_payouts
+from tests.e2e import anvil_settings, fast_settings, wait_for_payouts
 from tests.fixtures.anvil import Anvil
 from tests.fixtures.bcoin import Bcoin
 from tests.fixtures.softhsm import SoftHsm
@@ -56,14 +56,8 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def _hsm_settings(softhsm: SoftHsm) -> dict[str, Any]:
-    return {
-        "signer": "pkcs11",
-        "pkcs11_module": softhsm.module,
-        "pkcs11_token_label": softhsm.token_label,
-        "pkcs11_pin": softhsm.pin,
-        # A fresh prefix: fresh keys, so a fresh pool, whatever other tests did.
-        "pkcs11_label_prefix": f"e2e-{uuid.uuid4().hex[:12]}/",
-    }
+    # A fresh prefix: fresh keys, so a fresh pool, whatever other tests did.
+    return softhsm.settings(f"e2e-{uuid.uuid4().hex[:12]}/")
 
 
 def _assert_no_secret(text: str, secrets: list[str]) -> None:
@@ -92,17 +86,8 @@ async def test_eth_mix_with_every_signature_from_the_signer(
 ) -> None:
     Account.enable_unaudited_hdwallet_features()
     mnemonic = Account.create_with_mnemonic()[1] if signer == "software" else NOT_A_MNEMONIC
-    extra = _hsm_settings(softhsm) if signer == "pkcs11" else {"evm_mnemonic": mnemonic}
-    settings = fast_settings(
-        database_url,
-        jobcoin_enabled=False,
-        evm_enabled=True,
-        evm_rpc_url=anvil.rpc_url,
-        evm_chain_id=anvil.chain_id,
-        evm_mnemonic=mnemonic,
-        evm_confirmations=3,
-        **{k: v for k, v in extra.items() if k != "evm_mnemonic"},
-    )
+    extra = _hsm_settings(softhsm) if signer == "pkcs11" else {}
+    settings = anvil_settings(database_url, anvil, mnemonic, **extra)
     rt = build_runtime(settings, database_url)
     rt.rng = random.Random(17)
     adapter = rt.adapter("ETH")
@@ -235,16 +220,7 @@ async def test_a_token_that_is_gone_delays_sends_and_fails_none(
 ) -> None:
     """The token goes away after the deposit address is issued: the sweep waits (SignerError
     is a ChainError: retried), nothing is marked failed; the token is back: the mix completes."""
-    settings = fast_settings(
-        database_url,
-        jobcoin_enabled=False,
-        evm_enabled=True,
-        evm_rpc_url=anvil.rpc_url,
-        evm_chain_id=anvil.chain_id,
-        evm_mnemonic=NOT_A_MNEMONIC,
-        evm_confirmations=3,
-        **_hsm_settings(softhsm),
-    )
+    settings = anvil_settings(database_url, anvil, NOT_A_MNEMONIC, **_hsm_settings(softhsm))
     rt = build_runtime(settings, database_url)
     adapter = rt.adapter("ETH")
     key_holder = unwrap(adapter._signer)  # type: ignore[attr-defined]

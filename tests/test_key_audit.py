@@ -258,11 +258,7 @@ async def test_signer_gauges_of_a_runtime(database_url: str, softhsm: SoftHsm) -
         jobcoin_enabled=False,
         evm_enabled=True,
         bitcoin_enabled=True,
-        signer="pkcs11",
-        pkcs11_module=softhsm.module,
-        pkcs11_token_label=softhsm.token_label,
-        pkcs11_pin=softhsm.pin,
-        pkcs11_label_prefix="test-gauges/",
+        **softhsm.settings("test-gauges/"),
     )
     rt = build_runtime(settings, database_url)
     try:

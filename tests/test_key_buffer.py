@@ -135,11 +135,7 @@ async def test_a_mix_gets_a_key_made_ahead_in_the_token(database_url: str, softh
         database_url=database_url,
         jobcoin_enabled=False,
         evm_enabled=True,
-        signer="pkcs11",
-        pkcs11_module=softhsm.module,
-        pkcs11_token_label=softhsm.token_label,
-        pkcs11_pin=softhsm.pin,
-        pkcs11_label_prefix="test-buffer/",
+        **softhsm.settings("test-buffer/"),
     )
     rt = build_runtime(settings, database_url)
     adapter = rt.adapter("ETH")
@@ -166,11 +162,7 @@ async def test_an_api_process_keeps_the_buffer_filled(database_url: str, softhsm
         jobcoin_enabled=False,
         evm_enabled=True,
         bitcoin_enabled=True,
-        signer="pkcs11",
-        pkcs11_module=softhsm.module,
-        pkcs11_token_label=softhsm.token_label,
-        pkcs11_pin=softhsm.pin,
-        pkcs11_label_prefix="test-api-buffer/",
+        **softhsm.settings("test-api-buffer/"),
         key_buffer_size=3,
         key_buffer_interval_seconds=0.05,
         api_status_cache=False,
