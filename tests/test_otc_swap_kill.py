@@ -30,6 +30,7 @@ from mixhouse.otc.runtime import NodeConfig, running_node
 from mixhouse.otc.swaps import plan
 from mixhouse.otc.swaps.legs import BitcoinLeg, StoredTx
 from mixhouse.otc.swaps.service import SwapServiceConfig, running_swaps
+from mixhouse.servers import background
 from tests.fixtures.anvil import TEST_MNEMONIC, Anvil
 from tests.fixtures.bcoin import Bcoin
 from tests.otc_support import FAST, PRICE, fresh_databases, wait_until
@@ -94,13 +95,8 @@ async def _miner(bcoin: Bcoin, anvil: Anvil) -> AsyncIterator[None]:
             await anvil.rpc("evm_mine")
             await asyncio.sleep(BLOCK_EVERY_S)
 
-    task = asyncio.create_task(mine())
-    try:
+    async with background(mine()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class AliceProcess:

@@ -47,6 +47,7 @@ from mixhouse.otc.swaps import plan
 from mixhouse.otc.swaps.engine import swap_rows
 from mixhouse.otc.swaps.legs import BitcoinLeg
 from mixhouse.otc.swaps.service import SwapServiceConfig, running_swaps
+from mixhouse.servers import background
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ANVIL_BIN = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -143,13 +144,8 @@ async def _miner(node: RegtestNode, evm_url: str, address: str) -> AsyncIterator
             await _rpc(evm_url, "evm_mine", [])
             await asyncio.sleep(BLOCK_EVERY_S)  # the chains' block interval, not a wait for anything
 
-    task = asyncio.create_task(mine())
-    try:
+    async with background(mine()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def run_swap_demo(*, database_server_url: str | None, give_up_after: float, echo: Callable[[str], None]) -> int:
