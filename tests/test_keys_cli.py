@@ -47,6 +47,19 @@ def passphrase_file(tmp_path: Path) -> Path:
     return path
 
 
+def _mixhouse(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m mixhouse ARGS`` in a real process with ``env`` and no stdin (so no prompt)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mixhouse", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def _assert_no_phrase(text: str, mnemonics: Mnemonics) -> None:
     for phrase in (mnemonics.evm, mnemonics.bitcoin):
         words = phrase.split()
@@ -221,15 +234,7 @@ def test_the_installed_command_in_a_subprocess(tmp_path: Path, passphrase_file: 
     }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mixhouse", "keys", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        return _mixhouse(env, "keys", *args)
 
     created = run("init")
     assert created.returncode == 0, created.stderr
@@ -265,15 +270,7 @@ def test_a_mixhouse_process_takes_its_keys_from_the_keystore(
     withdrawal = "0x" + "cd" * 20
 
     def create() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mixhouse", "mix", "create", "ETH", withdrawal],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        return _mixhouse(env, "mix", "create", "ETH", withdrawal)
 
     done = create()
     assert done.returncode == 0, done.stdout + done.stderr
