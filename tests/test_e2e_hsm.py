@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
 from mixhouse.db.tables import audit_log
-from mixhouse.keys.audited import unwrap
+from mixhouse.keys.audited import AuditedSigner, RetiredKeyGuard, unwrap
 from mixhouse.keys.bip84 import Bip84Keyring, key_path, p2wpkh_address
 from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path, evm_address
 from mixhouse.keys.hsm import Pkcs11Signer
@@ -43,6 +43,14 @@ from tests.test_e2e_bitcoin import BTC, bitcoin_settings, mining
 
 ETHER = 10**18
 NOT_A_MNEMONIC = "no software keys in this run"
+
+
+def _audited(signer: object) -> AuditedSigner:
+    """The AuditedSigner an adapter signs through (under the rotation's RetiredKeyGuard, if any)."""
+    while isinstance(signer, RetiredKeyGuard):
+        signer = signer.inner
+    assert isinstance(signer, AuditedSigner)
+    return signer
 
 
 @pytest.fixture
@@ -134,7 +142,7 @@ async def test_eth_mix_with_every_signature_from_the_signer(
         assert roles == {
             str(s["id"]): ("evm-deposit" if s["kind"] == "sweep" else "evm-pool", signer) for s in view["sends"]
         }
-        assert adapter._signer.unrecorded == 0  # type: ignore[attr-defined]
+        assert _audited(adapter._signer).unrecorded == 0  # type: ignore[attr-defined]
     finally:
         await rt.aclose()
         await rt.engine.dispose()
@@ -206,7 +214,7 @@ async def test_btc_mix_with_every_signature_from_the_token(
             inputs += len((await bcoin.rpc("getrawtransaction", txid, True))["vin"])
         assert sum(row.details["signatures"] for row in used) == inputs
         assert {row.details["signer"] for row in used} == {"pkcs11"}
-        assert adapter._signer.unrecorded == 0  # type: ignore[attr-defined]
+        assert _audited(adapter._signer).unrecorded == 0  # type: ignore[attr-defined]
     finally:
         await rt.aclose()
         await rt.engine.dispose()
