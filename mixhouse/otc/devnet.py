@@ -146,8 +146,11 @@ def _owns_listener(pid: int, port: int) -> bool:
     """Whether process ``pid`` holds the TCP socket listening on ``port`` (Linux ``/proc``).
 
     Without it a grape that failed to bind a port someone else's grape holds would look ready:
-    the other grape answers on that URL. True where ``/proc`` cannot tell.
+    the other grape answers on that URL. True where there is no ``/proc``; False while the
+    process's entries cannot be read (it is starting or exiting: asked again at the next poll).
     """
+    if not Path("/proc/self/fd").is_dir():
+        return True
     try:
         inodes: set[str] = set()
         for table in ("tcp", "tcp6"):
@@ -157,9 +160,16 @@ def _owns_listener(pid: int, port: int) -> bool:
                 # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 the socket inode.
                 if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
                     inodes.add(fields[9])
-        links = {str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except (OSError, IndexError, ValueError):
-        return True
+        return False
+    links: set[str] = set()
+    for fd in fds:
+        # A starting process opens and closes descriptors as we read them: one that is gone
+        # is not the listener (counting the whole check as "cannot tell" let a grape that never
+        # bound its port pass for ready).
+        with suppress(OSError):
+            links.add(str(fd.readlink()))
     return any(f"socket:[{inode}]" in links for inode in inodes)
 
 
@@ -183,7 +193,8 @@ def _wait_connected(grapes: Grapes, host: str, deadline: float) -> str | None:
                     url for url, p in zip(grapes.urls, grapes.processes, strict=True)
                     if not _owns_listener(p.pid, int(url.rsplit(":", 1)[1]))
                 ]  # fmt: skip
-                if not foreign:
+                # A grape that exited meanwhile owns nothing (its /proc entries cannot tell).
+                if not foreign and all(p.poll() is None for p in grapes.processes):
                     return None
                 reason = f"another process answers on {foreign}"
             last = reason
