@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -110,3 +112,14 @@ async def unfinished_sends(engine: AsyncEngine) -> int:
                 await conn.execute(select(func.count()).select_from(sends).where(sends.c.state != "confirmed"))
             ).scalar_one()
         )
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``mixhouse worker`` in a process of its own (4 job slots), output discarded: the crash
+    tests SIGKILL it and start it again."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mixhouse", "worker", "--concurrency", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

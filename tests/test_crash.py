@@ -11,8 +11,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +32,7 @@ from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.sends import execute_send
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
-from tests.e2e import fast_settings, local_ledger, unfinished_sends
+from tests.e2e import fast_settings, local_ledger, start_worker, unfinished_sends
 
 COIN = 10**8
 
@@ -58,15 +56,6 @@ def _worker_env(database_url: str, api_url: str) -> dict[str, str]:
         }
     )
     return env
-
-
-def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mixhouse", "worker", "--concurrency", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def _assert_books_match_ledger(engine: AsyncEngine, pool: str) -> None:
@@ -117,7 +106,7 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
             for _ in range(kills):
                 if await _all_paid(engine, len(mixes)):
                     break
-                proc = _start_worker(env)
+                proc = start_worker(env)
                 # Kill only once this worker has taken work (its first audited change), not while
                 # it is still importing: a kill before that tests nothing.
                 started = await _audit_count(engine)
@@ -137,7 +126,7 @@ async def test_worker_killed_at_random_moments_pays_every_payout_exactly_once(
                 hit_batch += left > 1
             print(f"kills: {kills}, with a send in flight: {hit_in_flight}, with a batch (2+) in flight: {hit_batch}")
             assert hit_in_flight >= 2, "too few kills landed while a payout was in flight to test anything"
-            proc = _start_worker(env)
+            proc = start_worker(env)
             try:
                 for _ in range(600):
                     await asyncio.sleep(0.25)

@@ -14,8 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 
@@ -31,20 +29,11 @@ from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
-from tests.e2e import unfinished_sends
+from tests.e2e import start_worker, unfinished_sends
 from tests.fixtures.bcoin import Bcoin
 from tests.test_e2e_bitcoin import bitcoin_settings, mining
 
 BTC = 100_000_000
-
-
-def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mixhouse", "worker", "--concurrency", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def _batch_open_or_done(engine: AsyncEngine, *, within: float) -> None:
@@ -109,7 +98,7 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
         kills_in_batch = 0
         async with mining(bcoin, every=0.4):
             for _ in range(int(os.environ.get("MIXHOUSE_CRASH_KILLS", "10"))):
-                proc = _start_worker(env)
+                proc = start_worker(env)
                 await asyncio.sleep(rnd.uniform(1.0, 3.5))
                 # Aim at a batch in flight while payouts are left: wait (bounded) for one to be open.
                 await _batch_open_or_done(engine, within=10.0)
@@ -121,7 +110,7 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
                         await conn.execute(select(payout_batches.c.id).where(payout_batches.c.state == "open"))
                     ).first()
                 kills_in_batch += in_flight is not None
-            proc = _start_worker(env)
+            proc = start_worker(env)
             try:
                 for _ in range(1600):
                     await asyncio.sleep(0.25)

@@ -14,8 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -35,7 +33,7 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
-from tests.e2e import fast_settings
+from tests.e2e import fast_settings, start_worker
 from tests.fixtures.anvil import Anvil
 
 ETHER = 10**18
@@ -65,15 +63,6 @@ def _worker_env(database_url: str, anvil: Anvil, mnemonic: str) -> dict[str, str
         }
     )
     return env
-
-
-def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mixhouse", "worker", "--concurrency", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def _keep_mining(anvil: Anvil) -> None:
@@ -115,14 +104,14 @@ async def test_rotation_during_mixes_with_worker_kills(database_url: str, engine
     env = _worker_env(database_url, anvil, mnemonic)
     deadline = time.monotonic() + DEADLINE
     kills = 0
-    worker = _start_worker(env)
+    worker = start_worker(env)
 
     def kill_and_restart() -> None:
         nonlocal worker, kills
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
         kills += 1
-        worker = _start_worker(env)
+        worker = start_worker(env)
 
     async def new_mix() -> str:
         to = [adapter.normalize_address(f"0x{rnd.getrandbits(160):040x}") for _ in range(2)]
