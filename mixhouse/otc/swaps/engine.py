@@ -35,7 +35,7 @@ from mixhouse import audit
 from mixhouse.chains.htlc import HtlcMismatch, new_secret, secret_hash
 from mixhouse.errors import BroadcastRejected, ChainError, InsufficientFunds, InvalidInput, MixhouseError
 from mixhouse.otc.swaps import plan, store
-from mixhouse.otc.swaps.legs import Leg, LockSpec, StoredTx
+from mixhouse.otc.swaps.legs import Leg, LockSpec, LockStatus, StoredTx
 from mixhouse.otc.swaps.states import INITIATOR, PARTICIPANT, check_transition, initial_state
 from mixhouse.otc.swaps.transport import PeerUnreachable, SwapTransport
 
@@ -302,14 +302,8 @@ class SwapEngine:
             return
 
         if state == "offered":
-            spec, ref = self._peer_lock(data)
-            why = self._check_peer_spec(row, terms, spec, peer_chain, peer_role=INITIATOR)
-            if why is None:
-                try:
-                    status = await theirs.lock_status(spec, ref)
-                except HtlcMismatch as exc:
-                    why = f"the initiator's lock is not the agreed one ({exc})"
-            if why is not None:
+            spec, status, why = await self._checked_peer_lock(row, terms, data, peer_chain, peer_role=INITIATOR)
+            if status is None:
                 await self._move(row, "abandoned", data, error=why)
                 return
             if status.confirmations is None:
@@ -490,14 +484,8 @@ class SwapEngine:
             return
         if "peer_lock" not in data:
             return
-        spec, ref = self._peer_lock(data)
-        why = self._check_peer_spec(row, terms, spec, peer_chain, peer_role=PARTICIPANT)
-        if why is None:
-            try:
-                status = await theirs.lock_status(spec, ref)
-            except HtlcMismatch as exc:
-                why = f"the participant's lock is not the agreed one ({exc})"
-        if why is not None:
+        spec, status, why = await self._checked_peer_lock(row, terms, data, peer_chain, peer_role=PARTICIPANT)
+        if status is None:
             await self._move(row, "refund_wait", data, error=why)
             return
         if status.confirmations is None or status.confirmations < k_peer:
@@ -538,6 +526,20 @@ class SwapEngine:
             if str(got).lower() != str(want).lower():
                 return f"the {peer_role}'s lock has another {name}"
         return None
+
+    async def _checked_peer_lock(
+        self, row: Row[Any], terms: Mapping[str, Any], data: Mapping[str, Any], chain: str, *, peer_role: str
+    ) -> tuple[LockSpec, LockStatus | None, str]:
+        """The other side's announced lock, checked against the agreed terms and on its chain:
+        ``(spec, status, "")``, or ``(spec, None, why)`` when it is not the agreed one."""
+        spec, ref = self._peer_lock(data)
+        why = self._check_peer_spec(row, terms, spec, chain, peer_role=peer_role)
+        if why is not None:
+            return spec, None, why
+        try:
+            return spec, await self.legs[chain].lock_status(spec, ref), ""
+        except HtlcMismatch as exc:
+            return spec, None, f"the {peer_role}'s lock is not the agreed one ({exc})"
 
     @staticmethod
     def _peer_lock(data: Mapping[str, Any]) -> tuple[LockSpec, dict[str, Any]]:
