@@ -46,6 +46,7 @@ import httpx
 import psycopg
 from sqlalchemy import select
 
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.ledger_app import ledger_server
 from mixhouse.config import Settings
@@ -61,7 +62,6 @@ from mixhouse.mixer.privacy.records import PublicDeposit, PublicTransfer, Public
 from mixhouse.mixer.privacy.rules import DenominatedRules
 from mixhouse.mixer.privacy.score import percentile, release_set, score
 from mixhouse.mixer.privacy.timing import TimingRules
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import ASSETS, Asset, parse_amount
 from mixhouse.servers import free_port, running_server
 

@@ -42,6 +42,7 @@ import psycopg
 from sqlalchemy import Text, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.ledger_app import ledger_server
 from mixhouse.config import Settings
@@ -51,7 +52,6 @@ from mixhouse.db.migrate import upgrade
 from mixhouse.db.tables import audit_log, deposits, ledger_transfers, sends
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.servers import free_port, running_server
 
 COIN = 10**8

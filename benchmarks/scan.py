@@ -50,6 +50,7 @@ from embit.networks import NETWORKS  # type: ignore[import-untyped]
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.bitcoin.coinselect import Coin
 from mixhouse.chains.bitcoin.devnet import RegtestNode
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc, btc_to_sat
@@ -65,7 +66,6 @@ from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import free_port, running_server
 

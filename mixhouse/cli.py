@@ -69,11 +69,11 @@ def demo(
     """Mix coins end to end on embedded PostgreSQL and a local chain, and show it."""
     settings, url = _prepare()
     if chain == "bitcoin":
-        from mixhouse.demo_bitcoin import run_bitcoin_demo  # noqa: PLC0415 - keeps `mixhouse --help` fast
+        from mixhouse.app.demos.bitcoin import run_bitcoin_demo  # noqa: PLC0415 - keeps `mixhouse --help` fast
 
         code = run_async(run_bitcoin_demo(settings, url, give_up_after=timeout, console=console))
     elif chain == "jobcoin":
-        from mixhouse.demo import run_demo  # noqa: PLC0415
+        from mixhouse.app.demos.jobcoin import run_demo  # noqa: PLC0415
 
         code = run_async(run_demo(settings, url, give_up_after=timeout, console=console, serve=serve))
     else:
@@ -111,8 +111,8 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Jobs run at once by this worker.")] = None,
 ) -> None:
     """Run a worker: chain scans, deposits, sweeps, payouts, reconciliation."""
-    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
-    from mixhouse.worker import run_worker  # noqa: PLC0415
+    from mixhouse.app.build import build_runtime  # noqa: PLC0415
+    from mixhouse.app.worker import run_worker  # noqa: PLC0415
 
     settings, url = _prepare()
     rt = build_runtime(settings, url)
@@ -151,8 +151,8 @@ def mix_create(
     delay_max: Annotated[int | None, typer.Option(help="Latest payout, seconds after pooling")] = None,
 ) -> None:
     """Create a mix and print its deposit address."""
+    from mixhouse.app.build import build_runtime  # noqa: PLC0415
     from mixhouse.mixer.mixes import MixRequest, create_mix  # noqa: PLC0415
-    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
 
     settings, url = _prepare()
 
@@ -177,8 +177,8 @@ def mix_create(
 @mix_app.command("status")
 def mix_status(mix_id: str) -> None:
     """Show a mix with its deposits and payouts."""
+    from mixhouse.app.build import build_runtime  # noqa: PLC0415
     from mixhouse.mixer.mixes import get_mix  # noqa: PLC0415
-    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
 
     settings, url = _prepare()
 
@@ -314,8 +314,8 @@ def privacy_report_command(
     Exit 2 on an unknown or disabled asset or hours outside 1..720.
     """
     from mixhouse.api.schemas import PrivacyReportOut  # noqa: PLC0415
+    from mixhouse.app.build import build_runtime  # noqa: PLC0415
     from mixhouse.mixer.privacy.live import LiveReport, check_hours, privacy_report  # noqa: PLC0415
-    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
 
     try:
         check_hours(hours)

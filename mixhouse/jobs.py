@@ -5,7 +5,7 @@ into procrastinate's queue through its SQL function ``procrastinate_defer_jobs_v
 caller's connection (a transactional outbox with no outbox table). Workers wake through the
 LISTEN/NOTIFY trigger procrastinate installs on that table.
 
-Task names are the contract between :func:`defer` and the worker (``mixhouse.worker``).
+Task names are the contract between :func:`defer` and the worker (``mixhouse.app.worker``).
 """
 
 from __future__ import annotations

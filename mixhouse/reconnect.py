@@ -1,6 +1,6 @@
 """Getting back to PostgreSQL after it went away: which errors mean that, backoff, waiting.
 
-The worker (:func:`mixhouse.worker.run_worker`) uses these to outlive a PostgreSQL restart or a
+The worker (:func:`mixhouse.app.worker.run_worker`) uses these to outlive a PostgreSQL restart or a
 network cut: procrastinate stops its worker when a side task (the LISTEN connection, the
 heartbeat, the periodic deferrer) loses the database ("Side task listener failed ... stopping
 worker"), and fetching jobs or recording their outcome raises.

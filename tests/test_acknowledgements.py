@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.api.app import create_app
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import audit_log, reconciliation_acknowledgements, sends
 from mixhouse.mixer.deposits import scan_asset
@@ -17,7 +18,6 @@ from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.sends import execute_send, payouts_paused
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from tests.e2e import fast_settings, local_ledger
 

@@ -23,11 +23,11 @@ from structlog.testing import capture_logs
 from mixhouse import audit
 from mixhouse.api.app import create_app
 from mixhouse.api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.db.tables import deposits, mixes, reconciliations, sends
 from mixhouse.errors import ChainError, IllegalTransition, InvalidAmount, NotFound, PayoutsPaused
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 
 ADMIN_KEY = "test-admin-key-0123456789"

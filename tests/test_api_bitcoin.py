@@ -9,11 +9,11 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from mixhouse.api.app import create_app
+from mixhouse.app.build import build_runtime
 from mixhouse.config import DEV_ADMIN_KEY, Settings
 from mixhouse.db.tables import key_counters, mixes
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 
 # Creating a mix needs no node: deposit addresses are derived locally (BIP-84).
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"

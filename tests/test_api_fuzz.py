@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from mixhouse.api.app import create_app
+from mixhouse.app.build import build_adapters
 from mixhouse.config import Settings
 from mixhouse.db.engine import sqlalchemy_url
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
-from mixhouse.mixer.setup import build_adapters
 
 ADMIN_KEY = "fuzz-admin-key-0123456789"
 _UNUSED = "postgresql://unused@127.0.0.1/unused"

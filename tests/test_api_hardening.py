@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 
 from mixhouse.api.app import create_app
 from mixhouse.api.problems import PROBLEM_MEDIA_TYPE
+from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.db.tables import audit_log, mixes
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 
 ADMIN_KEY = "test-admin-key-0123456789"
 ADMIN = {"X-API-Key": ADMIN_KEY}

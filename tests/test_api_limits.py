@@ -22,10 +22,10 @@ from starlette.requests import Request
 
 from mixhouse.api.app import create_app
 from mixhouse.api.client_address import client_identity
+from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.db.tables import mix_creation_rates, mixes
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from tests.test_api import ADMIN_KEY, assert_problem, count_mixes
 
 PEER = ("198.51.100.7", 40000)

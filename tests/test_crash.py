@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.base import PreparedSend
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
@@ -30,7 +31,6 @@ from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.sends import execute_send
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from tests.e2e import fast_settings, local_ledger, start_worker, unfinished_sends
 

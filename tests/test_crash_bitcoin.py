@@ -23,11 +23,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
 from mixhouse.db.tables import deposits, payout_batches, sends
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from tests.e2e import start_worker, unfinished_sends
 from tests.fixtures.bcoin import Bcoin

@@ -162,7 +162,7 @@ def test_ledger_process_survives_the_crash_bodies(ledger_server: tuple[subproces
 
 _WORKER_IMPORTS = """
 import json, sys
-import mixhouse.mixer.setup, mixhouse.worker, mixhouse.wallets.fixtures, mixhouse.api.app
+import mixhouse.app.build, mixhouse.app.worker, mixhouse.wallets.fixtures, mixhouse.api.app
 import eth_account, web3
 assert sys.getrecursionlimit() <= 1000, sys.getrecursionlimit()
 try:

@@ -13,6 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import run_worker
 from mixhouse.config import Settings
 from mixhouse.db.tables import utxos
 from mixhouse.keys.bip84 import Bip84Keyring
@@ -22,10 +24,8 @@ from mixhouse.mixer.planner import fee_bounds, is_series_value
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import store_list
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
-from mixhouse.worker import run_worker
 from tests.e2e import fast_settings, wait_for_payouts
 from tests.fixtures.bcoin import Bcoin
 

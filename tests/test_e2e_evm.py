@@ -9,13 +9,13 @@ from eth_account import Account
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import run_worker
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.planner import fee_bounds, is_series_value
 from mixhouse.mixer.reconcile import reconcile
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
-from mixhouse.worker import run_worker
 from tests.e2e import anvil_settings, wait_for_payouts
 from tests.fixtures.anvil import Anvil
 

@@ -22,6 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import run_worker
 from mixhouse.db.tables import audit_log
 from mixhouse.keys.audited import AuditedSigner, RetiredKeyGuard, unwrap
 from mixhouse.keys.bip84 import Bip84Keyring, key_path, p2wpkh_address
@@ -31,10 +33,8 @@ from mixhouse.keys.signer import SignerError
 from mixhouse.logs import configure_logging
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
-from mixhouse.worker import run_worker
 from tests.e2e import anvil_settings, fast_settings, wait_for_payouts
 from tests.fixtures.anvil import Anvil
 from tests.fixtures.bcoin import Bcoin

@@ -11,6 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import run_worker
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import audit_log, deposits, sends
 from mixhouse.mixer.deposits import confirm_deposits, scan_asset
@@ -18,10 +20,8 @@ from mixhouse.mixer.mixes import MixRequest, create_mix, expire_mixes, get_mix
 from mixhouse.mixer.planner import fee_bounds, is_series_value
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.screening import store_list
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset, parse_amount
 from mixhouse.servers import background
-from mixhouse.worker import run_worker
 from tests.e2e import fast_settings, local_ledger, wait_for_payouts
 
 COIN = 10**8

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import audit_log, deposits, sends
 from mixhouse.mixer.deposits import scan_asset
@@ -21,7 +22,6 @@ from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.planner import candidate_totals, fee_bounds, is_series_value, plan_payouts
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.sends import execute_send
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from tests.e2e import fast_settings, local_ledger
 

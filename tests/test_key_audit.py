@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.bitcoin.coinselect import Coin
 from mixhouse.chains.bitcoin.txbuild import sign_tx
 from mixhouse.config import Settings
@@ -33,7 +34,6 @@ from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path
 from mixhouse.keys.health import check_signer, signer_metrics
 from mixhouse.keys.hsm import Pkcs11Signer
 from mixhouse.keys.signer import HEALTH_DIGEST, SoftwareSigner
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.unit import unit
 from tests.fixtures.softhsm import SOFTHSM_MODULE, SoftHsm

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.api.serving import api_app
+from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
 from mixhouse.db.tables import key_buffer, key_counters
@@ -20,7 +21,6 @@ from mixhouse.keys.audited import unwrap
 from mixhouse.keys.buffer import buffered, run_key_buffer, take_key, top_up
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.mixer.mixes import MixRequest, create_mix, next_key_index
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.unit import unit
 from tests.fixtures.softhsm import SoftHsm
 

@@ -216,8 +216,8 @@ async def test_a_worker_killed_between_storing_and_broadcasting_the_move_sends_t
 async def test_reconciliation_counts_every_generation_and_the_move_fee(
     database_url: str, engine: AsyncEngine, anvil: Anvil, mnemonic: str
 ) -> None:
+    from mixhouse.app.build import build_runtime  # noqa: PLC0415
     from mixhouse.mixer.reconcile import reconcile  # noqa: PLC0415 - the runtime's imports are slow
-    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
     from mixhouse.money import Asset  # noqa: PLC0415
     from tests.e2e import fast_settings  # noqa: PLC0415
 

@@ -24,13 +24,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.db.tables import audit_log, chain_cursors, mixes, pool_generations, pool_moves, sends
 from mixhouse.keys.hd import POOL_PATH
 from mixhouse.keys.rotation import ensure_first_generation, rotate
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from tests.e2e import fast_settings, start_worker

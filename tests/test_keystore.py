@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mixhouse.app.build import build_adapters
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.config import DEV_MNEMONIC, Settings
@@ -34,7 +35,6 @@ from mixhouse.keys.keystore import (
     open_keystore,
     software_mnemonics,
 )
-from mixhouse.mixer.setup import build_adapters
 from mixhouse.money import Asset
 
 # BIP-39 test vectors (trezor/python-mnemonic vectors.json), not the development phrase.

@@ -18,6 +18,7 @@ import structlog
 from pydantic import SecretStr
 
 from mixhouse.api.app import create_app
+from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.logs import (
     RedactingFilter,
@@ -28,7 +29,6 @@ from mixhouse.logs import (
     uvicorn_log_config,
 )
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 
 ADMIN_KEY = "admin-key-that-must-never-be-logged"
 USER_KEY = "mh_user-key-that-must-never-be-logged-0123456789"

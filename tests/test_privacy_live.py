@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from mixhouse.api.app import create_app
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.cli import app as cli_app
 from mixhouse.config import Settings
@@ -39,7 +40,6 @@ from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import ASSETS, Asset
 from tests.e2e import fast_settings, local_ledger
 from tests.test_api import assert_problem

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import sends, utxos
@@ -23,7 +24,6 @@ from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.sends import execute_send, payouts_paused, prepared_of, sign_account_send
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.unit import unit
 from tests.e2e import fast_settings, local_ledger

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse import audit
 from mixhouse.api.app import create_app
 from mixhouse.api.problems import PROBLEM_MEDIA_TYPE
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.base import PreparedSend, UtxoChainAdapter
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import audit_log, deposits, sends, utxos
@@ -29,7 +30,6 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import store_list
 from mixhouse.mixer.sends import execute_send
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from tests.e2e import fast_settings, local_ledger
 from tests.fixtures.anvil import Anvil

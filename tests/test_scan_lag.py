@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.bitcoin.adapter import MAX_BLOCKS_PER_SCAN as BTC_BLOCKS_PER_SCAN
 from mixhouse.chains.evm.adapter import MAX_BLOCKS_PER_SCAN
 from mixhouse.chains.jobcoin import adapter as jobcoin_adapter
@@ -21,7 +22,6 @@ from mixhouse.db.tables import chain_cursors, ledger_transfers
 from mixhouse.metrics import collect_state
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.web.admin_pages import dashboard_context
 from tests.e2e import fast_settings

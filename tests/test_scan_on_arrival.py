@@ -11,13 +11,13 @@ import random
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import _scan_on_arrival
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
-from mixhouse.worker import _scan_on_arrival
 from tests.e2e import fast_settings, local_ledger, wait_for_payouts
 
 COIN = 10**8

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.chains.bitcoin.coinselect import Coin
 from mixhouse.chains.bitcoin.txbuild import build_signed_tx
@@ -28,7 +29,6 @@ from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.mixer.utxo_batches import REPLANNED, advance_batch, sign_batch
 from mixhouse.money import Asset
 from tests.fixtures.bcoin import Bcoin

@@ -32,12 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.api.app import create_app
 from mixhouse.api.problems import PROBLEM_MEDIA_TYPE
+from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.db.tables import address_balances, address_txs, wallet_addresses, wallet_xpubs
 from mixhouse.errors import InvalidInput, NotFound
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.wallets import service, store, xpubs
 from mixhouse.wallets.records import AddressTx, Leg
 from mixhouse.wallets.sources.bitcoin_node import BitcoinNodeSource

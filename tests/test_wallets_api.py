@@ -24,13 +24,13 @@ from typer.testing import CliRunner
 
 from mixhouse.api.app import create_app
 from mixhouse.api.problems import PROBLEM_MEDIA_TYPE
+from mixhouse.app.build import build_runtime
 from mixhouse.cli import app as cli_app
 from mixhouse.config import Settings
 from mixhouse.db.engine import sqlalchemy_url
 from mixhouse.db.tables import address_balances, address_txs, api_keys, chain_txs, wallet_addresses
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.wallets import service, store
 from mixhouse.wallets.records import AddressTx, Direction, Leg
 

@@ -10,6 +10,7 @@ import httpx
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.worker import run_worker
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import operator_sessions
 from mixhouse.mixer.screening import store_list
@@ -17,7 +18,6 @@ from mixhouse.mixer.states import now
 from mixhouse.servers import background
 from mixhouse.web.admin_pages import COOKIE
 from mixhouse.web.operators import create_operator, login, session_for
-from mixhouse.worker import run_worker
 from tests.web import DESKTOP, PHONE, artifact, chromium, web_stack
 
 COIN = 10**8

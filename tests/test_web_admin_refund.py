@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.worker import run_worker
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import deposits, sends
 from mixhouse.mixer.deposits import scan_asset
@@ -21,7 +22,6 @@ from mixhouse.money import Asset
 from mixhouse.servers import background
 from mixhouse.web.admin_pages import COOKIE
 from mixhouse.web.operators import create_operator, login, session_for
-from mixhouse.worker import run_worker
 from tests.web import DESKTOP, PHONE, artifact, chromium, wait_until, web_stack
 
 COIN = 10**8

@@ -14,13 +14,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.worker import run_worker
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.config import DEV_ADMIN_KEY
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.screening import store_list
 from mixhouse.money import Asset
 from mixhouse.servers import background
-from mixhouse.worker import run_worker
 from tests.web import wait_until, web_stack
 
 COIN = 10**8

@@ -11,10 +11,10 @@ from playwright.async_api import Page
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.worker import run_worker
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.tables import mixes
 from mixhouse.servers import background
-from mixhouse.worker import run_worker
 from tests.web import DESKTOP, PHONE, artifact, chromium, web_stack
 
 COIN = 10**8

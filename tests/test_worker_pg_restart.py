@@ -22,12 +22,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.build import build_runtime
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.db.engine import make_engine
 from mixhouse.db.tables import sends
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import Asset
 from mixhouse.termination import EXIT_STATUS_SIGTERM
 from tests.e2e import fast_settings, local_ledger

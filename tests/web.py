@@ -17,8 +17,8 @@ from playwright.async_api import Browser, ViewportSize, async_playwright
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.api.app import create_app
+from mixhouse.app.build import build_runtime
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.servers import free_port, running_server
 from tests.e2e import Ledger, fast_settings, local_ledger
 

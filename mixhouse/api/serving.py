@@ -33,11 +33,11 @@ from fastapi import FastAPI
 from mixhouse.api.app import create_app
 from mixhouse.api.fast_status import FastReads
 from mixhouse.api.status_feed import MixChangeFeed
+from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.keys.buffer import run_key_buffer
 from mixhouse.logs import configure_logging, uvicorn_log_config
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.servers import background
 
 # uvicorn imports the factory by name in each worker process.

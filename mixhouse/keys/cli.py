@@ -240,12 +240,12 @@ def keys_rotate(
     (one audited, stored-before-broadcast move) and retires it once empty and confirmed."""
     import asyncio  # noqa: PLC0415
 
+    from mixhouse.app.build import build_runtime  # noqa: PLC0415
     from mixhouse.chains.evm.adapter import EvmAdapter  # noqa: PLC0415 - web3: slow to import
     from mixhouse.db.engine import resolve_database_url  # noqa: PLC0415 - the database: only here
     from mixhouse.db.migrate import upgrade  # noqa: PLC0415
     from mixhouse.keys.hd import POOL_PATH  # noqa: PLC0415
     from mixhouse.keys.rotation import ensure_first_generation, generations, rotate  # noqa: PLC0415
-    from mixhouse.mixer.setup import build_runtime  # noqa: PLC0415
     from mixhouse.money import Asset  # noqa: PLC0415
 
     settings = _settings()

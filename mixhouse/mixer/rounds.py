@@ -1,7 +1,7 @@
 """Payout rounds: the release gate, then every due payout of every mix sent in one batch.
 
 A round runs every ``payout_round_seconds`` per asset, and right after a scan's sweeps pool
-deposits (``mixhouse.worker``), one round per asset at a time across all workers (a session
+deposits (``mixhouse.app.worker``), one round per asset at a time across all workers (a session
 advisory lock that dies with a killed worker's connection). It does three
 things, each in as few durable transactions as possible:
 

@@ -23,13 +23,13 @@ from rich.live import Live
 from rich.table import Table
 
 from mixhouse.api.app import create_app
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import run_worker
 from mixhouse.chains.jobcoin.ledger_app import ledger_server
 from mixhouse.config import Settings
 from mixhouse.mixer.planner import is_series_value
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import parse_amount
 from mixhouse.servers import background, free_port, running_server
-from mixhouse.worker import run_worker
 
 DEPOSIT_COINS = "50"
 

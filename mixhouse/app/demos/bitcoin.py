@@ -24,6 +24,8 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import run_worker
 from mixhouse.chains.bitcoin.coinselect import Coin
 from mixhouse.chains.bitcoin.devnet import RegtestNode
 from mixhouse.chains.bitcoin.networks import address_of_script
@@ -35,10 +37,8 @@ from mixhouse.db.migrate import upgrade
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.setup import build_runtime
 from mixhouse.money import format_amount
 from mixhouse.servers import background
-from mixhouse.worker import run_worker
 
 BTC = 100_000_000
 DEPOSIT = 1 * BTC

@@ -1,4 +1,5 @@
-"""Building a :class:`Runtime` from settings: the engine, the adapters, the screener."""
+"""Building a process's :class:`~mixhouse.mixer.runtime.Runtime` from settings: the signers, the
+chain adapters, the engine, the screener (issue 8 part 4: the wiring lives here, not in a feature)."""
 
 from __future__ import annotations
 
