@@ -62,10 +62,10 @@ from mixhouse.mixer.privacy.records import PublicDeposit, PublicTransfer, Public
 from mixhouse.mixer.privacy.rules import DenominatedRules
 from mixhouse.mixer.privacy.score import percentile, release_set, score
 from mixhouse.mixer.privacy.timing import TimingRules
-from mixhouse.money import ASSETS, Asset, parse_amount
+from mixhouse.money import Asset, asset_info, parse_amount
 from mixhouse.servers import free_port, running_server
 
-DUST = ASSETS[Asset.JOBCOIN].dust
+DUST = asset_info(Asset.JOBCOIN).dust
 SCENARIOS = {"realistic": realistic, "quiet": quiet, "burst": burst, "all-equal": all_equal}
 # The attacker's documented cap on withdrawal addresses per mix: the population uses 1-5, and an
 # exact group search up to 10 is infeasible at this density (see mixhouse.mixer.privacy.amounts).

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from embit import bip39  # type: ignore[import-untyped]
-from pydantic import Field, IPvAnyNetwork, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mixhouse.errors import ConfigError
+from mixhouse.money import Asset, AssetInfo, AssetRegistry
 
 DEV_ADMIN_KEY = "dev-admin-key-change-me"
 DEV_ADDRESS_SECRET = "dev-address-secret-change-me"  # noqa: S105 - refused in production
@@ -39,6 +40,44 @@ MIN_PRODUCTION_PASSWORD_CHARS = 16
 # it does not make a short passphrase strong.
 MIN_PRODUCTION_PASSPHRASE_CHARS = 16
 ENV_PREFIX = "MIXHOUSE_"
+
+
+class TokenSettings(BaseModel):
+    """One ERC-20 token a deployment mixes (an entry of ``MIXHOUSE_EVM_TOKENS``, a JSON list).
+
+    ``{"symbol": "USDT", "contract": "0xdAC17F958D2ee523a2206206994597C13D831ec7", "decimals": 6,
+    "dust": 10000, "min_deposit": 10000000, "max_deposit": 100000000000}``: amounts in the token's
+    base unit (USDT: 10**-6 USDT). ``decimals`` must be what the contract's ``decimals()`` says.
+
+    Attributes:
+        symbol: the asset code it is mixed under (2-16 of ``A-Z0-9``).
+        contract: the token contract's address on the EVM chain of ``evm_rpc_url``.
+        decimals: base units per token as a power of ten, 0..36.
+        dust: the smallest payout, base units.
+        min_deposit, max_deposit: deposit limits, base units.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    symbol: str = Field(pattern=r"^[A-Z][A-Z0-9]{1,15}$")
+    contract: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    decimals: int = Field(ge=0, le=36)
+    dust: int = Field(ge=1)
+    min_deposit: int = Field(ge=1)
+    max_deposit: int = Field(ge=1)
+
+    def info(self) -> AssetInfo:
+        """The token as an :class:`~mixhouse.money.AssetInfo` (its contract in EIP-55 form)."""
+        from eth_utils.address import to_checksum_address  # noqa: PLC0415 - eth_utils is slow to import
+
+        return AssetInfo(
+            Asset(self.symbol),
+            "evm",
+            self.decimals,
+            f"{self.symbol} base unit (10^-{self.decimals} {self.symbol})",
+            dust=self.dust,
+            contract=str(to_checksum_address(self.contract)),
+        )
 
 
 def _is_secret(annotation: Any) -> bool:
@@ -203,6 +242,8 @@ class Settings(BaseSettings):
     evm_min_deposit: int = 10**16  # 0.01 ETH
     evm_max_deposit: int = 1_000 * 10**18
     evm_max_fee_per_gas_cap: int = 500 * 10**9  # refuse to pay more than 500 gwei
+    # ERC-20 tokens mixed on that chain (JSON list of TokenSettings), enabled with it.
+    evm_tokens: list[TokenSettings] = Field(default_factory=list)
 
     # Bitcoin (any node speaking Bitcoin Core's JSON-RPC; bcoin regtest in development)
     bitcoin_enabled: bool = False
@@ -268,8 +309,49 @@ class Settings(BaseSettings):
     # Operator sessions of the admin dashboard expire this long after login.
     admin_session_seconds: int = Field(default=8 * 3600, ge=60)
 
+    def assets(self) -> AssetRegistry:
+        """The assets this deployment knows: the built-in ones and the configured tokens
+        (whether or not their chain is enabled: see :meth:`enabled_assets`)."""
+        return AssetRegistry(token.info() for token in self.evm_tokens)
+
+    def enabled_assets(self) -> list[Asset]:
+        """The assets this deployment mixes, in a stable order: Jobcoin, ETH and its tokens, BTC."""
+        enabled: list[Asset] = []
+        if self.jobcoin_enabled:
+            enabled.append(Asset.JOBCOIN)
+        if self.evm_enabled:
+            enabled.append(Asset.ETH)
+            enabled.extend(Asset(token.symbol) for token in self.evm_tokens)
+        if self.bitcoin_enabled:
+            enabled.append(Asset.BTC)
+        return enabled
+
+    def deposit_limits(self, asset: Asset | str) -> tuple[int, int]:
+        """``(min_deposit, max_deposit)`` of ``asset`` in its base units.
+
+        Raises:
+            ConfigError: ``asset`` is not an asset of this deployment.
+        """
+        code = str(asset)
+        if code == Asset.ETH:
+            return self.evm_min_deposit, self.evm_max_deposit
+        if code == Asset.BTC:
+            return self.bitcoin_min_deposit, self.bitcoin_max_deposit
+        if code == Asset.JOBCOIN:
+            return self.jobcoin_min_deposit, self.jobcoin_max_deposit
+        for token in self.evm_tokens:
+            if token.symbol == code:
+                return token.min_deposit, token.max_deposit
+        raise ConfigError(f"asset {code!r} is not configured")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        symbols = [token.symbol for token in self.evm_tokens]
+        if len(set(symbols)) != len(symbols) or {"JOBCOIN", "ETH", "BTC"} & set(symbols):
+            raise ConfigError("MIXHOUSE_EVM_TOKENS: each token needs its own symbol, not a built-in asset's")
+        for token in self.evm_tokens:
+            if token.min_deposit > token.max_deposit:
+                raise ConfigError(f"MIXHOUSE_EVM_TOKENS: {token.symbol}'s min_deposit exceeds its max_deposit")
         if self.fee_min_bps > self.fee_max_bps:
             raise ConfigError("fee_min_bps must not exceed fee_max_bps")
         if self.default_delay_min_seconds > self.default_delay_max_seconds:

@@ -8,19 +8,58 @@ raises rather than rounding.
 
 from __future__ import annotations
 
-import enum
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
+from typing import ClassVar, Literal
 
-from mixhouse.errors import InvalidAmount
+from mixhouse.errors import ConfigError, InvalidAmount, InvalidInput
+
+# An asset code: what the database stores and the API speaks ("ETH", "USDT").
+_ASSET_CODE = re.compile(r"[A-Z][A-Z0-9]{1,15}")
+
+ChainKind = Literal["jobcoin", "evm", "bitcoin"]
 
 
-class Asset(enum.StrEnum):
-    """The assets Mixhouse can mix. The value is stored in the database by name."""
+class Asset(str):
+    """An asset's code, as stored in the database and spoken by the API (``"BTC"``, ``"USDT"``).
 
-    JOBCOIN = "JOBCOIN"
-    ETH = "ETH"
-    BTC = "BTC"
+    Open, not an enum (issue 8 part 2): an asset is whatever the deployment configures
+    (:meth:`mixhouse.config.Settings.assets`); ``JOBCOIN``, ``ETH`` and ``BTC`` are the built-in
+    ones. Its facts (chain, decimals, dust, contract) are an :class:`AssetInfo`. A plain ``str``
+    to everything else: compare with ``==``, never ``is``.
+
+    Raises:
+        ValueError: the text is not 2 to 16 characters of ``A-Z0-9`` starting with a letter.
+    """
+
+    __slots__ = ()
+
+    JOBCOIN: ClassVar[Asset]
+    ETH: ClassVar[Asset]
+    BTC: ClassVar[Asset]
+
+    def __new__(cls, code: str) -> Asset:
+        if isinstance(code, Asset):
+            return code
+        if not isinstance(code, str) or not _ASSET_CODE.fullmatch(code):
+            raise ValueError(f"{code!r} is not an asset code (2-16 of A-Z0-9, starting with a letter)")
+        return super().__new__(cls, code)
+
+    @property
+    def value(self) -> str:
+        """The code as a plain ``str`` (what the database column holds)."""
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Asset({str.__str__(self)!r})"
+
+
+Asset.JOBCOIN = Asset("JOBCOIN")
+Asset.ETH = Asset("ETH")
+Asset.BTC = Asset("BTC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,28 +67,120 @@ class AssetInfo:
     """Static facts of an asset.
 
     Attributes:
-        asset: the asset.
-        decimals: base units per coin as a power of ten (8 for jobcoin, 18 for ETH).
+        asset: the asset's code.
+        chain: the kind of chain it lives on (``"jobcoin"``, ``"evm"``, ``"bitcoin"``).
+        decimals: base units per coin as a power of ten (8 for jobcoin, 18 for ETH, 6 for USDT).
         unit: the name of the base unit, for messages ("wei").
         dust: the smallest payout in base units: below it a payout would cost more to move
             than it is worth (or a chain would refuse it).
+        contract: the token contract's checksummed address (an ERC-20 on an EVM chain), ``None``
+            for a chain's native coin.
     """
 
     asset: Asset
+    chain: ChainKind
     decimals: int
     unit: str
     dust: int
+    contract: str | None = None
+
+    @property
+    def is_token(self) -> bool:
+        """Whether the asset is a token contract's rather than the chain's native coin."""
+        return self.contract is not None
 
 
-ASSETS: dict[Asset, AssetInfo] = {
+BUILTIN_ASSETS: dict[Asset, AssetInfo] = {
     # The Jobcoin API speaks decimal strings ("49.5") without a declared precision; we fix
     # 8 decimals (like satoshi) and reject anything finer instead of rounding it away.
-    Asset.JOBCOIN: AssetInfo(Asset.JOBCOIN, 8, "jobcoin base unit", dust=10_000),
-    Asset.ETH: AssetInfo(Asset.ETH, 18, "wei", dust=10**12),
+    Asset.JOBCOIN: AssetInfo(Asset.JOBCOIN, "jobcoin", 8, "jobcoin base unit", dust=10_000),
+    Asset.ETH: AssetInfo(Asset.ETH, "evm", 18, "wei", dust=10**12),
     # 546 satoshi: Bitcoin Core's dust threshold of a P2PKH output at the default 3 sat/vB
     # dust relay fee (policy.cpp GetDustThreshold); a P2WPKH output's is 294, 546 covers both.
-    Asset.BTC: AssetInfo(Asset.BTC, 8, "satoshi", dust=546),
+    Asset.BTC: AssetInfo(Asset.BTC, "bitcoin", 8, "satoshi", dust=546),
 }
+
+
+class AssetRegistry(Mapping[Asset, AssetInfo]):
+    """The assets a deployment knows: the built-in ones plus its configured tokens.
+
+    A read-only mapping ``Asset -> AssetInfo``; :meth:`info` is the lookup with a clear error.
+
+    Args:
+        extra: the configured assets (tokens), on top of :data:`BUILTIN_ASSETS`.
+
+    Raises:
+        ConfigError: an extra asset reuses a built-in code or appears twice.
+    """
+
+    __slots__ = ("_table",)
+
+    def __init__(self, extra: Iterable[AssetInfo] = ()) -> None:
+        table = dict(BUILTIN_ASSETS)
+        for info in extra:
+            if info.asset in table:
+                raise ConfigError(f"asset {info.asset} is defined twice (or shadows a built-in asset)")
+            table[info.asset] = info
+        self._table = table
+
+    def __getitem__(self, asset: Asset | str) -> AssetInfo:
+        return self._table[Asset(asset)]
+
+    def __iter__(self) -> Iterator[Asset]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def info(self, asset: Asset | str) -> AssetInfo:
+        """The facts of ``asset``.
+
+        Raises:
+            InvalidInput: ``asset`` is malformed or not an asset of this deployment.
+        """
+        try:
+            return self._table[Asset(asset)]
+        except (KeyError, ValueError):
+            raise InvalidInput(f"unknown asset {asset!r}") from None
+
+
+# The assets of the running process: the built-ins until :func:`register_assets` adds the
+# configured tokens (a process configures them once, at start). Asset facts are fixed facts of
+# the chain (a token's decimals are its contract's), so a table per process is safe; the
+# deployment-specific limits (min/max deposit) live in Settings, not here.
+ASSETS: dict[Asset, AssetInfo] = dict(BUILTIN_ASSETS)
+
+
+def register_assets(registry: Mapping[Asset, AssetInfo]) -> None:
+    """Make the configured assets known to :func:`asset_info` (formatting amounts in the API).
+
+    Raises:
+        ConfigError: an asset is already known with other facts (two settings disagree).
+    """
+    for asset, info in registry.items():
+        known = ASSETS.get(asset)
+        if known is not None and known != info:
+            raise ConfigError(f"asset {asset} is already configured with other facts in this process")
+        ASSETS[asset] = info
+
+
+def asset_info(asset: Asset | str) -> AssetInfo:
+    """The facts of ``asset`` among the process's known assets (:data:`ASSETS`).
+
+    Raises:
+        InvalidInput: the asset is malformed or unknown.
+    """
+    try:
+        return ASSETS[Asset(asset)]
+    except (KeyError, ValueError):
+        raise InvalidInput(f"unknown asset {asset!r}") from None
+
+
+def asset_lock_key(asset: Asset | str) -> int:
+    """A stable small integer of ``asset`` for advisory-lock keys (CRC-32 of its code, 0..2**31):
+    the same in every process and every release, whatever assets are configured."""
+    return zlib.crc32(str(asset).encode("ascii")) & 0x7FFF_FFFF
+
 
 # Largest value a NUMERIC(78,0) column holds comfortably and far above any real supply;
 # anything larger is certainly an input error.

@@ -321,6 +321,25 @@ async def test_eth_mix(eth_client: httpx.AsyncClient, eth_rt: Runtime) -> None:
     assert mix["max_deposit_coins"] == "1000"
 
 
+async def test_assets_list_what_can_be_mixed(eth_client: httpx.AsyncClient, eth_rt: Runtime) -> None:
+    response = await eth_client.get("/api/v1/assets")
+    assert response.status_code == 200
+    items = {item["asset"]: item for item in response.json()["items"]}
+    assert list(items) == ["JOBCOIN", "ETH"]
+    assert items["ETH"]["decimals"] == 18
+    assert items["ETH"]["contract"] is None
+    assert items["ETH"]["min_deposit"] == str(eth_rt.settings.evm_min_deposit)
+    assert items["ETH"]["min_deposit_coins"] == "0.01"
+    assert items["ETH"]["confirmations"] == eth_rt.settings.evm_confirmations
+    assert items["JOBCOIN"]["chain"] == "jobcoin"
+
+
+@pytest.mark.parametrize("asset", ["DOGE", "USDT", "eth", "E", "ETH\u0000"])
+async def test_unknown_asset_is_422(client: httpx.AsyncClient, rt: Runtime, asset: str) -> None:
+    assert_problem(await client.post("/api/v1/mixes", json={"asset": asset, "withdrawal_addresses": [VALID_ETH]}), 422)
+    assert await count_mixes(rt) == 0
+
+
 async def test_eth_disabled_is_422(client: httpx.AsyncClient, rt: Runtime) -> None:
     body = assert_problem(
         await client.post("/api/v1/mixes", json={"asset": "ETH", "withdrawal_addresses": [VALID_ETH]}), 422
@@ -489,7 +508,7 @@ async def test_validation_problem_lists_field_errors(client: httpx.AsyncClient) 
     body = assert_problem(
         await client.post(
             "/api/v1/mixes",
-            json={"asset": "DOGE", "withdrawal_addresses": [1], "delay_min_seconds": "5", "extra": True},
+            json={"asset": "doge", "withdrawal_addresses": [1], "delay_min_seconds": "5", "extra": True},
         ),
         422,
     )

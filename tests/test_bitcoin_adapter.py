@@ -9,7 +9,7 @@ from mixhouse.chains.base import PreparedSend, SendState
 from mixhouse.chains.bitcoin.adapter import SIMPLE_SEND_VBYTES, BitcoinAdapter
 from mixhouse.errors import BroadcastRejected, InvalidAddress
 from mixhouse.keys.bip84 import Bip84Keyring
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset, asset_info
 from tests.fixtures.bcoin import Bcoin, SignedPayment
 
 
@@ -26,12 +26,12 @@ def _prepared(payment: SignedPayment, to_address: str, amount: int) -> PreparedS
 
 
 def test_btc_asset_is_satoshi() -> None:
-    info = ASSETS[Asset.BTC]
+    info = asset_info(Asset.BTC)
     assert (info.decimals, info.unit, info.dust) == (8, "satoshi", 546)
 
 
 async def test_addresses_are_bip84_regtest(btc_adapter: BitcoinAdapter, btc_keyring: Bip84Keyring) -> None:
-    assert btc_adapter.asset is Asset.BTC
+    assert btc_adapter.asset == Asset.BTC
     assert btc_adapter.has_idempotent_send is True
     assert btc_adapter.pool_address == btc_keyring.address(1, 0)
     assert btc_adapter.deposit_address(3) == btc_keyring.address(0, 3)

@@ -82,7 +82,7 @@ def _send(amount: int, from_address: str = POOL, to_address: str = "Bob") -> Pre
 
 def test_attributes() -> None:
     chain = JobcoinAdapter("http://127.0.0.1:1/api/", POOL, address_secret=SECRET)
-    assert chain.asset is Asset.JOBCOIN
+    assert chain.asset == Asset.JOBCOIN
     assert chain.confirmations_required == 1
     assert chain.has_idempotent_send is False
     assert chain.pool_address == POOL

@@ -5,9 +5,22 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from mixhouse.errors import InvalidAmount
-from mixhouse.money import ASSETS, MAX_BASE_UNITS, Asset, format_amount, parse_amount, percent_of
+from mixhouse.config import Settings, TokenSettings
+from mixhouse.errors import ConfigError, InvalidAmount, InvalidInput
+from mixhouse.money import (
+    ASSETS,
+    MAX_BASE_UNITS,
+    Asset,
+    AssetRegistry,
+    asset_info,
+    asset_lock_key,
+    format_amount,
+    parse_amount,
+    percent_of,
+    register_assets,
+)
 
 
 @given(st.integers(min_value=1, max_value=10**30), st.sampled_from([8, 18]))
@@ -98,6 +111,102 @@ def test_asset_decimals() -> None:
     assert ASSETS[Asset.JOBCOIN].decimals == 8
     assert ASSETS[Asset.ETH].decimals == 18
     assert parse_amount("1", ASSETS[Asset.ETH].decimals) == 10**18
+
+
+USDT_MAINNET = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
+
+
+def _usdt(**overrides: object) -> TokenSettings:
+    fields: dict[str, object] = {
+        "symbol": "USDT",
+        "contract": USDT_MAINNET.lower(),
+        "decimals": 6,
+        "dust": 10_000,
+        "min_deposit": 10_000_000,
+        "max_deposit": 10**11,
+    }
+    fields.update(overrides)
+    return TokenSettings.model_validate(fields)
+
+
+def test_assets_are_open_codes() -> None:
+    assert Asset("USDT") == "USDT"
+    assert Asset("ETH") == Asset.ETH
+    assert Asset(Asset.BTC) is Asset.BTC
+    assert Asset("USDT").value == "USDT"
+    assert type(Asset("USDT").value) is str
+    for bad in ("", "eth", "E", "1INCH", "USD T", "USDT\x00", "A" * 17):
+        with pytest.raises(ValueError, match="not an asset code"):
+            Asset(bad)
+
+
+def test_configured_token_is_an_asset_with_its_facts() -> None:
+    settings = Settings(evm_enabled=True, evm_tokens=[_usdt()])
+    registry = settings.assets()
+    info = registry.info("USDT")
+    assert info.chain == "evm"
+    assert info.decimals == 6
+    assert info.contract == USDT_MAINNET  # EIP-55 form whatever the case given
+    assert info.is_token
+    assert not registry.info("ETH").is_token
+    assert set(registry) == {Asset.JOBCOIN, Asset.ETH, Asset.BTC, Asset("USDT")}
+    assert settings.enabled_assets() == [Asset.JOBCOIN, Asset.ETH, Asset("USDT")]
+    assert settings.deposit_limits("USDT") == (10_000_000, 10**11)
+    assert settings.deposit_limits("ETH") == (settings.evm_min_deposit, settings.evm_max_deposit)
+    with pytest.raises(InvalidInput, match="unknown asset"):
+        registry.info("DOGE")
+    with pytest.raises(ConfigError):
+        settings.deposit_limits("DOGE")
+    # Tokens are enabled with their chain.
+    assert Asset("USDT") not in Settings(evm_enabled=False, evm_tokens=[_usdt()]).enabled_assets()
+
+
+def test_token_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "MIXHOUSE_EVM_TOKENS",
+        f'[{{"symbol": "USDT", "contract": "{USDT_MAINNET}", "decimals": 6, "dust": 1, '
+        '"min_deposit": 1000000, "max_deposit": 1000000000}]',
+    )
+    assert Settings().assets().info("USDT").decimals == 6
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [_usdt(), _usdt()],  # twice
+        [_usdt(symbol="ETH")],  # shadows a built-in
+        [_usdt(min_deposit=10, max_deposit=5)],
+    ],
+)
+def test_bad_token_settings_are_refused(tokens: list[TokenSettings]) -> None:
+    with pytest.raises((ConfigError, ValidationError)):
+        Settings(evm_tokens=tokens)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"contract": "0x1234"}, {"decimals": 99}, {"symbol": "usdt"}, {"dust": 0}, {"extra": 1}],
+)
+def test_malformed_token_entries_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        _usdt(**fields)
+
+
+def test_registering_conflicting_facts_is_refused() -> None:
+    register_assets(AssetRegistry([_usdt().info()]))
+    assert asset_info("USDT").decimals == 6
+    with pytest.raises(ConfigError):
+        register_assets(AssetRegistry([_usdt(decimals=18).info()]))
+    with pytest.raises(InvalidInput):
+        asset_info("NOPE")
+
+
+def test_lock_keys_are_stable_and_distinct() -> None:
+    # CRC-32 of the code: fixed across processes and releases (advisory lock keys).
+    assert asset_lock_key("ETH") == asset_lock_key(Asset.ETH) == 0x2FC0C7CB
+    keys = {asset_lock_key(code) for code in ("JOBCOIN", "ETH", "BTC", "USDT", "USDC", "DAI")}
+    assert len(keys) == 6
+    assert all(0 <= key < 2**31 for key in keys)
 
 
 @pytest.mark.parametrize(

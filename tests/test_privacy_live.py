@@ -40,7 +40,7 @@ from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset, asset_info
 from tests.e2e import fast_settings, local_ledger
 from tests.test_api import assert_problem
 
@@ -140,7 +140,7 @@ async def test_live_report_matches_a_direct_analysis(database_url: str, engine: 
             assert live.pool.truth == truth
             assert live.pool.timing == timing
             assert live.pool.rules == DenominatedRules(
-                rt.settings.fee_min_bps, rt.settings.fee_max_bps, min_payout=ASSETS[Asset.JOBCOIN].dust
+                rt.settings.fee_min_bps, rt.settings.fee_max_bps, min_payout=asset_info(Asset.JOBCOIN).dust
             )
             async with engine.connect() as conn:
                 public = await ledger.all_transfers(conn)

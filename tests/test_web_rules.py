@@ -47,6 +47,8 @@ def test_payment_uris() -> None:
     assert payment_uri("ETH", eth, chain_id=1) == f"ethereum:{eth}@1"
     assert payment_uri("ETH", eth) == f"ethereum:{eth}"
     assert payment_uri("JOBCOIN", "abc") == "abc"
+    usdt = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
+    assert payment_uri("USDT", eth, chain_id=1, contract=usdt) == f"ethereum:{usdt}@1/transfer?address={eth}"
 
 
 def test_qr_svg_encodes_the_uri() -> None:

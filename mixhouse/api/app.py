@@ -4,6 +4,7 @@ Routes (all JSON; every error is ``application/problem+json``, see
 :mod:`mixhouse.api.problems`):
 
 * ``POST /api/v1/mixes`` and ``GET /api/v1/mixes/{id}`` (:mod:`mixhouse.api.routes_mixes`);
+* ``GET /api/v1/assets``, the assets a mix can be created in (:mod:`mixhouse.api.routes_assets`);
 * ``GET /api/v1/admin/{mixes,deposits,pool,privacy,audit}`` behind ``X-API-Key``
   (:mod:`mixhouse.api.routes_admin`);
 * ``/api/v1/wallets...`` behind a user API key (:mod:`mixhouse.api.routes_wallets`);
@@ -24,6 +25,7 @@ from mixhouse import __version__
 from mixhouse.api import RuntimeDep
 from mixhouse.api.problems import guard_refusal, install_problem_handlers
 from mixhouse.api.routes_admin import router as admin_router
+from mixhouse.api.routes_assets import router as assets_router
 from mixhouse.api.routes_mixes import router as mixes_router
 from mixhouse.api.routes_wallets import router as wallets_router
 from mixhouse.api.schemas import HealthOut
@@ -79,6 +81,7 @@ def create_app(rt: Runtime) -> FastAPI:
         max_json_depth=rt.settings.http_max_json_depth,
     )
     app.include_router(mixes_router)
+    app.include_router(assets_router)
     app.include_router(admin_router)
     app.include_router(wallets_router)
     app.include_router(health_router)

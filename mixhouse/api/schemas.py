@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from mixhouse.money import ASSETS, Asset, format_amount
+from mixhouse.money import asset_info, format_amount
 
 if TYPE_CHECKING:
     from mixhouse.mixer.privacy.live import LiveReport
@@ -73,7 +73,11 @@ class MixCreate(BaseModel):
         },
     )
 
-    asset: Literal["JOBCOIN", "ETH", "BTC"] = Field(description="JOBCOIN, ETH or BTC, exactly (case-sensitive).")
+    asset: str = Field(
+        pattern=r"^[A-Z][A-Z0-9]{1,15}$",
+        description="An asset this deployment mixes: JOBCOIN, ETH, BTC or a configured ERC-20 token such as USDT "
+        "(its code, case-sensitive; GET /api/v1/assets lists them).",
+    )
     withdrawal_addresses: list[WithdrawalAddress] = Field(
         min_length=1,
         max_length=50,
@@ -127,7 +131,7 @@ class AcknowledgementCreate(BaseModel):
 
 
 def _coins(amount: int, asset: str) -> str:
-    return format_amount(amount, ASSETS[Asset(asset)].decimals)
+    return format_amount(amount, asset_info(asset).decimals)
 
 
 def _maybe(amount: int | None) -> str | None:

@@ -21,7 +21,7 @@ from mixhouse.keys.keystore import Mnemonics, software_mnemonics
 from mixhouse.keys.signer import Signer, SoftwareSigner
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import Screener
-from mixhouse.money import Asset
+from mixhouse.money import Asset, register_assets
 
 
 def build_hsm_signer(settings: Settings) -> Pkcs11Signer | None:
@@ -126,6 +126,8 @@ def build_runtime(
     ``pool_size``, ``pre_ping`` and ``max_overflow`` as in :func:`mixhouse.db.engine.make_engine`
     (the API's differ).
     """
+    # The configured tokens become known to every amount formatter of the process.
+    register_assets(settings.assets())
     denylist: list[str] = []
     if settings.denylist_file is not None:
         denylist = settings.denylist_file.read_text(encoding="utf-8").split()

@@ -29,13 +29,13 @@ from mixhouse.mixer.rounds import batch_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import normalize_for_screening
 from mixhouse.mixer.states import DEPOSIT_TRANSITIONS, DepositState, now, transition
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset, asset_info, asset_lock_key
 from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
 
 
-_SCAN_LOCK = 0x7363616E  # "scan"; plus the asset's position, one lock per asset
+_SCAN_LOCK = 0x7363616E  # "scan"; with the asset's lock key (two-int advisory lock), one lock per asset
 
 
 async def scan_asset(rt: Runtime, asset: Asset) -> int:
@@ -51,15 +51,15 @@ async def scan_asset(rt: Runtime, asset: Asset) -> int:
     Raises:
         ChainError: the node or API failed (the job is retried at the next tick).
     """
-    key = _SCAN_LOCK * 16 + list(Asset).index(asset)
+    keys = {"c": _SCAN_LOCK, "k": asset_lock_key(asset)}
     async with rt.engine.connect() as lock_conn:
-        if not (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar_one():
+        if not (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:c, :k)"), keys)).scalar_one():
             return 0
         await lock_conn.commit()
         try:
             return await _scan_locked(rt, asset)
         finally:
-            await lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            await lock_conn.execute(text("SELECT pg_advisory_unlock(:c, :k)"), keys)
             await lock_conn.commit()
 
 
@@ -444,7 +444,7 @@ def _hold_reason(dep: Row[Any], mix: Row[Any], quote: FeeQuote, sweep_fee: int) 
         return f"below the mix minimum of {mix.min_deposit} base units"
     if dep.amount > mix.max_deposit:
         return f"above the mix maximum of {mix.max_deposit} base units"
-    dust = ASSETS[Asset(dep.asset)].dust
+    dust = asset_info(dep.asset).dust
     n = len(mix.withdrawal_addresses)
     after_sweep = dep.amount - sweep_fee
     _, fee = fee_bounds(after_sweep, mix.fee_min_bps, mix.fee_max_bps)

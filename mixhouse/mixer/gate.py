@@ -55,7 +55,7 @@ from mixhouse.mixer.privacy.score import release_set
 from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, SendState, now
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset, asset_info
 from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
@@ -272,7 +272,7 @@ async def release_gate(rt: Runtime, asset: Asset) -> tuple[int, int]:
     release_by = await _fallback_moments(rt, waiting)
     public = _public_deposits(recent)
     amounts = [d.amount for d in public]
-    dust = ASSETS[asset].dust
+    dust = asset_info(asset).dust
     rules = DenominatedRules(settings.fee_min_bps, settings.fee_max_bps, min_payout=dust)
     decisions: list[tuple[Any, GateDecision, int]] = []
     held = 0
@@ -423,7 +423,7 @@ async def _replan(rt: Runtime, work: Unit, dep: Row[Any], decision: GateDecision
             fee_max_bps=dep.fee_max_bps,
             withdrawal_addresses=list(dep.withdrawal_addresses),
             network_fee_per_payout=reserve,
-            min_payout=ASSETS[Asset(dep.asset)].dust,
+            min_payout=asset_info(dep.asset).dust,
             delay_min_seconds=dep.delay_min_seconds,
             delay_max_seconds=dep.delay_max_seconds,
             rng=rt.rng,

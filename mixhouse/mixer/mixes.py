@@ -19,7 +19,7 @@ from mixhouse.keys.buffer import take_key
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MixState, now, transition
 from mixhouse.mixer.withdrawals import IS_DEPOSIT, check_withdrawals
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset, asset_info
 from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
@@ -30,7 +30,7 @@ class MixRequest:
     """What a user asks for.
 
     Attributes:
-        asset: ``"JOBCOIN"`` or ``"ETH"``.
+        asset: an enabled asset's code (``"JOBCOIN"``, ``"ETH"``, ``"BTC"``, ``"USDT"``...).
         withdrawal_addresses: 1 to ``max_withdrawal_addresses`` distinct addresses of the asset.
         delay_min_seconds, delay_max_seconds: the payout window after the deposit is pooled;
             ``None`` takes the operator's defaults.
@@ -144,11 +144,7 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
 
 
 def _limits(rt: Runtime, asset: Asset) -> tuple[int, int]:
-    if asset is Asset.ETH:
-        return rt.settings.evm_min_deposit, rt.settings.evm_max_deposit
-    if asset is Asset.BTC:
-        return rt.settings.bitcoin_min_deposit, rt.settings.bitcoin_max_deposit
-    return rt.settings.jobcoin_min_deposit, rt.settings.jobcoin_max_deposit
+    return rt.settings.deposit_limits(asset)
 
 
 async def next_key_index(work: Unit, counter: str) -> int:
@@ -219,5 +215,9 @@ async def touch_mix(work: Unit, mix_id: str) -> None:
 
 
 def asset_decimals(asset: str) -> int:
-    """Decimals of ``asset`` (8 for JOBCOIN, 18 for ETH)."""
-    return ASSETS[Asset(asset)].decimals
+    """Decimals of ``asset`` (8 for JOBCOIN, 18 for ETH, 6 for USDT).
+
+    Raises:
+        InvalidInput: the asset is unknown to this process.
+    """
+    return asset_info(asset).decimals

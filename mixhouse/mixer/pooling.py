@@ -28,7 +28,7 @@ from mixhouse.mixer.states import (
     now,
     transition,
 )
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import asset_info
 from mixhouse.unit import Unit
 
 
@@ -155,7 +155,7 @@ async def pool_deposit(
         fee_max_bps=mix.fee_max_bps,
         withdrawal_addresses=list(mix.withdrawal_addresses),
         network_fee_per_payout=quote.per_send,
-        min_payout=ASSETS[Asset(dep.asset)].dust,
+        min_payout=asset_info(dep.asset).dust,
         delay_min_seconds=mix.delay_min_seconds,
         delay_max_seconds=mix.delay_max_seconds,
         rng=rt.rng,
@@ -258,7 +258,7 @@ async def pool_deposits(
                 fee_max_bps=mix.fee_max_bps,
                 withdrawal_addresses=list(mix.withdrawal_addresses),
                 network_fee_per_payout=quote.per_send,
-                min_payout=ASSETS[Asset(dep.asset)].dust,
+                min_payout=asset_info(dep.asset).dust,
                 delay_min_seconds=mix.delay_min_seconds,
                 delay_max_seconds=mix.delay_max_seconds,
                 rng=rt.rng,

@@ -48,7 +48,7 @@ from mixhouse.mixer.pooling import deposit_coin_row, deposit_send_row
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, transition
 from mixhouse.mixer.withdrawals import ours
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import asset_info
 from mixhouse.unit import Unit, unit
 
 FROZEN_REASON = "the deposit is frozen by sanctions screening: frozen funds stay frozen and are never refunded"
@@ -118,7 +118,7 @@ async def request_refund(rt: Runtime, *, deposit_id: int, address: str, operator
         quote = await adapter.quote_network_fee()
         fee, fee_detail = quote.per_send, quote.detail
     amount = int(dep.amount) - fee
-    dust = ASSETS[Asset(dep.asset)].dust
+    dust = asset_info(dep.asset).dust
     if amount < dust:
         raise InvalidAmount(
             f"the deposit of {dep.amount} base units does not cover the refund's network fee of {fee} "

@@ -12,7 +12,7 @@ from mixhouse.config import Settings
 from mixhouse.errors import InvalidInput
 from mixhouse.keys.signer import Signer
 from mixhouse.mixer.screening import Screener
-from mixhouse.money import Asset
+from mixhouse.money import Asset, AssetRegistry
 
 
 @dataclass(slots=True)
@@ -36,6 +36,11 @@ class Runtime:
     screener: Screener
     rng: random.Random = field(default_factory=random.SystemRandom)
     signers: dict[Asset, Signer] = field(default_factory=dict)
+
+    @property
+    def assets(self) -> AssetRegistry:
+        """The assets of this deployment (built-in and configured tokens) and their facts."""
+        return self.settings.assets()
 
     def adapter(self, asset: Asset | str) -> ChainAdapter:
         """The adapter of ``asset``.

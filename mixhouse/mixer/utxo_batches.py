@@ -57,7 +57,7 @@ from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import coin_of, complete_mixes, execute_send, send_entry, sign_utxo_payout
 from mixhouse.mixer.states import SEND_TRANSITIONS, SendState, now
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset, asset_info
 from mixhouse.unit import Unit, unit
 
 log = structlog.get_logger(__name__)
@@ -227,7 +227,7 @@ async def _sign_batch_in(
             if only is None or r.mix_id in only
         ],
         max_outputs=rt.settings.utxo_batch_max_outputs,
-        dust=ASSETS[asset].dust,
+        dust=asset_info(asset).dust,
     )
     if not choice.taken:
         return None, 0, choice.unbatchable

@@ -29,7 +29,7 @@ from mixhouse.mixer.acknowledgements import acknowledge
 from mixhouse.mixer.refunds import request_refund
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState
-from mixhouse.money import ASSETS, Asset, format_amount
+from mixhouse.money import Asset, asset_info, format_amount
 from mixhouse.web.operators import Session, login, logout, session_for
 from mixhouse.web.sse import change_stream, sse_response
 from mixhouse.web.templating import PAGE_HEADERS, render, render_fragment
@@ -123,7 +123,7 @@ async def dashboard_context(rt: Runtime) -> dict[str, Any]:
             )
         }
         due_soon = [
-            (str(r[0]), int(r[1]), format_amount(int(r[2]), ASSETS[Asset(str(r[0]))].decimals))
+            (str(r[0]), int(r[1]), format_amount(int(r[2]), asset_info(str(r[0])).decimals))
             for r in await conn.execute(
                 text(
                     "SELECT asset, count(*), coalesce(sum(amount), 0) FROM sends WHERE kind = 'payout' "

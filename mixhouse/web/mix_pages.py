@@ -25,7 +25,7 @@ from mixhouse.errors import NotFound
 from mixhouse.mixer.mixes import get_mix
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.withdrawals import check_withdrawals, ours
-from mixhouse.money import ASSETS, Asset, format_amount
+from mixhouse.money import Asset, asset_info, format_amount
 from mixhouse.web.payment_uri import payment_uri, qr_svg
 from mixhouse.web.sse import change_stream, sse_response
 from mixhouse.web.templating import render, render_fragment
@@ -64,15 +64,11 @@ class AssetOffer:
 def asset_offers(rt: Runtime) -> list[AssetOffer]:
     """One :class:`AssetOffer` per enabled asset, from the settings and the adapters."""
     s = rt.settings
-    limits = {
-        Asset.JOBCOIN: (s.jobcoin_min_deposit, s.jobcoin_max_deposit),
-        Asset.ETH: (s.evm_min_deposit, s.evm_max_deposit),
-        Asset.BTC: (s.bitcoin_min_deposit, s.bitcoin_max_deposit),
-    }
     offers = []
-    for asset in sorted(rt.adapters, key=lambda a: list(Asset).index(a)):
-        low, high = limits[asset]
-        decimals = ASSETS[asset].decimals
+    order = s.enabled_assets()
+    for asset in sorted(rt.adapters, key=lambda a: order.index(a) if a in order else len(order)):
+        low, high = rt.settings.deposit_limits(asset)
+        decimals = asset_info(asset).decimals
         offers.append(
             AssetOffer(
                 asset=asset.value,
@@ -208,7 +204,12 @@ async def mix_page(mix_id: MixId, request: Request, rt: RuntimeDep) -> HTMLRespo
     mix: MixStatusOut = context["mix"]
     adapter = rt.adapters.get(Asset(mix.asset))
     chain_id = getattr(adapter, "chain_id", None)
-    uri = payment_uri(mix.asset, mix.deposit_address, chain_id=chain_id if isinstance(chain_id, int) else None)
+    uri = payment_uri(
+        mix.asset,
+        mix.deposit_address,
+        chain_id=chain_id if isinstance(chain_id, int) else None,
+        contract=asset_info(mix.asset).contract,
+    )
     context.update(
         {
             "uri": uri,

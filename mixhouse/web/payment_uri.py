@@ -19,23 +19,29 @@ import segno
 from mixhouse.money import Asset
 
 
-def payment_uri(asset: Asset | str, address: str, *, chain_id: int | None = None) -> str:
+def payment_uri(asset: Asset | str, address: str, *, chain_id: int | None = None, contract: str | None = None) -> str:
     """The text a wallet scans to pay ``address``.
 
     Args:
         asset: the mix's asset.
         address: the deposit address, canonical form.
         chain_id: EIP-155 chain id for ETH (omitted from the URI when ``None``).
+        contract: the token contract of an ERC-20 asset: the URI is then EIP-681's
+            ``ethereum:<contract>@<chain_id>/transfer?address=<address>`` (no amount: the user
+            picks it).
 
     Sources: BIP-21 (bitcoin: URIs), BIP-173 (bech32 may be upper case), EIP-681.
     """
     kind = Asset(asset)
-    if kind is Asset.BTC:
+    if contract is not None:
+        at = "" if chain_id is None else f"@{chain_id}"
+        return f"ethereum:{contract}{at}/transfer?address={address}"
+    if kind == Asset.BTC:
         upper = address.upper()
         # Only bech32 is case-insensitive; base58 addresses keep their case.
         shown = upper if upper.startswith(("BC1", "TB1", "BCRT1")) else address
         return f"bitcoin:{shown}"
-    if kind is Asset.ETH:
+    if kind == Asset.ETH:
         return f"ethereum:{address}" + ("" if chain_id is None else f"@{chain_id}")
     return address
 

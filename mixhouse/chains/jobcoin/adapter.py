@@ -45,9 +45,9 @@ from mixhouse.errors import (
     InvalidAmount,
     SendOutcomeUnknown,
 )
-from mixhouse.money import ASSETS, Asset, format_amount
+from mixhouse.money import Asset, asset_info, format_amount
 
-DECIMALS = ASSETS[Asset.JOBCOIN].decimals
+DECIMALS = asset_info(Asset.JOBCOIN).decimals
 SCAN_CONCURRENCY = 16
 # History cursor pages: a scan reads at most this many (then resumes at the next scan).
 _PAGE_SIZE = 5000

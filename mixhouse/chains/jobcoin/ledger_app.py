@@ -68,10 +68,10 @@ from mixhouse.http_guard import (
     allow_header,
 )
 from mixhouse.logs import uvicorn_log_config
-from mixhouse.money import ASSETS, Asset, format_amount
+from mixhouse.money import Asset, asset_info, format_amount
 from mixhouse.recursion import pin_recursion_limit
 
-DECIMALS = ASSETS[Asset.JOBCOIN].decimals
+DECIMALS = asset_info(Asset.JOBCOIN).decimals
 DEFAULT_MINT_AMOUNT = "50"
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -37,7 +37,7 @@ from mixhouse.mixer.privacy.score import Score, percentile, score
 from mixhouse.mixer.privacy.timing import TimingRules
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import DepositState, SendState, now
-from mixhouse.money import ASSETS, Asset
+from mixhouse.money import Asset, asset_info
 
 # The newest payouts analysed at most. The three amount attacks cost up to the analyzer's work
 # cap (20,000 units) per deposit each: measured on this 2-core machine, a simulated pool of 500
@@ -285,7 +285,7 @@ async def read_live_pool(
         until=end,
         view=PublicView(tuple(public_deposits), tuple(public_payouts), adapter.pool_address),
         truth=truth,
-        rules=DenominatedRules(settings.fee_min_bps, settings.fee_max_bps, min_payout=ASSETS[which].dust),
+        rules=DenominatedRules(settings.fee_min_bps, settings.fee_max_bps, min_payout=asset_info(which).dust),
         timing=timing,
         payouts_in_range=in_range,
         payout_limit=payout_limit,
