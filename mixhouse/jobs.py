@@ -5,7 +5,9 @@ into procrastinate's queue through its SQL function ``procrastinate_defer_jobs_v
 caller's connection (a transactional outbox with no outbox table). Workers wake through the
 LISTEN/NOTIFY trigger procrastinate installs on that table.
 
-Task names are the contract between :func:`defer` and the worker (``mixhouse.app.worker``).
+Task names are the contract between :func:`defer` and the worker: each feature registers its own
+tasks (:mod:`mixhouse.mixer.tasks`, :mod:`mixhouse.wallets.tasks`) on the worker's app
+(:mod:`mixhouse.app.worker`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mixhouse.errors import ConfigError
 
 QUEUE = "mixhouse"
 
@@ -76,3 +80,21 @@ async def defer(conn: AsyncConnection, jobs: list[JobRequest]) -> None:
 def send_job(send_id: int, at: datetime | None = None) -> JobRequest:
     """The job that advances send ``send_id`` through its state machine."""
     return JobRequest(TASK_EXECUTE_SEND, {"send_id": send_id}, scheduled_at=at, lock=f"send:{send_id}")
+
+
+def every_seconds(seconds: int) -> str:
+    """A procrastinate cron (croniter's 6-field form, where the seconds field is the LAST one)
+    that fires every ``seconds`` seconds.
+
+    ``"*/5 * * * * *"`` reads as "every second of every fifth minute": periodic tasks written so
+    ran each second for one minute and then not at all for four (a scan, a payout round, a
+    reconciliation stopped for minutes at a time).
+
+    Raises:
+        ConfigError: an interval that a cron cannot express (not 1-59 s, nor whole minutes 1-59).
+    """
+    if 1 <= seconds < 60:
+        return f"* * * * * */{seconds}"
+    if seconds % 60 == 0 and 1 <= seconds // 60 < 60:
+        return f"*/{seconds // 60} * * * * 0"
+    raise ConfigError(f"a periodic interval of {seconds} s cannot be scheduled: use 1-59 s or whole minutes")

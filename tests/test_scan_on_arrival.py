@@ -12,11 +12,11 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.app.build import build_runtime
-from mixhouse.app.worker import _scan_on_arrival
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.tasks import _scan_on_arrival
 from mixhouse.money import Asset
 from tests.e2e import fast_settings, local_ledger, wait_for_payouts
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from croniter import croniter  # type: ignore[import-untyped]
 
-from mixhouse.app.worker import every_seconds
 from mixhouse.errors import ConfigError
+from mixhouse.jobs import every_seconds
 
 
 @pytest.mark.parametrize("seconds", [1, 2, 5, 10, 30, 59, 60, 120, 300])

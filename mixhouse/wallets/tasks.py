@@ -1,0 +1,25 @@
+"""Wallet sync's worker task, registered on the worker's procrastinate app by
+:func:`register_wallet_tasks` (:mod:`mixhouse.app.worker` composes every feature's tasks)."""
+
+from __future__ import annotations
+
+import procrastinate
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse.config import Settings
+from mixhouse.jobs import QUEUE, every_seconds
+from mixhouse.wallets.sources.configured import sources_from_settings
+from mixhouse.wallets.sync import sync_all
+
+
+def register_wallet_tasks(app: procrastinate.App, engine: AsyncEngine, settings: Settings) -> None:
+    """Register the periodic ``sync_wallets`` task on ``app``: every
+    ``wallet_sync_interval_seconds``, every imported address and xpub is synced from its source.
+    """
+    sources = sources_from_settings(settings)
+    sync_every = settings.wallet_sync_interval_seconds
+
+    @app.periodic(cron=every_seconds(sync_every), periodic_id="sync_wallets")
+    @app.task(name="sync_wallets", queue=QUEUE, queueing_lock="sync_wallets")
+    async def sync_wallets_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
+        await sync_all(engine, sources.get, bitcoin_network=settings.bitcoin_network)
