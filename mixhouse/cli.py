@@ -145,7 +145,7 @@ def ledger_serve() -> None:
 
 @mix_app.command("create")
 def mix_create(
-    asset: Annotated[str, typer.Argument(help="JOBCOIN or ETH")],
+    asset: Annotated[str, typer.Argument(help="An enabled asset: JOBCOIN, ETH, BTC or a configured token (USDT...)")],
     addresses: Annotated[list[str], typer.Argument(help="1 to 10 withdrawal addresses")],
     delay_min: Annotated[int | None, typer.Option(help="Earliest payout, seconds after pooling")] = None,
     delay_max: Annotated[int | None, typer.Option(help="Latest payout, seconds after pooling")] = None,
@@ -302,7 +302,7 @@ def audit_keygen() -> None:
 
 @privacy_app.command("report")
 def privacy_report_command(
-    asset: Annotated[str, typer.Option(help="JOBCOIN, ETH or BTC (an enabled asset)")] = "JOBCOIN",
+    asset: Annotated[str, typer.Option(help="An enabled asset (JOBCOIN, ETH, BTC, a configured token)")] = "JOBCOIN",
     hours: Annotated[int, typer.Option(help="Range of payout times: the last 1..720 hours")] = 24,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (as the admin API does).")] = False,
 ) -> None:
