@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse.db.embedded import release_embedded, start_embedded
 from mixhouse.db.engine import make_engine, with_database
 from mixhouse.db.migrate import upgrade
+from tests.secret_grep import SecretGrep
 
 pytest_plugins = [
     "tests.fixtures.anvil",
@@ -79,3 +80,36 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     eng = make_engine(database_url, pool_size=5)
     yield eng
     await eng.dispose()
+
+
+# -- the whole-suite secret grep (issue 12) ---------------------------------------------------
+
+_SECRET_GREP: SecretGrep | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Build the grep once per session (it derives the test keys: about two seconds)."""
+    global _SECRET_GREP  # noqa: PLW0603 - pytest hooks share session state through the module
+    _SECRET_GREP = SecretGrep.for_test_settings()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Grep each phase's captured stdout, stderr and log records, and its traceback."""
+    if _SECRET_GREP is None:
+        return
+    for section, content in report.sections:
+        _SECRET_GREP.check(content, where=report.nodeid, section=section)
+    if report.longrepr is not None:
+        _SECRET_GREP.check(report.longreprtext, where=report.nodeid, section=f"traceback ({report.when})")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if any test's logs, output or traceback held a test secret."""
+    if _SECRET_GREP is None or not _SECRET_GREP.leaks:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        for leak in _SECRET_GREP.leaks:
+            reporter.write_line(f"SECRET LEAK: a {leak.kind} in {leak.section} of {leak.where}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
