@@ -48,6 +48,7 @@ from mixhouse.chains.bitcoin.rpc import AlreadyInChain, BitcoinRpc, SendRejected
 from mixhouse.chains.bitcoin.single_spend import build_single_spend, single_spend_fee
 from mixhouse.errors import ChainError, InvalidAddress
 from mixhouse.keys.bip84 import key_path, p2wpkh_address
+from mixhouse.keys.offload import SIGN_TIMEOUT_SECONDS, SigningThread
 from mixhouse.keys.signer import Signer
 from mixhouse.money import Asset
 
@@ -86,6 +87,9 @@ class BitcoinAdapter(UtxoChainAdapter):
         fallback_fee_rate: sat/vB used when the node has no fee estimate (fresh regtest,
             too little data), ``>= 1``.
         max_fee_rate: sat/vB above which no fee is quoted, ``>= fallback_fee_rate``.
+        sign_timeout: seconds a transaction's signing (all its inputs) may take in the
+            adapter's signing thread before the send gives up with ``SignerError`` and is
+            retried (:mod:`mixhouse.keys.offload`: a hung token never blocks the loop).
 
     Attributes:
         asset: ``Asset.BTC``; amounts are satoshi.
@@ -106,6 +110,7 @@ class BitcoinAdapter(UtxoChainAdapter):
         confirmations: int,
         fallback_fee_rate: int = 10,
         max_fee_rate: int = 500,
+        sign_timeout: float = SIGN_TIMEOUT_SECONDS,
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be at least 1")
@@ -121,6 +126,8 @@ class BitcoinAdapter(UtxoChainAdapter):
         self.max_fee_rate = max_fee_rate
         self._rpc = rpc
         self._signer = signer
+        # The async paths sign here, never on the event loop (a token may be slow or hang).
+        self._signing = SigningThread(f"signer-{self.asset}", timeout=sign_timeout)
         # (change, index) -> address: asked for on every scan, a public key costs a token
         # round trip on an HSM.
         self._addresses: dict[tuple[int, int], str] = {}
@@ -527,17 +534,25 @@ class BitcoinAdapter(UtxoChainAdapter):
         rng_seed: int,
     ) -> UtxoSpend:
         """See :meth:`UtxoChainAdapter.prepare_utxo_send` and
-        :func:`mixhouse.chains.bitcoin.pool_spend.build_pool_spend`."""
-        return build_pool_spend(
-            signer=self._signer,
-            network=self.network,
-            coins=coins,
-            exclude_owner=exclude_owner,
-            payments=payments,
-            change_index=change_index,
-            fee_rate=fee_rate,
-            max_fee=max_fee,
-            rng_seed=rng_seed,
+        :func:`mixhouse.chains.bitcoin.pool_spend.build_pool_spend`, run in the adapter's
+        signing thread (the signer may be a slow token).
+
+        Raises:
+            SignerError: the signer failed or did not answer within ``sign_timeout`` seconds
+                (a :class:`ChainError`: the send is retried).
+        """
+        return await self._signing.run(
+            lambda: build_pool_spend(
+                signer=self._signer,
+                network=self.network,
+                coins=coins,
+                exclude_owner=exclude_owner,
+                payments=payments,
+                change_index=change_index,
+                fee_rate=fee_rate,
+                max_fee=max_fee,
+                rng_seed=rng_seed,
+            )
         )
 
     def single_spend_fee(self, to_address: str, fee_rate: int) -> int:
@@ -547,9 +562,16 @@ class BitcoinAdapter(UtxoChainAdapter):
 
     async def prepare_single_spend(self, *, coin: PoolCoin, to_address: str, amount: int) -> PreparedSend:
         """See :meth:`UtxoChainAdapter.prepare_single_spend` and
-        :func:`mixhouse.chains.bitcoin.single_spend.build_single_spend`."""
-        return build_single_spend(
-            signer=self._signer, network=self.network, coin=coin, to_address=to_address, amount_sat=amount
+        :func:`mixhouse.chains.bitcoin.single_spend.build_single_spend`, run in the adapter's
+        signing thread.
+
+        Raises:
+            SignerError: as :meth:`prepare_utxo_send`.
+        """
+        return await self._signing.run(
+            lambda: build_single_spend(
+                signer=self._signer, network=self.network, coin=coin, to_address=to_address, amount_sat=amount
+            )
         )
 
     async def unspent_amount(self, txid: str, vout: int) -> int | None:
@@ -636,5 +658,6 @@ class BitcoinAdapter(UtxoChainAdapter):
         return SendCheck(state, depth, fee)
 
     async def aclose(self) -> None:
-        """Close the RPC client; the adapter is unusable after."""
+        """Close the RPC client and stop the signing thread; the adapter is unusable after."""
+        self._signing.close()
         await self._rpc.aclose()

@@ -70,6 +70,7 @@ from mixhouse.chains.base import (
 )
 from mixhouse.errors import BroadcastRejected, ChainError, InvalidAddress, SendOutcomeUnknown
 from mixhouse.keys.hd import POOL_PATH, deposit_path, evm_address
+from mixhouse.keys.offload import SIGN_TIMEOUT_SECONDS, SigningThread
 from mixhouse.keys.signer import Signer, SignerError, recovery_id
 from mixhouse.money import Asset
 
@@ -167,6 +168,9 @@ class EvmAdapter(ChainAdapter):
             send is final, ``>= 1``.
         max_fee_per_gas_cap: wei per gas above which no send is quoted or signed.
         request_timeout: seconds per JSON-RPC request (connect + answer).
+        sign_timeout: seconds a signing step (a key's public key, a signature) may take in
+            the adapter's signing thread before the send gives up with ``SignerError`` and
+            is retried (:mod:`mixhouse.keys.offload`: a hung token never blocks the loop).
 
     Attributes:
         asset: ``Asset.ETH``; amounts are wei.
@@ -186,6 +190,7 @@ class EvmAdapter(ChainAdapter):
         confirmations: int,
         max_fee_per_gas_cap: int,
         request_timeout: float = 10.0,
+        sign_timeout: float = SIGN_TIMEOUT_SECONDS,
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be at least 1")
@@ -202,6 +207,8 @@ class EvmAdapter(ChainAdapter):
         self.chain_id = chain_id
         self.max_fee_per_gas_cap = max_fee_per_gas_cap
         self._signer = signer
+        # The async paths sign here, never on the event loop (a token may be slow or hang).
+        self._signing = SigningThread(f"signer-{self.asset}", timeout=sign_timeout)
         # Key path -> checksummed address: asked for on every scan, a public key costs a
         # token round trip on an HSM.
         self._addresses: dict[str, str] = {}
@@ -574,8 +581,6 @@ class EvmAdapter(ChainAdapter):
             path = from_key_ref
         else:
             path = self._pool_keys.get(sender, POOL_PATH) if from_key_index is None else deposit_path(from_key_index)
-        if self._address(path) != sender:
-            raise ChainError(f"the key at {path} does not own {sender}")
         transaction: dict[str, Any] = {
             "type": 2,
             "chainId": self.chain_id,
@@ -588,7 +593,9 @@ class EvmAdapter(ChainAdapter):
             "data": b"",
             "accessList": [],
         }
-        raw_tx = self._sign(path, transaction)
+        # In the signing thread: the key's public key (a token round trip for a new key) and
+        # the signature; a hung token is a SignerError here after sign_timeout, not a stall.
+        raw_tx = await self._signing.run(self._sign_as, path, sender, transaction)
         return PreparedSend(
             from_address=sender,
             to_address=receiver,
@@ -598,6 +605,16 @@ class EvmAdapter(ChainAdapter):
             txid=_hex_txid(keccak(raw_tx)),
             nonce=nonce,
         )
+
+    def _sign_as(self, path: str, sender: str, transaction: dict[str, Any]) -> bytes:
+        """:meth:`_sign` once the key at ``path`` is checked to own ``sender``.
+
+        Raises:
+            ChainError: it does not, or signing failed.
+        """
+        if self._address(path) != sender:
+            raise ChainError(f"the key at {path} does not own {sender}")
+        return self._sign(path, transaction)
 
     def _sign(self, path: str, transaction: dict[str, Any]) -> bytes:
         """The signed RLP bytes of an EIP-1559 ``transaction`` by the key at ``path``."""
@@ -687,6 +704,44 @@ class EvmAdapter(ChainAdapter):
             txid=_hex_txid(keccak(raw_tx)),
             nonce=nonce,
         )
+
+    async def prepare_contract_call_async(
+        self,
+        *,
+        key_ref: str,
+        to: str | None,
+        data: bytes,
+        value: int,
+        gas: int,
+        max_fee_per_gas: int,
+        nonce: int,
+    ) -> PreparedSend:
+        """:meth:`prepare_contract_call` in the adapter's signing thread, for coroutines: the
+        event loop keeps running while the signer works (:mod:`mixhouse.keys.offload`).
+
+        Raises:
+            SignerError: the signer did not answer within ``sign_timeout`` seconds, or failed.
+            ValueError, InvalidAddress, ChainError: as :meth:`prepare_contract_call`.
+        """
+        return await self._signing.run(
+            lambda: self.prepare_contract_call(
+                key_ref=key_ref,
+                to=to,
+                data=data,
+                value=value,
+                gas=gas,
+                max_fee_per_gas=max_fee_per_gas,
+                nonce=nonce,
+            )
+        )
+
+    async def key_address_async(self, key_ref: str) -> str:
+        """:meth:`key_address` in the signing thread (a new key is a token round trip).
+
+        Raises:
+            SignerError: the signer has no such key, failed, or did not answer in time.
+        """
+        return await self._signing.run(self._address, key_ref)
 
     async def call(self, *, to: str, data: bytes, from_address: str | None = None) -> bytes:
         """``eth_call`` of ``data`` on ``to`` at the latest block; the return data.
@@ -838,5 +893,7 @@ class EvmAdapter(ChainAdapter):
         return SendCheck(state, depth, fee_paid)
 
     async def aclose(self) -> None:
-        """Close the HTTP sessions of the provider (aiohttp); the adapter is unusable after."""
+        """Close the HTTP sessions of the provider (aiohttp) and stop the signing thread; the
+        adapter is unusable after."""
+        self._signing.close()
         await self._provider.disconnect()
