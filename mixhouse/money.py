@@ -176,6 +176,19 @@ def asset_info(asset: Asset | str) -> AssetInfo:
         raise InvalidInput(f"unknown asset {asset!r}") from None
 
 
+def known_asset(asset_id: str) -> AssetInfo | None:
+    """The facts of a wallet history's asset id, if this process knows it: an asset code
+    (``"ETH"``) or a token contract address (any case) of a configured token; ``None`` for any
+    other token (wallet sync records every token it sees, configured or not)."""
+    if _ASSET_CODE.fullmatch(asset_id):
+        return ASSETS.get(Asset(asset_id))
+    lowered = asset_id.lower()
+    for info in ASSETS.values():
+        if info.contract is not None and info.contract.lower() == lowered:
+            return info
+    return None
+
+
 def asset_lock_key(asset: Asset | str) -> int:
     """A stable small integer of ``asset`` for advisory-lock keys (CRC-32 of its code, 0..2**31):
     the same in every process and every release, whatever assets are configured."""

@@ -17,6 +17,7 @@ from mixhouse.money import (
     asset_info,
     asset_lock_key,
     format_amount,
+    known_asset,
     parse_amount,
     percent_of,
     register_assets,
@@ -199,6 +200,13 @@ def test_registering_conflicting_facts_is_refused() -> None:
         register_assets(AssetRegistry([_usdt(decimals=18).info()]))
     with pytest.raises(InvalidInput):
         asset_info("NOPE")
+    # Wallet history names a token by its contract: the same asset as the mixer's USDT.
+    known = known_asset(USDT_MAINNET.lower())
+    assert known is not None
+    assert known.asset == "USDT"
+    assert known_asset("ETH") == asset_info("ETH")
+    assert known_asset("0x6B175474E89094C44Da98b954EedeAC495271d0F") is None  # not configured
+    assert known_asset("NOPE") is None
 
 
 def test_lock_keys_are_stable_and_distinct() -> None:

@@ -621,8 +621,9 @@ async def test_balances_in_the_api(client: httpx.AsyncClient, rt: Runtime, actor
     ][0]
     assert (item["confirmed"], item["unconfirmed"]) == ("1000", "-2021")
     assert item["balances"] == [
-        {"asset": token, "confirmed": "5", "unconfirmed": "0"},
-        {"asset": "ETH", "confirmed": "1000", "unconfirmed": "-2021"},
+        # An unconfigured token: its contract, with no symbol or decimals to claim.
+        {"asset": token, "symbol": None, "decimals": None, "confirmed": "5", "unconfirmed": "0"},
+        {"asset": "ETH", "symbol": "ETH", "decimals": 18, "confirmed": "1000", "unconfirmed": "-2021"},
     ]
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from mixhouse.api import RuntimeDep
 from mixhouse.api.problems import problem_responses
+from mixhouse.money import known_asset
 from mixhouse.wallets import service, store
 from mixhouse.wallets.service import AlreadyExists, User
 
@@ -139,8 +140,24 @@ class BalanceOut(BaseModel):
     """The balance of one asset on an address, base units."""
 
     asset: str = Field(description="BTC, ETH, JOBCOIN, or an ERC-20 contract address.")
+    symbol: str | None = Field(
+        default=None, description="The asset's code where known (a configured token's, e.g. USDT), else null."
+    )
+    decimals: int | None = Field(default=None, description="Base units per coin as a power of ten, where known.")
     confirmed: str
     unconfirmed: str = Field(description="Net of unconfirmed transactions (a signed delta).")
+
+    @classmethod
+    def of(cls, asset: str, confirmed: int, unconfirmed: int) -> BalanceOut:
+        """A balance with the asset's symbol and decimals when this deployment knows the asset."""
+        info = known_asset(asset)
+        return cls(
+            asset=asset,
+            symbol=None if info is None else info.asset.value,
+            decimals=None if info is None else info.decimals,
+            confirmed=str(confirmed),
+            unconfirmed=str(unconfirmed),
+        )
 
 
 class WalletAddressOut(BaseModel):
@@ -172,10 +189,7 @@ class WalletAddressOut(BaseModel):
             error=row["error"],
             confirmed=str(native[0]),
             unconfirmed=str(native[1]),
-            balances=[
-                BalanceOut(asset=asset, confirmed=str(conf), unconfirmed=str(unconf))
-                for asset, (conf, unconf) in sorted(balances.items())
-            ],
+            balances=[BalanceOut.of(asset, conf, unconf) for asset, (conf, unconf) in sorted(balances.items())],
             synced_height=row["synced_height"],
             last_synced_at=row["last_synced_at"],
             created_at=row["created_at"],
@@ -334,6 +348,8 @@ class TxOut(BaseModel):
     chain: str
     address: str = Field(description="The wallet's address this row is about.")
     asset: str
+    symbol: str | None = Field(default=None, description="The asset's code where known (USDT for its contract).")
+    decimals: int | None = Field(default=None, description="Base units per coin as a power of ten, where known.")
     direction: Literal["in", "out", "self"]
     net: str = Field(description="Signed effect on the address, base units of asset.")
     fee: str | None = Field(description="Network fee in the chain's base unit, if known.")
@@ -348,11 +364,14 @@ class TxOut(BaseModel):
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TxOut:
         """Build from a row of :func:`mixhouse.wallets.store.list_txs`."""
+        info = known_asset(row["asset"])
         return cls(
             txid=row["txid"],
             chain=row["chain"],
             address=row["address"],
             asset=row["asset"],
+            symbol=None if info is None else info.asset.value,
+            decimals=None if info is None else info.decimals,
             direction=row["direction"],
             net=str(row["net"]),
             fee=None if row["fee"] is None else str(row["fee"]),
