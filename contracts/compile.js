@@ -10,6 +10,12 @@
  *   contracts/HTLC.sol                  -> mixhouse/chains/evm/htlc_artifact.json
  *   tests/data/contracts/TestTokens.sol -> tests/data/contracts/test_tokens_artifact.json
  *   tests/data/contracts/OzToken.sol    -> tests/data/contracts/oz_token_artifact.json
+ *   contracts/TetherToken.sol           -> tests/data/contracts/tether_token_artifact.json
+ *
+ * TetherToken.sol is USDT's verified mainnet source (pragma ^0.4.17, contracts/SOURCE.md): 0.8
+ * cannot compile it, so it is built by npm `solc-0.4` (an alias of solc 0.4.18, the compiler
+ * Etherscan lists for the mainnet contract) with the optimizer off, and no evmVersion (0.4.18's
+ * standard JSON predates that setting; its output runs on every later fork).
  *
  * Imports of `@openzeppelin/contracts/...` are read from node_modules (solc's import callback);
  * the installed version must be the exact one package.json pins, and an artifact built with
@@ -31,9 +37,11 @@ const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
 const solc = require('solc');
+const solc04 = require('solc-0.4');
 
 const ROOT = path.resolve(__dirname, '..');
 const EXPECTED_COMPILER = '0.8.28';
+const EXPECTED_COMPILER_04 = '0.4.18';
 const SETTINGS = {
   // Cancun: what Ethereum mainnet and anvil both run (PUSH0, MCOPY, transient storage).
   evmVersion: 'cancun',
@@ -43,8 +51,14 @@ const SETTINGS = {
 const BUILDS = [
   {source: 'contracts/HTLC.sol', out: 'mixhouse/chains/evm/htlc_artifact.json'},
   {source: 'tests/data/contracts/TestTokens.sol', out: 'tests/data/contracts/test_tokens_artifact.json'},
-  {source: 'tests/data/contracts/OzToken.sol', out: 'tests/data/contracts/oz_token_artifact.json'}
+  {source: 'tests/data/contracts/OzToken.sol', out: 'tests/data/contracts/oz_token_artifact.json'},
+  {source: 'contracts/TetherToken.sol', out: 'tests/data/contracts/tether_token_artifact.json', legacy: true}
 ];
+// The settings of the 0.4 build: optimizer off as on the mainnet deployment.
+const SETTINGS_04 = {
+  optimizer: {enabled: false, runs: 200},
+  outputSelection: {'*': {'*': ['abi', 'evm.bytecode.object']}}
+};
 const IMPORT_PACKAGE = '@openzeppelin/contracts';
 
 
@@ -84,11 +98,16 @@ function importer(imported) {
   };
 }
 
-function compile(sourcePath) {
+function compile(sourcePath, legacy) {
   const text = fs.readFileSync(path.join(ROOT, sourcePath), 'utf8');
-  const input = {language: 'Solidity', sources: {[sourcePath]: {content: text}}, settings: SETTINGS};
+  const settings = legacy ? SETTINGS_04 : SETTINGS;
+  const input = {language: 'Solidity', sources: {[sourcePath]: {content: text}}, settings};
   const imported = {};
-  const output = JSON.parse(solc.compile(JSON.stringify(input), {import: importer(imported)}));
+  // solc-js 0.4 takes standard JSON through compileStandardWrapper and resolves no imports
+  // (TetherToken.sol has none).
+  const output = JSON.parse(legacy
+    ? solc04.compileStandardWrapper(JSON.stringify(input))
+    : solc.compile(JSON.stringify(input), {import: importer(imported)}));
   const errors = (output.errors || []).filter((e) => e.severity === 'error');
   for (const e of output.errors || [])
     process.stderr.write(`${e.formattedMessage || e.message}\n`);
@@ -102,8 +121,8 @@ function compile(sourcePath) {
     contracts[name] = {abi: c.abi, bytecode: '0x' + c.evm.bytecode.object};
   }
   const artifact = {
-    compiler: solc.version(),
-    settings: {evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer},
+    compiler: legacy ? solc04.version() : solc.version(),
+    settings: legacy ? {optimizer: SETTINGS_04.optimizer} : {evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer},
     source: sourcePath,
     source_sha256: sha256(text)
   };
@@ -123,9 +142,11 @@ function main() {
     fail('usage: node contracts/compile.js [--out-dir DIR]');
   if (!solc.version().startsWith(EXPECTED_COMPILER + '+'))
     fail(`solc ${solc.version()} is installed, the artifacts are pinned to ${EXPECTED_COMPILER}`);
+  if (!solc04.version().startsWith(EXPECTED_COMPILER_04 + '+'))
+    fail(`solc-0.4 ${solc04.version()} is installed, TetherToken is pinned to ${EXPECTED_COMPILER_04}`);
   checkImportPackage();
   for (const build of BUILDS) {
-    const artifact = compile(build.source);
+    const artifact = compile(build.source, build.legacy === true);
     const target = outDir ? path.join(outDir, path.basename(build.out)) : path.join(ROOT, build.out);
     fs.mkdirSync(path.dirname(target), {recursive: true});
     fs.writeFileSync(target, JSON.stringify(artifact, null, 1) + '\n');
