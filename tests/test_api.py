@@ -757,7 +757,7 @@ async def test_admin_audit(client: httpx.AsyncClient, rt: Runtime) -> None:
 async def test_health(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": True}
+    assert response.json() == {"status": "ok", "database": True, "signers": []}
 
 
 async def test_openapi_docs(client: httpx.AsyncClient) -> None:

@@ -157,7 +157,7 @@ async def test_health_is_one_autocommit_statement(client: httpx.AsyncClient, rt:
         answer = await client.get("/api/v1/health")
     finally:
         log.close()
-    assert answer.json() == {"status": "ok", "database": True}
+    assert answer.json() == {"status": "ok", "database": True, "signers": []}
     assert [autocommit for _, autocommit in log.statements] == [True]
 
 

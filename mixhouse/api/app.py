@@ -18,11 +18,12 @@ than ``settings.http_max_json_depth`` (400), as problems.
 from __future__ import annotations
 
 import structlog
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from sqlalchemy import text
 
 from mixhouse import __version__
 from mixhouse.api import RuntimeDep
+from mixhouse.api.health import health_answer, install_signer_health
 from mixhouse.api.problems import guard_refusal, install_problem_handlers
 from mixhouse.api.routes_admin import router as admin_router
 from mixhouse.api.routes_assets import router as assets_router
@@ -41,16 +42,18 @@ health_router = APIRouter(prefix="/api/v1", tags=["health"])
 
 
 @health_router.get("/health", responses={503: {"model": HealthOut, "description": "Database unreachable."}})
-async def health(rt: RuntimeDep, response: Response) -> HealthOut:
-    """``{"status": "ok", "database": true}`` when ``SELECT 1`` answers; else 503 with
-    ``{"status": "unavailable", "database": false}``."""
+async def health(rt: RuntimeDep, request: Request, response: Response) -> HealthOut:
+    """``{"status": "ok", "database": true, "signers": [...]}`` when ``SELECT 1`` answers and
+    every signer signs; ``"degraded"`` (still 200) when a signer does not; 503 with
+    ``"unavailable"`` when the database does not answer (:mod:`mixhouse.api.health`)."""
+    database = True
     try:
         await read_first(rt.engine, text("SELECT 1"))
     except Exception:
         log.exception("health check: database unreachable")
-        response.status_code = 503
-        return HealthOut(status="unavailable", database=False)
-    return HealthOut(status="ok", database=True)
+        database = False
+    response.status_code, body = await health_answer(request.app, database=database)
+    return body
 
 
 def create_app(rt: Runtime) -> FastAPI:
@@ -72,6 +75,7 @@ def create_app(rt: Runtime) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.runtime = rt
+    install_signer_health(app, rt)
     install_problem_handlers(app)
     # Added last, so it is the outermost middleware: nothing reads the body before it.
     app.add_middleware(

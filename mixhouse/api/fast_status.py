@@ -51,7 +51,8 @@ from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from mixhouse.api.schemas import HealthOut, MixStatusOut
+from mixhouse.api.health import health_answer
+from mixhouse.api.schemas import MixStatusOut
 from mixhouse.api.status_feed import EVERY_MIX, MixChangeFeed, mix_digest
 from mixhouse.metrics import RequestMetrics
 from mixhouse.mixer.runtime import Runtime
@@ -75,8 +76,6 @@ POOL_MAX_SIZE = 8
 POOL_TIMEOUT_SECONDS = 3.0
 # FastAPI renders a response model with the field's TypeAdapter; this is the same adapter.
 _STATUS_JSON = TypeAdapter(MixStatusOut)
-_HEALTH_OK = HealthOut(status="ok", database=True).model_dump_json().encode()
-_HEALTH_DOWN = HealthOut(status="unavailable", database=False).model_dump_json().encode()
 _JSON = b"application/json"
 
 
@@ -269,12 +268,13 @@ class FastReads:
 
     async def _health(self, send: Send) -> None:
         started = time.perf_counter()
+        database = True
         try:
             await self._read(None)
         except Exception:
             log.exception("health check: database unreachable")
-            self._observe(HEALTH_TEMPLATE, 503, started)
-            await _send_body(send, 503, _HEALTH_DOWN)
-            return
-        self._observe(HEALTH_TEMPLATE, 200, started)
-        await _send_body(send, 200, _HEALTH_OK)
+            database = False
+        # The route's answer (signers included, from the app's shared cache), rendered the same.
+        status, body = await health_answer(self.app, database=database)
+        self._observe(HEALTH_TEMPLATE, status, started)
+        await _send_body(send, status, body.model_dump_json().encode())

@@ -734,8 +734,22 @@ class PrivacyReportOut(BaseModel):
         )
 
 
-class HealthOut(BaseModel):
-    """``GET /api/v1/health``."""
+class SignerHealthOut(BaseModel):
+    """One asset's signer in ``GET /api/v1/health`` (:class:`mixhouse.keys.signer.SignerHealth`
+    without the timing or the reason: the route is public; ``/metrics`` has the timing)."""
 
-    status: Literal["ok", "unavailable"]
+    asset: str = Field(description="The asset the signer holds keys of (one token may serve several).")
+    kind: str = Field(description='"software" or "pkcs11".')
+    ok: bool = Field(description="A test signature was made and verified.")
+    present: bool = Field(description="The key holder (PKCS#11 token) was found.")
+    logged_in: bool = Field(description="A session is logged in (the PIN was accepted).")
+
+
+class HealthOut(BaseModel):
+    """``GET /api/v1/health``: ``ok``; ``degraded`` (HTTP 200) when the database answers but a
+    signer does not (sends wait and are retried; the reads still work); ``unavailable`` (HTTP
+    503) when the database does not answer."""
+
+    status: Literal["ok", "degraded", "unavailable"]
     database: bool
+    signers: list[SignerHealthOut] = Field(default_factory=list)
