@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mixhouse.app.key_rotation_cli import keys_rotate
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine, resolve_database_url
 from mixhouse.db.migrate import upgrade
@@ -36,6 +37,8 @@ app.add_typer(mix_app, name="mix")
 app.add_typer(audit_app, name="audit")
 app.add_typer(sanctions_app, name="sanctions")
 app.add_typer(privacy_app, name="privacy")
+# rotate runs the mixer's pool rotation: added here, since keys/ imports no feature.
+keys_app.command("rotate")(keys_rotate)
 app.add_typer(keys_app, name="keys")
 
 console = Console()

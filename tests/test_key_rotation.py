@@ -1,4 +1,4 @@
-"""Pool key rotation (mixhouse.keys.rotation) on real PostgreSQL and a real anvil node.
+"""Pool key rotation (mixhouse.mixer.pool_rotation) on real PostgreSQL and a real anvil node.
 
 Each test has its own seed phrase, so its pool addresses are its own on the session's anvil.
 """
@@ -24,7 +24,8 @@ from mixhouse.db.tables import audit_log, pool_generations, pool_moves
 from mixhouse.keys.audited import AuditedSigner
 from mixhouse.keys.hd import POOL_PATH, HdKeyring
 from mixhouse.keys.keystore import fresh_mnemonic
-from mixhouse.keys.rotation import (
+from mixhouse.keys.signer import SoftwareSigner
+from mixhouse.mixer.pool_rotation import (
     KeyRetired,
     RetiredKeyGuard,
     RotationError,
@@ -34,7 +35,6 @@ from mixhouse.keys.rotation import (
     generations,
     rotate,
 )
-from mixhouse.keys.signer import SoftwareSigner
 from tests.fixtures.anvil import Anvil
 
 FUNDS = 3 * 10**18
@@ -156,7 +156,7 @@ _CHILD = textwrap.dedent(
     from sqlalchemy.ext.asyncio import create_async_engine
     from mixhouse.chains.evm.adapter import EvmAdapter
     from mixhouse.keys.hd import HdKeyring
-    from mixhouse.keys.rotation import RetiredKeyGuard, drain_evm
+    from mixhouse.mixer.pool_rotation import RetiredKeyGuard, drain_evm
     from mixhouse.keys.signer import SoftwareSigner
 
     async def main() -> None:

@@ -28,8 +28,8 @@ from mixhouse.app.build import build_runtime
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.db.tables import audit_log, chain_cursors, mixes, pool_generations, pool_moves, sends
 from mixhouse.keys.hd import POOL_PATH
-from mixhouse.keys.rotation import ensure_first_generation, rotate
 from mixhouse.mixer.mixes import MixRequest, create_mix
+from mixhouse.mixer.pool_rotation import ensure_first_generation, rotate
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
 from mixhouse.servers import background

@@ -53,7 +53,7 @@ def build_signers(settings: Settings) -> dict[Asset, Signer]:
     hsm = build_hsm_signer(settings)
     signers: dict[Asset, Signer] = {}
     if hsm is not None:
-        # One token session for both chains; a retired pool key generation (keys/rotation.py)
+        # One token session for both chains; a retired pool key generation (mixer/pool_rotation.py)
         # is refused before the token.
         shared = RetiredKeyGuard(AuditedSigner(hsm))
         if settings.evm_enabled:

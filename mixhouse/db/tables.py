@@ -688,7 +688,7 @@ otc_swap_outbox = Table(
     UniqueConstraint("swap_id", "kind", name="uq_otc_swap_outbox"),
 )
 
-# Pool key generations (migration 0020, keys/rotation.py): active -> draining -> retired, one
+# Pool key generations (migration 0020, mixer/pool_rotation.py): active -> draining -> retired, one
 # active per asset; the key a payout of the asset is signed with is the active one's.
 pool_generations = Table(
     "pool_generations",

@@ -202,7 +202,7 @@ def inner_health(inner: Signer, timeout: float) -> SignerHealth:
 
 
 class KeyRetired(SignerError):
-    """A signature was asked of a retired pool key (mixhouse.keys.rotation)."""
+    """A signature was asked of a retired pool key (mixhouse.mixer.pool_rotation)."""
 
 
 class RetiredKeyGuard:
@@ -211,7 +211,7 @@ class RetiredKeyGuard:
     Args:
         inner: the signer holding the keys (an ``AuditedSigner`` goes inside or outside: a
             refused signature is never made, so never audited).
-        retired: key references refused (:func:`mixhouse.keys.rotation.retired_key_refs`); :meth:`set_retired`
+        retired: key references refused (:func:`mixhouse.mixer.pool_rotation.retired_key_refs`); :meth:`set_retired`
             replaces them when a generation retires.
     """
 

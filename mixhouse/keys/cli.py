@@ -8,9 +8,9 @@
 * ``export-xpub`` prints the account xpubs (BIP-84 ``zpub``/``vpub`` and ``xpub``/``tpub``,
   descriptors) and the EVM pool address;
 * ``passphrase`` re-encrypts the keystore under a new passphrase;
-* ``rotate ASSET`` makes a new pool key generation active (:mod:`mixhouse.keys.rotation`): new
-  sweeps and payouts use it, and the worker moves the old pool's balance to it and retires the
-  old key once it is empty. Unlike the others it opens the database (and the signer).
+* ``rotate ASSET`` (a new pool key generation) is added to this group by the shell
+  (:mod:`mixhouse.app.key_rotation_cli`): it opens the database and runs the mixer's
+  :mod:`mixhouse.mixer.pool_rotation`, which this shared layer must not import.
 
 The keystore is ``--keystore`` or ``MIXHOUSE_KEYSTORE_PATH``; the passphrase comes from
 ``--passphrase-file``, ``MIXHOUSE_KEYSTORE_PASSPHRASE_FILE``, or a prompt without echo. Only
@@ -229,55 +229,3 @@ def keys_passphrase(
     except MixhouseError as exc:
         raise _fail(exc) from None
     typer.echo(f"keystore {path} re-encrypted under the new passphrase")
-
-
-@keys_app.command("rotate")
-def keys_rotate(
-    asset: Annotated[str, typer.Argument(help="The asset whose pool key rotates (ETH).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Make a new pool key generation of ASSET active; the worker drains the old one into it
-    (one audited, stored-before-broadcast move) and retires it once empty and confirmed."""
-    import asyncio  # noqa: PLC0415
-
-    from mixhouse.app.build import build_runtime  # noqa: PLC0415
-    from mixhouse.chains.evm.adapter import EvmAdapter  # noqa: PLC0415 - web3: slow to import
-    from mixhouse.db.engine import resolve_database_url  # noqa: PLC0415 - the database: only here
-    from mixhouse.db.migrate import upgrade  # noqa: PLC0415
-    from mixhouse.keys.hd import POOL_PATH  # noqa: PLC0415
-    from mixhouse.keys.rotation import ensure_first_generation, generations, rotate  # noqa: PLC0415
-    from mixhouse.money import Asset  # noqa: PLC0415
-
-    settings = _settings()
-    name = asset.upper()
-
-    async def _run() -> list[dict[str, object]]:
-        url = resolve_database_url(settings)
-        upgrade(url)
-        rt = build_runtime(settings, url, pool_size=1)
-        try:
-            adapter = rt.adapters.get(Asset.ETH)
-            if name != "ETH" or not isinstance(adapter, EvmAdapter):
-                raise ConfigError(f"rotating {name} is not available (ETH with MIXHOUSE_EVM_ENABLED only)")
-            address_of = adapter.key_address
-            await ensure_first_generation(rt.engine, name, key_ref=POOL_PATH, address=address_of(POOL_PATH))
-            await rotate(rt.engine, name, address_of=address_of, actor="cli")
-            async with rt.engine.connect() as conn:
-                return [
-                    {"generation": g.generation, "state": g.state, "address": g.address, "key_ref": g.key_ref}
-                    for g in await generations(conn, name)
-                ]
-        finally:
-            await rt.aclose()
-            await rt.engine.dispose()
-
-    try:
-        rows = asyncio.run(_run())
-    except MixhouseError as exc:
-        raise _fail(exc) from None
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        typer.echo(f"{name} generation {row['generation']:>3}  {row['state']:<9} {row['address']}  {row['key_ref']}")
-    typer.echo("The worker moves the draining generation's balance to the active one and retires it once empty.")

@@ -107,7 +107,7 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
     if isinstance(adapter, UtxoChainAdapter):
         return await _record(rt, await _check_utxo_pool(rt, adapter))
     pool = adapter.pool_address
-    # Every pool key generation (keys/rotation.py) holds part of the pool: the books and the
+    # Every pool key generation (mixer/pool_rotation.py) holds part of the pool: the books and the
     # balance count them all; a move between two of them costs only its fee.
     async with rt.engine.connect() as conn:
         generation_addresses = (
@@ -183,7 +183,7 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
 
 
 async def _move_fees(conn: Any, asset: Asset) -> tuple[int, int, int]:
-    """Pool moves of ``asset`` (keys/rotation.py): fees paid by the confirmed ones, the most
+    """Pool moves of ``asset`` (mixer/pool_rotation.py): fees paid by the confirmed ones, the most
     the in-flight ones can cost, and the most all of them can cost (base units)."""
     row = (
         await conn.execute(

@@ -27,9 +27,9 @@ from mixhouse.jobs import (
     every_seconds,
     send_job,
 )
-from mixhouse.keys.rotation import follow_rotation
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import expire_mixes
+from mixhouse.mixer.pool_rotation import follow_rotation
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.rounds import run_round, run_sweeps
 from mixhouse.mixer.runtime import Runtime
@@ -108,7 +108,7 @@ def register_mixer_tasks(app: procrastinate.App, rt: Runtime, *, scan_between_ti
     @app.periodic(cron=every_seconds(reconcile_every), periodic_id="reconcile")
     @app.task(name=TASK_RECONCILE, queue=QUEUE, queueing_lock="reconcile")
     async def reconcile_task(timestamp: int) -> None:  # noqa: ARG001 - procrastinate passes the tick
-        # Pool key rotation (keys/rotation.py): the active generation's key, one drain step.
+        # Pool key rotation (mixer/pool_rotation.py): the active generation's key, one drain step.
         await follow_rotation(rt)
         for asset in rt.adapters:
             await reconcile(rt, asset)

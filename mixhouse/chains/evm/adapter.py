@@ -213,7 +213,7 @@ class EvmAdapter(ChainAdapter):
         # token round trip on an HSM.
         self._addresses: dict[str, str] = {}
         self.pool_address = self._address(POOL_PATH)
-        # Pool address -> key path of every pool key generation in use (keys/rotation.py): a
+        # Pool address -> key path of every pool key generation in use (mixer/pool_rotation.py): a
         # payout stored from an older generation's address is signed by that generation's key.
         self._pool_keys: dict[str, str] = {self.pool_address: POOL_PATH}
         # No retries inside web3: a retried eth_sendRawTransaction would blur the difference
@@ -553,7 +553,7 @@ class EvmAdapter(ChainAdapter):
         It is signed with the deposit key ``m/44'/60'/0'/0/{from_key_index}`` or, when
         ``from_key_index`` is ``None``, the pool key ``m/44'/60'/1'/0/0``; ``from_key_ref``, when
         given, names the key instead (a pool key generation's ``m/44'/60'/1'/0/g``,
-        :mod:`mixhouse.keys.rotation`).
+        :mod:`mixhouse.mixer.pool_rotation`).
 
         Returns:
             ``PreparedSend`` with ``raw_tx`` (the signed RLP bytes), ``txid`` (keccak of them,

@@ -1,4 +1,4 @@
-"""Pool key generations and the moves between them (mixhouse.keys.rotation, issue 12).
+"""Pool key generations and the moves between them (mixhouse.mixer.pool_rotation, issue 12).
 
 ``pool_generations``: one row per pool key an asset has had. ``state`` goes ``active ->
 draining -> retired``; a partial unique index keeps one ``active`` generation per asset, so two

@@ -1,5 +1,9 @@
 """Pool key rotation (issue 12, ``mixhouse keys rotate ASSET``): generations of the pool key.
 
+A mixer feature (it moves the pool's money and waits on the mixer's sends), so it lives here and
+not in :mod:`mixhouse.keys`, the shared layer below it that only holds and guards the keys
+(:class:`~mixhouse.keys.audited.RetiredKeyGuard`).
+
 An asset's pool key has *generations* (table ``pool_generations``, migration 0020), each
 ``active -> draining -> retired``; one is ``active`` at a time (a partial unique index):
 
