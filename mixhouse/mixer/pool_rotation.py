@@ -424,6 +424,11 @@ async def follow_rotation(rt: Runtime) -> str | None:
             guard.set_retired(await retired_key_refs(conn))
     active = next(g for g in gens if g.state == "active")
     for g in gens:
+        if g.state in ("draining", "active"):
+            # A new generation's key is a token round trip the first time: made in the
+            # adapter's signing thread, so a slow token does not stall the worker's loop.
+            await adapter.key_address_async(g.key_ref)
+    for g in gens:
         if g.state == "draining":
             adapter.use_pool_key(g.key_ref)  # known to the adapter: its stored sends still sign
     adapter.use_pool_key(active.key_ref)
