@@ -16,11 +16,13 @@ changes:
   holds the ETH that pays the token's gas, the "gas tank") is ``m/44'/60'/a'/1/0``. Separate
   keys keep a token mix's deposit address distinct from an ETH mix's of the same index (a gas
   top-up must never look like an ETH deposit) and give the token pool its own nonce counter.
-* **Gas**: the deposit address holds no ETH. Before its sweep the pool sends it exactly
-  ``gas_limit * P`` wei (:meth:`Erc20Adapter.prepare_gas_topup`), ``gas_limit`` being
-  ``eth_estimateGas`` of the transfer and ``P`` the price the sweep is signed with, so the
-  sweep can pay and the deposit address is left with ``(gas_limit - gas_used) * P`` wei (0 for
-  a transfer whose estimate is exact). Payouts leave from the pool, which pays their gas.
+* **Gas**: the deposit address holds no ETH. Its sweep is signed first (gas limit
+  ``eth_estimateGas`` of the transfer, price ``P``); then the pool sends it exactly
+  ``gas_limit * P`` wei (:meth:`Erc20Adapter.gas_needed`, :meth:`Erc20Adapter.prepare_gas_topup`), so the
+  sweep can pay and the deposit address is left with exactly ``(gas_limit - gas_used) * P``
+  wei: the estimate is above the use when the sweep empties the balance (EIP-3529's storage
+  refund is granted after execution), a few percent of the top-up. Payouts leave from the
+  pool, which pays their gas.
   The user is charged, per send (sweep and each payout), the configured ``network_fee`` in
   token base units (:meth:`Erc20Adapter.quote_network_fee`); the ETH really spent is reported
   by :meth:`Erc20Adapter.gas_paid` for the ETH books.
@@ -41,6 +43,7 @@ from typing import Any
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
@@ -427,15 +430,19 @@ class Erc20Adapter(ChainAdapter):
         except CallReverted as exc:
             raise BroadcastRejected(f"a {self.asset} transfer from {sender} would revert: {exc}") from exc
 
-    async def sweep_gas(self, *, from_address: str, to_address: str, amount: int) -> tuple[int, int]:
-        """``(gas_limit, price)`` a sweep of ``amount`` from ``from_address`` would be signed with
-        now; the top-up it needs is ``gas_limit * price`` wei minus the ETH already there.
+    def gas_needed(self, prepared: PreparedSend) -> int:
+        """Wei ``prepared`` can cost its sender at most: ``gas * maxFeePerGas`` of its signed
+        transaction. Every send here is signed with ``maxFeePerGas == maxPriorityFeePerGas``, so
+        it pays exactly ``gas_used * maxFeePerGas``: the top-up a sweep needs is this, signed
+        first so the price cannot move between the top-up and the sweep.
 
         Raises:
-            BroadcastRejected, ChainError: as :meth:`transfer_gas` and :meth:`EvmAdapter.gas_price`.
+            ValueError: ``prepared`` has no raw transaction.
         """
-        gas = await self.transfer_gas(self.evm.normalize_address(from_address), self.transfer_data(to_address, amount))
-        return gas, await self.evm.gas_price()
+        if prepared.raw_tx is None:
+            raise ValueError("a prepared EVM send has its raw transaction")
+        fields = TypedTransaction.from_bytes(HexBytes(prepared.raw_tx)).as_dict()
+        return int(fields["gas"]) * int(fields["maxFeePerGas"])
 
     async def prepare_gas_topup(self, *, to_address: str, wei: int, nonce: int) -> PreparedSend:
         """Sign the pool's ETH send of ``wei`` to a deposit address (the gas of its sweep).
