@@ -55,6 +55,8 @@ class TokenSettings(BaseModel):
         decimals: base units per token as a power of ten, 0..36.
         dust: the smallest payout, base units.
         min_deposit, max_deposit: deposit limits, base units.
+        network_fee: base units charged to the user per send (the sweep and each payout) for
+            the gas the token's pool pays in ETH (README "ERC-20 tokens"); 0 by default.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +67,7 @@ class TokenSettings(BaseModel):
     dust: int = Field(ge=1)
     min_deposit: int = Field(ge=1)
     max_deposit: int = Field(ge=1)
+    network_fee: int = Field(default=0, ge=0)
 
     def info(self) -> AssetInfo:
         """The token as an :class:`~mixhouse.money.AssetInfo` (its contract in EIP-55 form)."""

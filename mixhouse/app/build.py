@@ -9,6 +9,7 @@ from mixhouse.chains.base import ChainAdapter
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm.adapter import EvmAdapter
+from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
@@ -84,13 +85,22 @@ def build_adapters(settings: Settings, signers: Mapping[Asset, Signer] | None = 
             address_secret=settings.jobcoin_address_secret.get_secret_value().encode(),
         )
     if settings.evm_enabled:
-        adapters[Asset.ETH] = EvmAdapter(
+        evm = EvmAdapter(
             settings.evm_rpc_url,
             chain_id=settings.evm_chain_id,
             signer=signers[Asset.ETH],
             confirmations=settings.evm_confirmations,
             max_fee_per_gas_cap=settings.evm_max_fee_per_gas_cap,
         )
+        adapters[Asset.ETH] = evm
+        # One adapter per configured ERC-20 token, on the ETH adapter's node and signer.
+        for token in settings.evm_tokens:
+            adapters[Asset(token.symbol)] = Erc20Adapter(
+                evm,
+                asset=Asset(token.symbol),
+                contract=token.contract,
+                network_fee=token.network_fee,
+            )
     if settings.bitcoin_enabled:
         password = settings.bitcoin_rpc_password
         adapters[Asset.BTC] = BitcoinAdapter(

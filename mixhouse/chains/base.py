@@ -148,6 +148,9 @@ class ChainAdapter(abc.ABC):
             as confirmed at once instead of asking :meth:`check_send`.
         uses_nonces: ``True`` where sends carry an account nonce (EVM) that the caller allocates
             from its database counter.
+        sweep_fee_in_pool: ``True`` where a send's network fee is not paid in this asset (an
+            ERC-20 token: the gas is ETH). A sweep then moves the whole deposit and the fee
+            charged to the user for it stays in the pool, which pays the gas.
     """
 
     asset: Asset
@@ -156,6 +159,7 @@ class ChainAdapter(abc.ABC):
     has_idempotent_send: bool
     final_on_broadcast: bool = False
     uses_nonces: bool = False
+    sweep_fee_in_pool: bool = False
 
     @abc.abstractmethod
     def normalize_address(self, text: str) -> str:

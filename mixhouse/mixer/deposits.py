@@ -24,7 +24,7 @@ from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
 from mixhouse.errors import IllegalTransition, MixhouseError
 from mixhouse.jobs import send_job
 from mixhouse.mixer.planner import fee_bounds, payout_quantum
-from mixhouse.mixer.pooling import deposit_coin_row, deposit_send_row, pool_deposit
+from mixhouse.mixer.pooling import deposit_coin_row, deposit_send_row, pool_deposit, sweep_amount
 from mixhouse.mixer.rounds import batch_sweeps
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import normalize_for_screening
@@ -319,7 +319,7 @@ async def _accept_in_bulk(
             mix_rows[dep.mix_id],
             kind="sweep",
             to_address=adapter.pool_address,
-            amount=dep.amount - quote.per_send,
+            amount=sweep_amount(adapter, dep.amount, quote),
             network_fee=quote.per_send,
         )
         rows.append({**row, "due_at": moment})
@@ -413,9 +413,9 @@ async def _confirm_in(rt: Runtime, work: Unit, dep: Row[Any], confirmations: int
         network_fee_amount=quote.per_send,
         **base,
     )
-    sweep_amount = dep.amount - quote.per_send
+    swept = sweep_amount(adapter, dep.amount, quote)
     row = deposit_send_row(
-        rt, dep, mix, kind="sweep", to_address=adapter.pool_address, amount=sweep_amount, network_fee=quote.per_send
+        rt, dep, mix, kind="sweep", to_address=adapter.pool_address, amount=swept, network_fee=quote.per_send
     )
     send_id = (await work.conn.execute(sends.insert().values(row).returning(sends.c.id))).scalar_one()
     if not batch_sweeps(adapter):

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Row, select, text
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import FeeQuote, outpoint_of
+from mixhouse.chains.base import ChainAdapter, FeeQuote, outpoint_of
 from mixhouse.db.tables import deposits, mixes, sends
 from mixhouse.errors import IllegalTransition, InvalidAmount
 from mixhouse.mixer.planner import Plan, plan_payouts
@@ -37,6 +37,20 @@ def serial_key_for(rt: Runtime, asset: str, from_address: str, to_address: str) 
     ``None`` where the chain has txids."""
     adapter = rt.adapter(asset)
     return None if adapter.has_idempotent_send else f"{adapter.asset.value}:{from_address}->{to_address}"
+
+
+def sweep_amount(adapter: ChainAdapter, deposit_amount: int, quote: FeeQuote) -> int:
+    """What a deposit's sweep moves to the pool: the deposit less the sweep's network fee, which
+    the chain takes from it; the whole deposit where the fee is paid in another asset
+    (``adapter.sweep_fee_in_pool``: a token, whose gas the pool pays in ETH)."""
+    return deposit_amount if adapter.sweep_fee_in_pool else deposit_amount - quote.per_send
+
+
+def pooled_by_sweep(adapter: ChainAdapter, moved: int, fee_reserved: int) -> int:
+    """What a confirmed sweep of ``moved`` base units pools for its deposit's payouts: all of it,
+    or, where the pool kept the sweep's fee (:func:`sweep_amount`), ``moved - fee_reserved``
+    (the fee charged to the user stays in the pool, which paid the gas)."""
+    return moved - fee_reserved if adapter.sweep_fee_in_pool else moved
 
 
 def deposit_send_row(

@@ -29,12 +29,14 @@ from sqlalchemy.exc import IntegrityError
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import ChainAdapter, FeeQuote, PoolCoin, PreparedSend, UtxoChainAdapter
 from mixhouse.chains.base import SendState as ChainSendState
+from mixhouse.chains.evm.token import Erc20Adapter, TokenBlacklisted
 from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends, utxos
 from mixhouse.errors import BroadcastRejected, IllegalTransition, InsufficientFunds, SendOutcomeUnknown
 from mixhouse.jobs import send_job
 from mixhouse.keys.audited import KeyUse, key_use_entries, recording_key_uses
+from mixhouse.mixer.gas import GAS_KIND, sweep_gas_ready
 from mixhouse.mixer.mixes import next_key_index
-from mixhouse.mixer.pooling import pool_deposit
+from mixhouse.mixer.pooling import pool_deposit, pooled_by_sweep
 from mixhouse.mixer.refunds import mark_refunded
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MIX_TRANSITIONS, DepositState, MixState, SendState, now, transition
@@ -96,12 +98,25 @@ async def execute_send(rt: Runtime, send_id: int) -> str:
 
         await advance_batch(rt, adapter, row.batch_id)
         return str((await _load(rt, send_id)).state)
+    if row.kind == GAS_KIND:
+        # A token sweep's gas top-up advances with its sweep (mixer/gas.py), never on its own.
+        return str(row.state)
     just_signed = False
     if row.state == SendState.SCHEDULED:
-        signed = await _sign(rt, adapter, row)
+        try:
+            signed = await _sign(rt, adapter, row)
+        except TokenBlacklisted as exc:
+            await _hold_blacklisted(rt, row, exc)
+            return SendState.SCHEDULED
         if signed is None:
             return SendState.SCHEDULED
         row, just_signed = signed, True
+    if row.state == SendState.SIGNED and row.kind == "sweep" and isinstance(adapter, Erc20Adapter):
+        # The deposit address has no ETH: the pool sends the sweep's exact gas first.
+        if not await sweep_gas_ready(rt, adapter, row):
+            await _retry_later(rt, row.id, PENDING_RECHECK_SECONDS)
+            return SendState.SIGNED
+        just_signed = False  # time has passed since signing: count this attempt
     if row.state == SendState.SIGNED:
         after = await _broadcast(rt, adapter, row, just_signed=just_signed)
         if after is None:
@@ -110,6 +125,17 @@ async def execute_send(rt: Runtime, send_id: int) -> str:
     if row.state == SendState.BROADCAST:
         return await _await_confirmation(rt, adapter, row)
     return str(row.state)
+
+
+async def _hold_blacklisted(rt: Runtime, row: Row[Any], exc: TokenBlacklisted) -> None:
+    """A token refuses the sender of ``row`` (its blacklist): the send can never succeed, so it
+    is not retried. It stays ``scheduled`` with the reason, an operator alert is logged and
+    audited (``send.blocked``); the operator decides (a refund, the token's owner).
+    """
+    log.error("token blacklisted the sender; send held for the operator", send_id=row.id, asset=row.asset)
+    async with unit(rt.engine) as work:
+        await work.conn.execute(sends.update().where(sends.c.id == row.id).values(last_error=f"blocked: {exc}"[:500]))
+        work.audit(send_entry("send.blocked", row, reason="token blacklist"))
 
 
 async def _sign(rt: Runtime, adapter: ChainAdapter, row: Row[Any]) -> Row[Any] | None:
@@ -538,7 +564,7 @@ async def _mark_confirmed(
                 work,
                 deposit_id=done.deposit_id,
                 from_state=DepositState.SWEEPING,
-                pooled_amount=done.amount,
+                pooled_amount=pooled_by_sweep(rt.adapter(row.asset), done.amount, done.network_fee_reserved),
                 quote=quote,
             )
         else:

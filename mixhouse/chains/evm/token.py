@@ -130,6 +130,7 @@ class Erc20Adapter(ChainAdapter):
         self.confirmations_required = evm.confirmations_required
         self.has_idempotent_send = True
         self.uses_nonces = True
+        self.sweep_fee_in_pool = True
         self.account = token_account(str(asset))
         self.pool_key = f"m/44'/60'/{self.account}'/1/0"
         self.pool_address = evm.key_address(self.pool_key)

@@ -1,0 +1,163 @@
+"""The gas of a token sweep: the pool sends a deposit address exactly the ETH its sweep needs.
+
+A token deposit address holds tokens and no ETH, so its sweep (signed first, its price fixed:
+:meth:`~mixhouse.chains.evm.token.Erc20Adapter.gas_needed`) is broadcast only once a gas
+top-up from the token pool has confirmed. The top-up is a ``sends`` row of kind ``gas``, of the
+token's asset, whose ``amount`` and fees are **wei** (the chain's native coin, not the token):
+it belongs to no token books (reconciliation counts sweeps and payouts only) and is the ETH line
+of the token pool (:func:`gas_spent`).
+
+Exactly once, across crashes: the row is inserted and signed (raw tx, txid, nonce from the
+pool's counter) in one transaction before anything leaves; a later run finds it and only
+rebroadcasts the same bytes or checks its receipt. A deposit address whose balance already
+covers the sweep (a top-up that landed, a retried sweep) gets no second top-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, func, select
+
+from mixhouse.chains.base import SendState as ChainSendState
+from mixhouse.chains.evm.token import Erc20Adapter
+from mixhouse.db.tables import sends
+from mixhouse.errors import BroadcastRejected, SendOutcomeUnknown
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.states import SendState, now, transition
+from mixhouse.unit import unit
+
+log = structlog.get_logger(__name__)
+
+GAS_KIND = "gas"
+
+
+@dataclass(frozen=True, slots=True)
+class GasSpent:
+    """The ETH a token's pool spent on sweeps' gas, in wei.
+
+    Attributes:
+        topups: wei sent to deposit addresses by confirmed top-ups.
+        topup_fees: wei the top-up transactions themselves cost the pool.
+        in_flight: the most the top-ups not yet confirmed can cost (value + fee cap).
+    """
+
+    topups: int
+    topup_fees: int
+    in_flight: int
+
+
+async def _gas_row(rt: Runtime, deposit_id: int) -> Row[Any] | None:
+    async with rt.engine.connect() as conn:
+        return (
+            await conn.execute(select(sends).where(sends.c.kind == GAS_KIND, sends.c.deposit_id == deposit_id))
+        ).first()
+
+
+async def sweep_gas_ready(rt: Runtime, adapter: Erc20Adapter, sweep: Row[Any]) -> bool:
+    """Advance the gas top-up of a signed token ``sweep``; ``True`` once the deposit address can
+    pay for the sweep (the top-up confirmed, or none was needed).
+
+    Raises:
+        ChainError: the node failed (the caller's job retries).
+        BroadcastRejected: the pool cannot pay the top-up (its ETH is short): retried later.
+    """
+    from mixhouse.mixer.sends import allocate_nonce, prepared_of  # noqa: PLC0415 - sends imports this module
+
+    gas = await _gas_row(rt, sweep.deposit_id)
+    if gas is None:
+        need = adapter.gas_needed(prepared_of(sweep)) - await adapter.gas_balance(sweep.from_address)
+        if need <= 0:
+            return True
+        async with unit(rt.engine) as work:
+            nonce = await allocate_nonce(work, adapter, adapter.pool_address)
+            assert nonce is not None  # an EVM address always has one
+            prepared = await adapter.prepare_gas_topup(to_address=sweep.from_address, wei=need, nonce=nonce)
+            gas = (
+                await work.conn.execute(
+                    sends.insert()
+                    .values(
+                        kind=GAS_KIND,
+                        asset=sweep.asset,
+                        mix_id=sweep.mix_id,
+                        deposit_id=sweep.deposit_id,
+                        from_address=adapter.pool_address,
+                        from_key_index=None,
+                        to_address=sweep.from_address,
+                        amount=need,
+                        network_fee_reserved=prepared.network_fee_max,
+                        due_at=now(),
+                        state=SendState.SIGNED,
+                        raw_tx=prepared.raw_tx,
+                        txid=prepared.txid,
+                        nonce=prepared.nonce,
+                        signed_at=now(),
+                        attempts=1,
+                    )
+                    .returning(*sends.c)
+                )
+            ).one()
+            from mixhouse.mixer.sends import send_entry  # noqa: PLC0415 - see above
+
+            work.audit(send_entry("send.signed", gas, for_sweep=sweep.id))
+    if gas.state == SendState.CONFIRMED:
+        return True
+    prepared = prepared_of(gas)
+    if gas.state == SendState.SIGNED:
+        try:
+            await adapter.broadcast(prepared)
+        except SendOutcomeUnknown:
+            return False  # the receipt check below, next time, tells
+        except BroadcastRejected:
+            log.exception("gas top-up refused: is the token pool's ETH short?", send_id=gas.id, asset=gas.asset)
+            return False
+        async with unit(rt.engine) as work:
+            gas = await transition(work.conn, sends, gas.id, SendState.SIGNED, SendState.BROADCAST, broadcast_at=now())
+            from mixhouse.mixer.sends import send_entry  # noqa: PLC0415 - see above
+
+            work.audit(send_entry("send.broadcast", gas))
+    check = await adapter.evm.check_send(prepared)
+    if check.state is ChainSendState.NOT_FOUND:
+        async with unit(rt.engine) as work:
+            await transition(work.conn, sends, gas.id, SendState.BROADCAST, SendState.SIGNED)
+        return False
+    if check.state is not ChainSendState.CONFIRMED:
+        if check.state is ChainSendState.FAILED:
+            log.error("gas top-up reverted; operator attention needed", send_id=gas.id, asset=gas.asset)
+        return False
+    async with unit(rt.engine) as work:
+        done = await transition(
+            work.conn,
+            sends,
+            gas.id,
+            SendState.BROADCAST,
+            SendState.CONFIRMED,
+            confirmed_at=now(),
+            network_fee_paid=check.network_fee_paid,
+        )
+        from mixhouse.mixer.sends import send_entry  # noqa: PLC0415 - see above
+
+        work.audit(send_entry("send.confirmed", done))
+    return True
+
+
+async def gas_spent(rt: Runtime, asset: str) -> GasSpent:
+    """What the token ``asset``'s pool spent in ETH on top-ups (its own line of the ETH books).
+
+    The gas of the token transfers themselves is paid by their senders: the top-up covers a
+    sweep's; the pool pays its payouts' (``gasUsed * P`` of each receipt).
+    """
+    confirmed = sends.c.state == SendState.CONFIRMED
+    async with rt.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    func.coalesce(func.sum(sends.c.amount).filter(confirmed), 0),
+                    func.coalesce(func.sum(sends.c.network_fee_paid).filter(confirmed), 0),
+                    func.coalesce(func.sum(sends.c.amount + sends.c.network_fee_reserved).filter(~confirmed), 0),
+                ).where(sends.c.kind == GAS_KIND, sends.c.asset == asset)
+            )
+        ).one()
+    return GasSpent(topups=int(row[0]), topup_fees=int(row[1]), in_flight=int(row[2]))
