@@ -1,0 +1,117 @@
+"""End to end on anvil: mix USDT (TetherToken's own bytecode) and an OpenZeppelin ERC-20, each to
+3 addresses, and check the chain's own view: balanceOf of every withdrawal address equals what the
+mix's status says it received, to the base unit; the token pool's books reconcile; the ETH the pool
+spent on gas is its own line and matches the chain to the wei.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from eth_account import Account
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse import audit
+from mixhouse.app.build import build_runtime
+from mixhouse.app.worker import run_worker
+from mixhouse.chains.evm import EvmAdapter
+from mixhouse.chains.evm.token import Erc20Adapter
+from mixhouse.mixer.gas import gas_spent
+from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
+from mixhouse.mixer.reconcile import reconcile
+from mixhouse.money import Asset
+from mixhouse.servers import background
+from tests.e2e import anvil_settings, wait_for_payouts
+from tests.fixtures.anvil import Anvil
+from tests.test_token_adapter import PAYER, USDT, World, deploy_token
+
+ETHER = 10**18
+NETWORK_FEE = 50_000  # 0.05 token per send, charged to the user for the gas the pool pays
+
+
+async def _keep_mining(anvil: Anvil) -> None:
+    while True:
+        await anvil.mine(1)
+        await asyncio.sleep(0.2)
+
+
+def token_settings(database_url: str, anvil: Anvil, mnemonic: str, world: World, symbol: str, **overrides: Any) -> Any:
+    """``anvil_settings`` with the world's token configured as ``symbol``."""
+    token = {
+        "symbol": symbol,
+        "contract": world.token.contract,
+        "decimals": 6,
+        "dust": 10_000,
+        "min_deposit": 10 * USDT,
+        "max_deposit": 100_000 * USDT,
+        "network_fee": NETWORK_FEE,
+    }
+    return anvil_settings(database_url, anvil, mnemonic, evm_tokens=[token], **overrides)
+
+
+@pytest.mark.parametrize(("kind", "symbol"), [("usdt", "USDT"), ("oz", "OZUSD")])
+async def test_mix_token_end_to_end_on_anvil(
+    database_url: str, engine: AsyncEngine, anvil: Anvil, evm_adapter: EvmAdapter, kind: str, symbol: str
+) -> None:
+    world = await deploy_token(anvil, evm_adapter, kind)
+    Account.enable_unaudited_hdwallet_features()
+    _, mnemonic = Account.create_with_mnemonic()
+    rt = build_runtime(token_settings(database_url, anvil, mnemonic, world, symbol), database_url)
+    rt.rng = random.Random(5)
+    token = rt.adapter(symbol)
+    assert isinstance(token, Erc20Adapter)
+    withdrawals = [token.normalize_address("0x" + f"{random.Random(i).getrandbits(160):040x}") for i in range(3)]
+    try:
+        await anvil.fund(token.pool_address, ETHER)  # the gas tank of the token pool
+        tank_before = await token.gas_balance(token.pool_address)
+        mix = await create_mix(rt, MixRequest(symbol, withdrawals, 0, 3))
+        assert await token.gas_balance(mix["deposit_address"]) == 0
+        deposit = 1_000 * USDT
+        await world.pay(mix["deposit_address"], deposit)
+        async with background(_keep_mining(anvil)), background(run_worker(rt, database_url, concurrency=4)):
+            view = await wait_for_payouts(rt, mix["id"], within=90)
+        dep = view["deposits"][0]
+        assert dep["amount"] == deposit
+        assert dep["from_addresses"] == [evm_adapter.key_address(PAYER)]
+        payouts = [s for s in view["sends"] if s["kind"] == "payout"]
+        sweep = next(s for s in view["sends"] if s["kind"] == "sweep")
+        gas = [s for s in view["sends"] if s["kind"] == "gas"]
+        # The sweep moves the whole deposit; the user pays NETWORK_FEE per send, in tokens.
+        assert sweep["amount"] == deposit
+        assert dep["network_fee_amount"] == NETWORK_FEE * (1 + len(payouts))
+        assert sum(p["amount"] for p in payouts) == dep["payout_total"]
+        assert dep["payout_total"] == deposit - dep["fee_amount"] - dep["network_fee_amount"]
+        # Each withdrawal address holds, to the base unit, what the status says it received.
+        for address in withdrawals:
+            said = sum(p["amount"] for p in payouts if p["to_address"] == address)
+            assert said > 0
+            assert await token.balance(address) == said
+        assert await token.balance(mix["deposit_address"]) == 0
+        # The pool keeps the mix fee and the network fees charged (it paid the gas in ETH).
+        assert await token.balance(token.pool_address) == deposit - dep["payout_total"]
+        result = await reconcile(rt, Asset(symbol))
+        assert result.ok, result.detail()
+        assert (result.books, result.actual) == (deposit - dep["payout_total"],) * 2
+        # The ETH line: one exact top-up, and every wei the tank spent accounted for.
+        assert len(gas) == 1
+        assert gas[0]["to_address"] == mix["deposit_address"]
+        spent = await gas_spent(rt, symbol)
+        assert spent.in_flight == 0
+        assert spent.topups == gas[0]["amount"]
+        payout_gas = [await token.gas_paid(p["txid"]) for p in payouts]
+        sweep_gas = await token.gas_paid(sweep["txid"])
+        assert sweep_gas is not None
+        assert all(g is not None and g > 0 for g in payout_gas)
+        tank_after = await token.gas_balance(token.pool_address)
+        assert tank_before - tank_after == spent.topups + spent.topup_fees + sum(g or 0 for g in payout_gas)
+        # The deposit address keeps only the refund the gas limit reserved beyond the gas used.
+        assert await token.gas_balance(mix["deposit_address"]) == spent.topups - sweep_gas
+        assert (await get_mix(rt, mix["id"]))["mix"]["state"] == "completed"
+        async with engine.connect() as conn:
+            assert await audit.verify(conn) > 0
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
