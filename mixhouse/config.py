@@ -285,6 +285,11 @@ class Settings(BaseSettings):
 
     # Workers
     scan_interval_seconds: int = Field(default=5, ge=1)
+    # The one reorg policy of the scanning engine (mixhouse.watch): a watcher rewinds up to this
+    # many blocks to the fork; a reorg proven deeper stops the watchers it reaches, with an
+    # audited operator alert (mixhouse_watch_stopped), instead of guessing where the chains met.
+    # At least every chain's confirmation depth: a deeper reorg can undo accepted deposits.
+    reorg_max_depth: int = Field(default=24, ge=1, le=10_000)
     reconcile_interval_seconds: int = Field(default=30, ge=1)
     # Signed checkpoints of the audit chain head (mixhouse.audit_anchor), written by the worker
     # every interval when both the key (32 bytes hex) and the directory are set.

@@ -752,3 +752,28 @@ Index(
     unique=True,
     postgresql_where=text("state IN ('signed', 'broadcast')"),
 )
+
+
+# The scanning engine's block window (migration 0021, mixhouse/watch/): the hash of each block a
+# watcher read at a recent height, per chain kind, to find the fork point of a reorg.
+watch_blocks = Table(
+    "watch_blocks",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("height", BigInteger, primary_key=True),
+    Column("hash", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Watchers stopped by a reorg deeper than MIXHOUSE_REORG_MAX_DEPTH (migration 0021): one row per
+# (chain, consumer) until the operator resumes it (mixhouse.watch.store.resume_consumer).
+watch_stops = Table(
+    "watch_stops",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("consumer", Text, primary_key=True),
+    Column("height", BigInteger, nullable=False),
+    Column("max_depth", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("stopped_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

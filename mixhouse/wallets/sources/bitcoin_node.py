@@ -1,23 +1,22 @@
 """Address history from a Bitcoin node speaking Core's JSON-RPC, by scanning blocks.
 
-Core has no address index, so the source reads blocks (``getblock <hash> 3``: transactions with
-their inputs' previous outputs) from the checkpoint up to the tip and keeps what touches the
-requested addresses. The checkpoint is ``"<height>:<block hash>"`` of the last block read; if
-that block is no longer in the main chain the source steps back and says so
-(:attr:`HistoryPage.rewound_to`), so the store puts the orphaned transactions back to
-unconfirmed.
+Core has no address index, so the source reads blocks through the scanning engine
+(:class:`mixhouse.watch.engine.ChainWatch` over :class:`mixhouse.watch.bitcoin.BitcoinBlocks`:
+``getblock <hash> 3``, transactions with their inputs' previous outputs) from the checkpoint up
+to the tip and keeps what touches the requested addresses. The checkpoint is the engine's
+position, ``"<height>:<block hash>"`` of the last block read; if that block is no longer in the
+main chain the engine finds the fork point (its one reorg policy, ``MIXHOUSE_REORG_MAX_DEPTH``)
+and the page says so (:attr:`HistoryPage.rewound_to`), so the store puts the orphaned
+transactions back to unconfirmed.
 
 Speed: a transaction is matched by comparing its outputs' and prevouts' scriptPubKey hex with
 the requested addresses' scripts (one dict lookup per leg); only the transactions that match
 have their legs decoded to addresses (bech32 in pure Python costs ~0.1 ms a leg, and most of a
-block pays someone else). Blocks are requested ``concurrency`` at a time, so the node prepares
-the next ones while this process decodes and matches one; they are consumed in height order.
+block pays someone else). The reader requests blocks ``concurrency`` at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,14 +25,16 @@ from mixhouse.chains.bitcoin import networks
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc, btc_to_sat
 from mixhouse.errors import ChainError
 from mixhouse.wallets.records import AddressTx, HistoryPage, Leg
+from mixhouse.watch.bitcoin import BitcoinBlocks
+from mixhouse.watch.engine import DEFAULT_REORG_MAX_DEPTH, Block, ChainWatch
 
-REORG_STEP_BACK = 6
+# How far a checkpoint whose block was orphaned may rewind: the engine's policy depth.
+REORG_STEP_BACK = DEFAULT_REORG_MAX_DEPTH
+# The engine's consumer name of wallet sync (what a too-deep reorg stops).
+CONSUMER = "wallets"
 # Decoded scripts kept between pages (script hex -> address); cleared when full. A change
 # address or a busy counterparty recurs across blocks, so this saves most of the decoding.
 _SCRIPT_CACHE_SIZE = 100_000
-
-# (height, block hash or None above the tip, block or None if unknown to the node)
-_Read = tuple[int, str | None, dict[str, Any] | None]
 
 
 class BitcoinNodeSource:
@@ -46,6 +47,9 @@ class BitcoinNodeSource:
         concurrency: blocks requested at a time (``getblockhash`` then ``getblock``), ``>= 1``.
             A few keep the node busy while this process parses; more only hold more decoded
             blocks in memory (a full mainnet block with prevouts is several MB of JSON).
+        watch: the chain's scanning engine to read through (shared with the other watchers of
+            the process, :func:`mixhouse.wallets.sources.configured.sources_from_settings`);
+            ``None``: one of its own over ``rpc``, with the default reorg depth, in memory.
 
     Raises:
         ValueError: ``blocks_per_page`` or ``concurrency`` below 1.
@@ -57,13 +61,20 @@ class BitcoinNodeSource:
     # number of addresses (the sync engine groups addresses at the same checkpoint).
     max_addresses_per_fetch = 1000
 
-    def __init__(self, rpc: BitcoinRpc, *, network: str, blocks_per_page: int = 200, concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        rpc: BitcoinRpc,
+        *,
+        network: str,
+        blocks_per_page: int = 200,
+        concurrency: int = 4,
+        watch: ChainWatch | None = None,
+    ) -> None:
         if blocks_per_page < 1 or concurrency < 1:
             raise ValueError("blocks_per_page and concurrency must be at least 1")
-        self._rpc = rpc
         self._network = networks.get_network(network).name
         self._per_page = blocks_per_page
-        self._concurrency = concurrency
+        self._watch = watch or ChainWatch(BitcoinBlocks(rpc, concurrency=concurrency))
         self._decoded: dict[str, str | None] = {}
 
     async def fetch(self, addresses: Sequence[str], checkpoint: str | None) -> HistoryPage:
@@ -74,48 +85,14 @@ class BitcoinNodeSource:
         from the last block kept and notices the reorg there.
 
         Raises:
-            ChainError: the node failed or lacks ``getblock`` verbosity 3 prevouts.
+            ChainError: the node failed or lacks ``getblock`` verbosity 3 prevouts; the reorg
+                was deeper than the engine's policy (:class:`~mixhouse.watch.engine.ReorgTooDeep`)
+                or wallet sync is stopped by one.
             InvalidAddress: an address is not of this network.
         """
-        wanted = self._wanted(addresses)
-        tip = await self._rpc.getblockcount()
-        start, rewound = await self._start(checkpoint)
-        end = min(tip, start + self._per_page - 1)
-        txs: list[AddressTx] = []
-        if rewound is None:
-            last = checkpoint
-            previous = None if checkpoint is None else checkpoint.partition(":")[2]
-        else:
-            previous = await self._rpc.getblockhash(start - 1)
-            last = f"{start - 1}:{previous}"
-        complete = True
-        heights = iter(range(start, end + 1))
-        window: deque[asyncio.Task[_Read]] = deque()
-        try:
-            for height in heights:
-                window.append(asyncio.create_task(self._read(height)))
-                if len(window) == self._concurrency:
-                    break
-            while window:
-                height, block_hash, block = await window.popleft()
-                following = next(heights, None)
-                if following is not None:
-                    window.append(asyncio.create_task(self._read(following)))
-                # previousblockhash is absent at height 0 only; where it is present it must
-                # name the block kept before, or the chain changed under this page.
-                linked = block is not None and block.get("previousblockhash", previous) == previous
-                if block_hash is None or block is None or not linked:
-                    complete = False
-                    break
-                txs.extend(self._matches(block, height, wanted))
-                last = f"{height}:{block_hash}"
-                previous = block_hash
-        finally:
-            # An error or an early stop: the blocks still in flight are not wanted.
-            for task in window:
-                task.cancel()
-            await asyncio.gather(*window, return_exceptions=True)
-        return HistoryPage(tuple(txs), last, done=complete and end >= tip, rewound_to=rewound)
+        matcher = _Matcher(self, self._wanted(addresses))
+        read = await self._watch.advance(CONSUMER, checkpoint, [matcher], max_blocks=self._per_page)
+        return HistoryPage(tuple(matcher.txs), read.position, done=read.done, rewound_to=read.rewound_to)
 
     def _wanted(self, addresses: Sequence[str]) -> dict[str, str]:
         """``{scriptPubKey hex: canonical address}`` of the requested addresses.
@@ -128,28 +105,6 @@ class BitcoinNodeSource:
             address = networks.normalize_address(text, self._network)
             wanted[networks.script_pubkey(address, self._network).hex()] = address
         return wanted
-
-    async def _read(self, height: int) -> _Read:
-        """The main-chain block at ``height`` (hash, then block), ``None`` parts if gone.
-
-        Raises:
-            ChainError: the node failed.
-        """
-        block_hash = await self._rpc.getblockhash(height)
-        if block_hash is None:
-            return height, None, None
-        return height, block_hash, await self._rpc.getblock_verbose(block_hash)
-
-    async def _start(self, checkpoint: str | None) -> tuple[int, int | None]:
-        """First height to read, and the height rewound to if the checkpoint block was orphaned."""
-        if checkpoint is None:
-            return 0, None
-        height_text, _, block_hash = checkpoint.partition(":")
-        height = int(height_text)
-        if await self._rpc.getblockhash(height) == block_hash:
-            return height + 1, None
-        back = max(0, height - REORG_STEP_BACK)
-        return back + 1, back
 
     def _matches(self, block: dict[str, Any], height: int, wanted: dict[str, str]) -> list[AddressTx]:
         """Rows of the block's transactions touching ``wanted`` scripts (one per address)."""
@@ -207,6 +162,18 @@ class BitcoinNodeSource:
         address = networks.address_of_script(bytes.fromhex(hex_script), self._network)
         self._decoded[hex_script] = address
         return address
+
+
+class _Matcher:
+    """The engine's watcher of one fetch: the rows of each block touching ``wanted``."""
+
+    def __init__(self, source: BitcoinNodeSource, wanted: dict[str, str]) -> None:
+        self._source = source
+        self._wanted = wanted
+        self.txs: list[AddressTx] = []
+
+    async def on_block(self, block: Block) -> None:
+        self.txs.extend(self._source._matches(block.data, block.height, self._wanted))
 
 
 def _hex(script_pubkey: dict[str, Any]) -> str:

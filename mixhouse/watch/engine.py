@@ -1,0 +1,296 @@
+"""The scanning engine: one reader per chain kind, one cursor format, one reorg policy.
+
+A :class:`ChainWatch` reads a chain's blocks through its :class:`BlockReader` (Bitcoin Core's
+JSON-RPC in :mod:`mixhouse.watch.bitcoin`, Ethereum's in :mod:`mixhouse.watch.evm`) and hands
+every block, once, to every :class:`Watcher` of the pass: wallet sync's address matchers and the
+mixer's deposit matchers read the same block from the same request.
+
+Positions are ``"<height>:<block hash>"`` of the last block a consumer has taken in. At the start
+of a pass the engine checks that block is still in the main chain; if not, it walks down the
+heights of its :class:`BlockWindow` (the hashes of the blocks it read, kept per chain kind in
+PostgreSQL when it has an engine) to the highest one the node still has: the fork point. The
+policy (``MIXHOUSE_REORG_MAX_DEPTH``):
+
+* a fork at most ``max_depth`` blocks below the position: the pass resumes above it and says
+  where (:attr:`Pass.rewound_to`), so consumers put what they saw above it back to unconfirmed;
+* the window knows the block ``max_depth`` below the position and the node no longer has it
+  either: the reorg is deeper than the policy allows. The consumer is stopped (an audited
+  ``watch.stopped`` entry, a ``watch_stops`` row, the ``mixhouse_watch_stopped`` metric and its
+  alert) and :class:`ReorgTooDeep` is raised; its passes raise :class:`WatcherStopped` until the
+  operator resumes it (:func:`mixhouse.watch.store.resume_consumer`);
+* the window knows nothing that low (a fresh process without a database): the pass rewinds the
+  full ``max_depth``, the most the policy allows; re-reading is idempotent for every consumer.
+
+Within a pass each block must extend the one before it; one that does not (the chain changed
+while the pass read it) or a height that vanished ends the pass early, ``complete=False``: the
+next pass starts from the last block taken in and notices the reorg there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse.errors import ChainError
+from mixhouse.watch import store
+
+# The default of Settings.reorg_max_depth: Bitcoin's 6 and Ethereum's 12 confirmations, twice.
+DEFAULT_REORG_MAX_DEPTH = 24
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One block as the node gave it.
+
+    Attributes:
+        height: its height.
+        hash: its hash (the node's text form: hex, ``0x``-prefixed on Ethereum).
+        parent: the hash of the block it extends, ``None`` where the node gives none (height 0).
+        data: the node's decoded block (Bitcoin: ``getblock`` verbosity 3; Ethereum:
+            ``eth_getBlockByNumber`` with full transactions).
+    """
+
+    height: int
+    hash: str
+    parent: str | None
+    data: dict[str, Any]
+
+
+class BlockReader(Protocol):
+    """A chain kind's node, as the engine reads it."""
+
+    chain: str
+
+    async def tip(self) -> int:
+        """The best height. Raises ChainError: the node failed."""
+        ...
+
+    async def hash_at(self, height: int) -> str | None:
+        """The main-chain block hash at ``height``, ``None`` above the tip. Raises ChainError."""
+        ...
+
+    def blocks(self, start: int, end: int) -> AsyncIterator[Block | None]:
+        """Blocks ``start..end`` in height order; ``None`` for one that vanished (the caller
+        stops there). Raises ChainError: the node failed."""
+        ...
+
+
+class Watcher(Protocol):
+    """A consumer of blocks: handed each block of a pass once, in height order."""
+
+    async def on_block(self, block: Block) -> None:
+        """Take in ``block`` (match addresses, collect rows). Raises ChainError to fail the pass."""
+        ...
+
+
+class ReorgTooDeep(ChainError):
+    """The chain reorganised deeper than ``max_depth`` below a consumer's position; the consumer
+    is stopped.
+
+    Attributes:
+        chain, consumer: whose position it was.
+        height: the position's height.
+        max_depth: the policy's depth.
+    """
+
+    def __init__(self, chain: str, consumer: str, height: int, max_depth: int) -> None:
+        super().__init__(
+            f"{chain}: reorg deeper than {max_depth} blocks below height {height}; {consumer!r} stopped"
+        )
+        self.chain = chain
+        self.consumer = consumer
+        self.height = height
+        self.max_depth = max_depth
+
+
+class WatcherStopped(ChainError):
+    """The consumer was stopped by a too-deep reorg and has not been resumed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """What one :meth:`ChainWatch.advance` read.
+
+    Attributes:
+        position: ``"<height>:<hash>"`` of the last block taken in (the input position if
+            none was, ``None`` if there was none).
+        start: the first height the pass asked for.
+        last_height: the last height taken in, ``start - 1`` if none.
+        tip: the node's best height at the start of the pass.
+        rewound_to: the fork height where the input position's block had been orphaned.
+        done: the pass reached ``tip`` without stopping early.
+    """
+
+    position: str | None
+    start: int
+    last_height: int
+    tip: int
+    rewound_to: int | None
+    done: bool
+
+
+class BlockWindow:
+    """The hashes of recently read blocks of one chain kind: ``{height: hash}``, in memory and,
+    with an engine, in ``watch_blocks`` (loaded on first use, saved after each pass)."""
+
+    def __init__(self, chain: str, keep: int, engine: AsyncEngine | None = None) -> None:
+        self._chain = chain
+        self._keep = keep
+        self._engine = engine
+        self._hashes: dict[int, str] = {}
+        self._fresh: dict[int, str] = {}
+        self._loaded = engine is None
+
+    async def get(self, height: int) -> str | None:
+        """The hash read at ``height``, ``None`` if unknown."""
+        if not self._loaded and self._engine is not None:
+            self._hashes.update(await store.load_window(self._engine, self._chain))
+            self._loaded = True
+        return self._hashes.get(height)
+
+    def record(self, height: int, block_hash: str) -> None:
+        """Remember ``block_hash`` at ``height`` (replacing an orphaned one)."""
+        if self._hashes.get(height) != block_hash:
+            self._hashes[height] = block_hash
+            self._fresh[height] = block_hash
+
+    async def save(self) -> None:
+        """Keep the top ``keep`` heights; persist what changed (with an engine)."""
+        if not self._hashes:
+            return
+        floor = max(self._hashes) - self._keep
+        if len(self._hashes) > 2 * self._keep:
+            self._hashes = {h: v for h, v in self._hashes.items() if h >= floor}
+        fresh = {h: v for h, v in self._fresh.items() if h >= floor}
+        self._fresh.clear()
+        if self._engine is not None and fresh:
+            await store.save_window(self._engine, self._chain, fresh, floor)
+
+
+def parse_position(position: str) -> tuple[int, str]:
+    """``(height, hash)`` of a ``"<height>:<hash>"`` position.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    height_text, sep, block_hash = position.partition(":")
+    if not sep or not height_text.isdigit() or not block_hash:
+        raise ValueError(f"a watch position is '<height>:<block hash>', got {position!r}")
+    return int(height_text), block_hash
+
+
+class ChainWatch:
+    """The engine of one chain kind.
+
+    Args:
+        reader: the chain's node.
+        max_depth: the reorg policy's depth (``Settings.reorg_max_depth``), ``>= 1``.
+        engine: where the block window and the stops are kept; ``None``: in memory only (no
+            stop outlives the process, and a fresh process rewinds the full depth).
+
+    Raises:
+        ValueError: ``max_depth`` below 1.
+    """
+
+    def __init__(
+        self, reader: BlockReader, *, max_depth: int = DEFAULT_REORG_MAX_DEPTH, engine: AsyncEngine | None = None
+    ) -> None:
+        if max_depth < 1:
+            raise ValueError("max_depth must be at least 1")
+        self.reader = reader
+        self.chain = reader.chain
+        self.max_depth = max_depth
+        self._engine = engine
+        self._window = BlockWindow(reader.chain, max_depth + 1, engine)
+        self._stopped: dict[str, str] = {}
+
+    async def advance(
+        self, consumer: str, position: str | None, watchers: Sequence[Watcher], *, max_blocks: int
+    ) -> Pass:
+        """Read up to ``max_blocks`` blocks after ``position`` and hand each to every watcher.
+
+        Args:
+            consumer: who owns ``position`` (``"wallets"``, ``"deposits:ETH"``): what a too-deep
+                reorg stops.
+            position: ``"<height>:<hash>"`` of the last block taken in, ``None``: from height 0.
+            watchers: handed every block, in order; all of them see the same blocks.
+            max_blocks: the most blocks this pass reads, ``>= 1``.
+
+        Raises:
+            WatcherStopped: ``consumer`` is stopped.
+            ReorgTooDeep: the position's block was orphaned by a reorg deeper than the policy
+                (``consumer`` is stopped now).
+            ValueError: a malformed position.
+            ChainError: the node failed.
+        """
+        await self._check_running(consumer)
+        tip = await self.reader.tip()
+        start, rewound, previous = await self._resume(consumer, position)
+        end = min(tip, start + max_blocks - 1)
+        last = position if rewound is None else f"{start - 1}:{previous}"
+        last_height = start - 1
+        complete = True
+        # Closed on an early stop too, so the reader cancels the blocks it has in flight.
+        async with aclosing(self.reader.blocks(start, end)) as blocks:
+            async for block in blocks:
+                # A parent is absent at height 0 only; where it is there it must name the
+                # block taken in before, or the chain changed under this pass.
+                if block is None or (block.parent is not None and block.parent != previous):
+                    complete = False
+                    break
+                for watcher in watchers:
+                    await watcher.on_block(block)
+                self._window.record(block.height, block.hash)
+                last = f"{block.height}:{block.hash}"
+                last_height = block.height
+                previous = block.hash
+        await self._window.save()
+        return Pass(last, start, last_height, tip, rewound, done=complete and end >= tip)
+
+    async def _check_running(self, consumer: str) -> None:
+        reason = self._stopped.get(consumer)
+        if reason is None and self._engine is not None:
+            reason = await store.stop_reason(self._engine, self.chain, consumer)
+        if reason is not None:
+            raise WatcherStopped(f"{self.chain} {consumer!r} is stopped: {reason}")
+
+    async def _resume(self, consumer: str, position: str | None) -> tuple[int, int | None, str | None]:
+        """``(first height to read, fork height if rewound, hash the first block must extend)``."""
+        if position is None:
+            return 0, None, None
+        height, block_hash = parse_position(position)
+        if await self.reader.hash_at(height) == block_hash:
+            return height + 1, None, block_hash
+        for depth in range(1, self.max_depth + 1):
+            below = height - depth
+            if below < 0:
+                break
+            known = await self._window.get(below)
+            if known is None:
+                continue
+            now_there = await self.reader.hash_at(below)
+            if now_there == known:
+                return below + 1, below, known
+            if depth == self.max_depth:
+                await self._stop(consumer, height)
+        back = max(0, height - self.max_depth)
+        parent = await self.reader.hash_at(back)
+        if parent is None:
+            raise ChainError(f"{self.chain}: no block at height {back} (the chain is shorter than the position)")
+        return back + 1, back, parent
+
+    async def _stop(self, consumer: str, height: int) -> None:
+        """Stop ``consumer`` (audited, with an engine) and raise :class:`ReorgTooDeep`."""
+        error = ReorgTooDeep(self.chain, consumer, height, self.max_depth)
+        self._stopped[consumer] = str(error)
+        if self._engine is not None:
+            await store.stop_consumer(self._engine, self.chain, consumer, height, self.max_depth, str(error))
+        raise error
+
+    def resumed(self, consumer: str) -> None:
+        """Forget this process's stop of ``consumer`` (after :func:`store.resume_consumer`)."""
+        self._stopped.pop(consumer, None)

@@ -1,0 +1,78 @@
+"""The scanning engine's rows: the block window and the stopped consumers (migration 0021)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mixhouse.audit import AuditEntry
+from mixhouse.db.tables import watch_blocks, watch_stops
+from mixhouse.unit import unit
+
+
+async def load_window(engine: AsyncEngine, chain: str) -> dict[int, str]:
+    """``{height: hash}`` of the blocks of ``chain`` kept in ``watch_blocks``."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(watch_blocks.c.height, watch_blocks.c.hash).where(watch_blocks.c.chain == chain))
+        return {int(height): str(block_hash) for height, block_hash in rows}
+
+
+async def save_window(engine: AsyncEngine, chain: str, hashes: dict[int, str], floor: int) -> None:
+    """Store ``hashes`` of ``chain`` (replacing orphaned ones) and drop heights below ``floor``."""
+    async with engine.begin() as conn:
+        statement = insert(watch_blocks).values(
+            [{"chain": chain, "height": height, "hash": block_hash} for height, block_hash in hashes.items()]
+        )
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[watch_blocks.c.chain, watch_blocks.c.height],
+                set_={"hash": statement.excluded.hash, "updated_at": statement.excluded.updated_at},
+            )
+        )
+        await conn.execute(delete(watch_blocks).where(watch_blocks.c.chain == chain, watch_blocks.c.height < floor))
+
+
+async def stop_reason(engine: AsyncEngine, chain: str, consumer: str) -> str | None:
+    """Why ``consumer`` of ``chain`` is stopped, ``None`` if it is not."""
+    async with engine.connect() as conn:
+        reason = await conn.scalar(
+            select(watch_stops.c.reason).where(watch_stops.c.chain == chain, watch_stops.c.consumer == consumer)
+        )
+    return None if reason is None else str(reason)
+
+
+async def stop_consumer(engine: AsyncEngine, chain: str, consumer: str, height: int, max_depth: int, reason: str) -> None:
+    """Record that a reorg deeper than ``max_depth`` below ``height`` stopped ``consumer``, with its
+    ``watch.stopped`` audit entry, in one transaction (a second stop of it changes nothing)."""
+    async with unit(engine) as work:
+        inserted = await work.conn.execute(
+            insert(watch_stops)
+            .values(chain=chain, consumer=consumer, height=height, max_depth=max_depth, reason=reason)
+            .on_conflict_do_nothing()
+            .returning(watch_stops.c.consumer)
+        )
+        if inserted.first() is not None:
+            work.audit(
+                AuditEntry(
+                    "watch.stopped",
+                    "watcher",
+                    f"{chain}/{consumer}",
+                    details={"height": height, "max_depth": max_depth, "reason": reason},
+                )
+            )
+
+
+async def resume_consumer(engine: AsyncEngine, chain: str, consumer: str, *, actor: str = "admin") -> bool:
+    """Let a stopped ``consumer`` of ``chain`` run again (the operator has dealt with the reorg),
+    audited as ``watch.resumed``. Returns whether it was stopped."""
+    async with unit(engine) as work:
+        deleted = await work.conn.execute(
+            delete(watch_stops)
+            .where(watch_stops.c.chain == chain, watch_stops.c.consumer == consumer)
+            .returning(watch_stops.c.height)
+        )
+        row = deleted.first()
+        if row is not None:
+            work.audit(AuditEntry("watch.resumed", "watcher", f"{chain}/{consumer}", actor=actor))
+    return row is not None
