@@ -16,7 +16,7 @@ def register_wallet_tasks(app: procrastinate.App, engine: AsyncEngine, settings:
     """Register the periodic ``sync_wallets`` task on ``app``: every
     ``wallet_sync_interval_seconds``, every imported address and xpub is synced from its source.
     """
-    sources = sources_from_settings(settings)
+    sources = sources_from_settings(settings, engine)
     sync_every = settings.wallet_sync_interval_seconds
 
     @app.periodic(cron=every_seconds(sync_every), periodic_id="sync_wallets")

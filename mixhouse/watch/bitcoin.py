@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
@@ -48,7 +48,7 @@ class BitcoinBlocks:
         """``getblockhash``, ``None`` above the tip. Raises ChainError: the node failed."""
         return await self.rpc.getblockhash(height)
 
-    async def blocks(self, start: int, end: int) -> AsyncIterator[Block | None]:
+    async def blocks(self, start: int, end: int) -> AsyncGenerator[Block | None, None]:
         """Blocks ``start..end``; ``None`` for one gone since the tip was read.
 
         Raises:

@@ -28,7 +28,7 @@ next pass starts from the last block taken in and notices the reorg there.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -73,7 +73,7 @@ class BlockReader(Protocol):
         """The main-chain block hash at ``height``, ``None`` above the tip. Raises ChainError."""
         ...
 
-    def blocks(self, start: int, end: int) -> AsyncIterator[Block | None]:
+    def blocks(self, start: int, end: int) -> AsyncGenerator[Block | None, None]:
         """Blocks ``start..end`` in height order; ``None`` for one that vanished (the caller
         stops there). Raises ChainError: the node failed."""
         ...
@@ -98,9 +98,7 @@ class ReorgTooDeep(ChainError):
     """
 
     def __init__(self, chain: str, consumer: str, height: int, max_depth: int) -> None:
-        super().__init__(
-            f"{chain}: reorg deeper than {max_depth} blocks below height {height}; {consumer!r} stopped"
-        )
+        super().__init__(f"{chain}: reorg deeper than {max_depth} blocks below height {height}; {consumer!r} stopped")
         self.chain = chain
         self.consumer = consumer
         self.height = height
@@ -288,7 +286,9 @@ class ChainWatch:
         error = ReorgTooDeep(self.chain, consumer, height, self.max_depth)
         self._stopped[consumer] = str(error)
         if self._engine is not None:
-            await store.stop_consumer(self._engine, self.chain, consumer, height, self.max_depth, str(error))
+            await store.stop_consumer(
+                self._engine, self.chain, consumer, height=height, max_depth=self.max_depth, reason=str(error)
+            )
         raise error
 
     def resumed(self, consumer: str) -> None:

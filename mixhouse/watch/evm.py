@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -78,7 +78,7 @@ class EvmBlocks:
         block = await self.call("eth_getBlockByNumber", hex(height), False)
         return None if block is None else str(block["hash"])
 
-    async def blocks(self, start: int, end: int) -> AsyncIterator[Block | None]:
+    async def blocks(self, start: int, end: int) -> AsyncGenerator[Block | None, None]:
         """Blocks ``start..end`` with full transactions; ``None`` for one gone since the tip was read.
 
         Raises:

@@ -14,7 +14,9 @@ from mixhouse.unit import unit
 async def load_window(engine: AsyncEngine, chain: str) -> dict[int, str]:
     """``{height: hash}`` of the blocks of ``chain`` kept in ``watch_blocks``."""
     async with engine.connect() as conn:
-        rows = await conn.execute(select(watch_blocks.c.height, watch_blocks.c.hash).where(watch_blocks.c.chain == chain))
+        rows = await conn.execute(
+            select(watch_blocks.c.height, watch_blocks.c.hash).where(watch_blocks.c.chain == chain)
+        )
         return {int(height): str(block_hash) for height, block_hash in rows}
 
 
@@ -42,7 +44,9 @@ async def stop_reason(engine: AsyncEngine, chain: str, consumer: str) -> str | N
     return None if reason is None else str(reason)
 
 
-async def stop_consumer(engine: AsyncEngine, chain: str, consumer: str, height: int, max_depth: int, reason: str) -> None:
+async def stop_consumer(
+    engine: AsyncEngine, chain: str, consumer: str, *, height: int, max_depth: int, reason: str
+) -> None:
     """Record that a reorg deeper than ``max_depth`` below ``height`` stopped ``consumer``, with its
     ``watch.stopped`` audit entry, in one transaction (a second stop of it changes nothing)."""
     async with unit(engine) as work:

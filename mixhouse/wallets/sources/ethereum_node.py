@@ -1,18 +1,19 @@
 """Address history from an Ethereum JSON-RPC node: ETH transfers and ERC-20 Transfer logs.
 
-Blocks are read with full transactions (``eth_getBlockByNumber``); a transaction from or to a
-requested address becomes an ETH row (the receipt gives its status and the fee,
+Blocks are read through the scanning engine (:class:`mixhouse.watch.engine.ChainWatch` over
+:class:`mixhouse.watch.evm.EvmBlocks`: ``eth_getBlockByNumber`` with full transactions); a
+transaction from or to a requested address becomes an ETH row (the receipt gives its status and the fee,
 ``gasUsed * effectiveGasPrice``). ERC-20 movements come from ``eth_getLogs`` over the same
 block range with topic0 = ``Transfer(address,address,uint256)`` (EIP-20); each log touching a
-requested address becomes a row whose asset is the token contract. The checkpoint is
-``"<height>:<block hash>"``; an orphaned checkpoint block makes the source step back and say so.
+requested address becomes a row whose asset is the token contract. The checkpoint is the
+engine's position ``"<height>:<block hash>"``; an orphaned checkpoint block makes the engine
+rewind to the fork point (its one reorg policy, ``MIXHOUSE_REORG_MAX_DEPTH``) and the page say so.
 
 Not seen: ETH moved by contract internals (no trace API is assumed).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,16 +21,16 @@ from typing import Any
 import httpx
 from eth_utils.address import to_checksum_address
 
-from mixhouse.errors import ChainError, InvalidAddress
+from mixhouse.errors import InvalidAddress
 from mixhouse.wallets.records import AddressTx, HistoryPage, Leg
+from mixhouse.watch.engine import Block, ChainWatch
+from mixhouse.watch.evm import EvmBlocks, hex_int
 
 # keccak256("Transfer(address,address,uint256)"), EIP-20.
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
-REORG_STEP_BACK = 12
-
-
-def _int(value: Any) -> int:
-    return int(str(value), 16)
+# The engine's consumer name of wallet sync (what a too-deep reorg stops).
+CONSUMER = "wallets"
+_int = hex_int
 
 
 def _topic_address(topic: str) -> str:
@@ -43,6 +44,8 @@ class EthereumNodeSource:
         rpc_url: the node's JSON-RPC URL.
         blocks_per_page: blocks read per :meth:`fetch`.
         client: an HTTP client to use (not closed here).
+        watch: the chain's scanning engine to read through (shared with the other watchers of
+            the process); ``None``: one of its own over ``rpc_url``, default reorg depth, in memory.
     """
 
     chain = "ETH"
@@ -50,72 +53,48 @@ class EthereumNodeSource:
     # number of addresses (see mixhouse.wallets.sync).
     max_addresses_per_fetch = 1000
 
-    def __init__(self, rpc_url: str, *, blocks_per_page: int = 500, client: httpx.AsyncClient | None = None) -> None:
-        self._url = rpc_url
+    def __init__(
+        self,
+        rpc_url: str,
+        *,
+        blocks_per_page: int = 500,
+        client: httpx.AsyncClient | None = None,
+        watch: ChainWatch | None = None,
+    ) -> None:
         self._per_page = blocks_per_page
-        self._client = client or httpx.AsyncClient(timeout=30.0)
-        self._owns_client = client is None
-        self._ids = itertools.count(1)
+        self._owned: EvmBlocks | None = None
+        if watch is None:
+            self._owned = EvmBlocks(rpc_url, client=client)
+            watch = ChainWatch(self._owned)
+        self._watch = watch
+        reader = self._watch.reader
+        if not isinstance(reader, EvmBlocks):
+            raise TypeError("an EthereumNodeSource reads through an EvmBlocks engine")
+        self._reader = reader
 
     async def aclose(self) -> None:
         """Close the HTTP client if this source made it."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def _call(self, method: str, *params: Any) -> Any:
-        try:
-            response = await self._client.post(
-                self._url, json={"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
-            )
-            response.raise_for_status()
-            body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise ChainError(f"{method} failed: {exc}") from exc
-        if body.get("error") is not None:
-            raise ChainError(f"{method} failed: {body['error']}")
-        return body.get("result")
+        if self._owned is not None:
+            await self._owned.aclose()
 
     async def fetch(self, addresses: Sequence[str], checkpoint: str | None) -> HistoryPage:
         """Read the next ``blocks_per_page`` blocks after ``checkpoint``.
 
         Raises:
-            ChainError: the node failed.
+            ChainError: the node failed; the reorg was deeper than the engine's policy, or
+                wallet sync is stopped by one.
             InvalidAddress: an address is not a valid Ethereum address.
         """
         try:
             wanted = {str(to_checksum_address(a)) for a in addresses}
         except ValueError as exc:
             raise InvalidAddress(str(exc)) from exc
-        tip = _int(await self._call("eth_blockNumber"))
-        start, rewound = await self._start(checkpoint)
-        end = min(tip, start + self._per_page - 1)
-        if start > end:
-            return HistoryPage((), checkpoint, done=True, rewound_to=rewound)
-        txs: list[AddressTx] = []
-        times: dict[int, tuple[str, datetime]] = {}
-        last = checkpoint
-        for height in range(start, end + 1):
-            block = await self._call("eth_getBlockByNumber", hex(height), True)
-            if block is None:
-                break
-            when = datetime.fromtimestamp(_int(block["timestamp"]), UTC)
-            times[height] = (str(block["hash"]), when)
-            for tx in block.get("transactions", []):
-                txs.extend(await self._eth_rows(tx, height, str(block["hash"]), when, wanted))
-            last = f"{height}:{block['hash']}"
-        txs.extend(await self._token_rows(start, end, times, wanted))
-        return HistoryPage(tuple(txs), last, done=end >= tip, rewound_to=rewound)
-
-    async def _start(self, checkpoint: str | None) -> tuple[int, int | None]:
-        if checkpoint is None:
-            return 0, None
-        height_text, _, block_hash = checkpoint.partition(":")
-        height = int(height_text)
-        block = await self._call("eth_getBlockByNumber", hex(height), False)
-        if block is not None and str(block["hash"]) == block_hash:
-            return height + 1, None
-        back = max(0, height - REORG_STEP_BACK)
-        return back + 1, back
+        matcher = _Matcher(self, wanted)
+        read = await self._watch.advance(CONSUMER, checkpoint, [matcher], max_blocks=self._per_page)
+        txs = matcher.txs
+        if read.last_height >= read.start:
+            txs.extend(await self._token_rows(read.start, read.last_height, matcher.times, wanted))
+        return HistoryPage(tuple(txs), read.position, done=read.done, rewound_to=read.rewound_to)
 
     async def _eth_rows(
         self, tx: dict[str, Any], height: int, block_hash: str, when: datetime, wanted: set[str]
@@ -125,7 +104,7 @@ class EthereumNodeSource:
         touched = {a for a in (sender, receiver) if a in wanted}
         if not touched:
             return []
-        receipt = await self._call("eth_getTransactionReceipt", tx["hash"])
+        receipt = await self._reader.call("eth_getTransactionReceipt", tx["hash"])
         ok = receipt is not None and _int(receipt["status"]) == 1
         fee = _int(receipt["gasUsed"]) * _int(receipt.get("effectiveGasPrice") or tx["gasPrice"]) if receipt else None
         value = _int(tx["value"]) if ok else 0
@@ -153,7 +132,7 @@ class EthereumNodeSource:
     async def _token_rows(
         self, start: int, end: int, times: dict[int, tuple[str, datetime]], wanted: set[str]
     ) -> list[AddressTx]:
-        logs = await self._call(
+        logs = await self._reader.call(
             "eth_getLogs", {"fromBlock": hex(start), "toBlock": hex(end), "topics": [TRANSFER_TOPIC]}
         )
         rows: list[AddressTx] = []
@@ -187,3 +166,20 @@ class EthereumNodeSource:
                 for address in sorted(touched)
             )
         return rows
+
+
+class _Matcher:
+    """The engine's watcher of one fetch: ETH rows of each block touching ``wanted``, and the
+    blocks' hashes and times (for the Transfer logs read after the pass)."""
+
+    def __init__(self, source: EthereumNodeSource, wanted: set[str]) -> None:
+        self._source = source
+        self._wanted = wanted
+        self.txs: list[AddressTx] = []
+        self.times: dict[int, tuple[str, datetime]] = {}
+
+    async def on_block(self, block: Block) -> None:
+        when = datetime.fromtimestamp(_int(block.data["timestamp"]), UTC)
+        self.times[block.height] = (block.hash, when)
+        for tx in block.data.get("transactions", []):
+            self.txs.extend(await self._source._eth_rows(tx, block.height, block.hash, when, self._wanted))
