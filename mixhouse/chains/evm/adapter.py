@@ -341,8 +341,9 @@ class EvmAdapter(ChainAdapter):
 
         Args:
             watched: addresses to look for, in any case (compared case-insensitively).
-            cursor: the next block number to read, as decimal text, from an earlier scan.
-                ``None`` on the very first scan: start at
+            cursor: ``"<next block>:<hash of the block below it>"`` from an earlier scan (a
+                bare ``"<next block>"`` is accepted: nothing checked, as cursors stored before
+                the hash was added). ``None`` on the very first scan: start at
                 ``max(0, head - confirmations - 2)``. A deposit address exists only from the
                 moment a mix is created and the caller keeps the cursor from then on, so on
                 first start only blocks that may still be unconfirmed matter; the 2 extra
@@ -354,42 +355,50 @@ class EvmAdapter(ChainAdapter):
             scan each block's ``parentHash`` must equal the hash of the block read before it:
             if not, the chain reorganised under the scan, so it stops there and the returned
             cursor goes back ``confirmations`` blocks to re-read the new branch. If the cursor
-            is above ``head + 1`` (the chain got shorter) the scan likewise re-reads the last
-            ``confirmations`` blocks. Transfers may then repeat; the caller deduplicates by
-            ``ref``, and :meth:`transfer_confirmations` detects those a reorg removed.
-            ``tip`` is the head read at the start, ``scanned`` the last block read (the
-            next cursor minus one).
+            is above ``head + 1`` (the chain got shorter), or the block below it no longer has
+            the cursor's hash (the chain was replaced between scans, perhaps by a branch as
+            long or longer), the scan likewise re-reads from ``confirmations`` blocks lower.
+            Transfers may then repeat; the caller deduplicates by ``ref``, and
+            :meth:`transfer_confirmations` detects those a reorg removed. ``tip`` is the head
+            read at the start, ``scanned`` the last block read (the next cursor minus one).
 
         Raises:
-            ValueError: ``cursor`` is not a decimal block number.
+            ValueError: ``cursor`` is neither ``"<number>"`` nor ``"<number>:<0x hash>"``.
             ChainError: the node failed.
         """
         head = await self._head()
+        parent: HexBytes | None = None  # the hash block start - 1 must have, if known
         if cursor is None:
             start = max(0, head - self.confirmations_required - FIRST_SCAN_SLACK)
         else:
-            if not cursor.isdigit():
-                raise ValueError(f"an EVM scan cursor is a decimal block number, got {cursor!r}")
-            start = int(cursor)
+            height_text, _sep, parent_hex = cursor.partition(":")
+            if not height_text.isdigit() or (_sep and len(parent_hex) != 66):
+                raise ValueError(f"an EVM scan cursor is '<block number>:<0x block hash>', got {cursor!r}")
+            start = int(height_text)
+            parent = HexBytes(parent_hex) if parent_hex else None
             if start > head + 1:
-                start = max(0, head + 1 - self.confirmations_required)
+                start, parent = max(0, head + 1 - self.confirmations_required), None
+            elif parent is not None and start >= 1 and await self._block_hash(start - 1) != parent:
+                # Replaced while we were away: a branch no shorter than the old one would
+                # otherwise go unread below the cursor.
+                start, parent = max(0, start - 1 - self.confirmations_required), None
         wanted = {address.lower() for address in watched}
         if start > head:
-            return self._result([], start, head)
+            return self._result([], start, head, parent)
         end = min(head, start + MAX_BLOCKS_PER_SCAN - 1)
         if not wanted:
             # Nothing to look for: a deposit cannot predate the address it is sent to.
             return self._result([], end + 1, head)
 
         transfers: list[Transfer] = []
-        previous_hash: HexBytes | None = None
+        previous_hash: HexBytes | None = parent
         for chunk_start in range(start, end + 1, FETCH_CONCURRENCY):
             numbers = range(chunk_start, min(end, chunk_start + FETCH_CONCURRENCY - 1) + 1)
             blocks = await asyncio.gather(*(self._block(n) for n in numbers))
             for number, block in zip(numbers, blocks, strict=True):
                 if block is None:
                     # The chain got shorter while we read it: continue from here next time.
-                    return self._result(transfers, number, head)
+                    return self._result(transfers, number, head, previous_hash)
                 if previous_hash is not None and HexBytes(block["parentHash"]) != previous_hash:
                     return self._rewound(transfers, number, head)
                 previous_hash = HexBytes(block["hash"])
@@ -397,13 +406,24 @@ class EvmAdapter(ChainAdapter):
                 if found is None:
                     return self._rewound(transfers, number, head)
                 transfers.extend(found)
-        return self._result(transfers, end + 1, head)
+        return self._result(transfers, end + 1, head, previous_hash)
 
     @staticmethod
-    def _result(transfers: list[Transfer], next_block: int, head: int) -> ScanResult:
-        """A scan's result whose next scan starts at ``next_block``; ``head`` is the
-        ``eth_blockNumber`` this scan read, so the scan is ``head - (next_block - 1)`` behind."""
-        return ScanResult(tuple(transfers), str(next_block), tip=head, scanned=next_block - 1)
+    def _result(transfers: list[Transfer], next_block: int, head: int, parent: HexBytes | None = None) -> ScanResult:
+        """A scan's result whose next scan starts at ``next_block`` (the block below it having
+        hash ``parent``, if known); ``head`` is the ``eth_blockNumber`` this scan read, so the
+        scan is ``head - (next_block - 1)`` behind."""
+        cursor = f"{next_block}:{parent.to_0x_hex()}" if parent is not None else str(next_block)
+        return ScanResult(tuple(transfers), cursor, tip=head, scanned=next_block - 1)
+
+    async def _block_hash(self, number: int) -> HexBytes | None:
+        """Hash of main-chain block ``number``, ``None`` if the node has no such block."""
+        with _node_errors(f"eth_getBlockByNumber({number})"):
+            try:
+                block = await self._w3.eth.get_block(number, full_transactions=False)
+            except BlockNotFound:
+                return None
+        return HexBytes(block["hash"])
 
     def _rewound(self, transfers: list[Transfer], number: int, head: int) -> ScanResult:
         """Result of a scan that met a reorg at block ``number``: keep what was found and
