@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
@@ -19,9 +20,11 @@ from mixhouse.app.build import build_runtime
 from mixhouse.app.worker import run_worker
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.token import Erc20Adapter
+from mixhouse.db.tables import audit_log, sends
 from mixhouse.mixer.gas import gas_spent
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.tasks import requeue_orphan_sends
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from tests.e2e import anvil_settings, wait_for_payouts
@@ -112,6 +115,51 @@ async def test_mix_token_end_to_end_on_anvil(
         assert (await get_mix(rt, mix["id"]))["mix"]["state"] == "completed"
         async with engine.connect() as conn:
             assert await audit.verify(conn) > 0
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
+
+
+async def test_a_deposit_address_usdt_blacklists_is_held_not_retried(
+    database_url: str, engine: AsyncEngine, anvil: Anvil, evm_adapter: EvmAdapter
+) -> None:
+    world = await deploy_token(anvil, evm_adapter, "usdt")
+    Account.enable_unaudited_hdwallet_features()
+    _, mnemonic = Account.create_with_mnemonic()
+    rt = build_runtime(token_settings(database_url, anvil, mnemonic, world, "USDT"), database_url)
+    token = rt.adapter("USDT")
+    assert isinstance(token, Erc20Adapter)
+    try:
+        await anvil.fund(token.pool_address, ETHER)
+        mix = await create_mix(rt, MixRequest("USDT", [evm_adapter.key_address("m/44'/60'/9'/0/7")], 0, 3))
+        await world.pay(mix["deposit_address"], 100 * USDT)
+        await world.owner("addBlackList(address)", ["address"], [mix["deposit_address"]])
+        tank = await token.gas_balance(token.pool_address)
+        async with background(_keep_mining(anvil)), background(run_worker(rt, database_url, concurrency=4)):
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                async with engine.connect() as conn:
+                    blocked = (
+                        await conn.execute(select(audit_log.c.id).where(audit_log.c.action == "send.blocked"))
+                    ).all()
+                if blocked:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, await get_mix(rt, mix["id"])
+                await asyncio.sleep(0.2)
+            # Reported once and left for the operator: no job of the sweep waits, the recovery
+            # task (which requeues every idle unfinished send) does not revive it.
+            async with engine.connect() as conn:
+                sweep = (await conn.execute(select(sends).where(sends.c.kind == "sweep"))).one()
+            assert sweep.state == "scheduled"
+            assert str(sweep.last_error).startswith("blocked:")
+            assert await requeue_orphan_sends(rt, idle_seconds=0) == 0
+        async with engine.connect() as conn:
+            assert (
+                len((await conn.execute(select(audit_log.c.id).where(audit_log.c.action == "send.blocked"))).all()) == 1
+            )
+        # Nothing left the pool for it: no gas top-up for a sweep that cannot succeed.
+        assert await token.gas_balance(token.pool_address) == tank
+        assert await token.balance(mix["deposit_address"]) == 100 * USDT
     finally:
         await rt.aclose()
         await rt.engine.dispose()

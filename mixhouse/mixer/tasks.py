@@ -57,6 +57,8 @@ _ORPHAN_SENDS_SQL = text(
       AND NOT (s.kind = 'payout' AND s.state = 'scheduled' AND s.asset = ANY(CAST(:round_assets AS text[])))
       AND s.updated_at < now() - make_interval(secs => :idle)
       AND s.due_at < now()
+      -- Held for the operator: a token blacklists its sender (mixer/sends.py _hold_blacklisted).
+      AND (s.last_error IS NULL OR s.last_error NOT LIKE 'blocked:%')
       AND NOT EXISTS (
           SELECT 1 FROM procrastinate_jobs j
           WHERE j.task_name = :task AND j.status IN ('todo', 'doing')
