@@ -754,16 +754,18 @@ Index(
 )
 
 
-# The scanning engine's block window (migration 0021, mixhouse/watch/): the hash of each block a
-# watcher read at a recent height, per chain kind, to find the fork point of a reorg.
+# The scanning engine's block window (migration 0021, mixhouse/watch/): every block a watcher read
+# at a recent height, of every branch, with its parent, to walk an orphaned position to the fork.
 watch_blocks = Table(
     "watch_blocks",
     metadata,
     Column("chain", Text, primary_key=True),
-    Column("height", BigInteger, primary_key=True),
-    Column("hash", Text, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("hash", Text, primary_key=True),
+    Column("height", BigInteger, nullable=False),
+    Column("parent", Text, nullable=True),
+    Column("read_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+Index("ix_watch_blocks_height", watch_blocks.c.chain, watch_blocks.c.height)
 
 # Watchers stopped by a reorg deeper than MIXHOUSE_REORG_MAX_DEPTH (migration 0021): one row per
 # (chain, consumer) until the operator resumes it (mixhouse.watch.store.resume_consumer).

@@ -7,14 +7,15 @@ mixer's deposit matchers read the same block from the same request.
 
 Positions are ``"<height>:<block hash>"`` of the last block a consumer has taken in. At the start
 of a pass the engine checks that block is still in the main chain; if not, it walks down the
-heights of its :class:`BlockWindow` (the hashes of the blocks it read, kept per chain kind in
-PostgreSQL when it has an engine) to the highest one the node still has: the fork point. The
+parents of that block as its :class:`BlockWindow` recorded them (every block it read, of every
+branch, kept per chain kind in PostgreSQL when it has an engine) to the first one the node still
+has at its height: the fork point. The
 policy (``MIXHOUSE_REORG_MAX_DEPTH``):
 
 * a fork at most ``max_depth`` blocks below the position: the pass resumes above it and says
   where (:attr:`Pass.rewound_to`), so consumers put what they saw above it back to unconfirmed;
-* the window knows the block ``max_depth`` below the position and the node no longer has it
-  either: the reorg is deeper than the policy allows. The consumer is stopped (an audited
+* the window knows the position's ancestor ``max_depth`` below it and the node no longer has
+  that one either: the reorg is deeper than the policy allows. The consumer is stopped (an audited
   ``watch.stopped`` entry, a ``watch_stops`` row, the ``mixhouse_watch_stopped`` metric and its
   alert) and :class:`ReorgTooDeep` is raised; its passes raise :class:`WatcherStopped` until the
   operator resumes it (:func:`mixhouse.watch.store.resume_consumer`);
@@ -132,38 +133,41 @@ class Pass:
 
 
 class BlockWindow:
-    """The hashes of recently read blocks of one chain kind: ``{height: hash}``, in memory and,
-    with an engine, in ``watch_blocks`` (loaded on first use, saved after each pass)."""
+    """The blocks of one chain kind read at recent heights, by hash: ``{hash: (height, parent)}``,
+    in memory and, with an engine, in ``watch_blocks`` (loaded on first use, saved after each
+    pass). Every branch read is kept, so a consumer's orphaned position can be walked down its own
+    parents to the fork even after another consumer has read the new branch."""
 
     def __init__(self, chain: str, keep: int, engine: AsyncEngine | None = None) -> None:
         self._chain = chain
         self._keep = keep
         self._engine = engine
-        self._hashes: dict[int, str] = {}
-        self._fresh: dict[int, str] = {}
+        self._blocks: dict[str, tuple[int, str | None]] = {}
+        self._fresh: dict[str, tuple[int, str | None]] = {}
+        self._top = -1
         self._loaded = engine is None
 
-    async def get(self, height: int) -> str | None:
-        """The hash read at ``height``, ``None`` if unknown."""
+    async def parent_of(self, block_hash: str) -> str | None:
+        """The parent hash of a block read earlier, ``None`` if unknown."""
         if not self._loaded and self._engine is not None:
-            self._hashes.update(await store.load_window(self._engine, self._chain))
+            self._blocks.update(await store.load_window(self._engine, self._chain))
+            self._top = max((height for height, _ in self._blocks.values()), default=-1)
             self._loaded = True
-        return self._hashes.get(height)
+        known = self._blocks.get(block_hash)
+        return None if known is None else known[1]
 
-    def record(self, height: int, block_hash: str) -> None:
-        """Remember ``block_hash`` at ``height`` (replacing an orphaned one)."""
-        if self._hashes.get(height) != block_hash:
-            self._hashes[height] = block_hash
-            self._fresh[height] = block_hash
+    def record(self, block: Block) -> None:
+        """Remember ``block``'s height and parent."""
+        if block.hash not in self._blocks:
+            self._blocks[block.hash] = self._fresh[block.hash] = (block.height, block.parent)
+            self._top = max(self._top, block.height)
 
     async def save(self) -> None:
-        """Keep the top ``keep`` heights; persist what changed (with an engine)."""
-        if not self._hashes:
-            return
-        floor = max(self._hashes) - self._keep
-        if len(self._hashes) > 2 * self._keep:
-            self._hashes = {h: v for h, v in self._hashes.items() if h >= floor}
-        fresh = {h: v for h, v in self._fresh.items() if h >= floor}
+        """Keep the top ``keep`` heights; persist what is new (with an engine)."""
+        floor = self._top - self._keep
+        if len(self._blocks) > 4 * self._keep:
+            self._blocks = {h: v for h, v in self._blocks.items() if v[0] >= floor}
+        fresh = {h: v for h, v in self._fresh.items() if v[0] >= floor}
         self._fresh.clear()
         if self._engine is not None and fresh:
             await store.save_window(self._engine, self._chain, fresh, floor)
@@ -242,7 +246,7 @@ class ChainWatch:
                     break
                 for watcher in watchers:
                     await watcher.on_block(block)
-                self._window.record(block.height, block.hash)
+                self._window.record(block)
                 last = f"{block.height}:{block.hash}"
                 last_height = block.height
                 previous = block.hash
@@ -263,18 +267,19 @@ class ChainWatch:
         height, block_hash = parse_position(position)
         if await self.reader.hash_at(height) == block_hash:
             return height + 1, None, block_hash
+        # Down the position's own branch (its parents as read), to the first block the node
+        # still has at that height: the fork.
+        below, current = height, block_hash
         for depth in range(1, self.max_depth + 1):
-            below = height - depth
-            if below < 0:
-                break
-            known = await self._window.get(below)
-            if known is None:
-                continue
-            now_there = await self.reader.hash_at(below)
-            if now_there == known:
-                return below + 1, below, known
+            parent = await self._window.parent_of(current)
+            if parent is None or below == 0:
+                break  # not read by this engine: fall back to the full depth
+            below -= 1
+            if await self.reader.hash_at(below) == parent:
+                return below + 1, below, parent
             if depth == self.max_depth:
                 await self._stop(consumer, height)
+            current = parent
         back = max(0, height - self.max_depth)
         parent = await self.reader.hash_at(back)
         if parent is None:

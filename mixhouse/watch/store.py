@@ -11,27 +11,24 @@ from mixhouse.db.tables import watch_blocks, watch_stops
 from mixhouse.unit import unit
 
 
-async def load_window(engine: AsyncEngine, chain: str) -> dict[int, str]:
-    """``{height: hash}`` of the blocks of ``chain`` kept in ``watch_blocks``."""
+async def load_window(engine: AsyncEngine, chain: str) -> dict[str, tuple[int, str | None]]:
+    """``{hash: (height, parent)}`` of the blocks of ``chain`` kept in ``watch_blocks``."""
     async with engine.connect() as conn:
         rows = await conn.execute(
-            select(watch_blocks.c.height, watch_blocks.c.hash).where(watch_blocks.c.chain == chain)
-        )
-        return {int(height): str(block_hash) for height, block_hash in rows}
-
-
-async def save_window(engine: AsyncEngine, chain: str, hashes: dict[int, str], floor: int) -> None:
-    """Store ``hashes`` of ``chain`` (replacing orphaned ones) and drop heights below ``floor``."""
-    async with engine.begin() as conn:
-        statement = insert(watch_blocks).values(
-            [{"chain": chain, "height": height, "hash": block_hash} for height, block_hash in hashes.items()]
-        )
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[watch_blocks.c.chain, watch_blocks.c.height],
-                set_={"hash": statement.excluded.hash, "updated_at": statement.excluded.updated_at},
+            select(watch_blocks.c.hash, watch_blocks.c.height, watch_blocks.c.parent).where(
+                watch_blocks.c.chain == chain
             )
         )
+        return {str(h): (int(height), None if parent is None else str(parent)) for h, height, parent in rows}
+
+
+async def save_window(engine: AsyncEngine, chain: str, blocks: dict[str, tuple[int, str | None]], floor: int) -> None:
+    """Store ``blocks`` (``{hash: (height, parent)}``) of ``chain`` and drop heights below ``floor``."""
+    async with engine.begin() as conn:
+        rows = [
+            {"chain": chain, "hash": h, "height": height, "parent": parent} for h, (height, parent) in blocks.items()
+        ]
+        await conn.execute(insert(watch_blocks).values(rows).on_conflict_do_nothing())
         await conn.execute(delete(watch_blocks).where(watch_blocks.c.chain == chain, watch_blocks.c.height < floor))
 
 

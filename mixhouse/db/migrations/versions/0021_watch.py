@@ -1,9 +1,10 @@
 """The scanning engine's tables (mixhouse.watch, issue 8 part 1).
 
-``watch_blocks``: per chain kind, the hash of every block a watcher read at a recent height
-(the top ``MIXHOUSE_REORG_MAX_DEPTH + 1`` heights are kept). A checkpoint whose block is no
-longer in the main chain is walked down against it to the fork point: the rewind is exact, and a
-reorg proven deeper than the policy is told apart from one the window cannot see.
+``watch_blocks``: per chain kind, every block a watcher read at a recent height (the top
+``MIXHOUSE_REORG_MAX_DEPTH + 1`` heights are kept), of every branch, with its parent. A position
+whose block is no longer in the main chain is walked down its own parents to the fork point: the
+rewind is exact even after another consumer read the new branch, and a reorg proven deeper than
+the policy is told apart from one the window cannot see.
 
 ``watch_stops``: the consumers (``wallets``, ``deposits:<asset>``) a too-deep reorg stopped,
 until the operator resumes them.
@@ -24,13 +25,15 @@ def upgrade() -> None:
         """
         CREATE TABLE watch_blocks (
             chain text NOT NULL,
-            height bigint NOT NULL,
             hash text NOT NULL,
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (chain, height)
+            height bigint NOT NULL,
+            parent text,
+            read_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (chain, hash)
         )
         """
     )
+    op.execute("CREATE INDEX ix_watch_blocks_height ON watch_blocks (chain, height)")
     op.execute(
         """
         CREATE TABLE watch_stops (

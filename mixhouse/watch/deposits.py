@@ -1,0 +1,66 @@
+"""Deposit watching on the scanning engine: the transfers to watched addresses in each block.
+
+:class:`EvmDeposits` is the engine's watcher of the mixer's ETH deposit addresses: a transaction
+of value to one of them with receipt status 1 (EIP-658) is a :class:`~mixhouse.chains.base.Transfer`
+(``ref`` the lowercase txid), exactly as :meth:`EvmAdapter.scan` reports it. It reads the block the
+engine reads for every other watcher of the pass (wallet sync included) and asks the node only for
+the receipts of the transactions that match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from eth_utils.address import to_checksum_address
+
+from mixhouse.chains.base import Transfer
+from mixhouse.watch.engine import Block
+from mixhouse.watch.evm import EvmBlocks, hex_int
+
+
+class EvmDeposits:
+    """:class:`~mixhouse.watch.engine.Watcher` of ETH transfers to ``watched`` addresses.
+
+    Args:
+        reader: the engine's reader (receipts are asked through it).
+        watched: the deposit addresses, any case.
+    """
+
+    def __init__(self, reader: EvmBlocks, watched: Iterable[str]) -> None:
+        self._reader = reader
+        self._wanted = {address.lower() for address in watched}
+        self._found: list[Transfer] = []
+
+    async def on_block(self, block: Block) -> None:
+        """Collect the block's successful value transfers to a watched address.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        hits = [
+            tx
+            for tx in block.data.get("transactions", [])
+            if tx.get("to") is not None and str(tx["to"]).lower() in self._wanted and hex_int(tx["value"]) > 0
+        ]
+        receipts = await asyncio.gather(*(self._reader.call("eth_getTransactionReceipt", tx["hash"]) for tx in hits))
+        for tx, receipt in zip(hits, receipts, strict=True):
+            if receipt is None or hex_int(receipt["status"]) != 1:
+                continue  # reverted (or gone already: the next pass sees the reorg)
+            self._found.append(
+                Transfer(
+                    to_address=str(to_checksum_address(tx["to"])),
+                    from_addresses=(str(to_checksum_address(tx["from"])),),
+                    amount=hex_int(tx["value"]),
+                    ref=str(tx["hash"]).lower(),
+                    block_number=block.height,
+                    confirmations=0,
+                )
+            )
+
+    def transfers(self, tip: int) -> tuple[Transfer, ...]:
+        """The transfers found, with their confirmations at ``tip`` (``tip - block + 1``)."""
+        return tuple(
+            Transfer(t.to_address, t.from_addresses, t.amount, t.ref, t.block_number, tip - (t.block_number or tip) + 1)
+            for t in self._found
+        )
