@@ -159,6 +159,16 @@ async def collect_state(rt: Runtime) -> list[Metric]:
         out.append(await _payout_latency(conn))
         out.extend(await _jobs(conn, s.worker_stalled_after_seconds))
         out.extend(await _scans(conn))
+        # Consumers a reorg deeper than MIXHOUSE_REORG_MAX_DEPTH stopped (mixhouse.watch).
+        stops = await _rows(conn, "SELECT chain, consumer FROM watch_stops ORDER BY chain, consumer")
+        out.append(
+            _gauge(
+                "mixhouse_watch_stopped",
+                "1 for each watcher (chain, consumer) stopped by a reorg deeper than the policy allows.",
+                ["chain", "consumer"],
+                (([str(r[0]), str(r[1])], 1.0) for r in stops),
+            )
+        )
         rows = await _rows(
             conn,
             "SELECT chain, status, count(*), greatest(extract(epoch FROM now() - min(last_synced_at)), 0) "
