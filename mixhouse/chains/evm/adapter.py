@@ -367,21 +367,10 @@ class EvmAdapter(ChainAdapter):
             ChainError: the node failed.
         """
         head = await self._head()
-        parent: HexBytes | None = None  # the hash block start - 1 must have, if known
         if cursor is None:
-            start = max(0, head - self.confirmations_required - FIRST_SCAN_SLACK)
+            start, parent = max(0, head - self.confirmations_required - FIRST_SCAN_SLACK), None
         else:
-            height_text, _sep, parent_hex = cursor.partition(":")
-            if not height_text.isdigit() or (_sep and len(parent_hex) != 66):
-                raise ValueError(f"an EVM scan cursor is '<block number>:<0x block hash>', got {cursor!r}")
-            start = int(height_text)
-            parent = HexBytes(parent_hex) if parent_hex else None
-            if start > head + 1:
-                start, parent = max(0, head + 1 - self.confirmations_required), None
-            elif parent is not None and start >= 1 and await self._block_hash(start - 1) != parent:
-                # Replaced while we were away: a branch no shorter than the old one would
-                # otherwise go unread below the cursor.
-                start, parent = max(0, start - 1 - self.confirmations_required), None
+            start, parent = await self.scan_start(cursor, head)
         wanted = {address.lower() for address in watched}
         if start > head:
             return self._result([], start, head, parent)
@@ -408,16 +397,48 @@ class EvmAdapter(ChainAdapter):
                 transfers.extend(found)
         return self._result(transfers, end + 1, head, previous_hash)
 
+    async def scan_start(self, cursor: str, head: int) -> tuple[int, HexBytes | None]:
+        """The block a scan from ``cursor`` starts at and the hash the block below it must have
+        (``None``: unchecked), as :meth:`scan` describes; shared with the token adapter.
+
+        Raises:
+            ValueError: ``cursor`` is neither ``"<number>"`` nor ``"<number>:<0x hash>"``.
+            ChainError: the node failed.
+        """
+        height_text, sep, parent_hex = cursor.partition(":")
+        if not height_text.isdigit() or (sep and len(parent_hex) != 66):
+            raise ValueError(f"an EVM scan cursor is '<block number>:<0x block hash>', got {cursor!r}")
+        start = int(height_text)
+        parent = HexBytes(parent_hex) if parent_hex else None
+        if start > head + 1:
+            return max(0, head + 1 - self.confirmations_required), None
+        if parent is not None and start >= 1 and await self.block_hash(start - 1) != parent:
+            # Replaced while we were away: a branch no shorter than the old one would otherwise
+            # go unread below the cursor.
+            return max(0, start - 1 - self.confirmations_required), None
+        return start, parent
+
     @staticmethod
-    def _result(transfers: list[Transfer], next_block: int, head: int, parent: HexBytes | None = None) -> ScanResult:
+    def scan_cursor(next_block: int, parent: HexBytes | None) -> str:
+        """The cursor of a scan that goes on at ``next_block``, the block below it having hash
+        ``parent`` (``None``: unknown, nothing is checked)."""
+        return f"{next_block}:{parent.to_0x_hex()}" if parent is not None else str(next_block)
+
+    @classmethod
+    def _result(
+        cls, transfers: list[Transfer], next_block: int, head: int, parent: HexBytes | None = None
+    ) -> ScanResult:
         """A scan's result whose next scan starts at ``next_block`` (the block below it having
         hash ``parent``, if known); ``head`` is the ``eth_blockNumber`` this scan read, so the
         scan is ``head - (next_block - 1)`` behind."""
-        cursor = f"{next_block}:{parent.to_0x_hex()}" if parent is not None else str(next_block)
-        return ScanResult(tuple(transfers), cursor, tip=head, scanned=next_block - 1)
+        return ScanResult(tuple(transfers), cls.scan_cursor(next_block, parent), tip=head, scanned=next_block - 1)
 
-    async def _block_hash(self, number: int) -> HexBytes | None:
-        """Hash of main-chain block ``number``, ``None`` if the node has no such block."""
+    async def block_hash(self, number: int) -> HexBytes | None:
+        """Hash of main-chain block ``number``, ``None`` if the node has no such block.
+
+        Raises:
+            ChainError: the node failed.
+        """
         with _node_errors(f"eth_getBlockByNumber({number})"):
             try:
                 block = await self._w3.eth.get_block(number, full_transactions=False)

@@ -174,31 +174,31 @@ class Erc20Adapter(ChainAdapter):
     async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
         """``Transfer`` logs of the token to ``watched`` in blocks ``cursor..head`` (at most 500).
 
-        ``cursor`` as for ETH (:meth:`EvmAdapter.scan`): the next block to read, ``None`` on the
-        first scan (``head - confirmations - 2``). Each log's block hash is checked against the
-        receipt of its transaction: a log whose transaction is no longer in that block (a reorg
-        under the scan) makes the scan restart ``confirmations`` blocks lower, like ETH's.
+        ``cursor`` as for ETH (:meth:`EvmAdapter.scan`): ``"<next block>:<hash below it>"``, a
+        replaced block below it making the scan step back; ``None`` on the first scan
+        (``head - confirmations - 2``). Each log's block hash is checked against the receipt
+        of its transaction: a log whose transaction is no longer in that block (a reorg under
+        the scan) makes the scan restart ``confirmations`` blocks lower, like ETH's.
         Logs flagged ``removed`` are skipped. Transfers of value 0 are ignored.
 
         Raises:
-            ValueError: ``cursor`` is not a decimal block number.
+            ValueError: ``cursor`` is neither ``"<number>"`` nor ``"<number>:<0x hash>"``.
             ChainError: the node failed.
         """
         head = int(await self.evm._head())
         if cursor is None:
-            start = max(0, head - self.confirmations_required - FIRST_SCAN_SLACK)
+            start, parent = max(0, head - self.confirmations_required - FIRST_SCAN_SLACK), None
         else:
-            if not cursor.isdigit():
-                raise ValueError(f"an EVM scan cursor is a decimal block number, got {cursor!r}")
-            start = int(cursor)
-            if start > head + 1:
-                start = max(0, head + 1 - self.confirmations_required)
+            start, parent = await self.evm.scan_start(cursor, head)
         if start > head:
-            return ScanResult((), str(start), tip=head, scanned=start - 1)
+            return ScanResult((), self.evm.scan_cursor(start, parent), tip=head, scanned=start - 1)
         end = min(head, start + MAX_BLOCKS_PER_SCAN - 1)
         wanted = sorted({_topic_address(a) for a in watched})
         if not wanted:
             return ScanResult((), str(end + 1), tip=head, scanned=end)
+        # Read before the logs: if the chain changes in between, the next scan sees a hash that
+        # no longer matches and reads the new branch again (the other order could miss it).
+        end_hash = await self.evm.block_hash(end)
         logs = await self.evm.logs(
             address=self.contract, topics=[TRANSFER_TOPIC, None, wanted], from_block=start, to_block=end
         )
@@ -218,7 +218,7 @@ class Erc20Adapter(ChainAdapter):
             transfer = self._transfer_of(entry, receipt, head)
             if transfer is not None:
                 transfers.append(transfer)
-        return ScanResult(tuple(transfers), str(end + 1), tip=head, scanned=end)
+        return ScanResult(tuple(transfers), self.evm.scan_cursor(end + 1, end_hash), tip=head, scanned=end)
 
     def _transfer_of(self, entry: Any, receipt: TxReceipt, head: int) -> Transfer | None:
         """The deposit a ``Transfer`` log records (``None`` for a zero value)."""
