@@ -2,8 +2,9 @@
 node (web3.py runs one module-testing suite against every backend the same way).
 
 The nodes are the session's (``anvil``, ``bcoin``); the Jobcoin ledger is served per test on the
-test's fresh database. A param is one entry of :data:`HARNESSES`: the fixtures it needs and a
-builder; a builder that returns a reason instead of a harness makes the param skip with it.
+test's fresh database, and the ERC-20 param deploys an OpenZeppelin token per test. A param is
+one entry of :data:`HARNESSES`: the fixtures it needs and a builder; a builder that returns a
+reason instead of a harness makes the param skip with it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.adapter_contract.harnesses import BitcoinHarness, ChainHarness, EvmHarness, JobcoinHarness
+from tests.adapter_contract.harnesses import BitcoinHarness, ChainHarness, Erc20Harness, EvmHarness, JobcoinHarness
 from tests.e2e import local_ledger
+from tests.test_token_adapter import deploy_token
 
 Builder = Callable[[dict[str, Any], AsyncExitStack], Awaitable[ChainHarness | str]]
 
@@ -29,10 +31,9 @@ async def _evm(deps: dict[str, Any], stack: AsyncExitStack) -> ChainHarness:
     return EvmHarness(deps["anvil"], deps["evm_keyring"])
 
 
-async def _erc20(deps: dict[str, Any], stack: AsyncExitStack) -> ChainHarness | str:
-    # Helper "token" is writing mixhouse/chains/evm/token.py (issue 8 part 6): once it lands,
-    # an Erc20Harness (harnesses.py, beside EvmHarness) is built here.
-    return "no ERC-20 adapter yet: mixhouse/chains/evm/token.py has not landed (add an Erc20Harness)"
+async def _erc20(deps: dict[str, Any], stack: AsyncExitStack) -> ChainHarness:
+    world = await deploy_token(deps["anvil"], deps["evm_adapter"], "oz")
+    return Erc20Harness(deps["anvil"], deps["evm_keyring"], world)
 
 
 async def _bitcoin(deps: dict[str, Any], stack: AsyncExitStack) -> ChainHarness:
@@ -43,7 +44,7 @@ async def _bitcoin(deps: dict[str, Any], stack: AsyncExitStack) -> ChainHarness:
 HARNESSES: dict[str, tuple[tuple[str, ...], Builder]] = {
     "jobcoin": (("engine",), _jobcoin),
     "evm": (("anvil", "evm_keyring"), _evm),
-    "erc20": ((), _erc20),
+    "erc20": (("anvil", "evm_keyring", "evm_adapter"), _erc20),
     "bitcoin": (("bcoin", "btc_keyring"), _bitcoin),
 }
 

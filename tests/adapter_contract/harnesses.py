@@ -26,6 +26,7 @@ from mixhouse.chains.base import ChainAdapter, PoolCoin, PreparedSend, SendCheck
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm import EvmAdapter
+from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.keys.bip84 import Bip84Keyring
@@ -286,10 +287,58 @@ class EvmHarness(ChainHarness):
 
 
 # -- ERC-20: anvil + a token contract --------------------------------------------------------
-# The place for helper "token"'s adapter (mixhouse/chains/evm/token.py, issue 8 part 6): a
-# harness like EvmHarness whose fund() mints or transfers tokens and whose payment() funds
-# the source with tokens (and the pool with the gas, as the adapter decides), then one entry
-# in conftest.HARNESSES. Until then conftest lists "erc20" as a param that skips, saying so.
+
+
+class _OwningErc20(Erc20Adapter):
+    """An :class:`Erc20Adapter` that closes its own :class:`EvmAdapter` (the harness makes one
+    per URL; in the app the chain's ETH adapter is shared and closed by its owner)."""
+
+    async def aclose(self) -> None:
+        await self.evm.aclose()
+
+
+class Erc20Harness(EvmHarness):
+    """:class:`Erc20Adapter` on the session's anvil, on a freshly deployed OpenZeppelin ERC-20
+    (``tests/test_token_adapter.py``'s deployer) under a fresh asset code, 3 confirmations.
+
+    Funding is a token transfer from the payer who holds the minted supply; a payment's source
+    gets the tokens and ETH for its gas (a deposit address has none of its own).
+    """
+
+    name = "erc20"
+    amount = 12_345_678
+
+    def __init__(self, anvil: Anvil, keyring: HdKeyring, world: Any) -> None:
+        # Not EvmHarness.__init__: it would open an ETH adapter of its own, never used.
+        self.anvil = anvil
+        self.keyring = keyring
+        self.world = world
+        self.node_url = anvil.rpc_url
+        self.adapter = self.adapter_at(anvil.rpc_url, timeout=10.0)
+
+    def adapter_at(self, url: str, *, timeout: float) -> ChainAdapter:
+        evm = super().adapter_at(url, timeout=timeout)
+        assert isinstance(evm, EvmAdapter)
+        token: Erc20Adapter = self.world.token
+        return _OwningErc20(evm, asset=token.asset, contract=token.contract, network_fee=token.network_fee)
+
+    async def fund(self, address: str, amount: int) -> None:
+        await self.world.pay(address, amount)
+
+    async def payment(self, to_address: str, amount: int, *, funded: bool) -> PreparedSend:
+        index = self.fresh_index()
+        source = self.adapter.deposit_address(index)
+        await self.anvil.fund(source, 10**16)  # its gas, whether or not it has the tokens
+        if funded:
+            await self.fund(source, amount)
+        return await self.adapter.prepare_send(
+            from_address=source,
+            from_key_index=index,
+            to_address=to_address,
+            amount=amount,
+            fee=await self.adapter.quote_network_fee(),
+            nonce=await self.adapter.next_nonce(source),
+        )
 
 
 # -- Bitcoin: bcoin regtest ------------------------------------------------------------------

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from mixhouse.chains.base import Transfer
 from mixhouse.errors import BroadcastRejected, ChainError, SendOutcomeUnknown
 from tests.adapter_contract.harnesses import ChainHarness, closed_port_url
+from tests.adapter_contract.test_scan import scan_to_tip, tip_cursor
 
 
 async def test_an_unreachable_node_is_a_chain_error(chain: ChainHarness) -> None:
     receiver = chain.fresh_address()
-    prepared = await chain.payment(receiver, chain.amount, funded=False)
+    start = await tip_cursor(chain)
+    await chain.fund(receiver, chain.amount)
+    [deposit], _ = await scan_to_tip(chain, [receiver], start)
+    prepared = await chain.payment(chain.fresh_address(), chain.amount, funded=True)
     down = chain.adapter_at(closed_port_url(chain.node_url), timeout=2.0)
     try:
         with pytest.raises(ChainError) as caught:
@@ -23,19 +26,10 @@ async def test_an_unreachable_node_is_a_chain_error(chain: ChainHarness) -> None
         with pytest.raises(ChainError):
             await down.balance(receiver)
         with pytest.raises(ChainError):
-            await down.scan([receiver], None)
+            await down.scan([receiver], start)
         with pytest.raises(ChainError):
-            await down.transfer_confirmations(_transfer_like(chain, prepared.txid, receiver))
+            await down.transfer_confirmations(deposit)
     finally:
         await down.aclose()
-
-
-def _transfer_like(chain: ChainHarness, txid: str | None, receiver: str) -> Transfer:
-    """A transfer of the shape this chain's refs have (its confirmations are asked of the node)."""
-    if txid is None:
-        ref = f"{receiver}#0"  # Jobcoin: the receiver's first incoming transfer
-    elif chain.name == "bitcoin":
-        ref = f"{txid}:0"
-    else:
-        ref = txid
-    return Transfer(receiver, (), chain.amount, ref, None, 0)
+    # Nothing left: the send is still not on chain, and may be broadcast for the first time.
+    assert (await chain.adapter.check_send(prepared, earlier_sends=0)).confirmations == 0
