@@ -5,12 +5,16 @@ has the chain's required confirmations it is screened and, in the same transacti
 (a sanctions match), held (outside the mix's limits), or accepted: moved to ``sweeping`` with
 its sweep into the pool scheduled. A deposit that vanishes before it confirms (a reorg) goes
 to ``dropped`` and comes back to ``seen`` if it reappears.
+
+Native ETH is scanned through the scanning engine (:mod:`mixhouse.watch`: one block reader and
+one reorg policy with wallet sync); the other chains still through their adapter's ``scan``.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+import httpx
 import psycopg
 import structlog
 from sqlalchemy import Row, select, text
@@ -19,7 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import FeeQuote, Transfer, UtxoChainAdapter, outpoint_of
+from mixhouse.chains.base import FeeQuote, ScanResult, Transfer, UtxoChainAdapter, outpoint_of
+from mixhouse.chains.evm.adapter import FIRST_SCAN_SLACK, MAX_BLOCKS_PER_SCAN, EvmAdapter
 from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
 from mixhouse.errors import IllegalTransition, MixhouseError
 from mixhouse.jobs import send_job
@@ -31,6 +36,9 @@ from mixhouse.mixer.screening import normalize_for_screening
 from mixhouse.mixer.states import DEPOSIT_TRANSITIONS, DepositState, now, transition
 from mixhouse.money import Asset, asset_info, asset_lock_key
 from mixhouse.unit import Unit, unit
+from mixhouse.watch.deposits import EvmDeposits
+from mixhouse.watch.engine import ChainWatch
+from mixhouse.watch.evm import EvmBlocks
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +82,10 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
     if not mix_by_address and not utxo_chain:
         return 0
     watched = list(mix_by_address) + ([adapter.pool_address] if utxo_chain else [])
-    result = await adapter.scan(watched, cursor)
+    if type(adapter) is EvmAdapter:
+        result = await _scan_on_engine(rt, asset, adapter, watched, cursor)
+    else:
+        result = await adapter.scan(watched, cursor)
     if utxo_chain:
         await record_pool_topups(rt, asset, [t for t in result.transfers if t.to_address == adapter.pool_address])
         await advance_pool_coins(rt, asset)
@@ -131,6 +142,42 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
             )
     await advance_seen_deposits(rt, asset, seen_now)
     return new
+
+
+async def _scan_on_engine(
+    rt: Runtime, asset: Asset, adapter: EvmAdapter, watched: list[str], cursor: str | None
+) -> ScanResult:
+    """The scan of native ETH through the scanning engine (:mod:`mixhouse.watch`): the blocks
+    after the cursor, read once by :class:`ChainWatch` with the one reorg policy
+    (``MIXHOUSE_REORG_MAX_DEPTH``, its block window in PostgreSQL) and matched by
+    :class:`EvmDeposits`; transfers and heights as :meth:`EvmAdapter.scan` reports them.
+
+    The cursor is the engine's position ``"<height>:<hash>"``; a cursor of the adapter's own
+    format (the next block number, stored before) or none (first scan: from ``head -
+    confirmations - 2``, as the adapter starts) becomes the position of the block below.
+
+    Raises:
+        ReorgTooDeep, WatcherStopped: a reorg deeper than the policy stopped ETH deposit
+            watching (audited, alerted); the scan job fails until the operator resumes it.
+        ChainError: the node failed.
+    """
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        reader = EvmBlocks(rt.settings.evm_rpc_url, client=client)
+        position = cursor
+        if cursor is None or ":" not in cursor:
+            tip = await reader.tip()
+            if cursor is None:
+                start = max(0, tip - adapter.confirmations_required - FIRST_SCAN_SLACK)
+            elif cursor.isdigit():
+                start = min(int(cursor), tip + 1)
+            else:
+                raise ValueError(f"an ETH scan cursor is '<height>:<hash>' or a block number, got {cursor!r}")
+            below = await reader.hash_at(start - 1) if start > 0 else None
+            position = None if below is None else f"{start - 1}:{below}"
+        watch = ChainWatch(reader, max_depth=rt.settings.reorg_max_depth, engine=rt.engine)
+        matcher = EvmDeposits(reader, watched)
+        read = await watch.advance(f"deposits:{asset}", position, [matcher], max_blocks=MAX_BLOCKS_PER_SCAN)
+    return ScanResult(matcher.transfers(read.tip), read.position, tip=read.tip, scanned=read.last_height)
 
 
 async def watched_mixes(conn: AsyncConnection, asset: Asset) -> dict[str, str]:
