@@ -45,7 +45,7 @@ from mixhouse.unit import Unit, unit
 from mixhouse.watch.bitcoin import BitcoinBlocks
 from mixhouse.watch.deposits import BitcoinDeposits, EvmDeposits
 from mixhouse.watch.engine import ChainWatch
-from mixhouse.watch.evm import EvmBlocks
+from mixhouse.watch.evm import TLS, EvmBlocks
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +182,7 @@ async def _scan_on_engine(
             reader, matcher = BitcoinBlocks(rpc), BitcoinDeposits(adapter.network, watched)
             slack, prefix, most = BTC_FIRST_SCAN_SLACK, "@", BTC_MAX_BLOCKS_PER_SCAN
         else:
-            client = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
+            client = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0, verify=TLS))
             reader = EvmBlocks(s.evm_rpc_url, client=client)
             matcher = EvmDeposits(reader, watched)
             slack, prefix, most = FIRST_SCAN_SLACK, "", MAX_BLOCKS_PER_SCAN
