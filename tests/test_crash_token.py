@@ -120,16 +120,16 @@ async def test_worker_killed_while_token_mixes_are_in_flight_pays_each_payout_on
     since = await anvil.block_number()
     Account.enable_unaudited_hdwallet_features()
     _, mnemonic = Account.create_with_mnemonic()
-    settings = token_settings(database_url, anvil, mnemonic, world, "USDT")
+    settings = token_settings(database_url, anvil, mnemonic, world, "USDTK")
     rt = build_runtime(settings, database_url)
-    token = rt.adapter("USDT")
+    token = rt.adapter("USDTK")
     assert isinstance(token, Erc20Adapter)
     try:
         await anvil.fund(token.pool_address, ETHER)
         mixes: list[dict[str, Any]] = []
         for i in range(MIXES):
             addresses = [token.normalize_address("0x" + f"{rnd.getrandbits(160):040x}") for _ in range(1 + i % 3)]
-            mixes.append(await create_mix(rt, MixRequest("USDT", addresses, 0, 20)))
+            mixes.append(await create_mix(rt, MixRequest("USDTK", addresses, 0, 20)))
         env = _worker_env(settings, mnemonic)
         kills = int(os.environ.get("MIXHOUSE_CRASH_KILLS", "12"))
         hit_in_flight = 0
@@ -139,7 +139,7 @@ async def test_worker_killed_while_token_mixes_are_in_flight_pays_each_payout_on
             proc = start_worker(env)
             for _ in range(300):
                 async with engine.connect() as conn:
-                    if (await conn.execute(select(chain_cursors).where(chain_cursors.c.asset == "USDT"))).first():
+                    if (await conn.execute(select(chain_cursors).where(chain_cursors.c.asset == "USDTK"))).first():
                         break
                 await asyncio.sleep(0.1)
             for i, mix in enumerate(mixes):
@@ -205,7 +205,7 @@ async def test_worker_killed_while_token_mixes_are_in_flight_pays_each_payout_on
             for address in mix["withdrawal_addresses"]:
                 assert await token.balance(address) == said[address] > 0
         assert all(d.network_fee_amount >= NETWORK_FEE for d in deps)
-        result = await reconcile(rt, Asset("USDT"))
+        result = await reconcile(rt, Asset("USDTK"))
         assert result.ok, result.detail()
     finally:
         await rt.aclose()

@@ -24,6 +24,7 @@ from mixhouse.db.tables import audit_log, sends
 from mixhouse.mixer.gas import gas_spent
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.tasks import requeue_orphan_sends
 from mixhouse.money import Asset
 from mixhouse.servers import background
@@ -42,7 +43,8 @@ async def _keep_mining(anvil: Anvil) -> None:
 
 
 def token_settings(database_url: str, anvil: Anvil, mnemonic: str, world: World, symbol: str, **overrides: Any) -> Any:
-    """``anvil_settings`` with the world's token configured as ``symbol``."""
+    """``anvil_settings`` with the world's token configured as ``symbol`` (a symbol per test: a
+    process knows each asset with one contract, and every test deploys its own)."""
     token = {
         "symbol": symbol,
         "contract": world.token.contract,
@@ -126,12 +128,12 @@ async def test_a_deposit_address_usdt_blacklists_is_held_not_retried(
     world = await deploy_token(anvil, evm_adapter, "usdt")
     Account.enable_unaudited_hdwallet_features()
     _, mnemonic = Account.create_with_mnemonic()
-    rt = build_runtime(token_settings(database_url, anvil, mnemonic, world, "USDT"), database_url)
-    token = rt.adapter("USDT")
+    rt = build_runtime(token_settings(database_url, anvil, mnemonic, world, "USDTB"), database_url)
+    token = rt.adapter("USDTB")
     assert isinstance(token, Erc20Adapter)
     try:
         await anvil.fund(token.pool_address, ETHER)
-        mix = await create_mix(rt, MixRequest("USDT", [evm_adapter.key_address("m/44'/60'/9'/0/7")], 0, 3))
+        mix = await create_mix(rt, MixRequest("USDTB", [evm_adapter.key_address("m/44'/60'/9'/0/7")], 0, 3))
         await world.pay(mix["deposit_address"], 100 * USDT)
         await world.owner("addBlackList(address)", ["address"], [mix["deposit_address"]])
         tank = await token.gas_balance(token.pool_address)
@@ -160,6 +162,50 @@ async def test_a_deposit_address_usdt_blacklists_is_held_not_retried(
         # Nothing left the pool for it: no gas top-up for a sweep that cannot succeed.
         assert await token.gas_balance(token.pool_address) == tank
         assert await token.balance(mix["deposit_address"]) == 100 * USDT
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
+
+
+async def _blocked(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return len((await conn.execute(select(audit_log.c.id).where(audit_log.c.action == "send.blocked"))).all())
+
+
+async def test_a_pool_usdt_blacklists_holds_its_payouts_once(
+    database_url: str, engine: AsyncEngine, anvil: Anvil, evm_adapter: EvmAdapter
+) -> None:
+    world = await deploy_token(anvil, evm_adapter, "usdt")
+    Account.enable_unaudited_hdwallet_features()
+    _, mnemonic = Account.create_with_mnemonic()
+    rt = build_runtime(token_settings(database_url, anvil, mnemonic, world, "USDTP"), database_url)
+    token = rt.adapter("USDTP")
+    assert isinstance(token, Erc20Adapter)
+    payees = [evm_adapter.key_address(f"m/44'/60'/9'/1/{i}") for i in range(2)]
+    try:
+        await anvil.fund(token.pool_address, ETHER)
+        # USDT checks only the sender: the sweep into a blacklisted pool lands, its payouts cannot.
+        await world.owner("addBlackList(address)", ["address"], [token.pool_address])
+        mix = await create_mix(rt, MixRequest("USDTP", payees, 0, 0))
+        await world.pay(mix["deposit_address"], 100 * USDT)
+        async with background(_keep_mining(anvil)), background(run_worker(rt, database_url, concurrency=4)):
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                view = await get_mix(rt, mix["id"])
+                payouts = [s for s in view["sends"] if s["kind"] == "payout"]
+                if payouts and await _blocked(engine) == len(payouts):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, view
+                await asyncio.sleep(0.2)
+        # Later rounds neither sign them nor report them again.
+        await run_round(rt, Asset("USDTP"))
+        await run_round(rt, Asset("USDTP"))
+        assert await _blocked(engine) == len(payouts)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(sends).where(sends.c.kind == "payout"))).all()
+        assert all(r.state == "scheduled" and str(r.last_error).startswith("blocked:") for r in rows)
+        assert [await token.balance(p) for p in payees] == [0, 0]
+        assert await token.balance(token.pool_address) == 100 * USDT
     finally:
         await rt.aclose()
         await rt.engine.dispose()

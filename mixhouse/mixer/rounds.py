@@ -35,11 +35,12 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from sqlalchemy import Row, Text, any_, cast, func, select, text, true
+from sqlalchemy import Row, Text, any_, cast, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 
 from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, UtxoChainAdapter
+from mixhouse.chains.evm.token import TokenBlacklisted
 from mixhouse.db.tables import sends
 from mixhouse.errors import BroadcastRejected, ChainError, IllegalTransition, MixhouseError, SendOutcomeUnknown
 from mixhouse.jobs import send_job
@@ -298,6 +299,8 @@ async def _sign_batch(rt: Runtime, adapter: ChainAdapter, asset: Asset, *, kind:
         # Sweeps are not gated; payouts leave once the gate released them.
         sends.c.released_at.is_not(None) if kind == "payout" else true(),
         sends.c.due_at <= moment,
+        # Held for the operator: the token blacklists the sender (mixer/sends.py _hold_blacklisted).
+        or_(sends.c.last_error.is_(None), sends.c.last_error.not_like("blocked:%")),
     ]
     # The first due send of each key: a batch of the first N due rows would hold several pieces
     # for one recipient, all but one of which must wait, and fill the batch with them.
@@ -352,6 +355,16 @@ async def _sign_batch(rt: Runtime, adapter: ChainAdapter, asset: Asset, *, kind:
             try:
                 async with work.conn.begin_nested():
                     signed.append(await sign_account_send(one, adapter, row, batch=True))
+            except TokenBlacklisted as exc:
+                # The token refuses the pool: no payout of it can succeed; reported once, held.
+                log.exception(
+                    "token blacklisted the pool; payout held for the operator", send_id=row.id, asset=row.asset
+                )
+                await work.conn.execute(
+                    sends.update().where(sends.c.id == row.id).values(last_error=f"blocked: {exc}"[:500])
+                )
+                work.audit(send_entry("send.blocked", row, reason="token blacklist"))
+                continue
             except (MixhouseError, IntegrityError):
                 log.exception("send not signed in this batch", send_id=row.id, kind=kind)
                 continue
