@@ -91,7 +91,9 @@ bench: install $(WRK)
 # The Solidity contracts (contracts/HTLC.sol, tests/data/contracts/TestTokens.sol and OzToken.sol,
 # the latter importing npm @openzeppelin/contracts from node_modules) compiled offline
 # by npm solc 0.8.28 into the ABI + bytecode JSON the package and the tests load; committed, and
-# tests/test_htlc_evm.py checks they are what the sources compile to.
+# tests/test_htlc_evm.py checks they are what the sources compile to. contracts/TetherToken.sol
+# (USDT's verified mainnet source, contracts/SOURCE.md) is compiled by npm solc-0.4 (solc 0.4.18,
+# package.json); tests/test_token_adapter.py checks its artifact.
 contracts: $(NODE_STAMP)
 	node contracts/compile.js
 
