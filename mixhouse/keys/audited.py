@@ -39,14 +39,16 @@ _ROLES = (
     (re.compile(r"m/44'/60'/0'/0/\d+"), "evm-deposit"),
     (re.compile(r"m/44'/60'/1'/0/\d+"), "evm-pool"),
     (re.compile(r"m/84'/\d+'/0'/0/\d+"), "btc-deposit"),
-    (re.compile(r"m/84'/\d+'/0'/1/\d+"), "btc-pool"),
+    # Any account: pool generation g is account g's change chain (key rotation, keys/bip84).
+    (re.compile(r"m/84'/\d+'/\d+'/1/\d+"), "btc-pool"),
 )
 
 
 def key_role(key_ref: str) -> str:
     """The role of a key from its reference (BIP-32 path): ``"evm-deposit"``
     (``m/44'/60'/0'/0/i``), ``"evm-pool"`` (``m/44'/60'/1'/0/j``), ``"btc-deposit"`` (BIP-84
-    receive chain), ``"btc-pool"`` (BIP-84 change chain: pool and change coins), else ``"other"``."""
+    receive chain), ``"btc-pool"`` (BIP-84 change chain of any account: pool and change coins of every pool
+    generation), else ``"other"``."""
     for pattern, role in _ROLES:
         if pattern.fullmatch(key_ref):
             return role
@@ -212,22 +214,27 @@ class RetiredKeyGuard:
         inner: the signer holding the keys (an ``AuditedSigner`` goes inside or outside: a
             refused signature is never made, so never audited).
         retired: key references refused (:func:`mixhouse.mixer.pool_rotation.retired_key_refs`); :meth:`set_retired`
-            replaces them when a generation retires.
+            replaces them when a generation retires. A reference ending in ``/`` is a prefix:
+            every key under it is refused (a Bitcoin pool generation is a whole BIP-32 chain,
+            ``m/84'/c'/g'/1/``, its keys unbounded; :func:`mixhouse.keys.bip84.generation_key_prefix`).
     """
 
-    __slots__ = ("_retired", "inner", "kind")
+    __slots__ = ("_prefixes", "_retired", "inner", "kind")
 
     def __init__(self, inner: Signer, retired: frozenset[str] = frozenset()) -> None:
         self.inner = inner
         self.kind = inner.kind
-        self._retired = retired
+        self._retired: frozenset[str] = frozenset()
+        self._prefixes: tuple[str, ...] = ()
+        self.set_retired(retired)
 
     def __repr__(self) -> str:
         return f"<RetiredKeyGuard of {self.inner!r}, {len(self._retired)} retired>"
 
     def set_retired(self, retired: frozenset[str]) -> None:
-        """Refuse exactly ``retired`` from now on."""
+        """Refuse exactly ``retired`` from now on (a reference ending in ``/``: every key under it)."""
         self._retired = retired
+        self._prefixes = tuple(sorted(ref for ref in retired if ref.endswith("/")))
 
     def public_key(self, key_ref: str) -> bytes:
         """``inner.public_key``: a public key is no use of the private key (a retired
@@ -241,7 +248,7 @@ class RetiredKeyGuard:
             KeyRetired: ``key_ref`` belongs to a retired generation.
             SignerError, ValueError: as ``inner``.
         """
-        if key_ref in self._retired:
+        if key_ref in self._retired or key_ref.startswith(self._prefixes):
             raise KeyRetired(f"key {key_ref} is retired")
         return self.inner.sign_digest(key_ref, digest, low_r=low_r)
 

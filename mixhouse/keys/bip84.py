@@ -8,6 +8,12 @@ Layout (BIP-84 on top of BIP-32/BIP-44; coin type from SLIP-44):
   external (receive) chain and 1 for the internal (change) chain;
 * address: P2WPKH, ``bech32(hrp, 0, HASH160(compressed pubkey))`` (BIP-141, BIP-173).
 
+Pool key generations (issue 12, key rotation): generation ``g`` of the Bitcoin pool is the
+change chain of BIP-84 account ``g``, ``m/84'/{coin}'/{g}'/1/i`` (generation 0 is today's
+``m/84'/{coin}'/0'/1/i``). A stored coin names its chain by one integer, ``key_chain = 2 *
+account + change`` (:func:`coin_key_path`), so account 0 keeps its 0 (deposit) and 1 (pool and
+change) and generation ``g``'s coins are ``2g + 1`` (:func:`pool_key_chain`): no migration.
+
 The BIP-39 seed (PBKDF2-HMAC-SHA512, 2048 rounds) and the account key are computed once per
 :class:`Bip84Keyring`; each chain key and each leaf key is then derived once and cached.
 All BIP-32 / BIP-39 arithmetic is embit's (``embit.bip39``, ``embit.bip32``).
@@ -53,6 +59,71 @@ def key_path(network: str, change: int, index: int) -> str:
     return f"m/{BIP84_PURPOSE}'/{get_network(network).bip84_coin_type}'/{ACCOUNT}'/{change}/{index}"
 
 
+def account_key_path(network: str, account: int, change: int, index: int) -> str:
+    """The BIP-32 path of key ``(change, index)`` of BIP-84 account ``account``:
+    ``m/84'/{coin}'/{account}'/{change}/{index}``.
+
+    Raises:
+        ValueError: ``account`` outside ``[0, 2**31)``, ``change`` not 0 or 1, ``index`` outside
+            ``[0, 2**31)``.
+        ConfigError: unknown network.
+    """
+    _check_index(account)
+    _check_change(change)
+    _check_index(index)
+    return f"m/{BIP84_PURPOSE}'/{get_network(network).bip84_coin_type}'/{account}'/{change}/{index}"
+
+
+def pool_key_chain(generation: int) -> int:
+    """The stored ``key_chain`` of pool generation ``generation``'s keys (``2g + 1``: the change
+    chain of account ``g``; generation 0 is ``1``).
+
+    Raises:
+        ValueError: ``generation`` outside ``[0, 2**31)``.
+    """
+    _check_index(generation)
+    return 2 * generation + 1
+
+
+def generation_of_key_chain(key_chain: int) -> int | None:
+    """The pool generation whose keys a stored ``key_chain`` names, or ``None`` for a receive
+    chain (even: deposit keys, owned by mixes, not pool-generation keys).
+
+    Raises:
+        ValueError: a negative ``key_chain``.
+    """
+    if isinstance(key_chain, bool) or not isinstance(key_chain, int) or key_chain < 0:
+        raise ValueError(f"key_chain must be an int >= 0, got {key_chain!r}")
+    return key_chain // 2 if key_chain % 2 else None
+
+
+def coin_key_path(network: str, key_chain: int, index: int) -> str:
+    """The BIP-32 path of a stored coin's key: ``key_chain = 2 * account + change`` (0 and 1 are
+    account 0's receive and change chains, exactly :func:`key_path`).
+
+    Raises:
+        ValueError: a negative ``key_chain``, an account or index outside ``[0, 2**31)``.
+        ConfigError: unknown network.
+    """
+    if isinstance(key_chain, bool) or not isinstance(key_chain, int) or key_chain < 0:
+        raise ValueError(f"key_chain must be an int >= 0, got {key_chain!r}")
+    account, change = divmod(key_chain, 2)
+    return account_key_path(network, account, change, index)
+
+
+def generation_key_prefix(network: str, generation: int) -> str:
+    """The path prefix every key of pool generation ``generation`` starts with,
+    ``m/84'/{coin}'/{g}'/1/`` (the generation's key reference in ``pool_generations``; a
+    :class:`~mixhouse.keys.audited.RetiredKeyGuard` refuses by it, a generation's keys being
+    unbounded).
+
+    Raises:
+        ValueError: ``generation`` outside ``[0, 2**31)``.
+        ConfigError: unknown network.
+    """
+    return account_key_path(network, generation, 1, 0).removesuffix("0")
+
+
 def p2wpkh_address(public_key: bytes, network: str) -> str:
     """The P2WPKH address ``bech32(hrp, 0, HASH160(public_key))`` (BIP-141, BIP-173) of a
     33-byte compressed public key on ``network``.
@@ -85,7 +156,7 @@ class Bip84Keyring:
     ``repr`` never shows the mnemonic, the seed or a key.
     """
 
-    __slots__ = ("_account", "_chains", "_fingerprint", "_leaves", "_net", "_network", "_version")
+    __slots__ = ("_account", "_accounts", "_chains", "_fingerprint", "_leaves", "_net", "_network", "_root", "_version")
 
     def __init__(self, mnemonic: str, network: str, passphrase: str = "") -> None:
         self._network: Network = get_network(network)
@@ -104,9 +175,12 @@ class Bip84Keyring:
         self._fingerprint: bytes = bytes(root.my_fingerprint)
         coin = self._network.bip84_coin_type
         self._account: Any = root.derive([BIP84_PURPOSE + HARDENED, coin + HARDENED, ACCOUNT + HARDENED])
-        self._chains: dict[int, Any] = {}
-        # (change, index) -> (private key, compressed public key, address)
-        self._leaves: dict[tuple[int, int], tuple[bytes, bytes, str]] = {}
+        # Kept for the accounts of later pool generations (key rotation), derived on first use.
+        self._root: Any = root
+        self._accounts: dict[int, Any] = {ACCOUNT: self._account}
+        self._chains: dict[tuple[int, int], Any] = {}
+        # (account, change, index) -> (private key, compressed public key, address)
+        self._leaves: dict[tuple[int, int, int], tuple[bytes, bytes, str]] = {}
 
     def __repr__(self) -> str:
         return f"<Bip84Keyring {self._network.name} with {len(self._leaves)} derived keys>"
@@ -150,22 +224,54 @@ class Bip84Keyring:
         _check_index(index)
         return change, index
 
-    def _leaf(self, change: int, index: int) -> tuple[bytes, bytes, str]:
+    def split_any_path(self, path: str) -> tuple[int, int, int]:
+        """``(account, change, index)`` of a key path of any BIP-84 account of this keyring's
+        network, e.g. ``"m/84'/1'/2'/1/3"`` -> ``(2, 1, 3)`` (pool generation 2's key 3).
+
+        Raises:
+            ValueError: not such a path.
+        """
+        prefix = f"m/{BIP84_PURPOSE}'/{self._network.bip84_coin_type}'/"
+        parts = path[len(prefix) :].split("/") if path.startswith(prefix) else []
+        if len(parts) != 3 or not parts[0].endswith("'") or not all(p.isdigit() for p in (parts[0][:-1], *parts[1:])):
+            raise ValueError(f"{path!r} is not a BIP-84 key path of {prefix}")
+        account, change, index = int(parts[0][:-1]), int(parts[1]), int(parts[2])
+        _check_index(account)
+        _check_change(change)
+        _check_index(index)
+        return account, change, index
+
+    def private_key_at(self, path: str) -> bytes:
+        """The 32-byte private key of a key path of any account (:meth:`split_any_path`).
+
+        Raises:
+            ValueError: as :meth:`split_any_path`.
+        """
+        account, change, index = self.split_any_path(path)
+        return self._leaf(change, index, account=account)[0]
+
+    def _leaf(self, change: int, index: int, *, account: int = ACCOUNT) -> tuple[bytes, bytes, str]:
         # Checked before the cache: True == 1 would otherwise find key (1, index).
         _check_change(change)
         _check_index(index)
-        leaf = self._leaves.get((change, index))
+        _check_index(account)
+        leaf = self._leaves.get((account, change, index))
         if leaf is None:
-            chain = self._chains.get(change)
+            chain = self._chains.get((account, change))
             if chain is None:
-                chain = self._account.child(change)
-                self._chains[change] = chain
+                base = self._accounts.get(account)
+                if base is None:
+                    coin = self._network.bip84_coin_type
+                    base = self._root.derive([BIP84_PURPOSE + HARDENED, coin + HARDENED, account + HARDENED])
+                    self._accounts[account] = base
+                chain = base.child(change)
+                self._chains[(account, change)] = chain
             key = chain.child(index)
             private = bytes(key.key.serialize())
             public = bytes(key.sec())
             address = bech32.encode(self._network.bech32_hrp, 0, hashes.hash160(public))
             leaf = (private, public, str(address))
-            self._leaves[(change, index)] = leaf
+            self._leaves[(account, change, index)] = leaf
         return leaf
 
     def private_key(self, change: int, index: int) -> bytes:

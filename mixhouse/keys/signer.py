@@ -226,8 +226,9 @@ class SoftwareSigner:
     @classmethod
     def for_bip84(cls, keyring: Bip84Keyring) -> SoftwareSigner:
         """Keys of a :class:`~mixhouse.keys.bip84.Bip84Keyring`; a key reference is the path
-        ``keyring.path(change, index)`` (``"m/84'/1'/0'/0/7"``)."""
-        return cls(lambda key_ref: keyring.private_key(*keyring.split_path(key_ref)))
+        ``keyring.path(change, index)`` (``"m/84'/1'/0'/0/7"``), or of any account
+        (``"m/84'/1'/2'/1/7"``: pool generation 2, key rotation)."""
+        return cls(keyring.private_key_at)
 
     @classmethod
     def from_keys(cls, keys: Mapping[str, bytes]) -> SoftwareSigner:
