@@ -17,7 +17,7 @@ from mixhouse.chains.bitcoin.coinselect import Coin, output_vbytes, select_coins
 from mixhouse.chains.bitcoin.networks import script_pubkey
 from mixhouse.chains.bitcoin.txbuild import sign_tx
 from mixhouse.errors import InvalidAmount
-from mixhouse.keys.bip84 import key_path, p2wpkh_address
+from mixhouse.keys.bip84 import coin_key_path, p2wpkh_address
 from mixhouse.keys.signer import Signer
 
 POOL_CHAIN = 1  # BIP-32 "change" level of pool keys (top-up address and change)
@@ -35,11 +35,13 @@ def build_pool_spend(
     max_fee: int,
     rng_seed: int,
     dust: int = 546,
+    change_chain: int = POOL_CHAIN,
 ) -> UtxoSpend:
     """Select, build and sign.
 
     Args:
-        signer: holds the key of every pool coin, by BIP-84 path (:func:`key_path`).
+        signer: holds the key of every pool coin, by BIP-84 path (:func:`coin_key_path` of its
+            ``key_chain``: any pool generation's coins sign).
         network: ``"mainnet"``, ``"testnet"``, ``"signet"`` or ``"regtest"``.
         coins: candidate pool coins.
         exclude_owner: the paying mix (its own deposit is never spent).
@@ -50,6 +52,9 @@ def build_pool_spend(
         rng_seed: seed of tie-breaking and output order (the send id: a retry of the same send
             signs the same transaction; a batch of several payouts passes a fresh secret seed).
         dust: smallest change worth an output, satoshi.
+        change_chain: stored ``key_chain`` of the change key (``2g + 1`` for pool generation
+            ``g``, :func:`mixhouse.keys.bip84.pool_key_chain`; 1 = generation 0); the
+            returned ``from_address`` is key 0 of that chain.
 
     Returns:
         The :class:`UtxoSpend` (signed raw transaction, txid, inputs, change output, fee).
@@ -79,10 +84,10 @@ def build_pool_spend(
     )
     chosen = [by_outpoint[(coin.txid, coin.vout)] for coin in selection.inputs]
     signing = [
-        (Coin(c.txid, c.vout, c.amount, c.address, c.owner), key_path(network, c.key_chain, c.key_index))
+        (Coin(c.txid, c.vout, c.amount, c.address, c.owner), coin_key_path(network, c.key_chain, c.key_index))
         for c in chosen
     ]
-    change_address = p2wpkh_address(signer.public_key(key_path(network, POOL_CHAIN, change_index)), network)
+    change_address = p2wpkh_address(signer.public_key(coin_key_path(network, change_chain, change_index)), network)
     outputs = list(payments)
     if selection.change:
         outputs.append((change_address, selection.change))
@@ -94,7 +99,7 @@ def build_pool_spend(
     first_address, first_amount = payments[0]
     return UtxoSpend(
         prepared=PreparedSend(
-            from_address=p2wpkh_address(signer.public_key(key_path(network, POOL_CHAIN, 0)), network),
+            from_address=p2wpkh_address(signer.public_key(coin_key_path(network, change_chain, 0)), network),
             to_address=first_address,
             amount=first_amount if len(payments) == 1 else sum(a for _, a in payments),
             network_fee_max=signed.fee,

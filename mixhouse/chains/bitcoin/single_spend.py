@@ -14,7 +14,7 @@ from mixhouse.chains.bitcoin.coinselect import Coin, dust_threshold, estimate_vs
 from mixhouse.chains.bitcoin.networks import script_pubkey
 from mixhouse.chains.bitcoin.txbuild import sign_tx
 from mixhouse.errors import InvalidAmount
-from mixhouse.keys.bip84 import key_path
+from mixhouse.keys.bip84 import coin_key_path
 from mixhouse.keys.signer import Signer
 
 
@@ -47,7 +47,7 @@ def build_single_spend(
         raise InvalidAmount(f"{amount_sat} satoshi is more than the coin's {coin.amount}")
     if amount_sat < dust_threshold(script_pubkey(to_address, network)):
         raise InvalidAmount(f"{amount_sat} satoshi to {to_address} is below the dust threshold")
-    key = key_path(network, coin.key_chain, coin.key_index)
+    key = coin_key_path(network, coin.key_chain, coin.key_index)  # any pool generation's coin
     signed = sign_tx(
         inputs=[(Coin(coin.txid, coin.vout, coin.amount, coin.address, coin.owner), key)],
         signer=signer,
