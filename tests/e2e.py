@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -112,6 +113,33 @@ async def unfinished_sends(engine: AsyncEngine) -> int:
                 await conn.execute(select(func.count()).select_from(sends).where(sends.c.state != "confirmed"))
             ).scalar_one()
         )
+
+
+def evm_worker_env(database_url: str, rpc_url: str, chain_id: int, mnemonic: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``mixhouse worker`` subprocess on an EVM node for the crash tests:
+    fast ticks and heartbeats, 3 confirmations, the release gate off (payouts fall due all
+    through the kills); ``extra`` adds or overrides ``MIXHOUSE_*`` variables."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "MIXHOUSE_DATABASE_URL": database_url,
+            "MIXHOUSE_JOBCOIN_ENABLED": "false",
+            "MIXHOUSE_EVM_ENABLED": "true",
+            "MIXHOUSE_EVM_RPC_URL": rpc_url,
+            "MIXHOUSE_EVM_CHAIN_ID": str(chain_id),
+            "MIXHOUSE_EVM_MNEMONIC": mnemonic,
+            "MIXHOUSE_EVM_CONFIRMATIONS": "3",
+            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
+            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
+            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
+            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
+            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
+            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
+            "MIXHOUSE_PRIVACY_GATE_K": "1",
+            **extra,
+        }
+    )
+    return env
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:

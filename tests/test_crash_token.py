@@ -33,7 +33,7 @@ from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
 from mixhouse.servers import background
-from tests.e2e import start_worker, unfinished_sends
+from tests.e2e import evm_worker_env, start_worker, unfinished_sends
 from tests.fixtures.anvil import Anvil
 from tests.test_e2e_token import NETWORK_FEE, token_settings
 from tests.test_token_adapter import USDT, deploy_token
@@ -49,27 +49,10 @@ async def _keep_mining(anvil: Anvil) -> None:
 
 
 def _worker_env(settings: Any, mnemonic: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "MIXHOUSE_DATABASE_URL": settings.database_url,
-            "MIXHOUSE_JOBCOIN_ENABLED": "false",
-            "MIXHOUSE_EVM_ENABLED": "true",
-            "MIXHOUSE_EVM_RPC_URL": settings.evm_rpc_url,
-            "MIXHOUSE_EVM_CHAIN_ID": str(settings.evm_chain_id),
-            "MIXHOUSE_EVM_MNEMONIC": mnemonic,
-            "MIXHOUSE_EVM_CONFIRMATIONS": "3",
-            "MIXHOUSE_EVM_TOKENS": json.dumps([t.model_dump() for t in settings.evm_tokens]),
-            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
-            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
-            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
-            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
-            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
-            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
-            "MIXHOUSE_PRIVACY_GATE_K": "1",
-        }
+    tokens = json.dumps([t.model_dump() for t in settings.evm_tokens])
+    return evm_worker_env(
+        settings.database_url, settings.evm_rpc_url, settings.evm_chain_id, mnemonic, MIXHOUSE_EVM_TOKENS=tokens
     )
-    return env
 
 
 async def _audit_count(engine: AsyncEngine) -> int:

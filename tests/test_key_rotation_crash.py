@@ -11,7 +11,6 @@ audit chain verifies.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import time
@@ -33,7 +32,7 @@ from mixhouse.mixer.pool_rotation import ensure_first_generation, rotate
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
 from mixhouse.servers import background
-from tests.e2e import fast_settings, start_worker
+from tests.e2e import evm_worker_env, fast_settings, start_worker
 from tests.fixtures.anvil import Anvil
 
 ETHER = 10**18
@@ -43,26 +42,7 @@ DEADLINE = 420.0  # seconds, for the whole run: a loaded 2-core machine
 
 
 def _worker_env(database_url: str, anvil: Anvil, mnemonic: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "MIXHOUSE_DATABASE_URL": database_url,
-            "MIXHOUSE_JOBCOIN_ENABLED": "false",
-            "MIXHOUSE_EVM_ENABLED": "true",
-            "MIXHOUSE_EVM_RPC_URL": anvil.rpc_url,
-            "MIXHOUSE_EVM_CHAIN_ID": str(anvil.chain_id),
-            "MIXHOUSE_EVM_MNEMONIC": mnemonic,
-            "MIXHOUSE_EVM_CONFIRMATIONS": "3",
-            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
-            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
-            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
-            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
-            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
-            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
-            "MIXHOUSE_PRIVACY_GATE_K": "1",
-        }
-    )
-    return env
+    return evm_worker_env(database_url, anvil.rpc_url, anvil.chain_id, mnemonic)
 
 
 async def _keep_mining(anvil: Anvil) -> None:
