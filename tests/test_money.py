@@ -194,16 +194,18 @@ def test_malformed_token_entries_are_refused(fields: dict[str, object]) -> None:
 
 
 def test_registering_conflicting_facts_is_refused() -> None:
-    register_assets(AssetRegistry([_usdt().info()]))
-    assert asset_info("USDT").decimals == 6
+    # The registry is per process: other tests register their own USDT (another contract), so
+    # this one uses a symbol of its own.
+    register_assets(AssetRegistry([_usdt(symbol="REGTESTUSD").info()]))
+    assert asset_info("REGTESTUSD").decimals == 6
     with pytest.raises(ConfigError):
-        register_assets(AssetRegistry([_usdt(decimals=18).info()]))
+        register_assets(AssetRegistry([_usdt(symbol="REGTESTUSD", decimals=18).info()]))
     with pytest.raises(InvalidInput):
         asset_info("NOPE")
     # Wallet history names a token by its contract: the same asset as the mixer's USDT.
     known = known_asset(USDT_MAINNET.lower())
     assert known is not None
-    assert known.asset == "USDT"
+    assert known.asset == "REGTESTUSD"
     assert known_asset("ETH") == asset_info("ETH")
     assert known_asset("0x6B175474E89094C44Da98b954EedeAC495271d0F") is None  # not configured
     assert known_asset("NOPE") is None
