@@ -99,7 +99,7 @@ def test_low_r_is_embit_signing_byte_for_byte(btc_keyring: Bip84Keyring) -> None
 
 def test_software_signer_refuses_unknown_refs_and_bad_digests(btc_keyring: Bip84Keyring) -> None:
     signer = SoftwareSigner.for_bip84(btc_keyring)
-    with pytest.raises(ValueError, match="not a key path"):
+    with pytest.raises(ValueError, match="is not a BIP-84 key path"):
         signer.public_key("m/44'/60'/0'/0/1")
     with pytest.raises(ValueError, match="32 bytes"):
         signer.sign_digest(key_path("regtest", 0, 0), b"\x00" * 31)
