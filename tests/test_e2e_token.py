@@ -21,9 +21,11 @@ from mixhouse.app.worker import run_worker
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.db.tables import audit_log, sends
+from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.gas import gas_spent
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.mixer.reconcile import reconcile
+from mixhouse.mixer.refunds import request_refund
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.tasks import requeue_orphan_sends
 from mixhouse.money import Asset
@@ -206,6 +208,70 @@ async def test_a_pool_usdt_blacklists_holds_its_payouts_once(
         assert all(r.state == "scheduled" and str(r.last_error).startswith("blocked:") for r in rows)
         assert [await token.balance(p) for p in payees] == [0, 0]
         assert await token.balance(token.pool_address) == 100 * USDT
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
+
+
+async def test_a_held_usdt_deposit_is_refunded_whole_with_the_pools_gas(
+    database_url: str, engine: AsyncEngine, anvil: Anvil, evm_adapter: EvmAdapter
+) -> None:
+    """A deposit below the minimum is held; its refund leaves from the deposit address, which has
+    no ETH: the pool tops it up with the refund's exact gas first (one ``gas`` send, its ETH line),
+    and the refund address receives every token sent."""
+    world = await deploy_token(anvil, evm_adapter, "usdt")
+    Account.enable_unaudited_hdwallet_features()
+    _, mnemonic = Account.create_with_mnemonic()
+    rt = build_runtime(token_settings(database_url, anvil, mnemonic, world, "USDTR"), database_url)
+    token = rt.adapter("USDTR")
+    assert isinstance(token, Erc20Adapter)
+    target = token.normalize_address("0x" + f"{random.Random(99).getrandbits(160):040x}")
+    try:
+        await anvil.fund(token.pool_address, ETHER)
+        tank_before = await token.gas_balance(token.pool_address)
+        mix = await create_mix(rt, MixRequest("USDTR", [evm_adapter.key_address("m/44'/60'/9'/2/0")], 0, 3))
+        held = 5 * USDT  # below min_deposit (10 USDT): held
+        await world.pay(mix["deposit_address"], held)
+
+        async def deposit_state() -> str | None:
+            await anvil.mine(1)
+            await scan_asset(rt, Asset("USDTR"))
+            deps = (await get_mix(rt, mix["id"]))["deposits"]
+            return deps[0]["state"] if deps else None
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while await deposit_state() != "held":
+            assert asyncio.get_running_loop().time() < deadline, await get_mix(rt, mix["id"])
+        dep = (await get_mix(rt, mix["id"]))["deposits"][0]
+        answer = await request_refund(rt, deposit_id=dep["id"], address=target, operator="test")
+        assert answer.created
+        assert answer.send["amount"] == held
+        assert answer.send["network_fee_reserved"] == 0
+        async with background(_keep_mining(anvil)), background(run_worker(rt, database_url, concurrency=4)):
+            deadline = asyncio.get_running_loop().time() + 60
+            while (await get_mix(rt, mix["id"]))["deposits"][0]["state"] != "refunded":
+                assert asyncio.get_running_loop().time() < deadline, await get_mix(rt, mix["id"])
+                await asyncio.sleep(0.2)
+        assert await token.balance(target) == held
+        assert await token.balance(mix["deposit_address"]) == 0
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(sends).where(sends.c.asset == "USDTR"))).all()
+        assert sorted(r.kind for r in rows) == ["gas", "refund"]
+        gas = next(r for r in rows if r.kind == "gas")
+        refund = next(r for r in rows if r.kind == "refund")
+        assert (gas.state, refund.state) == ("confirmed", "confirmed")
+        assert gas.to_address == mix["deposit_address"]
+        # Every wei the tank spent is the top-up and the top-up's own fee.
+        spent = await gas_spent(rt, "USDTR")
+        assert (spent.topups, spent.in_flight) == (gas.amount, 0)
+        assert tank_before - await token.gas_balance(token.pool_address) == spent.topups + spent.topup_fees
+        refund_gas = await token.gas_paid(refund.txid)
+        assert refund_gas is not None
+        assert await token.gas_balance(mix["deposit_address"]) == spent.topups - refund_gas
+        # The held deposit never entered the pool: its books are untouched.
+        result = await reconcile(rt, Asset("USDTR"))
+        assert result.ok, result.detail()
+        assert (result.books, result.actual) == (0, 0)
     finally:
         await rt.aclose()
         await rt.engine.dispose()

@@ -1,5 +1,8 @@
 """The gas of a token sweep: the pool sends a deposit address exactly the ETH its sweep needs.
 
+The refund of a held token deposit leaves from its deposit address too and is paid for the same
+way (one top-up per deposit: a held deposit is never swept).
+
 A token deposit address holds tokens and no ETH, so its sweep (signed first, its price fixed:
 :meth:`~mixhouse.chains.evm.token.Erc20Adapter.gas_needed`) is broadcast only once a gas
 top-up from the token pool has confirmed. The top-up is a ``sends`` row of kind ``gas``, of the
@@ -57,8 +60,9 @@ async def _gas_row(rt: Runtime, deposit_id: int) -> Row[Any] | None:
 
 
 async def sweep_gas_ready(rt: Runtime, adapter: Erc20Adapter, sweep: Row[Any]) -> bool:
-    """Advance the gas top-up of a signed token ``sweep``; ``True`` once the deposit address can
-    pay for the sweep (the top-up confirmed, or none was needed).
+    """Advance the gas top-up of a signed token ``sweep`` (or refund: any send from a deposit
+    address); ``True`` once the deposit address can pay for it (the top-up confirmed, or none
+    was needed).
 
     Raises:
         ChainError: the node failed (the caller's job retries).

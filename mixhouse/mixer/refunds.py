@@ -5,7 +5,9 @@ A held deposit (outside the mix's limits, see ``deposits._hold_reason``) was nev
 coins still sit at its deposit address (account chains) or as its own output (UTXO chains),
 never in the pool. A refund is a ``sends`` row of kind ``refund`` from there to an address the
 operator gives, for the deposit's amount minus the network fee (ETH gas; Bitcoin the miner fee
-of one input and one output, no change; Jobcoin none), and it goes ``scheduled -> signed -> broadcast ->
+of one input and one output, no change; Jobcoin none; an ERC-20 token none: the pool first sends
+the deposit address the refund's exact gas in ETH, as for a sweep, :mod:`mixhouse.mixer.gas`,
+and the user gets every token back), and it goes ``scheduled -> signed -> broadcast ->
 confirmed`` through the same job and the same exactly-once rules as every send
 (:mod:`mixhouse.mixer.sends`). The deposit moves ``held -> refunding`` with the send
 scheduled, its job enqueued and ``deposit.refund_requested`` audited, in one transaction; and
@@ -41,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import UtxoChainAdapter
+from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.db.tables import deposits, mixes, sends, utxos
 from mixhouse.errors import IllegalTransition, InvalidAddress, InvalidAmount, NotFound
 from mixhouse.jobs import send_job
@@ -114,6 +117,11 @@ async def request_refund(rt: Runtime, *, deposit_id: int, address: str, operator
         rate = await adapter.fee_rate()
         fee = adapter.single_spend_fee(target, rate)
         fee_detail = f"one input and one output at {rate} sat/vB"
+    elif isinstance(adapter, Erc20Adapter):
+        # The pool's gas tank pays the refund's gas in ETH (mixer/gas.py, its ETH line): a token
+        # fee taken here would stay behind at the deposit address, in no books. The user gets
+        # back every token they sent.
+        fee, fee_detail = 0, "none in tokens (the pool pays the gas in ETH)"
     else:
         quote = await adapter.quote_network_fee()
         fee, fee_detail = quote.per_send, quote.detail

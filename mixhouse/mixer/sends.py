@@ -111,8 +111,9 @@ async def execute_send(rt: Runtime, send_id: int) -> str:
         if signed is None:
             return SendState.SCHEDULED
         row, just_signed = signed, True
-    if row.state == SendState.SIGNED and row.kind == "sweep" and isinstance(adapter, Erc20Adapter):
-        # The deposit address has no ETH: the pool sends the sweep's exact gas first.
+    if row.state == SendState.SIGNED and row.kind in ("sweep", "refund") and isinstance(adapter, Erc20Adapter):
+        # The deposit address has no ETH: the pool sends the exact gas of its sweep (or of the
+        # refund of a held deposit, which leaves from there too) first.
         if not await sweep_gas_ready(rt, adapter, row):
             await _retry_later(rt, row.id, PENDING_RECHECK_SECONDS)
             return SendState.SIGNED
