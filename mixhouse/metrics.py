@@ -194,6 +194,24 @@ async def collect_state(rt: Runtime) -> list[Metric]:
                 (([c], v) for c, v in sorted(lag.items())),
             )
         )
+        # The token pools' gas tanks (mixer/gas.py), as their last reconciliation read them.
+        rows = await _rows(conn, "SELECT asset, balance_wei, send_cost_wei FROM gas_tanks ORDER BY asset")
+        out.append(
+            _gauge(
+                "mixhouse_gas_tank_wei",
+                "ETH (wei) of a token pool's address, which pays the token's gas, at its last reconciliation.",
+                ["asset"],
+                (([str(r[0])], float(r[1])) for r in rows),
+            )
+        )
+        out.append(
+            _gauge(
+                "mixhouse_gas_send_cost_wei",
+                "Mean wei of a token's recent gas top-ups (value plus fee): about one send's gas from the tank.",
+                ["asset"],
+                (([str(r[0])], float(r[2])) for r in rows if r[2] is not None),
+            )
+        )
     out.extend(await _pools(rt))
     # The key holders: a token that is slow, locked or gone (sends wait for it meanwhile).
     out.extend(await signer_metrics({a.value: s for a, s in rt.signers.items()}))

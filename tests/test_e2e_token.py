@@ -20,7 +20,8 @@ from mixhouse.app.build import build_runtime
 from mixhouse.app.worker import run_worker
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.token import Erc20Adapter
-from mixhouse.db.tables import audit_log, sends
+from mixhouse.db.tables import audit_log, gas_tanks, sends
+from mixhouse.metrics import collect_state
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.gas import gas_spent
 from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
@@ -102,6 +103,21 @@ async def test_mix_token_end_to_end_on_anvil(
         result = await reconcile(rt, Asset(symbol))
         assert result.ok, result.detail()
         assert (result.books, result.actual) == (deposit - dep["payout_total"],) * 2
+        # The reconciliation read the tank too: /metrics exports its ETH and the cost per send.
+        async with engine.connect() as conn:
+            tank = (await conn.execute(select(gas_tanks).where(gas_tanks.c.asset == symbol))).one()
+        assert tank.address == token.pool_address
+        assert tank.balance_wei == await token.gas_balance(token.pool_address)
+        assert tank.send_cost_wei == gas[0]["amount"] + gas[0]["network_fee_paid"]
+        samples = {
+            (m.name, s.labels.get("asset")): s.value
+            for m in await collect_state(rt)
+            for s in m.samples
+            if m.name.startswith("mixhouse_gas_")
+        }
+        # Prometheus samples are float64: exact to the wei only below 2^53.
+        assert samples[("mixhouse_gas_tank_wei", symbol)] == float(tank.balance_wei)
+        assert samples[("mixhouse_gas_send_cost_wei", symbol)] == float(tank.send_cost_wei)
         # The ETH line: one exact top-up, and every wei the tank spent accounted for.
         assert len(gas) == 1
         assert gas[0]["to_address"] == mix["deposit_address"]

@@ -779,3 +779,16 @@ watch_stops = Table(
     Column("reason", Text, nullable=False),
     Column("stopped_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# The ETH of each token pool's gas tank (migration 0025, mixer/gas.py): read at every
+# reconciliation of the token, with what a send from the tank has cost lately, so /metrics can
+# warn before an empty tank stalls the token's sweeps and payouts.
+gas_tanks = Table(
+    "gas_tanks",
+    metadata,
+    Column("asset", Text, primary_key=True),
+    Column("address", Text, nullable=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Column("balance_wei", Amount, nullable=False),
+    Column("send_cost_wei", Amount, nullable=True),
+)

@@ -23,10 +23,11 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Row, func, select
+from sqlalchemy.dialects.postgresql import insert
 
 from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.chains.evm.token import Erc20Adapter
-from mixhouse.db.tables import sends
+from mixhouse.db.tables import gas_tanks, sends
 from mixhouse.errors import BroadcastRejected, SendOutcomeUnknown
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import SendState, now, transition
@@ -165,3 +166,69 @@ async def gas_spent(rt: Runtime, asset: str) -> GasSpent:
             )
         ).one()
     return GasSpent(topups=int(row[0]), topup_fees=int(row[1]), in_flight=int(row[2]))
+
+
+# How many recent confirmed top-ups the tank's cost per send is the mean of.
+SEND_COST_SAMPLE = 20
+# Below this many sends' worth of ETH the tank is low (this log line and the alert agree).
+LOW_TANK_SENDS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class GasTank:
+    """The ETH a token pool holds to pay gas, as read now.
+
+    Attributes:
+        asset: the token's code.
+        address: the pool (tank) address.
+        balance_wei: its ETH balance, wei.
+        send_cost_wei: the mean cost of one of its last :data:`SEND_COST_SAMPLE` confirmed
+            top-ups (value plus the top-up's own fee), wei; ``None`` before the first. A payout's
+            gas is of the same order (one token transfer), so ``balance_wei // send_cost_wei`` is
+            about how many more sends the tank pays for.
+    """
+
+    asset: str
+    address: str
+    balance_wei: int
+    send_cost_wei: int | None
+
+
+async def record_gas_tank(rt: Runtime, adapter: Erc20Adapter) -> GasTank:
+    """Read the token pool's ETH balance and store it (table ``gas_tanks``, one row per token,
+    overwritten), with the recent cost per send; /metrics exports both
+    (``mixhouse_gas_tank_wei``, ``mixhouse_gas_send_cost_wei``; alert ``MixhouseGasTankLow``).
+
+    Called by every reconciliation of the token. An observation, not a money movement: nothing
+    is audited (the top-ups are, as sends).
+
+    Raises:
+        ChainError: the node failed; nothing is stored.
+    """
+    pool = adapter.pool_address
+    balance = await adapter.gas_balance(pool)
+    recent = (
+        select((sends.c.amount + func.coalesce(sends.c.network_fee_paid, 0)).label("cost"))
+        .where(sends.c.kind == GAS_KIND, sends.c.asset == adapter.asset, sends.c.state == SendState.CONFIRMED)
+        .order_by(sends.c.confirmed_at.desc())
+        .limit(SEND_COST_SAMPLE)
+        .subquery()
+    )
+    async with unit(rt.engine) as work:
+        mean = (await work.conn.execute(select(func.avg(recent.c.cost)))).scalar_one()
+        cost = None if mean is None else int(mean)
+        values = {"address": pool, "checked_at": now(), "balance_wei": balance, "send_cost_wei": cost}
+        await work.conn.execute(
+            insert(gas_tanks)
+            .values(asset=str(adapter.asset), **values)
+            .on_conflict_do_update(index_elements=[gas_tanks.c.asset], set_=values)
+        )
+    if cost is not None and balance < LOW_TANK_SENDS * cost:
+        log.warning(
+            "token pool's gas tank is low: fund its address with ETH",
+            asset=str(adapter.asset),
+            balance_wei=balance,
+            sends_left=balance // cost if cost else None,
+        )
+    return GasTank(str(adapter.asset), pool, balance, cost)
+

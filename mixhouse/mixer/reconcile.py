@@ -40,8 +40,10 @@ from sqlalchemy.types import UserDefinedType
 
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import UtxoChainAdapter
+from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.db.tables import pool_generations, pool_moves, reconciliations, sends, utxos
 from mixhouse.mixer.acknowledgements import still_covered
+from mixhouse.mixer.gas import record_gas_tank
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import SendState, now
 from mixhouse.money import Asset
@@ -179,6 +181,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
         high=books + int(books_row.in_flight) + int(late.in_),
         actual=actual,
     )
+    if isinstance(adapter, Erc20Adapter):
+        # The tank's ETH pays this token's gas: watched with the books, alerted before it runs dry.
+        await record_gas_tank(rt, adapter)
     return await _record(rt, result)
 
 
