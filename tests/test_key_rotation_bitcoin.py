@@ -29,7 +29,7 @@ from mixhouse.db.tables import audit_log, deposits, mixes, pool_generations, poo
 from mixhouse.keys.audited import KeyRetired
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.mixes import MixRequest, create_mix
-from mixhouse.mixer.pool_rotation import ensure_first_generation, rotate
+from mixhouse.mixer.pool_rotation import ensure_first_generation, follow_pool_generations, rotate
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.money import Asset
@@ -122,6 +122,7 @@ async def check_rotation_outcome(rt: Runtime, engine: AsyncEngine, bcoin: Bcoin,
     """
     adapter = rt.adapter(Asset.BTC)
     assert isinstance(adapter, BitcoinAdapter)
+    await follow_pool_generations(rt)  # this process's signer learns the retirement (a worker's did)
     async with engine.connect() as conn:
         rows = (await conn.execute(select(sends))).all()
         deps = {d.mix_id: d for d in await conn.execute(select(deposits))}
