@@ -10,6 +10,9 @@ refused, every payout is on chain exactly once with its amount, and the books re
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -29,7 +32,7 @@ from mixhouse.db.tables import audit_log, deposits, mixes, pool_generations, poo
 from mixhouse.keys.audited import KeyRetired
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.mixes import MixRequest, create_mix
-from mixhouse.mixer.pool_rotation import ensure_first_generation, follow_pool_generations, rotate
+from mixhouse.mixer.pool_rotation import drain_bitcoin, ensure_first_generation, follow_pool_generations, rotate
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.money import Asset
@@ -244,6 +247,60 @@ async def test_rotation_while_bitcoin_mixes_are_in_flight(database_url: str, eng
             }
         assert moved, "the late top-up to the old generation was not moved"
         await check_rotation_outcome(rt, engine, bcoin, old=old, new=new)
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
+
+
+async def test_keys_rotate_btc_command(database_url: str, engine: AsyncEngine, bcoin: Bcoin) -> None:
+    settings = bitcoin_settings(database_url, bcoin)
+    env = {
+        **os.environ,
+        "MIXHOUSE_DATABASE_URL": database_url,
+        "MIXHOUSE_JOBCOIN_ENABLED": "false",
+        "MIXHOUSE_EVM_ENABLED": "false",
+        "MIXHOUSE_BITCOIN_ENABLED": "true",
+        "MIXHOUSE_BITCOIN_RPC_URL": bcoin.node.rpc_url,
+        "MIXHOUSE_BITCOIN_NETWORK": "regtest",
+        "MIXHOUSE_BITCOIN_MNEMONIC": settings.bitcoin_mnemonic.get_secret_value(),
+    }
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mixhouse",
+            "keys",
+            "rotate",
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(child.communicate(), 120)
+        assert child.returncode is not None
+        return child.returncode, out.decode(), err.decode()
+
+    rt = build_runtime(settings, database_url)
+    try:
+        adapter = rt.adapter(Asset.BTC)
+        assert isinstance(adapter, BitcoinAdapter)
+        code, out, err = await run("BTC", "--json")
+        assert code == 0, err
+        rows = json.loads(out)
+        assert [(r["generation"], r["state"], r["key_ref"], r["address"]) for r in rows] == [
+            (0, "draining", "m/84'/1'/0'/1/", adapter.generation_address(0)),
+            (1, "active", "m/84'/1'/1'/1/", adapter.generation_address(1)),
+        ]
+        assert settings.bitcoin_mnemonic.get_secret_value() not in out + err  # the seed is never printed
+        code, out, err = await run("BTC")
+        assert code == 2
+        assert "still draining" in out + err
+        # Nothing to drain (no coin in generation 0): the next worker step retires it.
+        assert await drain_bitcoin(engine, adapter) == "retired"
+        code, out, err = await run("BTC")
+        assert code == 0, err
+        assert "generation   2  active" in out
     finally:
         await rt.aclose()
         await rt.engine.dispose()
