@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
+from mixhouse.api.routes_admin import pool as admin_pool_report
 from mixhouse.app.build import build_runtime
 from mixhouse.app.worker import run_worker
 from mixhouse.chains.base import PoolCoin
@@ -194,6 +195,9 @@ async def check_rotation_outcome(rt: Runtime, engine: AsyncEngine, bcoin: Bcoin,
             to_address=new,
             amount=int(stale.amount) - 1_000,
         )
+    # The admin pool report names the active generation's address (where top-ups go now).
+    report = await admin_pool_report(rt)
+    assert [(p.asset, p.pool_address) for p in report.pools] == [("BTC", new)]
     # The books balanced all along (the worker reconciles every 2 s), not only at the end.
     mismatches = [e.details for e in entries if e.action == "reconciliation.mismatch"]
     assert mismatches == []

@@ -4,7 +4,9 @@ Keys: one BIP-84 account (P2WPKH, BIP-173 bech32 addresses) held by a
 :class:`~mixhouse.keys.signer.Signer` (derived from a seed, or generated in a PKCS#11 token,
 each key named by its path). Deposit addresses are on the external chain ``m/84'/c'/0'/0/i``; the
 pool and change keys on the internal chain ``m/84'/c'/0'/1/j``, the pool address being
-``m/84'/c'/0'/1/0`` (``c`` = 0 on mainnet, 1 on test networks, BIP-44/SLIP-44).
+``m/84'/c'/0'/1/0`` (``c`` = 0 on mainnet, 1 on test networks, BIP-44/SLIP-44). After a pool key
+rotation (issue 12, :mod:`mixhouse.mixer.pool_rotation`) generation ``g``'s pool and change keys
+are the internal chain of account ``g``, ``m/84'/c'/{g}'/1/j`` (:meth:`BitcoinAdapter.use_pool_generation`).
 
 Amounts are ``int`` satoshi everywhere; node JSON is parsed with ``Decimal`` and converted
 once, exactly (:func:`~mixhouse.chains.bitcoin.rpc.btc_to_sat`). Fee rates are satoshi per
