@@ -185,6 +185,13 @@ async def check_rotation_outcome(rt: Runtime, engine: AsyncEngine, bcoin: Bcoin,
             if coin_txid == txid:
                 assert coin.key_chain == 3, "change after the rotation went to the old generation"
     prefix = adapter.generation_key_ref(0)
+    # Each move's keys are audited on the move: generation 0's keys, one entry per key.
+    for m in moves:
+        used = [
+            e for e in entries if e.action == "key.used" and e.entity_type == "pool_move" and e.entity_id == str(m.id)
+        ]
+        assert used
+        assert all(e.details["key_ref"].startswith(prefix) for e in used)
     late = [e for e in entries if e.action == "key.used" and e.details["key_ref"].startswith(prefix) and e.id > retired]
     assert late == []
     # A retired key's signature is refused, before the signer is asked.
