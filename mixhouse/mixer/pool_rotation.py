@@ -643,6 +643,9 @@ async def _point_bitcoin(rt: Runtime, adapter: BitcoinAdapter) -> RetiredKeyGuar
         if guard is not None:
             guard.set_retired(await retired_key_refs(conn))
     active = next(g for g in gens if g.state == "active")
+    for g in gens:
+        if g.state in ("draining", "active"):
+            await adapter.generation_address_async(g.generation)  # then cached: no token call on the loop
     adapter.use_pool_generation(active.generation, draining=[g.generation for g in gens if g.state == "draining"])
     return guard
 

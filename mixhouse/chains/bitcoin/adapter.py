@@ -198,6 +198,15 @@ class BitcoinAdapter(UtxoChainAdapter):
         """
         return self._address(pool_key_chain(generation), 0)
 
+    async def generation_address_async(self, generation: int) -> str:
+        """:meth:`generation_address` made in the adapter's signing thread: a new generation's
+        key is a token round trip the first time (PKCS#11), which must not stall the loop.
+
+        Raises:
+            ValueError, SignerError: as :meth:`generation_address` (also on ``sign_timeout``).
+        """
+        return await self._signing.run(lambda: self.generation_address(generation))
+
     def generation_ref_address(self, key_ref: str) -> str:
         """The pool address of the generation whose :meth:`generation_key_ref` is ``key_ref``.
 
