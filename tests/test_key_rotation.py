@@ -143,9 +143,10 @@ async def test_two_rotations_at_once_make_one_generation(engine: AsyncEngine, ad
     assert [r.state for r in rows] == ["draining", "active"]
 
 
-async def test_bitcoin_rotation_is_refused_not_half_done(engine: AsyncEngine) -> None:
+async def test_rotating_an_asset_without_pool_generations_is_refused_not_half_done(engine: AsyncEngine) -> None:
+    # ETH and BTC rotate (tests/test_key_rotation_bitcoin.py); a Jobcoin pool is one account.
     with pytest.raises(RotationError, match="not implemented"):
-        await rotate(engine, "BTC", address_of=str)
+        await rotate(engine, "JOBCOIN", address_of=str)
     async with engine.connect() as conn:
         assert (await conn.execute(select(pool_generations))).all() == []
 

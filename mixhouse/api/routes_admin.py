@@ -44,7 +44,7 @@ from mixhouse.api.schemas import (
     RefundRequestOut,
 )
 from mixhouse.chains.base import UtxoChainAdapter
-from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, sends, utxos
+from mixhouse.db.tables import audit_log, deposits, mixes, pool_generations, reconciliations, sends, utxos
 from mixhouse.errors import InvalidInput
 from mixhouse.mixer.acknowledgements import Acknowledgement, acknowledge
 from mixhouse.mixer.privacy.live import MAX_HOURS, MAX_PAYOUTS, MIN_HOURS, privacy_report
@@ -209,6 +209,16 @@ async def pool(rt: RuntimeDep) -> PoolReport:
             ).scalar_one()
             books = int(sums.credits) - int(sums.debits)
             if isinstance(adapter, UtxoChainAdapter):
+                # After a key rotation (mixer/pool_rotation.py) top-ups go to the active
+                # generation's address; this process's adapter may not have followed it.
+                active = (
+                    await conn.execute(
+                        select(pool_generations.c.address).where(
+                            pool_generations.c.asset == asset.value, pool_generations.c.state == "active"
+                        )
+                    )
+                ).scalar_one_or_none()
+                pool_address = active or pool_address
                 # A UTXO pool's books are its coins: deposits, top-ups and change not yet spent;
                 # not a held deposit's output its refund spends (it never joined the pool).
                 refunding = exists().where(sends.c.id == utxos.c.reserved_by_send, sends.c.kind == "refund")

@@ -68,7 +68,8 @@ def build_signers(settings: Settings) -> dict[Asset, Signer]:
     if settings.evm_enabled:
         signers[Asset.ETH] = RetiredKeyGuard(AuditedSigner(SoftwareSigner.for_evm(HdKeyring(mnemonics.evm))))
     if settings.bitcoin_enabled:
-        signers[Asset.BTC] = AuditedSigner(_bitcoin_software_signer(settings, mnemonics.bitcoin))
+        # A retired Bitcoin pool generation's chain is refused (mixer/pool_rotation.py).
+        signers[Asset.BTC] = RetiredKeyGuard(AuditedSigner(_bitcoin_software_signer(settings, mnemonics.bitcoin)))
     return signers
 
 

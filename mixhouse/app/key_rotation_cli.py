@@ -18,19 +18,26 @@ from mixhouse.keys.cli import _fail, _settings
 
 
 def keys_rotate(
-    asset: Annotated[str, typer.Argument(help="The asset whose pool key rotates (ETH).")],
+    asset: Annotated[str, typer.Argument(help="The asset whose pool key rotates (ETH or BTC).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Make a new pool key generation of ASSET active; the worker drains the old one into it
-    (one audited, stored-before-broadcast move) and retires it once empty and confirmed."""
+    """Make a new pool key generation of ASSET (ETH or BTC) active; the worker drains the old
+    one into it (one audited, stored-before-broadcast move; on BTC all of the old generation's
+    pool coins in one transaction) and retires it once empty and confirmed."""
     import asyncio  # noqa: PLC0415
 
     from mixhouse.app.build import build_runtime  # noqa: PLC0415
+    from mixhouse.chains.bitcoin.adapter import BitcoinAdapter  # noqa: PLC0415
     from mixhouse.chains.evm.adapter import EvmAdapter  # noqa: PLC0415 - web3: slow to import
     from mixhouse.db.engine import resolve_database_url  # noqa: PLC0415 - the database: only here
     from mixhouse.db.migrate import upgrade  # noqa: PLC0415
     from mixhouse.keys.hd import POOL_PATH  # noqa: PLC0415
-    from mixhouse.mixer.pool_rotation import ensure_first_generation, generations, rotate  # noqa: PLC0415
+    from mixhouse.mixer.pool_rotation import (  # noqa: PLC0415
+        ensure_first_generation,
+        evm_pool_key_ref,
+        generations,
+        rotate,
+    )
     from mixhouse.money import Asset  # noqa: PLC0415
 
     settings = _settings()
@@ -41,12 +48,21 @@ def keys_rotate(
         upgrade(url)
         rt = build_runtime(settings, url, pool_size=1)
         try:
-            adapter = rt.adapters.get(Asset.ETH)
-            if name != "ETH" or not isinstance(adapter, EvmAdapter):
-                raise ConfigError(f"rotating {name} is not available (ETH with MIXHOUSE_EVM_ENABLED only)")
-            address_of = adapter.key_address
-            await ensure_first_generation(rt.engine, name, key_ref=POOL_PATH, address=address_of(POOL_PATH))
-            await rotate(rt.engine, name, address_of=address_of, actor="cli")
+            if name == "ETH" and isinstance(evm := rt.adapters.get(Asset.ETH), EvmAdapter):
+                address_of = evm.key_address
+                key_ref_of = evm_pool_key_ref
+                first_ref = POOL_PATH
+            elif name == "BTC" and isinstance(btc := rt.adapters.get(Asset.BTC), BitcoinAdapter):
+                address_of = btc.generation_ref_address
+                key_ref_of = btc.generation_key_ref
+                first_ref = btc.generation_key_ref(0)
+            else:
+                raise ConfigError(
+                    f"rotating {name} is not available (ETH with MIXHOUSE_EVM_ENABLED, "
+                    "BTC with MIXHOUSE_BITCOIN_ENABLED)"
+                )
+            await ensure_first_generation(rt.engine, name, key_ref=first_ref, address=address_of(first_ref))
+            await rotate(rt.engine, name, address_of=address_of, key_ref_of=key_ref_of, actor="cli")
             async with rt.engine.connect() as conn:
                 return [
                     {"generation": g.generation, "state": g.state, "address": g.address, "key_ref": g.key_ref}
@@ -65,4 +81,7 @@ def keys_rotate(
         return
     for row in rows:
         typer.echo(f"{name} generation {row['generation']:>3}  {row['state']:<9} {row['address']}  {row['key_ref']}")
-    typer.echo("The worker moves the draining generation's balance to the active one and retires it once empty.")
+    typer.echo(
+        "The worker moves the draining generation's balance (BTC: its pool coins) to the active one"
+        " and retires it once empty."
+    )

@@ -28,6 +28,7 @@ import structlog
 
 from mixhouse import audit, audit_anchor
 from mixhouse.jobs import QUEUE, every_seconds
+from mixhouse.mixer.pool_rotation import follow_pool_generations
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.tasks import register_mixer_tasks, requeue_orphan_sends
 from mixhouse.reconnect import DATABASE_ERRORS, backoff_delays, wait_for_database
@@ -160,6 +161,7 @@ async def run_worker(
                     await app.job_manager.unregister_worker(dead_worker_id)
                     dead_worker_id = None
                 await recover(app, rt)  # pick up what a dead predecessor left, before the first tick
+                await follow_pool_generations(rt)  # after a rotation, never plan from the old pool
                 await worker.run()  # type: ignore[no-untyped-call]  # untyped in procrastinate
             why = "the worker stopped by itself (a side task lost the database)"
         except DATABASE_ERRORS as exc:

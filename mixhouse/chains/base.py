@@ -315,6 +315,11 @@ class UtxoSpend:
         vsize: the signed transaction's virtual size in vbytes (0 if the adapter does not say).
         payment_vbytes: per payment, in the order given, the vbytes its output adds (what a
             batch's fee is split by; empty if the adapter does not say).
+        change_chain: the stored ``key_chain`` of the change key (Bitcoin: ``2g + 1`` for pool
+            key generation ``g``, :func:`mixhouse.keys.bip84.pool_key_chain`; 1 before any
+            rotation): what the change coin's ``utxos`` row records.
+        change_address: the change output's address (``None``: the adapter's
+            :meth:`UtxoChainAdapter.change_address` of the change index).
     """
 
     prepared: PreparedSend
@@ -324,6 +329,8 @@ class UtxoSpend:
     fee: int
     vsize: int = 0
     payment_vbytes: tuple[int, ...] = ()
+    change_chain: int = 1
+    change_address: str | None = None
 
 
 class UtxoChainAdapter(ChainAdapter):
@@ -333,6 +340,12 @@ class UtxoChainAdapter(ChainAdapter):
     transaction that spends pool coins chosen by coin selection. The pool holds many
     addresses, so :attr:`pool_address` is only the address operator top-ups are sent to.
     """
+
+    def pool_key_chains(self) -> dict[str, int]:
+        """Every address whose incoming coins are pool coins (operator top-ups), with the stored
+        ``key_chain`` of its key: :attr:`pool_address` on chain 1 unless the adapter knows pool
+        key generations (Bitcoin key rotation: one address per generation not yet retired)."""
+        return {self.pool_address: 1}
 
     @abc.abstractmethod
     def change_address(self, index: int) -> str:
@@ -349,6 +362,7 @@ class UtxoChainAdapter(ChainAdapter):
         fee_rate: int,
         max_fee: int,
         rng_seed: int,
+        change_chain: int | None = None,
     ) -> UtxoSpend:
         """Choose coins, build and sign a transaction paying ``payments`` (address, satoshi),
         with change to :meth:`change_address` ``(change_index)``.
@@ -361,6 +375,8 @@ class UtxoChainAdapter(ChainAdapter):
             fee_rate: sat/vB.
             max_fee: the most this transaction may pay in fees, satoshi.
             rng_seed: seed of the randomized parts of coin selection.
+            change_chain: the stored ``key_chain`` of the change key (the pool key generation
+                the caller read for this send); ``None``: the adapter's active one.
 
         Raises:
             InsufficientFunds: the eligible coins cannot cover payments and fee.

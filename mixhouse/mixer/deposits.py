@@ -19,7 +19,7 @@ from typing import Any, cast
 import httpx
 import psycopg
 import structlog
-from sqlalchemy import Row, select, text
+from sqlalchemy import Row, exists, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,7 +31,7 @@ from mixhouse.chains.bitcoin.adapter import MAX_BLOCKS_PER_SCAN as BTC_MAX_BLOCK
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm.adapter import FIRST_SCAN_SLACK, MAX_BLOCKS_PER_SCAN, EvmAdapter
-from mixhouse.db.tables import chain_cursors, deposits, mixes, sends, utxos
+from mixhouse.db.tables import chain_cursors, deposits, mixes, pool_moves, sends, utxos
 from mixhouse.errors import IllegalTransition, MixhouseError
 from mixhouse.jobs import send_job
 from mixhouse.mixer.planner import fee_bounds, payout_quantum
@@ -88,13 +88,16 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
     utxo_chain = isinstance(adapter, UtxoChainAdapter)
     if not mix_by_address and not utxo_chain:
         return 0
-    watched = list(mix_by_address) + ([adapter.pool_address] if utxo_chain else [])
+    # UTXO chains: the top-up address of every pool key generation not yet retired (a coin sent to
+    # a draining one's is a pool coin of that generation, moved by the drain: mixer/pool_rotation.py).
+    pool_chains = adapter.pool_key_chains() if isinstance(adapter, UtxoChainAdapter) else {}
+    watched = list(mix_by_address) + list(pool_chains)
     if isinstance(adapter, (EvmAdapter, BitcoinAdapter)):
         result = await _scan_on_engine(rt, asset, adapter, watched, cursor)
     else:
         result = await adapter.scan(watched, cursor)
     if utxo_chain:
-        await record_pool_topups(rt, asset, [t for t in result.transfers if t.to_address == adapter.pool_address])
+        await record_pool_topups(rt, asset, [t for t in result.transfers if t.to_address in pool_chains])
         await advance_pool_coins(rt, asset)
     seen_now = {t.ref: t for t in result.transfers}
     new = 0
@@ -553,15 +556,20 @@ async def _pool_utxo_deposit(
 
 
 async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer]) -> int:
-    """UTXO chains: outputs paying the pool's top-up address become pool coins (operator
-    liquidity, owned by no mix), ``unconfirmed`` until :func:`advance_pool_coins` sees them deep.
+    """UTXO chains: outputs paying a pool top-up address (key 0 of a pool key generation not yet
+    retired, :meth:`~mixhouse.chains.base.UtxoChainAdapter.pool_key_chains`) become pool coins
+    of that generation (operator liquidity, owned by no mix), ``unconfirmed`` until
+    :func:`advance_pool_coins` sees them deep. Transfers to other addresses are ignored.
 
     Returns:
         How many new coins were recorded.
     """
     adapter = rt.adapter(asset)
+    chains = adapter.pool_key_chains() if isinstance(adapter, UtxoChainAdapter) else {}
     rows = []
     for t in transfers:
+        if t.to_address not in chains:
+            continue
         txid, vout = outpoint_of(t.ref)
         rows.append(
             {
@@ -569,7 +577,7 @@ async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer
                 "txid": txid,
                 "vout": vout,
                 "address": t.to_address,
-                "key_chain": 1,
+                "key_chain": chains[t.to_address],
                 "key_index": 0,
                 "amount": t.amount,
                 "owner_mix_id": None,
@@ -584,7 +592,7 @@ async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer
                 insert(utxos)
                 .values(rows)
                 .on_conflict_do_nothing()
-                .returning(utxos.c.txid, utxos.c.vout, utxos.c.amount)
+                .returning(utxos.c.txid, utxos.c.vout, utxos.c.amount, utxos.c.address)
             )
         ).all()
         for row in new:
@@ -595,7 +603,7 @@ async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer
                     f"{row.txid}:{row.vout}",
                     asset=asset.value,
                     amount=row.amount,
-                    details={"address": adapter.pool_address},
+                    details={"address": row.address},
                 )
             )
     return len(new)
@@ -603,7 +611,8 @@ async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer
 
 async def advance_pool_coins(rt: Runtime, asset: Asset) -> None:
     """Make operator top-ups spendable once they have the required confirmations; forget
-    those a reorg removed."""
+    those a reorg removed. The output of a pool move (key rotation) is the drain's to confirm
+    (mixer/pool_rotation.py): it is stored before its transaction is broadcast."""
     adapter = rt.adapter(asset)
     async with rt.engine.connect() as conn:
         pending = (
@@ -612,6 +621,7 @@ async def advance_pool_coins(rt: Runtime, asset: Asset) -> None:
                     utxos.c.asset == asset.value,
                     utxos.c.state == "unconfirmed",
                     utxos.c.created_by_send.is_(None),
+                    ~exists().where(pool_moves.c.asset == utxos.c.asset, pool_moves.c.txid == utxos.c.txid),
                 )
             )
         ).all()

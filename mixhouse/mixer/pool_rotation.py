@@ -19,9 +19,20 @@ An asset's pool key has *generations* (table ``pool_generations``, migration 002
    :class:`RetiredKeyGuard` refuses every signature by a retired key (:class:`KeyRetired`),
    so a bug that tries is visible, not paid.
 
-Ethereum only for now: the pool key of generation ``g`` is ``m/44'/60'/1'/0/g`` (generation 0
-is today's ``POOL_PATH``). Bitcoin (a BIP-84 account per generation and a sweep of its coins)
-is not implemented: :func:`rotate` refuses it.
+Ethereum: the pool key of generation ``g`` is ``m/44'/60'/1'/0/g`` (generation 0 is today's
+``POOL_PATH``).
+
+Bitcoin: generation ``g`` is the change chain of BIP-84 account ``g``, ``m/84'/c'/{g}'/1/i``
+(stored ``key_chain = 2g + 1``, :func:`mixhouse.keys.bip84.pool_key_chain`); its key reference
+is that prefix (``m/84'/c'/{g}'/1/``, refused whole once retired) and its address key 0 (where
+top-ups go). Every payout signed after the rotation sends its change to the active chain and
+spends no coin of the draining one (mixer/sends.py :func:`~mixhouse.mixer.sends.pool_chains`).
+:func:`drain_bitcoin`: once no coin of the draining generation is reserved by a send or waiting
+for its own send to confirm, one move spends all of its pool coins (never a mix's deposit) to
+the active generation's address; stored with its inputs ``spent`` and its output an
+``unconfirmed`` coin of the active generation in the same transaction, before the broadcast; the
+output becomes ``available`` when the move confirms. Retired once no coin of the chain is left,
+no move is in flight and the top-up address holds nothing on chain.
 """
 
 from __future__ import annotations
@@ -36,15 +47,17 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import PreparedSend, SendState
+from mixhouse.chains.base import ChainAdapter, PreparedSend, SendState
+from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.evm.adapter import EvmAdapter
-from mixhouse.db.tables import pool_generations, pool_moves, sends
-from mixhouse.errors import ChainError, IllegalTransition
+from mixhouse.db.tables import pool_generations, pool_moves, sends, utxos
+from mixhouse.errors import ChainError, IllegalTransition, InvalidAmount
 from mixhouse.keys.audited import KeyRetired, RetiredKeyGuard, key_use_entries, recording_key_uses
+from mixhouse.keys.bip84 import pool_key_chain
 from mixhouse.keys.hd import POOL_PATH
 from mixhouse.keys.signer import SignerError
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.sends import allocate_nonce
+from mixhouse.mixer.sends import allocate_nonce, coin_of
 from mixhouse.money import Asset
 from mixhouse.unit import unit
 
@@ -54,9 +67,11 @@ __all__ = [
     "PoolGeneration",
     "RetiredKeyGuard",
     "RotationError",
+    "drain_bitcoin",
     "drain_evm",
     "ensure_first_generation",
     "evm_pool_key_ref",
+    "follow_pool_generations",
     "follow_rotation",
     "generations",
     "retired_key_refs",
@@ -65,7 +80,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-ROTATABLE: Final = frozenset({"ETH"})
+ROTATABLE: Final = frozenset({"ETH", "BTC"})
 # Send states after which a send no longer moves the pool's money.
 _FINISHED: Final = ("confirmed",)
 
@@ -80,10 +95,11 @@ class PoolGeneration:
     """One pool key generation.
 
     Attributes:
-        asset: the asset's name (``"ETH"``).
+        asset: the asset's name (``"ETH"``, ``"BTC"``).
         generation: 0, 1, ...
-        key_ref: the signer's reference of the key (``m/44'/60'/1'/0/{generation}``).
-        address: the key's (checksummed) address.
+        key_ref: the signer's reference of the key (``m/44'/60'/1'/0/{generation}``; Bitcoin:
+            the chain's prefix ``m/84'/c'/{generation}'/1/``).
+        address: the key's (checksummed) address; Bitcoin: key 0 of the chain (top-ups).
         state: ``"active"``, ``"draining"`` or ``"retired"``.
     """
 
@@ -129,14 +145,22 @@ async def ensure_first_generation(engine: AsyncEngine, asset: str, *, key_ref: s
 
 
 async def rotate(
-    engine: AsyncEngine, asset: str, *, address_of: Callable[[str], str], actor: str = "cli"
+    engine: AsyncEngine,
+    asset: str,
+    *,
+    address_of: Callable[[str], str],
+    actor: str = "cli",
+    key_ref_of: Callable[[int], str] = evm_pool_key_ref,
 ) -> PoolGeneration:
     """Make a new pool key generation ``active`` and the current one ``draining``, in one
     transaction with a ``pool.rotated`` audit entry.
 
     Args:
-        asset: ``"ETH"``.
-        address_of: the address of a key reference (``EvmAdapter.key_address``).
+        asset: ``"ETH"`` or ``"BTC"``.
+        address_of: the address of a key reference (``EvmAdapter.key_address``;
+            ``BitcoinAdapter.generation_ref_address``).
+        key_ref_of: the key reference of a generation number (:func:`evm_pool_key_ref`;
+            ``BitcoinAdapter.generation_key_ref``).
 
     Returns:
         The new active generation.
@@ -160,7 +184,7 @@ async def rotate(
             raise RotationError(f"an earlier {asset} pool generation is still draining")
         active = next(g for g in current if g.state == "active")
         number = max(g.generation for g in current) + 1
-        key_ref = evm_pool_key_ref(number)
+        key_ref = key_ref_of(number)
         new = PoolGeneration(asset, number, key_ref, address_of(key_ref), "active")
         await work.conn.execute(
             update(pool_generations)
@@ -221,11 +245,12 @@ async def _move_in_flight(conn: AsyncConnection, asset: str, generation: int) ->
     ).one_or_none()
 
 
-async def _follow_move(engine: AsyncEngine, adapter: EvmAdapter, move: Any) -> str:
+async def _follow_move(engine: AsyncEngine, adapter: ChainAdapter, move: Any) -> str:
     """Broadcast (again: the same bytes) and check a stored move; ``"confirmed"`` once deep
-    enough, else ``"broadcast"``."""
+    enough, else ``"broadcast"``. A UTXO move's output coin becomes ``available`` in the
+    confirming transaction."""
     prepared = _prepared(move)
-    check = await adapter.check_send(prepared)
+    check = await adapter.check_send(prepared, earlier_sends=0)
     if check.state is SendState.NOT_FOUND:
         await adapter.broadcast(prepared)
     if move.state == "signed":
@@ -246,6 +271,11 @@ async def _follow_move(engine: AsyncEngine, adapter: EvmAdapter, move: Any) -> s
         )
         if done.rowcount:
             work.audit(_move_entry("pool.move_confirmed", move, network_fee_paid=check.network_fee_paid))
+            await work.conn.execute(
+                update(utxos)
+                .where(utxos.c.asset == move.asset, utxos.c.txid == move.txid, utxos.c.state == "unconfirmed")
+                .values(state="available", updated_at=func.now())
+            )
     return "confirmed"
 
 
@@ -403,18 +433,224 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
     return await _follow_move(engine, adapter, row)
 
 
-async def follow_rotation(rt: Runtime) -> str | None:
-    """The worker's rotation step (each reconcile tick and at start): record generation 0 the
-    first time, point the ETH adapter at the active generation's key (new sweeps and payouts
-    use it), refuse retired keys, and take one :func:`drain_evm` step.
+def _coins_of(asset: str, key_chain: int) -> Any:
+    """The pool coins (owned by no mix) of one stored key chain."""
+    return (utxos.c.asset == asset) & (utxos.c.key_chain == key_chain) & utxos.c.owner_mix_id.is_(None)
+
+
+async def _busy_coins(conn: AsyncConnection, asset: str, key_chain: int) -> int:
+    """Coins of ``key_chain`` a send still holds: reserved by one (it spends them) or its
+    change not yet confirmed (``unconfirmed``, a top-up not yet deep enough included)."""
+    return int(
+        (
+            await conn.execute(
+                select(func.count())
+                .select_from(utxos)
+                .where(_coins_of(asset, key_chain), utxos.c.state.in_(("reserved", "unconfirmed")))
+            )
+        ).scalar_one()
+    )
+
+
+async def _retire_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, draining: PoolGeneration) -> bool:
+    """Retire Bitcoin generation ``draining`` if, under its row lock, no coin of its chain is
+    left in the books (every one ``spent``), no move is in flight and its top-up address holds
+    nothing on chain (a top-up the scan has not recorded yet waits for it)."""
+    asset = draining.asset
+    chain = pool_key_chain(draining.generation)
+    async with unit(engine) as work:
+        state = (
+            await work.conn.execute(
+                select(pool_generations.c.state)
+                .where(pool_generations.c.asset == asset, pool_generations.c.generation == draining.generation)
+                .with_for_update()
+            )
+        ).scalar_one()
+        if state != "draining":
+            return bool(state == "retired")
+        left = (
+            await work.conn.execute(
+                select(func.count())
+                .select_from(utxos)
+                .where(utxos.c.asset == asset, utxos.c.key_chain == chain, utxos.c.state != "spent")
+            )
+        ).scalar_one()
+        if left or await _move_in_flight(work.conn, asset, draining.generation) is not None:
+            return False
+        if await adapter.balance(draining.address) != 0:
+            return False
+        await work.conn.execute(
+            update(pool_generations)
+            .where(pool_generations.c.asset == asset, pool_generations.c.generation == draining.generation)
+            .values(state="retired", retired_at=func.now())
+        )
+        work.audit(
+            AuditEntry(
+                "pool.retired",
+                "pool_generation",
+                f"{asset}/{draining.generation}",
+                asset=asset,
+                details={"address": draining.address, "key_ref": draining.key_ref},
+            )
+        )
+    return True
+
+
+async def drain_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, guard: RetiredKeyGuard | None = None) -> str:
+    """One step of draining the draining Bitcoin pool generation into the active one.
+
+    Safe to call again at any point (and after a crash at any point): every step is a
+    conditional transition of the stored state. Each move spends every pool coin of the draining
+    generation's chain (``key_chain = 2g + 1``; a mix's deposit coin is never one) at the
+    node's fee rate, to key 0 of the active generation, with no change. Coins that reach the
+    draining generation later (a top-up to its address) are moved by a later step.
 
     Returns:
-        The drain step's answer, ``None`` without an ETH adapter. A node error is logged and
-        answered ``"error"``: the next tick retries, nothing is lost.
+        ``"idle"`` (nothing draining), ``"waiting"`` (a coin of the old chain is still reserved by
+        a send, or its change or a top-up is not yet confirmed, or the scan has not recorded a
+        top-up yet), ``"signed"``/``"broadcast"``/``"confirmed"`` (the move's state after this
+        step), ``"dust"`` (coins that do not pay the move's fee: the operator decides), or
+        ``"retired"`` (nothing left; ``guard`` now refuses every key of the chain).
+
+    Raises:
+        ChainError: the node failed; retry later, nothing is lost.
+        SignerError: the signer failed (:class:`KeyRetired`: a retired key was asked).
     """
-    adapter = rt.adapters.get(Asset.ETH)
-    if not isinstance(adapter, EvmAdapter):
-        return None
+    asset = adapter.asset.value
+    async with engine.connect() as conn:
+        gens = await generations(conn, asset)
+        draining = next((g for g in gens if g.state == "draining"), None)
+        if draining is None:
+            return "idle"
+        active = next(g for g in gens if g.state == "active")
+        move = await _move_in_flight(conn, asset, draining.generation)
+        chain = pool_key_chain(draining.generation)
+        busy = await _busy_coins(conn, asset, chain)
+        available = (
+            await conn.execute(
+                select(func.count()).select_from(utxos).where(_coins_of(asset, chain), utxos.c.state == "available")
+            )
+        ).scalar_one()
+    if move is not None:
+        return await _follow_move(engine, adapter, move)
+    if busy:
+        return "waiting"
+    if not available:
+        retired = await _retire_bitcoin(engine, adapter, draining)
+        if retired and guard is not None:
+            async with engine.connect() as conn:
+                guard.set_retired(await retired_key_refs(conn))
+        return "retired" if retired else "waiting"
+    fee_rate = await adapter.fee_rate()
+    async with unit(engine) as work:
+        # The generation's row first (as sends take it, shared): no send signs meanwhile.
+        await work.conn.execute(
+            select(pool_generations.c.state)
+            .where(pool_generations.c.asset == asset, pool_generations.c.generation == draining.generation)
+            .with_for_update()
+        )
+        if await _busy_coins(work.conn, asset, chain):
+            return "waiting"
+        coin_rows = (
+            await work.conn.execute(
+                select(utxos)
+                .where(_coins_of(asset, chain), utxos.c.state == "available")
+                .order_by(utxos.c.txid, utxos.c.vout)
+                .with_for_update()
+            )
+        ).all()
+        if not coin_rows:
+            return "waiting"
+        try:
+            with recording_key_uses() as uses:
+                spend = await adapter.prepare_pool_move(
+                    coins=[coin_of(c) for c in coin_rows], to_address=active.address, fee_rate=fee_rate
+                )
+        except InvalidAmount as exc:
+            log.warning("the draining pool generation's coins do not pay a move", asset=asset, error=str(exc))
+            return "dust"
+        prepared = spend.prepared
+        if prepared.raw_tx is None or prepared.txid is None:  # pragma: no cover - a UTXO move is signed
+            raise IllegalTransition("a pool move needs signed bytes and a txid")
+        row = (
+            await work.conn.execute(
+                insert(pool_moves)
+                .values(
+                    asset=asset,
+                    from_generation=draining.generation,
+                    to_generation=active.generation,
+                    from_address=draining.address,
+                    to_address=active.address,
+                    amount=spend.change_amount,
+                    network_fee_max=spend.fee,
+                    nonce=None,
+                    raw_tx=prepared.raw_tx,
+                    txid=prepared.txid,
+                    state="signed",
+                )
+                .returning(pool_moves)
+            )
+        ).one()
+        for coin in spend.inputs:
+            await work.conn.execute(
+                update(utxos)
+                .where(
+                    utxos.c.asset == asset,
+                    utxos.c.txid == coin.txid,
+                    utxos.c.vout == coin.vout,
+                    utxos.c.state == "available",
+                )
+                .values(state="spent", updated_at=func.now())
+            )
+        await work.conn.execute(
+            insert(utxos).values(
+                asset=asset,
+                txid=prepared.txid,
+                vout=spend.change_vout,
+                address=active.address,
+                key_chain=pool_key_chain(active.generation),
+                key_index=0,
+                amount=spend.change_amount,
+                owner_mix_id=None,
+                state="unconfirmed",
+            )
+        )
+        work.audit(
+            _move_entry(
+                "pool.move_signed",
+                row,
+                inputs=[f"{c.txid}:{c.vout}" for c in spend.inputs],
+                fee_rate=fee_rate,
+            )
+        )
+        for entry in key_use_entries(
+            uses, entity_type="pool_move", entity_id=str(row.id), purpose="pool_move", asset=asset
+        ):
+            work.audit(entry)
+    return await _follow_move(engine, adapter, row)
+
+
+async def _point_bitcoin(rt: Runtime, adapter: BitcoinAdapter) -> RetiredKeyGuard | None:
+    """Record Bitcoin generation 0 the first time, refuse retired generations' keys, and point
+    the adapter at the active generation (change and top-ups) with the draining ones watched."""
+    guard = rt.signers.get(Asset.BTC)
+    guard = guard if isinstance(guard, RetiredKeyGuard) else None
+    await ensure_first_generation(
+        rt.engine, "BTC", key_ref=adapter.generation_key_ref(0), address=adapter.generation_address(0)
+    )
+    async with rt.engine.connect() as conn:
+        gens = await generations(conn, "BTC")
+        if guard is not None:
+            guard.set_retired(await retired_key_refs(conn))
+    active = next(g for g in gens if g.state == "active")
+    for g in gens:
+        if g.state in ("draining", "active"):
+            await adapter.generation_address_async(g.generation)  # then cached: no token call on the loop
+    adapter.use_pool_generation(active.generation, draining=[g.generation for g in gens if g.state == "draining"])
+    return guard
+
+
+async def _point_evm(rt: Runtime, adapter: EvmAdapter) -> RetiredKeyGuard | None:
     guard = rt.signers.get(Asset.ETH)
     guard = guard if isinstance(guard, RetiredKeyGuard) else None
     await ensure_first_generation(rt.engine, "ETH", key_ref=POOL_PATH, address=adapter.key_address(POOL_PATH))
@@ -432,8 +668,50 @@ async def follow_rotation(rt: Runtime) -> str | None:
         if g.state == "draining":
             adapter.use_pool_key(g.key_ref)  # known to the adapter: its stored sends still sign
     adapter.use_pool_key(active.key_ref)
+    return guard
+
+
+async def follow_pool_generations(rt: Runtime) -> None:
+    """Point the ETH and BTC adapters at their active pool generation and refuse retired keys,
+    without a drain step (the worker at start, before its first job: a process started after a
+    rotation never plans a send from the old pool). A node or signer error is logged; the
+    next :func:`follow_rotation` retries."""
     try:
-        return await drain_evm(rt.engine, adapter, guard)
+        btc = rt.adapters.get(Asset.BTC)
+        if isinstance(btc, BitcoinAdapter):
+            await _point_bitcoin(rt, btc)
+        eth = rt.adapters.get(Asset.ETH)
+        if isinstance(eth, EvmAdapter):
+            await _point_evm(rt, eth)
     except ChainError as exc:
-        log.warning("pool rotation step failed; retried next tick", error=str(exc))
-        return "error"
+        log.warning("pool generations not followed yet; retried next tick", error=str(exc))
+
+
+async def follow_rotation(rt: Runtime) -> str | None:
+    """The worker's rotation step (each reconcile tick): for BTC and ETH, record generation 0
+    the first time, point the adapter at the active generation (new change, sweeps and
+    payouts use it), refuse retired keys, and take one :func:`drain_bitcoin` /
+    :func:`drain_evm` step.
+
+    Returns:
+        The ETH drain step's answer, else the BTC one's; ``None`` without either adapter. A
+        node error is logged and answered ``"error"``: the next tick retries, nothing is lost.
+    """
+    answer: str | None = None
+    btc = rt.adapters.get(Asset.BTC)
+    if isinstance(btc, BitcoinAdapter):
+        try:
+            guard = await _point_bitcoin(rt, btc)
+            answer = await drain_bitcoin(rt.engine, btc, guard)
+        except ChainError as exc:
+            log.warning("BTC pool rotation step failed; retried next tick", error=str(exc))
+            answer = "error"
+    eth = rt.adapters.get(Asset.ETH)
+    if isinstance(eth, EvmAdapter):
+        guard = await _point_evm(rt, eth)
+        try:
+            answer = await drain_evm(rt.engine, eth, guard)
+        except ChainError as exc:
+            log.warning("pool rotation step failed; retried next tick", error=str(exc))
+            answer = "error"
+    return answer

@@ -17,6 +17,10 @@ before the balance was read, hence before the late query, which reads a fresh sn
 
 On UTXO chains the books are the ``available`` coins; a coin that a payout reserved and spent
 between the books' read and the chain's answer is dropped from the check, not called missing.
+A Bitcoin pool move (key rotation, mixer/pool_rotation.py) is a books line of its own: its inputs
+leave the books as ``spent`` when it is signed and its one output (their total less the move's
+fee, ``pool_moves.network_fee_max``, ``network_fee_paid`` once confirmed) joins them as an
+``available`` coin of the new generation when it confirms, so the fee is the books' only loss.
 
 A balance outside the range
 is a mismatch: it is logged, recorded in ``reconciliations`` (shown by the admin API) and

@@ -30,10 +30,11 @@ from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import ChainAdapter, FeeQuote, PoolCoin, PreparedSend, UtxoChainAdapter
 from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.chains.evm.token import Erc20Adapter, TokenBlacklisted
-from mixhouse.db.tables import account_nonces, deposits, mixes, reconciliations, sends, utxos
+from mixhouse.db.tables import account_nonces, deposits, mixes, pool_generations, reconciliations, sends, utxos
 from mixhouse.errors import BroadcastRejected, IllegalTransition, InsufficientFunds, SendOutcomeUnknown
 from mixhouse.jobs import send_job
 from mixhouse.keys.audited import KeyUse, key_use_entries, recording_key_uses
+from mixhouse.keys.bip84 import pool_key_chain
 from mixhouse.mixer.gas import GAS_KIND, sweep_gas_ready
 from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.pooling import pool_deposit, pooled_by_sweep
@@ -225,6 +226,25 @@ def _audit_key_uses(work: Unit, row: Row[Any], uses: list[KeyUse]) -> None:
         work.audit(entry)
 
 
+async def pool_chains(work: Unit, asset: str) -> tuple[int, tuple[int, ...]]:
+    """The stored ``key_chain`` new change of ``asset`` goes to (the active pool key generation's,
+    ``2g + 1``) and those of the draining generations (their coins are left to the drain, so
+    it ends), read in ``work`` under a share lock on the generations (mixer/pool_rotation.py):
+    a rotation waits for a send that read the old generation to commit, and every send after
+    it reads the new one. ``(1, ())`` for an asset that never rotated.
+    """
+    rows = (
+        await work.conn.execute(
+            select(pool_generations.c.generation, pool_generations.c.state)
+            .where(pool_generations.c.asset == asset, pool_generations.c.state != "retired")
+            .with_for_update(read=True)
+        )
+    ).all()
+    active = [int(r.generation) for r in rows if r.state == "active"]
+    draining = tuple(pool_key_chain(int(r.generation)) for r in rows if r.state == "draining")
+    return (pool_key_chain(active[0]) if active else 1), draining
+
+
 async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]) -> Row[Any] | None:
     """Pay one UTXO payout with a transaction of its own: choose pool coins (never the paying
     mix's own deposit), sign, and store the transaction with its inputs reserved and its change
@@ -244,6 +264,7 @@ async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]
     fee_rate = await adapter.fee_rate()
     try:
         async with unit(rt.engine) as work:
+            change_chain, draining = await pool_chains(work, row.asset)
             coin_rows = (
                 await work.conn.execute(
                     select(utxos)
@@ -251,6 +272,7 @@ async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]
                         utxos.c.asset == row.asset,
                         utxos.c.state == "available",
                         utxos.c.owner_mix_id.is_distinct_from(row.mix_id),
+                        utxos.c.key_chain.not_in(draining),
                     )
                     .order_by(utxos.c.amount.desc())
                     .limit(_MAX_CANDIDATE_COINS)
@@ -267,6 +289,7 @@ async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]
                     fee_rate=fee_rate,
                     max_fee=max(row.network_fee_reserved * _MAX_FEE_MULTIPLE, _MIN_FEE_CAP),
                     rng_seed=row.id,
+                    change_chain=change_chain,
                 )
             for coin in spend.inputs:
                 await work.conn.execute(
@@ -280,8 +303,8 @@ async def sign_utxo_payout(rt: Runtime, adapter: UtxoChainAdapter, row: Row[Any]
                         asset=row.asset,
                         txid=spend.prepared.txid,
                         vout=spend.change_vout,
-                        address=adapter.change_address(change_index),
-                        key_chain=1,
+                        address=spend.change_address or adapter.change_address(change_index),
+                        key_chain=spend.change_chain,
                         key_index=change_index,
                         amount=spend.change_amount,
                         owner_mix_id=None,

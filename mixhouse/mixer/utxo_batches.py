@@ -55,7 +55,7 @@ from mixhouse.keys.audited import key_use_entries, recording_key_uses
 from mixhouse.mixer.batch_plan import BatchCandidate, batch_fee_cap, choose_batch, split_fee
 from mixhouse.mixer.mixes import next_key_index
 from mixhouse.mixer.runtime import Runtime
-from mixhouse.mixer.sends import coin_of, complete_mixes, execute_send, send_entry, sign_utxo_payout
+from mixhouse.mixer.sends import coin_of, complete_mixes, execute_send, pool_chains, send_entry, sign_utxo_payout
 from mixhouse.mixer.states import SEND_TRANSITIONS, SendState, now
 from mixhouse.money import Asset, asset_info
 from mixhouse.unit import Unit, unit
@@ -232,6 +232,7 @@ async def _sign_batch_in(
     if not choice.taken:
         return None, 0, choice.unbatchable
     excluded = sorted(choice.mix_ids)
+    change_chain, draining = await pool_chains(work, asset.value)
     coin_rows = (
         await work.conn.execute(
             select(utxos)
@@ -240,6 +241,8 @@ async def _sign_batch_in(
                 utxos.c.state == "available",
                 # No input is the deposit of a mix this batch pays (it would link them).
                 (utxos.c.owner_mix_id.is_(None)) | (utxos.c.owner_mix_id.not_in(excluded)),
+                # A draining pool key generation's coins are the drain's (mixer/pool_rotation.py).
+                utxos.c.key_chain.not_in(draining),
             )
             .order_by(utxos.c.amount.desc())
             .limit(_MAX_CANDIDATE_COINS)
@@ -260,6 +263,7 @@ async def _sign_batch_in(
                 ),
                 # Output order and tie-breaks from a secret: nothing about the order is predictable.
                 rng_seed=secrets.randbits(63),
+                change_chain=change_chain,
             )
     except (InsufficientFunds, InvalidAmount) as exc:
         raise _NoBatch(choice.taken, str(exc)) from exc
@@ -306,8 +310,8 @@ async def _sign_batch_in(
                 asset=asset.value,
                 txid=txid,
                 vout=spend.change_vout,
-                address=adapter.change_address(change_index),
-                key_chain=1,
+                address=spend.change_address or adapter.change_address(change_index),
+                key_chain=spend.change_chain,
                 key_index=change_index,
                 amount=spend.change_amount,
                 owner_mix_id=None,

@@ -4,7 +4,9 @@ Keys: one BIP-84 account (P2WPKH, BIP-173 bech32 addresses) held by a
 :class:`~mixhouse.keys.signer.Signer` (derived from a seed, or generated in a PKCS#11 token,
 each key named by its path). Deposit addresses are on the external chain ``m/84'/c'/0'/0/i``; the
 pool and change keys on the internal chain ``m/84'/c'/0'/1/j``, the pool address being
-``m/84'/c'/0'/1/0`` (``c`` = 0 on mainnet, 1 on test networks, BIP-44/SLIP-44).
+``m/84'/c'/0'/1/0`` (``c`` = 0 on mainnet, 1 on test networks, BIP-44/SLIP-44). After a pool key
+rotation (issue 12, :mod:`mixhouse.mixer.pool_rotation`) generation ``g``'s pool and change keys
+are the internal chain of account ``g``, ``m/84'/c'/{g}'/1/j`` (:meth:`BitcoinAdapter.use_pool_generation`).
 
 Amounts are ``int`` satoshi everywhere; node JSON is parsed with ``Decimal`` and converted
 once, exactly (:func:`~mixhouse.chains.bitcoin.rpc.btc_to_sat`). Fee rates are satoshi per
@@ -43,11 +45,11 @@ from mixhouse.chains.base import (
     UtxoSpend,
 )
 from mixhouse.chains.bitcoin import networks
-from mixhouse.chains.bitcoin.pool_spend import POOL_CHAIN, build_pool_spend
+from mixhouse.chains.bitcoin.pool_spend import POOL_CHAIN, build_pool_move, build_pool_spend, pool_move_fee
 from mixhouse.chains.bitcoin.rpc import AlreadyInChain, BitcoinRpc, SendRejected, btc_to_sat
 from mixhouse.chains.bitcoin.single_spend import build_single_spend, single_spend_fee
 from mixhouse.errors import ChainError, InvalidAddress
-from mixhouse.keys.bip84 import key_path, p2wpkh_address
+from mixhouse.keys.bip84 import coin_key_path, generation_key_prefix, p2wpkh_address, pool_key_chain
 from mixhouse.keys.offload import SIGN_TIMEOUT_SECONDS, SigningThread
 from mixhouse.keys.signer import Signer
 from mixhouse.money import Asset
@@ -93,7 +95,11 @@ class BitcoinAdapter(UtxoChainAdapter):
 
     Attributes:
         asset: ``Asset.BTC``; amounts are satoshi.
-        pool_address: the P2WPKH address of ``m/84'/c'/0'/1/0``.
+        pool_address: the P2WPKH address of key 0 of the active pool key generation's chain
+            (``m/84'/c'/0'/1/0`` until a rotation, :meth:`use_pool_generation`): where
+            operator top-ups are sent.
+        pool_chain: the stored ``key_chain`` of the active generation (``2g + 1``): the chain
+            new change goes to.
         has_idempotent_send: ``True``.
 
     Raises:
@@ -128,10 +134,13 @@ class BitcoinAdapter(UtxoChainAdapter):
         self._signer = signer
         # The async paths sign here, never on the event loop (a token may be slow or hang).
         self._signing = SigningThread(f"signer-{self.asset}", timeout=sign_timeout)
-        # (change, index) -> address: asked for on every scan, a public key costs a token
+        # (key_chain, index) -> address: asked for on every scan, a public key costs a token
         # round trip on an HSM.
         self._addresses: dict[tuple[int, int], str] = {}
+        self.pool_chain = POOL_CHAIN
         self.pool_address = self._address(POOL_CHAIN, 0)
+        # Key 0 of every pool generation not yet retired -> its key_chain (top-ups are watched there).
+        self._pool_key_chains: dict[str, int] = {self.pool_address: POOL_CHAIN}
         # Outputs of mempool transactions already decoded, by txid (pruned every scan).
         self._mempool_outputs: dict[str, tuple[_Output, ...]] = {}
         # Canonical forms of watched addresses that needed decoding, by the text given (kept
@@ -160,13 +169,79 @@ class BitcoinAdapter(UtxoChainAdapter):
         """
         return self._address(0, index)
 
-    def _address(self, change: int, index: int) -> str:
-        address = self._addresses.get((change, index))
+    def _address(self, key_chain: int, index: int) -> str:
+        address = self._addresses.get((key_chain, index))
         if address is None:
-            public = self._signer.public_key(key_path(self.network, change, index))
+            public = self._signer.public_key(coin_key_path(self.network, key_chain, index))
             address = p2wpkh_address(public, self.network)
-            self._addresses[(change, index)] = address
+            self._addresses[(key_chain, index)] = address
         return address
+
+    # -- pool key generations (key rotation, issue 12) ---------------------------------------
+
+    def generation_key_ref(self, generation: int) -> str:
+        """The key reference of pool generation ``generation``: its chain's path prefix
+        ``m/84'/c'/{g}'/1/`` (:func:`mixhouse.keys.bip84.generation_key_prefix`), what a
+        :class:`~mixhouse.keys.audited.RetiredKeyGuard` refuses once it retires.
+
+        Raises:
+            ValueError: ``generation`` outside ``[0, 2**31)``.
+        """
+        return generation_key_prefix(self.network, generation)
+
+    def generation_address(self, generation: int) -> str:
+        """The pool address of generation ``generation``: key 0 of its chain, ``m/84'/c'/{g}'/1/0``.
+
+        Raises:
+            ValueError: ``generation`` outside ``[0, 2**31)``.
+            SignerError: the signer has no such key.
+        """
+        return self._address(pool_key_chain(generation), 0)
+
+    async def generation_address_async(self, generation: int) -> str:
+        """:meth:`generation_address` made in the adapter's signing thread: a new generation's
+        key is a token round trip the first time (PKCS#11), which must not stall the loop.
+
+        Raises:
+            ValueError, SignerError: as :meth:`generation_address` (also on ``sign_timeout``).
+        """
+        return await self._signing.run(lambda: self.generation_address(generation))
+
+    def generation_ref_address(self, key_ref: str) -> str:
+        """The pool address of the generation whose :meth:`generation_key_ref` is ``key_ref``.
+
+        Raises:
+            ValueError: ``key_ref`` is not a generation prefix of this network.
+        """
+        _head, sep, tail = key_ref.removesuffix("/1/").rpartition("/")
+        if not sep or not tail.endswith("'") or not tail[:-1].isdigit():
+            raise ValueError(f"{key_ref!r} is not a pool generation's key reference")
+        generation = int(tail[:-1])
+        if self.generation_key_ref(generation) != key_ref:
+            raise ValueError(f"{key_ref!r} is not a pool generation's key reference on {self.network}")
+        return self.generation_address(generation)
+
+    def use_pool_generation(self, generation: int, *, draining: Sequence[int] = ()) -> str:
+        """Make pool key generation ``generation`` the active one: new change and top-ups go
+        to its chain (:attr:`pool_chain`, :attr:`pool_address`); the top-up addresses of
+        ``draining`` generations stay watched (:meth:`pool_key_chains`: a coin arriving there
+        is a pool coin of that generation, moved by the next drain). Each send reads
+        :attr:`pool_chain` once, before it signs. Returns the pool address.
+
+        Raises:
+            ValueError: a generation outside ``[0, 2**31)``.
+            SignerError: the signer has no such key.
+        """
+        chains = {self.generation_address(g): pool_key_chain(g) for g in (*draining, generation)}
+        self.pool_chain = pool_key_chain(generation)
+        self.pool_address = self.generation_address(generation)
+        self._pool_key_chains = chains
+        return self.pool_address
+
+    def pool_key_chains(self) -> dict[str, int]:
+        """Key 0 of the active and every draining pool generation -> its stored ``key_chain``:
+        the addresses whose incoming coins are pool coins."""
+        return dict(self._pool_key_chains)
 
     # -- reading transactions --------------------------------------------------------------
 
@@ -507,8 +582,9 @@ class BitcoinAdapter(UtxoChainAdapter):
     # -- the UTXO pool -----------------------------------------------------------------------
 
     def change_address(self, index: int) -> str:
-        """The pool key ``m/84'/c'/0'/1/index`` (BIP-84 internal chain) as a P2WPKH address."""
-        return self._address(POOL_CHAIN, index)
+        """Key ``index`` of the active pool generation's chain (``m/84'/c'/g'/1/index``, BIP-84
+        internal chain) as a P2WPKH address."""
+        return self._address(self.pool_chain, index)
 
     async def fee_rate(self) -> int:
         """``estimatesmartfee 6`` in sat/vB, or the fallback on a node without an estimate.
@@ -532,15 +608,18 @@ class BitcoinAdapter(UtxoChainAdapter):
         fee_rate: int,
         max_fee: int,
         rng_seed: int,
+        change_chain: int | None = None,
     ) -> UtxoSpend:
         """See :meth:`UtxoChainAdapter.prepare_utxo_send` and
         :func:`mixhouse.chains.bitcoin.pool_spend.build_pool_spend`, run in the adapter's
-        signing thread (the signer may be a slow token).
+        signing thread (the signer may be a slow token). The change goes to ``change_chain``,
+        or to :attr:`pool_chain` read once here (never mid-spend).
 
         Raises:
             SignerError: the signer failed or did not answer within ``sign_timeout`` seconds
                 (a :class:`ChainError`: the send is retried).
         """
+        chain = self.pool_chain if change_chain is None else change_chain
         return await self._signing.run(
             lambda: build_pool_spend(
                 signer=self._signer,
@@ -552,6 +631,26 @@ class BitcoinAdapter(UtxoChainAdapter):
                 fee_rate=fee_rate,
                 max_fee=max_fee,
                 rng_seed=rng_seed,
+                change_chain=chain,
+            )
+        )
+
+    def pool_move_fee(self, *, n_inputs: int, to_address: str, fee_rate: int) -> int:
+        """See :func:`mixhouse.chains.bitcoin.pool_spend.pool_move_fee`."""
+        return pool_move_fee(network=self.network, n_inputs=n_inputs, to_address=to_address, fee_rate=fee_rate)
+
+    async def prepare_pool_move(self, *, coins: Sequence[PoolCoin], to_address: str, fee_rate: int) -> UtxoSpend:
+        """See :func:`mixhouse.chains.bitcoin.pool_spend.build_pool_move`, run in the adapter's
+        signing thread.
+
+        Raises:
+            InvalidAmount: no coins, or they do not pay the fee.
+            SignerError: as :meth:`prepare_utxo_send` (:class:`~mixhouse.keys.audited.KeyRetired`
+                for a retired generation's coin).
+        """
+        return await self._signing.run(
+            lambda: build_pool_move(
+                signer=self._signer, network=self.network, coins=coins, to_address=to_address, fee_rate=fee_rate
             )
         )
 

@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 
 from mixhouse.chains.base import PoolCoin, PreparedSend, UtxoSpend
-from mixhouse.chains.bitcoin.coinselect import Coin, output_vbytes, select_coins
+from mixhouse.chains.bitcoin.coinselect import Coin, dust_threshold, estimate_vsize, output_vbytes, select_coins
 from mixhouse.chains.bitcoin.networks import script_pubkey
 from mixhouse.chains.bitcoin.txbuild import sign_tx
 from mixhouse.errors import InvalidAmount
@@ -113,4 +113,72 @@ def build_pool_spend(
         fee=signed.fee,
         vsize=signed.vsize,
         payment_vbytes=payment_vbytes,
+        change_chain=change_chain,
+        change_address=change_address,
+    )
+
+
+def pool_move_fee(*, network: str, n_inputs: int, to_address: str, fee_rate: int) -> int:
+    """Satoshi of miner fee of a pool move: ``n_inputs`` P2WPKH inputs, one output to
+    ``to_address``, at ``fee_rate`` sat/vB (:func:`~mixhouse.chains.bitcoin.coinselect.estimate_vsize`).
+
+    Raises:
+        InvalidAddress: ``to_address`` is not an address of ``network``.
+    """
+    return fee_rate * estimate_vsize(n_inputs, output_vbytes(script_pubkey(to_address, network)))
+
+
+def build_pool_move(
+    *, signer: Signer, network: str, coins: Sequence[PoolCoin], to_address: str, fee_rate: int
+) -> UtxoSpend:
+    """Sign the move of a draining pool key generation's coins (key rotation, issue 12): every
+    coin in ``coins`` spent, one output of their total less the fee to ``to_address`` (key 0 of
+    the active generation), no change. Inputs in the order given (the caller sorts them), so the
+    same coins sign the same transaction.
+
+    Args:
+        signer: holds every coin's key by BIP-84 path (:func:`coin_key_path` of its ``key_chain``).
+        network: the network name.
+        coins: the pool coins to move, satoshi amounts.
+        to_address: the receiving address.
+        fee_rate: sat/vB.
+
+    Returns:
+        The :class:`UtxoSpend`; ``change_vout`` is the one output (0), ``change_amount`` its
+        satoshi, ``fee`` the miner fee (``sum(coins) - change_amount``).
+
+    Raises:
+        InvalidAmount: no coins, or the total less the fee is below the output's dust threshold.
+        SignerError: the signer failed or a key is retired (nothing was signed).
+    """
+    if not coins:
+        raise InvalidAmount("a pool move spends at least one coin")
+    total = sum(c.amount for c in coins)
+    amount = total - pool_move_fee(network=network, n_inputs=len(coins), to_address=to_address, fee_rate=fee_rate)
+    if amount < dust_threshold(script_pubkey(to_address, network)):
+        raise InvalidAmount(f"{total} satoshi in {len(coins)} coins does not pay the move's fee")
+    signed = sign_tx(
+        inputs=[
+            (Coin(c.txid, c.vout, c.amount, c.address, c.owner), coin_key_path(network, c.key_chain, c.key_index))
+            for c in coins
+        ],
+        signer=signer,
+        outputs=[(to_address, amount)],
+        network=network,
+    )
+    return UtxoSpend(
+        prepared=PreparedSend(
+            from_address=coins[0].address,
+            to_address=to_address,
+            amount=amount,
+            network_fee_max=signed.fee,
+            raw_tx=signed.raw,
+            txid=signed.txid,
+            nonce=None,
+        ),
+        inputs=tuple(coins),
+        change_vout=0,
+        change_amount=amount,
+        fee=signed.fee,
+        vsize=signed.vsize,
     )
