@@ -26,8 +26,8 @@ from mixhouse.watch.engine import Block
 from mixhouse.watch.evm import EvmBlocks, hex_int
 
 
-class _Deposits:
-    """What a deposit watcher found in a pass."""
+class Deposits:
+    """What a deposit watcher found in a pass (the base of the deposit watchers)."""
 
     _found: list[Transfer]
 
@@ -39,7 +39,7 @@ class _Deposits:
         )
 
 
-class EvmDeposits(_Deposits):
+class EvmDeposits(Deposits):
     """:class:`~mixhouse.watch.engine.Watcher` of ETH transfers to ``watched`` addresses.
 
     Args:
@@ -79,7 +79,7 @@ class EvmDeposits(_Deposits):
             )
 
 
-class BitcoinDeposits(_Deposits):
+class BitcoinDeposits(Deposits):
     """:class:`~mixhouse.watch.engine.Watcher` of outputs paying ``watched`` addresses.
 
     Args:
