@@ -254,9 +254,12 @@ class ChainWatch:
         return Pass(last, start, last_height, tip, rewound, done=complete and end >= tip)
 
     async def _check_running(self, consumer: str) -> None:
-        reason = self._stopped.get(consumer)
-        if reason is None and self._engine is not None:
+        # With a database its row is the truth: a ChainWatch lives as long as its process
+        # (mixhouse.watch.scans), and a resume from another process (the CLI) must reach it.
+        if self._engine is not None:
             reason = await store.stop_reason(self._engine, self.chain, consumer)
+        else:
+            reason = self._stopped.get(consumer)
         if reason is not None:
             raise WatcherStopped(f"{self.chain} {consumer!r} is stopped: {reason}")
 
@@ -289,13 +292,15 @@ class ChainWatch:
     async def _stop(self, consumer: str, height: int) -> None:
         """Stop ``consumer`` (audited, with an engine) and raise :class:`ReorgTooDeep`."""
         error = ReorgTooDeep(self.chain, consumer, height, self.max_depth)
-        self._stopped[consumer] = str(error)
-        if self._engine is not None:
+        if self._engine is None:
+            self._stopped[consumer] = str(error)
+        else:
             await store.stop_consumer(
                 self._engine, self.chain, consumer, height=height, max_depth=self.max_depth, reason=str(error)
             )
         raise error
 
     def resumed(self, consumer: str) -> None:
-        """Forget this process's stop of ``consumer`` (after :func:`store.resume_consumer`)."""
+        """Forget this process's stop of ``consumer`` (without a database; with one,
+        :func:`store.resume_consumer` alone resumes it)."""
         self._stopped.pop(consumer, None)

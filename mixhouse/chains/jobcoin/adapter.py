@@ -226,9 +226,10 @@ class JobcoinAdapter(ChainAdapter):
     # the reads it is made of.
 
     async def history_page(self, after: int, *, limit: int | None = None) -> list[tuple[int, str]] | None:
-        """``(id, toAddress)`` of up to ``limit`` (default :data:`PAGE_SIZE`) transfers after id ``after``, in id order (our
-        ledger's history cursor, ``GET /transactions?after=<id>&limit=<n>``); ``None`` on a
-        ledger without it (the original API), remembered for :meth:`wait_for_transfers`.
+        """``(id, toAddress)`` of up to ``limit`` (default :data:`PAGE_SIZE`) transfers after id
+        ``after``, in id order (our ledger's history cursor,
+        ``GET /transactions?after=<id>&limit=<n>``); ``None`` on a ledger without it (the
+        original API), remembered for :meth:`wait_for_transfers`.
 
         Raises:
             ChainError: the API failed, or the page is not in id order or unreadable.
