@@ -76,14 +76,14 @@ async def test_scan_finds_a_deposit_with_amount_sender_and_growing_confirmations
     assert confirmed.ref == seen.ref
     assert confirmed.block_number == await bcoin.tip()
     assert confirmed.confirmations == 1
-    assert mined.cursor == f"{confirmed.block_number + 1}:{block_hash}"
+    assert mined.cursor == f"@{confirmed.block_number}:{block_hash}"  # the engine's position
 
     await bcoin.mine(2)
     assert await btc_adapter.transfer_confirmations(confirmed) == 3
     later = await engine_scan(btc_adapter, [deposit], mined.cursor)
     assert later.transfers == ()
     assert later.cursor is not None
-    assert later.cursor.startswith(f"{await bcoin.tip() + 1}:")
+    assert later.cursor.startswith(f"@{await bcoin.tip()}:")
     assert await btc_adapter.balance(deposit) == 1_234_567
 
 
@@ -121,7 +121,10 @@ async def test_scan_with_a_stale_parent_hash_steps_back(bcoin: Bcoin, btc_adapte
     tip = await bcoin.tip()
     result = await engine_scan(btc_adapter, [btc_adapter.deposit_address(30)], f"{tip + 1}:{'00' * 32}")
     assert result.cursor is not None
-    assert result.cursor.startswith(f"{tip + 1}:")  # re-read from tip - 3 up to the tip
+    # The block below the cursor is not the one named: the engine rewinds (the full policy
+    # depth, knowing nothing of that hash) and re-reads up to the tip.
+    assert result.cursor.startswith(f"@{tip}:")
+    assert result.scanned == result.tip == tip
     with pytest.raises(ValueError, match="cursor"):
         await engine_scan(btc_adapter, [], "nonsense")
 

@@ -55,20 +55,28 @@ class LedgerPages:
         self.adapter = adapter
         self._page_size = page_size
         self._known = 0  # an id the ledger has (0: none known yet)
-        self._checked = False  # whether the ledger was seen to have the history cursor
+        # The page tip() read, ``(after, page)``: the first page blocks() asks is usually it.
+        self._first: tuple[int, list[tuple[int, str]]] | None = None
 
     async def tip(self) -> int:
-        """The highest transfer id (0 on an empty ledger).
+        """The highest transfer id (0 on an empty ledger): the page after the highest id known,
+        and only if that page is full the search for the last id (one-item pages, about
+        ``2 log2(distance)`` requests).
 
         Raises:
             NoHistoryCursor: the ledger has no history cursor.
             ChainError: the API failed.
         """
-        if not self._checked:
-            if await self.adapter.history_page(0, limit=1) is None:
-                raise NoHistoryCursor("the Jobcoin ledger has no history cursor (GET /transactions?after=)")
-            self._checked = True
-        self._known = await self.adapter.last_history_id(self._known)
+        size = self._page_size or jobcoin.PAGE_SIZE
+        page = (
+            None if self.adapter.history_cursor is False else await self.adapter.history_page(self._known, limit=size)
+        )
+        if page is None:
+            raise NoHistoryCursor("the Jobcoin ledger has no history cursor (GET /transactions?after=)")
+        self._first = (self._known, page)
+        if page:
+            last = page[-1][0]
+            self._known = last if len(page) < size else await self.adapter.last_history_id(last)
         return self._known
 
     async def hash_at(self, height: int) -> str | None:
@@ -87,7 +95,11 @@ class LedgerPages:
         after = start - 1
         size = self._page_size or jobcoin.PAGE_SIZE
         while after < end:
-            page = await self.adapter.history_page(max(after, 0), limit=size)
+            first, self._first = self._first, None
+            if first is not None and first[0] == max(after, 0):
+                page: list[tuple[int, str]] | None = first[1]
+            else:
+                page = await self.adapter.history_page(max(after, 0), limit=size)
             if page is None:
                 raise NoHistoryCursor("the Jobcoin ledger has no history cursor (GET /transactions?after=)")
             within = [(i, to) for i, to in page if i <= end]

@@ -243,6 +243,11 @@ class JobcoinAdapter(ChainAdapter):
             previous = transfer_id
         return page
 
+    @property
+    def history_cursor(self) -> bool | None:
+        """Whether the ledger has the history cursor: ``None`` until a page was asked."""
+        return self._cursor_api
+
     async def last_history_id(self, known: int) -> int:
         """The ledger's highest transfer id, ``known`` being one it has (or 0). Raises ChainError."""
         return await self._last_id(known)
