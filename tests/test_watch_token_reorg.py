@@ -15,35 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.watch.deposits import EvmDeposits
 from mixhouse.watch.engine import ChainWatch
-from mixhouse.watch.evm import EvmBlocks
 from mixhouse.watch.scans import DepositScanner
 from mixhouse.watch.tokens import Erc20Deposits
 from tests.fixtures.anvil import Anvil
+from tests.scanning import CountingBlocks, position_at
 from tests.test_token_adapter import USDT, deploy_token
 
 MAX_DEPTH = 6
 ETHER = 10**18
-
-
-class CountingBlocks(EvmBlocks):
-    """The reader, counting full block reads by height and ``eth_getLogs`` requests."""
-
-    def __init__(self, rpc_url: str) -> None:
-        super().__init__(rpc_url)
-        self.reads: list[int] = []
-        self.log_requests: list[str] = []
-
-    async def call(self, method: str, *params: Any) -> Any:
-        if method == "eth_getBlockByNumber" and params[1] is True:
-            self.reads.append(int(params[0], 16))
-        if method == "eth_getLogs":
-            self.log_requests.append(str(params[0]["blockHash"]))
-        return await super().call(method, *params)
-
-
-async def _position(anvil: Anvil, height: int) -> str:
-    block = await anvil.rpc("eth_getBlockByNumber", [hex(height), False])
-    return f"{height}:{block['hash']}"
 
 
 async def test_token_deposits_share_the_pass_and_follow_a_reorg(
@@ -58,7 +37,7 @@ async def test_token_deposits_share_the_pass_and_follow_a_reorg(
     try:
         await anvil.mine(1)
         fork = await anvil.block_number()
-        start = await _position(anvil, fork - 1)
+        start = await position_at(anvil, fork - 1)
         snapshot = await anvil.snapshot()
         usdt_txid = await usdt.pay(usdt_deposit, 250 * USDT)  # fork + 1
         oz_txid = await oz.pay(oz_deposit, 40 * USDT)  # fork + 2
@@ -70,11 +49,12 @@ async def test_token_deposits_share_the_pass_and_follow_a_reorg(
         tokens = Erc20Deposits(reader, {usdt.token.contract: [usdt_deposit], oz.token.contract: [oz_deposit]})
         eth = EvmDeposits(reader, [eth_deposit])
         first = await watch.advance("deposits:tokens", start, [eth, tokens], max_blocks=100)
+        await tokens.settle()
         assert (first.done, first.rewound_to, first.last_height) == (True, None, tip)
-        # Each block read once for all three watchers; logs asked only where the bloom may hold
-        # a transfer of a watched token (the blocks of the three token transfers).
+        # Each block read once for all three watchers; the tokens' logs in one eth_getLogs over
+        # the blocks whose bloom may hold a transfer of theirs.
         assert sorted(reader.reads) == list(range(fork, tip + 1))
-        assert len(reader.log_requests) == 3
+        assert tokens.requests == len(reader.log_requests) == 1
         [usdt_seen] = tokens.transfers_of(usdt.token.contract, first.tip)
         [oz_seen] = tokens.transfers_of(oz.token.contract, first.tip)
         assert (usdt_seen.ref, usdt_seen.amount, usdt_seen.to_address) == (f"{usdt_txid}/0", 250 * USDT, usdt_deposit)
@@ -92,6 +72,7 @@ async def test_token_deposits_share_the_pass_and_follow_a_reorg(
         new_tip = await anvil.block_number()
         tokens = Erc20Deposits(reader, {usdt.token.contract: [usdt_deposit], oz.token.contract: [oz_deposit]})
         rewound = await watch.advance("deposits:tokens", first.position, [tokens], max_blocks=100)
+        await tokens.settle()
         assert rewound.rewound_to == fork  # the exact fork, from the window in PostgreSQL
         assert (rewound.done, rewound.last_height) == (True, new_tip)
         [replaced] = tokens.transfers(rewound.tip)
@@ -113,7 +94,7 @@ async def test_the_scanner_converts_a_token_cursor_of_the_adapter(anvil: Anvil, 
     try:
         found = await scanner.scan(world.token, [deposit], old_cursor)
         assert [(t.ref, t.amount) for t in found.transfers] == [(f"{txid}/0", 5 * USDT)]
-        assert found.cursor == f"@{await _position(anvil, await anvil.block_number())}"
+        assert found.cursor == f"@{await position_at(anvil, await anvil.block_number())}"
         assert found.scanned == found.tip == await anvil.block_number()
         # The engine's own cursor goes on from there: nothing new, the same ChainWatch.
         watch = scanner.watch_of(world.token)
@@ -122,3 +103,36 @@ async def test_the_scanner_converts_a_token_cursor_of_the_adapter(anvil: Anvil, 
         assert scanner.watch_of(world.token) is watch is scanner.watch_of(world.evm)
     finally:
         await scanner.aclose()
+
+
+class StaleRangeBlocks(CountingBlocks):
+    """A node whose ranged ``eth_getLogs`` answers from another branch (every log's blockHash
+    another block's): the watcher must not trust it and reads by block hash instead."""
+
+    async def call(self, method: str, *params: Any) -> Any:
+        result = await super().call(method, *params)
+        if method == "eth_getLogs" and "fromBlock" in params[0]:
+            result = [dict(entry, blockHash="0x" + "ee" * 32) for entry in result]
+        return result
+
+
+async def test_a_ranged_answer_from_another_branch_is_read_again_by_block_hash(
+    anvil: Anvil, evm_adapter: EvmAdapter
+) -> None:
+    world = await deploy_token(anvil, evm_adapter, "oz")
+    deposit = world.token.deposit_address(5)
+    start = await position_at(anvil, await anvil.block_number())
+    txid = await world.pay(deposit, 9 * USDT)
+    await anvil.mine(2)
+    reader = StaleRangeBlocks(anvil.rpc_url)
+    try:
+        tokens = Erc20Deposits(reader, {world.token.contract: [deposit]})
+        read = await ChainWatch(reader, max_depth=MAX_DEPTH).advance("t", start, [tokens], max_blocks=10)
+        await tokens.settle()
+        assert [(t.ref, t.amount) for t in tokens.transfers(read.tip)] == [(f"{txid}/0", 9 * USDT)]
+        # One ranged query (refused), then one by hash per block whose bloom may hold the token.
+        assert reader.log_requests[0] == "None"
+        assert len(reader.log_requests) == tokens.requests >= 2
+        assert all(h.startswith("0x") for h in reader.log_requests[1:])
+    finally:
+        await reader.aclose()

@@ -158,6 +158,8 @@ class DepositScanner:
             prefix, slack, most = "", EVM_FIRST_SCAN_SLACK, EVM_MAX_BLOCKS_PER_SCAN
         position = await self._position(watch, adapter, cursor, prefix, slack)
         read = await watch.advance(who, position, [watcher], max_blocks=most)
+        if isinstance(watcher, Erc20Deposits):
+            await watcher.settle()
         transfers = watcher.transfers(read.tip)
         if isinstance(adapter, BitcoinAdapter) and read.done:
             transfers += tuple(await self._mempool(adapter).transfers(wanted))

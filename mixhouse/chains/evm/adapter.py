@@ -342,7 +342,7 @@ class EvmAdapter(ChainAdapter):
         return HexBytes(block["hash"])
 
     async def transfer_confirmations(self, transfer: Transfer) -> int | None:
-        """Confirmations of a transfer seen by :meth:`scan`, looked up by its txid (``ref``).
+        """Confirmations of a transfer the scanning engine found, looked up by its txid (``ref``).
 
         Returns:
             ``head - block + 1`` if mined in the current chain with status 1; ``0`` if back
