@@ -62,7 +62,8 @@ class Block:
 
 
 class BlockReader(Protocol):
-    """A chain kind's node, as the engine reads it."""
+    """A chain kind's node, as the engine reads it. A reader may say ``reorgs = False`` (a
+    ledger): its block window is then not kept in the database."""
 
     chain: str
 
@@ -207,7 +208,9 @@ class ChainWatch:
         self.chain = reader.chain
         self.max_depth = max_depth
         self._engine = engine
-        self._window = BlockWindow(reader.chain, max_depth + 1, engine)
+        # A chain that cannot reorganise (a ledger: reader.reorgs False) keeps its window in
+        # memory only: persisting it would cost a write per pass and could never be used.
+        self._window = BlockWindow(reader.chain, max_depth + 1, engine if getattr(reader, "reorgs", True) else None)
         self._stopped: dict[str, str] = {}
 
     async def advance(

@@ -48,6 +48,7 @@ class LedgerPages:
     """
 
     chain = "JOBCOIN"
+    reorgs = False  # one ledger database: nothing it listed is taken back
 
     def __init__(self, adapter: JobcoinAdapter, *, page_size: int | None = None) -> None:
         if page_size is not None and not 1 <= page_size <= jobcoin.PAGE_SIZE:
