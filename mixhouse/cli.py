@@ -31,12 +31,14 @@ ledger_app = typer.Typer(help="The local Jobcoin-compatible ledger (a developmen
 mix_app = typer.Typer(help="Create and inspect mixes.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 sanctions_app = typer.Typer(help="Sanctions lists used to screen deposits.", no_args_is_help=True)
+watch_app = typer.Typer(help="The scanning engine: stopped watchers, scan cursors.", no_args_is_help=True)
 privacy_app = typer.Typer(help="What a chain analyst can link in the live pool.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(mix_app, name="mix")
 app.add_typer(audit_app, name="audit")
 app.add_typer(sanctions_app, name="sanctions")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(watch_app, name="watch")
 # rotate runs the mixer's pool rotation: added here, since keys/ imports no feature.
 keys_app.command("rotate")(keys_rotate)
 app.add_typer(keys_app, name="keys")
@@ -522,3 +524,71 @@ def operator_create(
     except MixhouseError as exc:
         raise _fail(exc) from exc
     console.print(f"operator {name!r} can log in at /admin")
+
+
+@watch_app.command("status")
+def watch_status() -> None:
+    """Show stopped watchers, the deposit scans' cursors and lag, and the block windows."""
+    from mixhouse.watch import store  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _read() -> tuple[list[store.Stop], list[tuple[str, str | None, int | None, int | None]], Any]:
+        engine = make_engine(url, pool_size=1)
+        try:
+            return await store.stops(engine), await store.deposit_cursors(engine), await store.windows(engine)
+        finally:
+            await engine.dispose()
+
+    stopped, cursors, kept = asyncio.run(_read())
+    if stopped:
+        table = Table("chain", "consumer", "height", "max depth", "stopped at", "reason", title="stopped watchers")
+        for s in stopped:
+            table.add_row(s.chain, s.consumer, str(s.height), str(s.max_depth), s.stopped_at.isoformat(), s.reason)
+        console.print(table)
+    else:
+        console.print("no watcher is stopped")
+    table = Table("asset", "cursor", "tip", "scanned", "lag", title="deposit scans")
+    for asset, cursor, tip, scanned in cursors:
+        lag = "" if tip is None or scanned is None else str(tip - scanned)
+        table.add_row(
+            asset, cursor or "", "" if tip is None else str(tip), "" if scanned is None else str(scanned), lag
+        )
+    console.print(table)
+    table = Table("chain", "lowest", "highest", "blocks", title="block windows")
+    for chain, (low, high, n) in sorted(kept.items()):
+        table.add_row(chain, str(low), str(high), str(n))
+    console.print(table)
+
+
+@watch_app.command("resume")
+def watch_resume(
+    consumer: Annotated[str, typer.Argument(help="The stopped consumer, e.g. deposits:ETH or wallets.")],
+    chain: Annotated[
+        str | None, typer.Option(help="Its chain (BTC, ETH, JOBCOIN); needed if it is stopped on several.")
+    ] = None,
+    actor: Annotated[str, typer.Option(help="Who resumes it, for the audit log.")] = "cli",
+) -> None:
+    """Let a watcher stopped by a too-deep reorg run again (audited as watch.resumed); running
+    workers see it at their next pass."""
+    from mixhouse.watch import store  # noqa: PLC0415
+
+    _, url = _prepare()
+
+    async def _run() -> list[str]:
+        engine = make_engine(url, pool_size=1)
+        try:
+            chains = [s.chain for s in await store.stops(engine) if s.consumer == consumer]
+            if chain is not None:
+                chains = [c for c in chains if c == chain]
+            if len(chains) > 1:
+                raise typer.BadParameter(f"{consumer!r} is stopped on {', '.join(chains)}: give --chain")
+            return [c for c in chains if await store.resume_consumer(engine, c, consumer, actor=actor)]
+        finally:
+            await engine.dispose()
+
+    resumed = asyncio.run(_run())
+    if not resumed:
+        console.print(f"[red]{consumer!r} is not stopped{'' if chain is None else f' on {chain}'}[/red]")
+        raise typer.Exit(code=1)
+    console.print(f"resumed {consumer!r} on {resumed[0]}")

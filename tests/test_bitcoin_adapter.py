@@ -11,6 +11,7 @@ from mixhouse.errors import BroadcastRejected, InvalidAddress
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.money import Asset, asset_info
 from tests.fixtures.bcoin import Bcoin, SignedPayment
+from tests.scanning import engine_scan
 
 
 def _prepared(payment: SignedPayment, to_address: str, amount: int) -> PreparedSend:
@@ -59,7 +60,7 @@ async def test_scan_finds_a_deposit_with_amount_sender_and_growing_confirmations
     cursor = str(await bcoin.tip() + 1)
     txid = await bcoin.fund(deposit, 1_234_567)
 
-    pending = await btc_adapter.scan([deposit, other], cursor)
+    pending = await engine_scan(btc_adapter, [deposit, other], cursor)
     [seen] = pending.transfers
     assert seen.to_address == deposit
     assert seen.amount == 1_234_567
@@ -70,19 +71,19 @@ async def test_scan_finds_a_deposit_with_amount_sender_and_growing_confirmations
     assert await btc_adapter.transfer_confirmations(seen) == 0
 
     [block_hash] = await bcoin.mine(1)
-    mined = await btc_adapter.scan([deposit], pending.cursor)
+    mined = await engine_scan(btc_adapter, [deposit], pending.cursor)
     [confirmed] = mined.transfers
     assert confirmed.ref == seen.ref
     assert confirmed.block_number == await bcoin.tip()
     assert confirmed.confirmations == 1
-    assert mined.cursor == f"{confirmed.block_number + 1}:{block_hash}"
+    assert mined.cursor == f"@{confirmed.block_number}:{block_hash}"  # the engine's position
 
     await bcoin.mine(2)
     assert await btc_adapter.transfer_confirmations(confirmed) == 3
-    later = await btc_adapter.scan([deposit], mined.cursor)
+    later = await engine_scan(btc_adapter, [deposit], mined.cursor)
     assert later.transfers == ()
     assert later.cursor is not None
-    assert later.cursor.startswith(f"{await bcoin.tip() + 1}:")
+    assert later.cursor.startswith(f"@{await bcoin.tip()}:")
     assert await btc_adapter.balance(deposit) == 1_234_567
 
 
@@ -91,7 +92,7 @@ async def test_a_reorg_removing_the_deposit_block_is_noticed(bcoin: Bcoin, btc_a
     start = await bcoin.tip() + 1
     await bcoin.fund(deposit, 500_000)
     [block_hash] = await bcoin.mine(1)
-    first = await btc_adapter.scan([deposit], str(start))
+    first = await engine_scan(btc_adapter, [deposit], str(start))
     [transfer] = first.transfers
     assert transfer.confirmations == 1
     assert await btc_adapter.transfer_confirmations(transfer) == 1
@@ -105,7 +106,7 @@ async def test_a_reorg_removing_the_deposit_block_is_noticed(bcoin: Bcoin, btc_a
     # The stored cursor names the removed block as the parent: the scan steps back, re-reads
     # the new branch and finds the deposit in its new block.
     await bcoin.mine(2)
-    again = await btc_adapter.scan([deposit], first.cursor)
+    again = await engine_scan(btc_adapter, [deposit], first.cursor)
     [moved] = [t for t in again.transfers if t.ref == transfer.ref]
     assert moved.block_number == start  # the first block of the new branch, at the same height
     assert moved.confirmations == 2
@@ -118,11 +119,14 @@ async def test_a_reorg_removing_the_deposit_block_is_noticed(bcoin: Bcoin, btc_a
 
 async def test_scan_with_a_stale_parent_hash_steps_back(bcoin: Bcoin, btc_adapter: BitcoinAdapter) -> None:
     tip = await bcoin.tip()
-    result = await btc_adapter.scan([btc_adapter.deposit_address(30)], f"{tip + 1}:{'00' * 32}")
+    result = await engine_scan(btc_adapter, [btc_adapter.deposit_address(30)], f"{tip + 1}:{'00' * 32}")
     assert result.cursor is not None
-    assert result.cursor.startswith(f"{tip + 1}:")  # re-read from tip - 3 up to the tip
+    # The block below the cursor is not the one named: the engine rewinds (the full policy
+    # depth, knowing nothing of that hash) and re-reads up to the tip.
+    assert result.cursor.startswith(f"@{tip}:")
+    assert result.scanned == result.tip == tip
     with pytest.raises(ValueError, match="cursor"):
-        await btc_adapter.scan([], "nonsense")
+        await engine_scan(btc_adapter, [], "nonsense")
 
 
 async def test_fee_quote_falls_back_on_a_fresh_regtest(btc_adapter: BitcoinAdapter, bcoin: Bcoin) -> None:

@@ -13,6 +13,7 @@ from mixhouse.chains.bitcoin import networks
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.errors import InvalidAddress
 from tests.fixtures.bcoin import Bcoin
+from tests.scanning import engine_scan
 
 
 async def test_watched_addresses_are_not_decoded_on_every_scan(
@@ -33,8 +34,8 @@ async def test_watched_addresses_are_not_decoded_on_every_scan(
     paid_shouting = await bcoin.fund(btc_adapter.deposit_address(401), 600_000)
     monkeypatch.setattr(networks, "normalize_address", counting)
 
-    first = await btc_adapter.scan([*many, deposit, shouting], cursor)
-    second = await btc_adapter.scan([*many, deposit, shouting], cursor)
+    first = await engine_scan(btc_adapter, [*many, deposit, shouting], cursor)
+    second = await engine_scan(btc_adapter, [*many, deposit, shouting], cursor)
 
     # Only the one non-canonical text was decoded, and only once for both scans.
     assert decoded == [shouting]
@@ -48,4 +49,4 @@ async def test_watched_addresses_are_not_decoded_on_every_scan(
 
 async def test_a_watched_address_of_another_network_is_still_refused(btc_adapter: BitcoinAdapter) -> None:
     with pytest.raises(InvalidAddress):
-        await btc_adapter.scan(["BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4"], None)
+        await engine_scan(btc_adapter, ["BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4"], None)

@@ -23,6 +23,7 @@ from mixhouse.mixer.screening import store_list
 from mixhouse.money import Asset, parse_amount
 from mixhouse.servers import background
 from tests.e2e import fast_settings, local_ledger, wait_for_payouts
+from tests.scanning import engine_scan
 
 COIN = 10**8
 
@@ -205,7 +206,7 @@ async def test_bulk_acceptance_undone_when_a_deposit_moved_meanwhile(database_ur
                 await ledger.transfer(engine, "s", mix["deposit_address"], 10 * COIN)
             adapter = rt.adapter(Asset.JOBCOIN)
             watched = {m["deposit_address"]: m["id"] for m in mixes}
-            result = await adapter.scan(list(watched), None)
+            result = await engine_scan(adapter, list(watched), None)
             async with engine.begin() as conn:
                 for t in result.transfers:
                     await conn.execute(

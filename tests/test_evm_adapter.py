@@ -16,12 +16,15 @@ import pytest
 
 from mixhouse.chains.base import FeeQuote, PreparedSend, SendState, Transfer
 from mixhouse.chains.evm import EvmAdapter
-from mixhouse.chains.evm.adapter import GAS_LIMIT, MAX_BLOCKS_PER_SCAN
+from mixhouse.chains.evm.adapter import GAS_LIMIT
 from mixhouse.config import DEV_MNEMONIC
 from mixhouse.errors import BroadcastRejected, ChainError, ConfigError, InvalidAddress, SendOutcomeUnknown
 from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path
 from mixhouse.keys.signer import SoftwareSigner
+from mixhouse.watch.evm import EvmBlocks
+from mixhouse.watch.scans import EVM_MAX_BLOCKS_PER_SCAN as MAX_BLOCKS_PER_SCAN
 from tests.fixtures.anvil import FUNDER_ADDRESS, FUNDER_KEY, Anvil
+from tests.scanning import engine_scan
 
 ETH = 10**18
 _indexes = itertools.count(1_000_000)
@@ -139,7 +142,7 @@ async def test_scan_finds_a_deposit_once(anvil: Anvil, evm_adapter: EvmAdapter) 
     txid = await anvil.fund(address, 10**17 + 5)
     head = await anvil.block_number()
 
-    result = await evm_adapter.scan([address.lower(), other], cursor)
+    result = await engine_scan(evm_adapter, [address.lower(), other], cursor)
 
     assert [t.ref for t in result.transfers] == [txid]
     transfer = result.transfers[0]
@@ -151,9 +154,10 @@ async def test_scan_finds_a_deposit_once(anvil: Anvil, evm_adapter: EvmAdapter) 
         block_number=head,
         confirmations=1,
     )
-    assert result.cursor == f"{head + 1}:{(await anvil.rpc('eth_getBlockByNumber', [hex(head), False]))['hash']}"
+    # The engine's position: the last block taken in.
+    assert result.cursor == f"{head}:{(await anvil.rpc('eth_getBlockByNumber', [hex(head), False]))['hash']}"
 
-    again = await evm_adapter.scan([address], result.cursor)
+    again = await engine_scan(evm_adapter, [address], result.cursor)
     assert again.transfers == ()
     assert again.cursor == result.cursor
 
@@ -162,10 +166,10 @@ async def test_first_scan_without_cursor_sees_recent_blocks(anvil: Anvil, evm_ad
     address = evm_adapter.deposit_address(_fresh_index())
     txid = await anvil.fund(address, ETH // 100)
     await anvil.mine(2)
-    result = await evm_adapter.scan([address], None)
+    result = await engine_scan(evm_adapter, [address], None)
     assert [t.ref for t in result.transfers] == [txid]
     assert result.transfers[0].confirmations == 3
-    assert (result.cursor or "").partition(":")[0] == str(await anvil.block_number() + 1)
+    assert (result.cursor or "").partition(":")[0] == str(await anvil.block_number())
 
 
 async def test_scan_is_bounded_per_call(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
@@ -174,19 +178,20 @@ async def test_scan_is_bounded_per_call(anvil: Anvil, evm_adapter: EvmAdapter) -
     await anvil.mine(MAX_BLOCKS_PER_SCAN + 20)
     txid = await anvil.fund(address, ETH // 100)
 
-    first = await evm_adapter.scan([address], str(start))
+    first = await engine_scan(evm_adapter, [address], str(start))
     assert first.transfers == ()
-    assert (first.cursor or "").partition(":")[0] == str(start + MAX_BLOCKS_PER_SCAN)
+    assert (first.cursor or "").partition(":")[0] == str(start + MAX_BLOCKS_PER_SCAN - 1)
     assert first.tip is not None
     assert first.scanned == start + MAX_BLOCKS_PER_SCAN - 1 < first.tip
-    second = await evm_adapter.scan([address], first.cursor)
+    second = await engine_scan(evm_adapter, [address], first.cursor)
     assert [t.ref for t in second.transfers] == [txid]
 
 
-async def test_scan_without_watched_addresses_only_moves_the_cursor(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
+async def test_scan_without_watched_addresses_finds_nothing(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
     head = await anvil.block_number()
-    result = await evm_adapter.scan([], str(max(0, head - 10)))
-    assert result == type(result)((), str(head + 1), tip=head, scanned=head)
+    result = await engine_scan(evm_adapter, [], str(max(0, head - 10)))
+    block = await anvil.rpc("eth_getBlockByNumber", [hex(head), False])
+    assert result == type(result)((), f"{head}:{block['hash']}", tip=head, scanned=head)
 
 
 async def test_scan_stops_and_rewinds_when_parent_hash_breaks(
@@ -196,26 +201,30 @@ async def test_scan_stops_and_rewinds_when_parent_hash_breaks(
     start = await anvil.block_number() + 1
     txid = await anvil.fund(address, ETH // 100)  # in block `start`
     await anvil.mine(10)
-    real_block = evm_adapter._block
+    real_call = EvmBlocks.call
 
-    async def forked_block(number: int) -> Any:
+    async def forked_call(self: EvmBlocks, method: str, *params: Any) -> Any:
         # Block start+5 claims another parent: as if the chain reorganised mid-scan.
-        block: Any = await real_block(number)
-        if block is not None and number == start + 5:
-            block = dict(block, parentHash=b"\x01" * 32)
-        return block
+        result = await real_call(self, method, *params)
+        if method == "eth_getBlockByNumber" and params[1] is True and int(params[0], 16) == start + 5:
+            result = dict(result, parentHash="0x" + "01" * 32)
+        return result
 
-    monkeypatch.setattr(evm_adapter, "_block", forked_block)
-    result = await evm_adapter.scan([address], str(start))
+    monkeypatch.setattr(EvmBlocks, "call", forked_call)
+    result = await engine_scan(evm_adapter, [address], str(start))
     assert [t.ref for t in result.transfers] == [txid]
-    assert result.cursor == str(start + 5 - 1 - evm_adapter.confirmations_required)
+    # The pass stops below the block that does not extend it; the next one starts there and
+    # sees the reorg (if it is one) at the block it took in last.
+    below = await anvil.rpc("eth_getBlockByNumber", [hex(start + 4), False])
+    assert result.cursor == f"{start + 4}:{below['hash']}"
+    assert result.scanned == start + 4
 
 
 async def test_confirmations_grow_with_blocks(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
     address = evm_adapter.deposit_address(_fresh_index())
     cursor = str(await anvil.block_number() + 1)
     await anvil.fund(address, ETH // 10)
-    (transfer,) = (await evm_adapter.scan([address], cursor)).transfers
+    (transfer,) = (await engine_scan(evm_adapter, [address], cursor)).transfers
     assert await evm_adapter.transfer_confirmations(transfer) == 1
     await anvil.mine(4)
     assert await evm_adapter.transfer_confirmations(transfer) == 5
@@ -227,7 +236,7 @@ async def test_reorged_deposit_disappears(anvil: Anvil, evm_adapter: EvmAdapter)
     snapshot = await anvil.snapshot()
     await anvil.fund(address, ETH // 10)
     await anvil.mine(2)
-    found = await evm_adapter.scan([address], str(head_before + 1))
+    found = await engine_scan(evm_adapter, [address], str(head_before + 1))
     (transfer,) = found.transfers
     assert await evm_adapter.transfer_confirmations(transfer) == 3
 
@@ -236,10 +245,10 @@ async def test_reorged_deposit_disappears(anvil: Anvil, evm_adapter: EvmAdapter)
     assert await anvil.block_number() == head_before
     assert await evm_adapter.transfer_confirmations(transfer) is None
     assert await evm_adapter.balance(address) == 0
-    # The stored cursor is now above head + 1: the next scan re-reads recent blocks.
-    rescan = await evm_adapter.scan([address], found.cursor)
+    # The stored position is now above the head: the next scan re-reads recent blocks.
+    rescan = await engine_scan(evm_adapter, [address], found.cursor)
     assert rescan.transfers == ()
-    assert int((rescan.cursor or "0").partition(":")[0]) == head_before + 1
+    assert int((rescan.cursor or "0").partition(":")[0]) == head_before
 
 
 # Init code deploying a contract whose code is PUSH1 0 PUSH1 0 REVERT: it refuses any ETH.
@@ -256,7 +265,7 @@ async def test_reverted_transfer_is_not_a_deposit(anvil: Anvil, evm_adapter: Evm
     )
     assert (await anvil.rpc("eth_getTransactionReceipt", [txid]))["status"] == "0x0"
 
-    assert (await evm_adapter.scan([contract], cursor)).transfers == ()
+    assert (await engine_scan(evm_adapter, [contract], cursor)).transfers == ()
     ghost = Transfer(evm_adapter.normalize_address(contract), (FUNDER_ADDRESS,), ETH, txid, None, 0)
     assert await evm_adapter.transfer_confirmations(ghost) is None
     failed_send = PreparedSend(FUNDER_ADDRESS, contract, ETH, 0, None, txid, None)
@@ -393,7 +402,7 @@ async def test_pending_deposit_has_zero_confirmations(anvil: Anvil, evm_adapter:
     await anvil.rpc("evm_setAutomine", [False])
     try:
         txid = await anvil.fund(address, ETH // 10)
-        assert (await evm_adapter.scan([address], cursor)).transfers == ()  # not mined yet
+        assert (await engine_scan(evm_adapter, [address], cursor)).transfers == ()  # not mined yet
         pending = Transfer(address, (FUNDER_ADDRESS,), ETH // 10, txid, None, 0)
         assert await evm_adapter.transfer_confirmations(pending) == 0
         await anvil.mine(1)
@@ -513,7 +522,7 @@ async def test_unreachable_node_is_a_chain_error_not_unknown(offline_adapter: Ev
         with pytest.raises(ChainError):
             await offline_adapter.balance(offline_adapter.pool_address)
         with pytest.raises(ChainError):
-            await offline_adapter.scan([offline_adapter.pool_address], None)
+            await engine_scan(offline_adapter, [offline_adapter.pool_address], None)
     finally:
         await offline_adapter.aclose()
 

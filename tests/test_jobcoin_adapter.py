@@ -25,6 +25,7 @@ from mixhouse.errors import (
     SendOutcomeUnknown,
 )
 from mixhouse.money import Asset
+from tests.scanning import engine_scan
 
 COIN = 10**8
 SECRET = b"test-secret-0123456789abcdef"
@@ -193,7 +194,7 @@ async def test_reads_map_every_failure_to_chain_error(answer: httpx.Response | E
     with pytest.raises(ChainError):
         await chain.balance("Alice")
     with pytest.raises(ChainError):
-        await chain.scan(["Alice", "Bob"], None)
+        await engine_scan(chain, ["Alice", "Bob"], None)
 
 
 async def test_long_wire_amounts_are_exact() -> None:
@@ -207,7 +208,7 @@ async def test_long_wire_amounts_are_exact() -> None:
 
     chain = _mocked(httpx.MockTransport(handler))
     assert await chain.balance("Alice") == 123456789012345678901234567890112345678
-    [found] = (await chain.scan(["Alice"], None)).transfers
+    [found] = (await engine_scan(chain, ["Alice"], None)).transfers
     assert found.amount == 123456789012345678901234567890112345678
     assert found.from_addresses == ()
 
@@ -242,7 +243,7 @@ async def test_scan_finds_minted_and_sent_transfers_with_stable_refs(
     await ledger.transfer(engine, "Alice", unwatched, COIN)
     await ledger.transfer(engine, d0, "Carol", COIN)  # outgoing: not a deposit
 
-    first = await adapter.scan([d0, d1, d0], None)
+    first = await engine_scan(adapter, [d0, d1, d0], None)
     assert first.cursor is not None  # our ledger has the history cursor
     assert first.transfers == (
         Transfer(d0, (), 5 * COIN, f"{d0}#0", None, 1),
@@ -251,13 +252,13 @@ async def test_scan_finds_minted_and_sent_transfers_with_stable_refs(
 
     await ledger.transfer(engine, "Alice", d1, 2 * COIN)
     await ledger.transfer(engine, "Alice", d0, 3 * COIN)
-    second = await adapter.scan([d0, d1], first.cursor)
+    second = await engine_scan(adapter, [d0, d1], first.cursor)
     assert second.transfers[:2] == first.transfers
     assert set(second.transfers[2:]) == {
         Transfer(d0, ("Alice",), 3 * COIN, f"{d0}#2", None, 1),
         Transfer(d1, ("Alice",), 2 * COIN, f"{d1}#0", None, 1),
     }
-    assert (await adapter.scan([], None)).transfers == ()
+    assert (await engine_scan(adapter, [], None)).transfers == ()
 
 
 async def test_scan_reads_only_addresses_paid_since_the_scan_before_last(
@@ -265,22 +266,22 @@ async def test_scan_reads_only_addresses_paid_since_the_scan_before_last(
 ) -> None:
     d0, d1, d2 = (adapter.deposit_address(i) for i in range(3))
     await ledger.mint(engine, d0, COIN)
-    first = await adapter.scan([d0, d1], None)
+    first = await engine_scan(adapter, [d0, d1], None)
     assert [t.ref for t in first.transfers] == [f"{d0}#0"]
     await ledger.mint(engine, d1, COIN)
-    second = await adapter.scan([d0, d1], first.cursor)
+    second = await engine_scan(adapter, [d0, d1], first.cursor)
     # Every part of the history is read by two consecutive scans.
     assert [t.ref for t in second.transfers] == [f"{d0}#0", f"{d1}#0"]
-    third = await adapter.scan([d0, d1], second.cursor)
+    third = await engine_scan(adapter, [d0, d1], second.cursor)
     assert [t.ref for t in third.transfers] == [f"{d1}#0"]
-    fourth = await adapter.scan([d0, d1], third.cursor)
+    fourth = await engine_scan(adapter, [d0, d1], third.cursor)
     assert fourth.transfers == ()
     # A mix created while a scan ran: its address was not watched by the scan that read its
     # deposit, and the next scan, which watches it, still finds it.
     await ledger.mint(engine, d2, 2 * COIN)
-    missed = await adapter.scan([d0, d1], fourth.cursor)
+    missed = await engine_scan(adapter, [d0, d1], fourth.cursor)
     assert missed.transfers == ()
-    [found] = (await adapter.scan([d0, d1, d2], missed.cursor)).transfers
+    [found] = (await engine_scan(adapter, [d0, d1, d2], missed.cursor)).transfers
     assert (found.ref, found.amount) == (f"{d2}#0", 2 * COIN)
 
 
@@ -296,7 +297,7 @@ async def test_scan_falls_back_to_every_address_without_the_cursor() -> None:
 
     chain = _mocked(httpx.MockTransport(handler))
     for _ in range(2):
-        result = await chain.scan(["Alice"], None)
+        result = await engine_scan(chain, ["Alice"], None)
         assert [t.ref for t in result.transfers] == ["Alice#0"]
         assert result.cursor is None
     # The history was asked once; after that the adapter knows the ledger has no cursor.
@@ -307,7 +308,7 @@ async def test_scan_many_addresses_concurrently(adapter: JobcoinAdapter, engine:
     addresses = [adapter.deposit_address(i) for i in range(40)]
     for i, address in enumerate(addresses):
         await ledger.mint(engine, address, (i + 1) * COIN)
-    result = await adapter.scan(addresses, None)
+    result = await engine_scan(adapter, addresses, None)
     assert [(t.to_address, t.amount, t.ref) for t in result.transfers] == [
         (a, (i + 1) * COIN, f"{a}#0") for i, a in enumerate(addresses)
     ]
@@ -331,7 +332,7 @@ async def test_scan_reads_every_paid_address_in_one_request(api_url: str, engine
             if i % 3 == 0:
                 await ledger.transfer(engine, address, "Bob", COIN)  # outgoing: not a deposit
                 await ledger.transfer(engine, "Alice", address, 7)
-        result = await chain.scan([*addresses, "unpaid-address"], None)
+        result = await engine_scan(chain, [*addresses, "unpaid-address"], None)
         assert asked == ["GET /api/transactions", "POST /api/incoming"]
         expected = []
         for i, address in enumerate(addresses):
@@ -360,7 +361,7 @@ async def test_scan_reads_addresses_one_by_one_on_a_ledger_without_the_incoming_
 
     chain = _mocked(httpx.MockTransport(handler))
     for _ in range(2):
-        result = await chain.scan(["Alice"], None)
+        result = await engine_scan(chain, ["Alice"], None)
         assert [t.ref for t in result.transfers] == ["Alice#0"]
     assert asked == [
         "GET /api/transactions",
@@ -387,14 +388,14 @@ async def test_scan_refuses_an_incoming_answer_it_cannot_trust(body: Any) -> Non
         return httpx.Response(200, json=body)
 
     with pytest.raises(ChainError):
-        await _mocked(httpx.MockTransport(handler)).scan(["Alice"], None)
+        await engine_scan(_mocked(httpx.MockTransport(handler)), ["Alice"], None)
 
 
 @pytest.mark.parametrize("name", ["a/b#c", "..", ".", "what?x=1", "100%", "Zoë & co"])
 async def test_odd_names_survive_the_url(adapter: JobcoinAdapter, engine: AsyncEngine, name: str) -> None:
     await ledger.mint(engine, name, 7 * COIN)
     assert await adapter.balance(name) == 7 * COIN
-    [found] = (await adapter.scan([name], None)).transfers
+    [found] = (await engine_scan(adapter, [name], None)).transfers
     assert found.ref == f"{name}#0"
     assert await adapter.transfer_confirmations(found) == 1
 
@@ -402,7 +403,7 @@ async def test_odd_names_survive_the_url(adapter: JobcoinAdapter, engine: AsyncE
 async def test_transfer_confirmations(adapter: JobcoinAdapter, engine: AsyncEngine) -> None:
     d0 = adapter.deposit_address(0)
     await ledger.mint(engine, d0, 5 * COIN)
-    [seen] = (await adapter.scan([d0], None)).transfers
+    [seen] = (await engine_scan(adapter, [d0], None)).transfers
     assert await adapter.transfer_confirmations(seen) == 1
     assert await adapter.transfer_confirmations(replace(seen, amount=6 * COIN)) is None
     assert await adapter.transfer_confirmations(replace(seen, ref=f"{d0}#1")) is None

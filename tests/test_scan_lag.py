@@ -13,8 +13,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.app.build import build_runtime
-from mixhouse.chains.bitcoin.adapter import MAX_BLOCKS_PER_SCAN as BTC_BLOCKS_PER_SCAN
-from mixhouse.chains.evm.adapter import MAX_BLOCKS_PER_SCAN
 from mixhouse.chains.jobcoin import adapter as jobcoin_adapter
 from mixhouse.chains.jobcoin import ledger
 from mixhouse.config import DEV_ADMIN_KEY
@@ -23,6 +21,8 @@ from mixhouse.metrics import collect_state
 from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.money import Asset
+from mixhouse.watch.scans import BTC_MAX_BLOCKS_PER_SCAN as BTC_BLOCKS_PER_SCAN
+from mixhouse.watch.scans import EVM_MAX_BLOCKS_PER_SCAN as MAX_BLOCKS_PER_SCAN
 from mixhouse.web.admin_pages import dashboard_context
 from tests.e2e import fast_settings
 from tests.fixtures.anvil import TEST_MNEMONIC, Anvil
@@ -71,8 +71,8 @@ async def test_scan_lag_falls_to_zero_as_the_scans_catch_up(
     database_url: str, engine: AsyncEngine, anvil: Anvil, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small history pages so a Jobcoin scan stops at its page limit before the ledger's end.
-    monkeypatch.setattr(jobcoin_adapter, "_PAGE_SIZE", 3)
-    monkeypatch.setattr(jobcoin_adapter, "_MAX_PAGES_PER_SCAN", 2)
+    monkeypatch.setattr(jobcoin_adapter, "PAGE_SIZE", 3)
+    monkeypatch.setattr(jobcoin_adapter, "MAX_PAGES_PER_SCAN", 2)
     async with (
         web_stack(
             database_url,

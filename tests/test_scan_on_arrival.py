@@ -19,6 +19,7 @@ from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.tasks import _scan_on_arrival
 from mixhouse.money import Asset
 from tests.e2e import fast_settings, local_ledger, wait_for_payouts
+from tests.scanning import engine_scan
 
 COIN = 10**8
 SECRET = b"test-secret-0123456789abcdef"
@@ -62,7 +63,7 @@ async def test_the_adapter_waits_only_after_a_scan_and_only_where_it_can(engine:
             await ledger.mint(engine, "alice", 10 * COIN)
             deposit = chain.deposit_address(1)
             assert await chain.wait_for_transfers(5.0) is False  # no scan yet: nothing to wait after
-            first = await chain.scan([deposit], None)
+            first = await engine_scan(chain, [deposit], None)
             assert first.transfers == ()
             assert await chain.wait_for_transfers(0.1) is False  # nothing landed
             started = asyncio.Event()
@@ -70,7 +71,7 @@ async def test_the_adapter_waits_only_after_a_scan_and_only_where_it_can(engine:
             started.set()
             assert await chain.wait_for_transfers(20.0) is True
             await landing
-            [seen] = (await chain.scan([deposit], first.cursor)).transfers
+            [seen] = (await engine_scan(chain, [deposit], first.cursor)).transfers
             assert (seen.to_address, seen.amount) == (deposit, COIN)
         finally:
             await chain.aclose()
@@ -87,7 +88,7 @@ async def test_the_original_api_is_not_long_polled() -> None:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     chain = JobcoinAdapter("http://ledger.test/api", "mixhouse-pool", address_secret=SECRET, client=client)
     try:
-        await chain.scan([chain.deposit_address(0)], None)
+        await engine_scan(chain, [chain.deposit_address(0)], None)
         assert await chain.wait_for_transfers(5.0) is False
         assert await chain.wait_for_transfers(5.0) is False
         assert asked.count("5000") == 1

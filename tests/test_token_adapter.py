@@ -26,6 +26,7 @@ from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.token import Erc20Adapter, TokenBlacklisted, TokenFeeActive, token_account
 from mixhouse.money import Asset
 from tests.fixtures.anvil import Anvil
+from tests.scanning import engine_scan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = REPO_ROOT / "tests" / "data" / "contracts"
@@ -171,7 +172,7 @@ async def test_deposit_is_found_confirmed_and_lost_on_reorg(world: World) -> Non
     snapshot = await world.anvil.snapshot()
     txid = await world.pay(deposit, 250 * USDT)
     cursor = str(await world.anvil.block_number() - 1)
-    found = await token.scan([deposit], cursor)
+    found = await engine_scan(token, [deposit], cursor)
     assert [(t.to_address, t.amount, t.from_addresses) for t in found.transfers] == [
         (deposit, 250 * USDT, (world.evm.key_address(PAYER),))
     ]
@@ -182,7 +183,7 @@ async def test_deposit_is_found_confirmed_and_lost_on_reorg(world: World) -> Non
     assert await token.transfer_confirmations(transfer) == 3
     # A transfer to another address is not ours.
     await world.pay(world.evm.key_address(OWNER), 1)
-    assert (await token.scan([deposit], found.cursor)).transfers == ()
+    assert (await engine_scan(token, [deposit], found.cursor)).transfers == ()
     await world.anvil.revert(snapshot)
     assert await token.transfer_confirmations(transfer) is None
     assert await token.balance(deposit) == 0
@@ -286,7 +287,7 @@ async def test_usdt_blacklist_and_fee_switch_are_refused(anvil: Anvil, evm_adapt
     other = token.deposit_address(3)
     start = str(await anvil.block_number() + 1)
     await world.pay(other, 100 * USDT)
-    found = await token.scan([other], start)
+    found = await engine_scan(token, [other], start)
     assert [t.amount for t in found.transfers] == [100 * USDT - 100 * USDT * 10 // 10_000]
     assert await token.balance(other) == found.transfers[0].amount
 

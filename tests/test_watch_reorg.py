@@ -11,8 +11,6 @@ deeper than ``max_depth`` stops both consumers with an audited alert row instead
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from eth_account import Account
 from sqlalchemy import select
@@ -27,27 +25,10 @@ from mixhouse.watch.engine import ChainWatch, ReorgTooDeep, WatcherStopped
 from mixhouse.watch.evm import EvmBlocks
 from mixhouse.watch.store import resume_consumer
 from tests.fixtures.anvil import Anvil
+from tests.scanning import CountingBlocks, position_at
 
 MAX_DEPTH = 6
 ETHER = 10**18
-
-
-class CountingBlocks(EvmBlocks):
-    """The reader, counting the block reads (``eth_getBlockByNumber``) by height."""
-
-    def __init__(self, rpc_url: str) -> None:
-        super().__init__(rpc_url)
-        self.reads: list[int] = []
-
-    async def call(self, method: str, *params: Any) -> Any:
-        if method == "eth_getBlockByNumber" and params[1] is True:
-            self.reads.append(int(params[0], 16))
-        return await super().call(method, *params)
-
-
-async def _position(anvil: Anvil, height: int) -> str:
-    block = await anvil.rpc("eth_getBlockByNumber", [hex(height), False])
-    return f"{height}:{block['hash']}"
 
 
 async def _wallet_rows(engine: AsyncEngine, address: str) -> dict[int, int | None]:
@@ -72,7 +53,7 @@ async def test_one_engine_follows_a_reorg_for_a_deposit_and_a_wallet(engine: Asy
     try:
         await anvil.mine(1)
         fork = await anvil.block_number()
-        start = await _position(anvil, fork - 1)
+        start = await position_at(anvil, fork - 1)
         snapshot = await anvil.snapshot()
         deposit_txid = await anvil.fund(deposit_address, 1 * ETHER)  # fork + 1
         await anvil.fund(wallet_address, 2 * ETHER)  # fork + 2
@@ -159,7 +140,7 @@ async def test_one_engine_follows_a_reorg_for_a_deposit_and_a_wallet(engine: Asy
             await other.advance("deposits:ETH", None, [], max_blocks=1)
         assert await resume_consumer(engine, "ETH", "deposits:ETH")
         assert not await resume_consumer(engine, "ETH", "deposits:ETH")
-        resumed = await other.advance("deposits:ETH", await _position(anvil, new_tip), [], max_blocks=1)
+        resumed = await other.advance("deposits:ETH", await position_at(anvil, new_tip), [], max_blocks=1)
         assert resumed.rewound_to is None
     finally:
         await source.aclose()

@@ -50,12 +50,14 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class ScanResult:
-    """What a scan found and where the next scan starts.
+    """What a deposit scan (:meth:`mixhouse.watch.scans.DepositScanner.scan`) found and where
+    the next scan starts.
 
     Attributes:
         transfers: every transfer to a watched address seen since ``cursor`` (may repeat
             earlier ones; the caller deduplicates by ``ref``).
-        cursor: opaque text to pass to the next scan (EVM: the next block to read).
+        cursor: opaque text to pass to the next scan (the engine's position of the last block
+            taken in).
         tip: the chain's height as this scan saw it (EVM: ``eth_blockNumber``; Bitcoin:
             ``getblockcount``; Jobcoin: the ledger's highest transfer id), ``None`` where the
             adapter cannot tell.
@@ -134,7 +136,8 @@ class SendCheck:
 
 
 class ChainAdapter(abc.ABC):
-    """One chain, seen by the mixer.
+    """One chain, seen by the mixer. Reading the chain for deposits is not here: the scanning
+    engine (:mod:`mixhouse.watch`) does it for every watcher.
 
     Attributes:
         asset: the asset this adapter moves.
@@ -177,15 +180,6 @@ class ChainAdapter(abc.ABC):
         """The deposit address with HD index ``index`` (EVM: BIP-44 m/44'/60'/0'/0/index).
 
         Deterministic: the same index always gives the same address.
-        """
-
-    @abc.abstractmethod
-    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
-        """Find transfers to the ``watched`` addresses since ``cursor`` (``None``: from the start
-        that matters, e.g. a recent block). Returns unconfirmed ones too, with 0 confirmations.
-
-        Raises:
-            ChainError: the node or API failed.
         """
 
     @abc.abstractmethod

@@ -6,17 +6,16 @@ has the chain's required confirmations it is screened and, in the same transacti
 its sweep into the pool scheduled. A deposit that vanishes before it confirms (a reorg) goes
 to ``dropped`` and comes back to ``seen`` if it reappears.
 
-Native ETH and BTC are scanned through the scanning engine (:mod:`mixhouse.watch`: one block
-reader and one reorg policy with wallet sync); Jobcoin and ERC-20 tokens still through their
-adapter's ``scan``.
+Every asset is scanned through the scanning engine (:mod:`mixhouse.watch`: one block reader
+per node and one reorg policy with wallet sync): :meth:`Runtime.deposit_scanner`, one
+ChainWatch per node kept for the process. Cursors stored by the adapters' own scans before
+are converted on first use (:mod:`mixhouse.watch.scans`).
 """
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from typing import Any, cast
 
-import httpx
 import psycopg
 import structlog
 from sqlalchemy import Row, exists, select, text
@@ -25,12 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import FeeQuote, ScanResult, Transfer, UtxoChainAdapter, outpoint_of
-from mixhouse.chains.bitcoin.adapter import FIRST_SCAN_SLACK as BTC_FIRST_SCAN_SLACK
-from mixhouse.chains.bitcoin.adapter import MAX_BLOCKS_PER_SCAN as BTC_MAX_BLOCKS_PER_SCAN
-from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
-from mixhouse.chains.bitcoin.rpc import BitcoinRpc
-from mixhouse.chains.evm.adapter import FIRST_SCAN_SLACK, MAX_BLOCKS_PER_SCAN, EvmAdapter
+from mixhouse.chains.base import FeeQuote, Transfer, UtxoChainAdapter, outpoint_of
 from mixhouse.db.tables import chain_cursors, deposits, mixes, pool_moves, sends, utxos
 from mixhouse.errors import IllegalTransition, MixhouseError
 from mixhouse.jobs import send_job
@@ -42,10 +36,6 @@ from mixhouse.mixer.screening import normalize_for_screening
 from mixhouse.mixer.states import DEPOSIT_TRANSITIONS, DepositState, now, transition
 from mixhouse.money import Asset, asset_info, asset_lock_key
 from mixhouse.unit import Unit, unit
-from mixhouse.watch.bitcoin import BitcoinBlocks
-from mixhouse.watch.deposits import BitcoinDeposits, EvmDeposits
-from mixhouse.watch.engine import ChainWatch
-from mixhouse.watch.evm import TLS, EvmBlocks
 
 log = structlog.get_logger(__name__)
 
@@ -92,10 +82,9 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
     # a draining one's is a pool coin of that generation, moved by the drain: mixer/pool_rotation.py).
     pool_chains = adapter.pool_key_chains() if isinstance(adapter, UtxoChainAdapter) else {}
     watched = list(mix_by_address) + list(pool_chains)
-    if isinstance(adapter, (EvmAdapter, BitcoinAdapter)):
-        result = await _scan_on_engine(rt, asset, adapter, watched, cursor)
-    else:
-        result = await adapter.scan(watched, cursor)
+    # A too-deep reorg raises ReorgTooDeep / WatcherStopped here: this asset's deposit watching
+    # is stopped (audited, alerted) and the scan job fails until the operator resumes it.
+    result = await rt.deposit_scanner().scan(adapter, watched, cursor)
     if utxo_chain:
         await record_pool_topups(rt, asset, [t for t in result.transfers if t.to_address in pool_chains])
         await advance_pool_coins(rt, asset)
@@ -152,64 +141,6 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
             )
     await advance_seen_deposits(rt, asset, seen_now)
     return new
-
-
-async def _scan_on_engine(
-    rt: Runtime, asset: Asset, adapter: EvmAdapter | BitcoinAdapter, watched: list[str], cursor: str | None
-) -> ScanResult:
-    """The scan of native ETH or BTC through the scanning engine (:mod:`mixhouse.watch`): the
-    blocks after the cursor, read once by :class:`ChainWatch` with the one reorg policy
-    (``MIXHOUSE_REORG_MAX_DEPTH``, its block window in PostgreSQL) and matched by the chain's
-    deposit watcher; transfers and heights as the adapter's ``scan`` reports them. On Bitcoin,
-    once at the tip, the adapter's scan from the tip adds the mempool's transfers (no block).
-
-    The cursor is the engine's position ``"<height>:<hash>"`` (Bitcoin: prefixed ``@``, since the
-    adapter's own cursor ``"<next height>:<parent hash>"`` has the same shape). A cursor of the
-    adapter's format, stored before, or none (first scan: from ``head - confirmations - slack``,
-    as the adapter starts) becomes the position of the block below.
-
-    Raises:
-        ReorgTooDeep, WatcherStopped: a reorg deeper than the policy stopped this asset's deposit
-            watching (audited, alerted); the scan job fails until the operator resumes it.
-        ChainError: the node failed.
-    """
-    s = rt.settings
-    bitcoin = isinstance(adapter, BitcoinAdapter)
-    async with AsyncExitStack() as stack:
-        reader: EvmBlocks | BitcoinBlocks
-        matcher: EvmDeposits | BitcoinDeposits
-        if isinstance(adapter, BitcoinAdapter):
-            password = None if s.bitcoin_rpc_password is None else s.bitcoin_rpc_password.get_secret_value()
-            rpc = BitcoinRpc(s.bitcoin_rpc_url, user=s.bitcoin_rpc_user, password=password)
-            stack.push_async_callback(rpc.aclose)
-            reader, matcher = BitcoinBlocks(rpc), BitcoinDeposits(adapter.network, watched)
-            slack, prefix, most = BTC_FIRST_SCAN_SLACK, "@", BTC_MAX_BLOCKS_PER_SCAN
-        else:
-            client = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0, verify=TLS))
-            reader = EvmBlocks(s.evm_rpc_url, client=client)
-            matcher = EvmDeposits(reader, watched)
-            slack, prefix, most = FIRST_SCAN_SLACK, "", MAX_BLOCKS_PER_SCAN
-        if cursor is not None and ":" in cursor and cursor.startswith(prefix):
-            position: str | None = cursor.removeprefix(prefix)
-        else:
-            head, _, parent = (cursor or "").partition(":")
-            if cursor is None:
-                start = max(0, await reader.tip() - adapter.confirmations_required - slack)
-            elif head.isdigit():
-                start = int(head)
-            else:
-                raise ValueError(f"a {asset} scan cursor of unknown form: {cursor!r}")
-            below = parent or (await reader.hash_at(start - 1) if start > 0 else None)
-            position = None if below is None else f"{start - 1}:{below}"
-        watch = ChainWatch(reader, max_depth=s.reorg_max_depth, engine=rt.engine)
-        read = await watch.advance(f"deposits:{asset}", position, [matcher], max_blocks=most)
-        transfers = matcher.transfers(read.tip)
-        if bitcoin and read.done and read.position is not None:
-            height, _, block_hash = read.position.partition(":")
-            pending = await adapter.scan(watched, f"{int(height) + 1}:{block_hash}")
-            transfers += tuple(t for t in pending.transfers if t.block_number is None)
-    next_cursor = None if read.position is None else prefix + read.position
-    return ScanResult(transfers, next_cursor, tip=read.tip, scanned=read.last_height)
 
 
 async def watched_mixes(conn: AsyncConnection, asset: Asset) -> dict[str, str]:

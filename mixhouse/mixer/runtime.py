@@ -13,6 +13,7 @@ from mixhouse.errors import InvalidInput
 from mixhouse.keys.signer import Signer
 from mixhouse.mixer.screening import Screener
 from mixhouse.money import Asset, AssetRegistry
+from mixhouse.watch.scans import DepositScanner
 
 
 @dataclass(slots=True)
@@ -28,6 +29,8 @@ class Runtime:
             passes a seeded generator.
         signers: the key holder of each asset that signs (ETH, BTC), as the adapters use them
             (for health checks; the adapters alone sign).
+        scanner: the deposit scans on the scanning engine, one ChainWatch per node, made on
+            first use (:meth:`deposit_scanner`) and kept for the process.
     """
 
     settings: Settings
@@ -36,6 +39,7 @@ class Runtime:
     screener: Screener
     rng: random.Random = field(default_factory=random.SystemRandom)
     signers: dict[Asset, Signer] = field(default_factory=dict)
+    scanner: DepositScanner | None = None
 
     @property
     def assets(self) -> AssetRegistry:
@@ -54,7 +58,16 @@ class Runtime:
             enabled = ", ".join(sorted(a.value for a in self.adapters)) or "none"
             raise InvalidInput(f"asset {asset!r} is not enabled here (enabled: {enabled})") from None
 
+    def deposit_scanner(self) -> DepositScanner:
+        """The process's :class:`DepositScanner` (its reorg depth ``reorg_max_depth``, its block
+        windows and stops in this engine's database)."""
+        if self.scanner is None:
+            self.scanner = DepositScanner(max_depth=self.settings.reorg_max_depth, engine=self.engine)
+        return self.scanner
+
     async def aclose(self) -> None:
-        """Close the adapters' network clients."""
+        """Close the adapters' and the deposit scanner's network clients."""
+        if self.scanner is not None:
+            await self.scanner.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()

@@ -2,11 +2,11 @@
 
 :class:`BitcoinDeposits` is the watcher of the mixer's Bitcoin deposit and pool addresses: every
 output paying one is a :class:`~mixhouse.chains.base.Transfer` (``ref`` ``"<txid>:<vout>"``, the
-senders from the inputs' prevouts, as :meth:`BitcoinAdapter.scan` reports it).
+senders from the inputs' prevouts, as the Bitcoin adapter's own scan recorded it before).
 
 :class:`EvmDeposits` is the engine's watcher of the mixer's ETH deposit addresses: a transaction
 of value to one of them with receipt status 1 (EIP-658) is a :class:`~mixhouse.chains.base.Transfer`
-(``ref`` the lowercase txid), exactly as :meth:`EvmAdapter.scan` reports it. It reads the block the
+(``ref`` the lowercase txid), as the ETH adapter's own scan recorded it before. It reads the block the
 engine reads for every other watcher of the pass (wallet sync included) and asks the node only for
 the receipts of the transactions that match.
 """
@@ -26,8 +26,8 @@ from mixhouse.watch.engine import Block
 from mixhouse.watch.evm import EvmBlocks, hex_int
 
 
-class _Deposits:
-    """What a deposit watcher found in a pass."""
+class Deposits:
+    """What a deposit watcher found in a pass (the base of the deposit watchers)."""
 
     _found: list[Transfer]
 
@@ -39,7 +39,7 @@ class _Deposits:
         )
 
 
-class EvmDeposits(_Deposits):
+class EvmDeposits(Deposits):
     """:class:`~mixhouse.watch.engine.Watcher` of ETH transfers to ``watched`` addresses.
 
     Args:
@@ -79,7 +79,7 @@ class EvmDeposits(_Deposits):
             )
 
 
-class BitcoinDeposits(_Deposits):
+class BitcoinDeposits(Deposits):
     """:class:`~mixhouse.watch.engine.Watcher` of outputs paying ``watched`` addresses.
 
     Args:

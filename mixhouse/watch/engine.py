@@ -62,7 +62,8 @@ class Block:
 
 
 class BlockReader(Protocol):
-    """A chain kind's node, as the engine reads it."""
+    """A chain kind's node, as the engine reads it. A reader may say ``reorgs = False`` (a
+    ledger): its block window is then not kept in the database."""
 
     chain: str
 
@@ -207,7 +208,9 @@ class ChainWatch:
         self.chain = reader.chain
         self.max_depth = max_depth
         self._engine = engine
-        self._window = BlockWindow(reader.chain, max_depth + 1, engine)
+        # A chain that cannot reorganise (a ledger: reader.reorgs False) keeps its window in
+        # memory only: persisting it would cost a write per pass and could never be used.
+        self._window = BlockWindow(reader.chain, max_depth + 1, engine if getattr(reader, "reorgs", True) else None)
         self._stopped: dict[str, str] = {}
 
     async def advance(
@@ -254,9 +257,12 @@ class ChainWatch:
         return Pass(last, start, last_height, tip, rewound, done=complete and end >= tip)
 
     async def _check_running(self, consumer: str) -> None:
-        reason = self._stopped.get(consumer)
-        if reason is None and self._engine is not None:
+        # With a database its row is the truth: a ChainWatch lives as long as its process
+        # (mixhouse.watch.scans), and a resume from another process (the CLI) must reach it.
+        if self._engine is not None:
             reason = await store.stop_reason(self._engine, self.chain, consumer)
+        else:
+            reason = self._stopped.get(consumer)
         if reason is not None:
             raise WatcherStopped(f"{self.chain} {consumer!r} is stopped: {reason}")
 
@@ -289,13 +295,15 @@ class ChainWatch:
     async def _stop(self, consumer: str, height: int) -> None:
         """Stop ``consumer`` (audited, with an engine) and raise :class:`ReorgTooDeep`."""
         error = ReorgTooDeep(self.chain, consumer, height, self.max_depth)
-        self._stopped[consumer] = str(error)
-        if self._engine is not None:
+        if self._engine is None:
+            self._stopped[consumer] = str(error)
+        else:
             await store.stop_consumer(
                 self._engine, self.chain, consumer, height=height, max_depth=self.max_depth, reason=str(error)
             )
         raise error
 
     def resumed(self, consumer: str) -> None:
-        """Forget this process's stop of ``consumer`` (after :func:`store.resume_consumer`)."""
+        """Forget this process's stop of ``consumer`` (without a database; with one,
+        :func:`store.resume_consumer` alone resumes it)."""
         self._stopped.pop(consumer, None)

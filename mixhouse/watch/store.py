@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.audit import AuditEntry
-from mixhouse.db.tables import watch_blocks, watch_stops
+from mixhouse.db.tables import chain_cursors, watch_blocks, watch_stops
 from mixhouse.unit import unit
 
 
@@ -77,3 +80,44 @@ async def resume_consumer(engine: AsyncEngine, chain: str, consumer: str, *, act
         if row is not None:
             work.audit(AuditEntry("watch.resumed", "watcher", f"{chain}/{consumer}", actor=actor))
     return row is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A consumer stopped by a too-deep reorg: ``chain``, ``consumer``, the position's ``height``,
+    the policy's ``max_depth``, the ``reason`` text and when (``stopped_at``, UTC)."""
+
+    chain: str
+    consumer: str
+    height: int
+    max_depth: int
+    reason: str
+    stopped_at: datetime
+
+
+async def stops(engine: AsyncEngine) -> list[Stop]:
+    """Every stopped consumer, by chain and consumer."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(watch_stops).order_by(watch_stops.c.chain, watch_stops.c.consumer))
+        return [Stop(r.chain, r.consumer, int(r.height), int(r.max_depth), r.reason, r.stopped_at) for r in rows]
+
+
+async def windows(engine: AsyncEngine) -> dict[str, tuple[int, int, int]]:
+    """``{chain: (lowest height, highest height, blocks)}`` of the block windows kept."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(
+                watch_blocks.c.chain,
+                func.min(watch_blocks.c.height),
+                func.max(watch_blocks.c.height),
+                func.count(),
+            ).group_by(watch_blocks.c.chain)
+        )
+        return {str(chain): (int(low), int(high), int(n)) for chain, low, high, n in rows}
+
+
+async def deposit_cursors(engine: AsyncEngine) -> list[tuple[str, str | None, int | None, int | None]]:
+    """``[(asset, cursor, tip, scanned)]`` of the deposit scans (``chain_cursors``), by asset."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(chain_cursors).order_by(chain_cursors.c.asset))
+        return [(str(r.asset), r.cursor, r.tip_height, r.scanned_height) for r in rows]

@@ -8,6 +8,7 @@ import pytest
 from mixhouse.errors import BroadcastRejected, ChainError, SendOutcomeUnknown
 from tests.adapter_contract.harnesses import ChainHarness, closed_port_url
 from tests.adapter_contract.test_scan import scan_to_tip, tip_cursor
+from tests.scanning import engine_scan
 
 
 async def test_an_unreachable_node_is_a_chain_error(chain: ChainHarness) -> None:
@@ -26,7 +27,7 @@ async def test_an_unreachable_node_is_a_chain_error(chain: ChainHarness) -> None
         with pytest.raises(ChainError):
             await down.balance(receiver)
         with pytest.raises(ChainError):
-            await down.scan([receiver], start)
+            await engine_scan(down, [receiver], start)
         with pytest.raises(ChainError):
             await down.transfer_confirmations(deposit)
     finally:

@@ -9,11 +9,12 @@ import pytest
 
 from mixhouse.chains.base import ScanResult, Transfer
 from tests.adapter_contract.harnesses import ChainHarness
+from tests.scanning import engine_scan
 
 
 async def tip_cursor(chain: ChainHarness) -> str | None:
     """The cursor a scan with nothing watched gives: the chain as it is now."""
-    return (await chain.adapter.scan([], None)).cursor
+    return (await engine_scan(chain.adapter, [], None)).cursor
 
 
 async def scan_to_tip(
@@ -23,7 +24,7 @@ async def scan_to_tip(
     call); every transfer seen, in order, and the last result."""
     seen: list[Transfer] = []
     for _ in range(20):
-        result = await chain.adapter.scan(watched, cursor)
+        result = await engine_scan(chain.adapter, watched, cursor)
         seen.extend(result.transfers)
         cursor = result.cursor
         if result.scanned is None or result.tip is None or result.scanned >= result.tip:

@@ -37,7 +37,6 @@ from mixhouse.chains.base import (
     FeeQuote,
     PoolCoin,
     PreparedSend,
-    ScanResult,
     SendCheck,
     SendState,
     Transfer,
@@ -59,15 +58,8 @@ from mixhouse.money import Asset
 # input (41 bytes + 27 vB of witness: 108 WU / 4) + 31 vB per P2WPKH output, rounded up
 # (BIP-141 weight / 4). 10.5 + 68 + 2 * 31 = 140.5 -> 141.
 SIMPLE_SEND_VBYTES = 141
-# Blocks read by one scan at most, so one call stays bounded after a long pause.
-MAX_BLOCKS_PER_SCAN = 200
-# Blocks (or transactions) requested at once.
+# Transactions requested at once (the parents of a transaction's inputs).
 FETCH_CONCURRENCY = 8
-# The first scan (no cursor yet) reads this many blocks below the confirmation depth: a day of
-# mainnet blocks, so deposits made while no worker ran yet (mixes created, workers started
-# later or killed at once) are still found. Recording the height when the first deposit address
-# is issued is the exact fix (issue 14).
-FIRST_SCAN_SLACK = 144
 # Confirmation target of the fee estimate, in blocks (about an hour).
 FEE_TARGET_BLOCKS = 6
 
@@ -141,8 +133,6 @@ class BitcoinAdapter(UtxoChainAdapter):
         self.pool_address = self._address(POOL_CHAIN, 0)
         # Key 0 of every pool generation not yet retired -> its key_chain (top-ups are watched there).
         self._pool_key_chains: dict[str, int] = {self.pool_address: POOL_CHAIN}
-        # Outputs of mempool transactions already decoded, by txid (pruned every scan).
-        self._mempool_outputs: dict[str, tuple[_Output, ...]] = {}
         # Canonical forms of watched addresses that needed decoding, by the text given (kept
         # for the addresses still watched, rebuilt every scan).
         self._canonical_watched: dict[str, str] = {}
@@ -322,68 +312,17 @@ class BitcoinAdapter(UtxoChainAdapter):
             return tx, 0
         return tx, None
 
-    # -- scanning --------------------------------------------------------------------------
+    # -- for the scanning engine (mixhouse.watch) ---------------------------------------------
 
-    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
-        """Find outputs paying ``watched`` in blocks from ``cursor`` to the tip (at most 200
-        blocks per call) and, once at the tip, in the mempool.
+    @property
+    def rpc(self) -> BitcoinRpc:
+        """The node client (the scanning engine's :class:`~mixhouse.watch.bitcoin.BitcoinBlocks`
+        reads blocks through it)."""
+        return self._rpc
 
-        Every output to a watched address is one :class:`Transfer`: ``amount`` in satoshi,
-        ``ref = "<txid>:<vout>"``, ``from_addresses`` the addresses of the outputs the
-        transaction's inputs spend (for sanctions screening; empty for coinbase),
-        ``block_number``/``confirmations`` (``None``/0 in the mempool).
-
-        Args:
-            watched: addresses to look for (any accepted form; compared canonically).
-            cursor: ``"<next height>:<hash of the block below it>"`` from an earlier scan
-                (a bare ``"<height>"`` is accepted). ``None`` on the first scan: start at
-                ``max(0, tip - confirmations - FIRST_SCAN_SLACK)`` (a day of blocks).
-
-        Returns:
-            The transfers and the next cursor. Reorgs: if the block below the cursor is no
-            longer the stored hash, or a block's ``previousblockhash`` does not match the
-            block read before it, the chain changed: the scan stops and the cursor steps back
-            ``confirmations`` blocks so the new branch is read again. Transfers may repeat
-            (the caller deduplicates by ``ref``); :meth:`transfer_confirmations` notices
-            those a reorg removed. ``tip`` is the best height read at the start,
-            ``scanned`` the last height read (the next cursor's height minus one).
-
-        Raises:
-            ValueError: a malformed cursor.
-            InvalidAddress: a watched address is not of this network.
-            ChainError: the node failed.
-        """
-        wanted = self._wanted(watched)
-        tip = await self._rpc.getblockcount()
-        start, expected_parent = await self._start(cursor, tip)
-        if start > tip:
-            return self._result(await self._scan_mempool(wanted), start, expected_parent, tip)
-        end = min(tip, start + MAX_BLOCKS_PER_SCAN - 1)
-        if not wanted:
-            # Nothing to look for: a deposit cannot predate the address it is sent to.
-            return self._result([], end + 1, await self._rpc.getblockhash(end), tip)
-        transfers: list[Transfer] = []
-        previous = expected_parent
-        for chunk_start in range(start, end + 1, FETCH_CONCURRENCY):
-            heights = range(chunk_start, min(end, chunk_start + FETCH_CONCURRENCY - 1) + 1)
-            hashes = await asyncio.gather(*(self._rpc.getblockhash(h) for h in heights))
-            blocks = await asyncio.gather(*(self._rpc.getblock_verbose(h) for h in hashes if h is not None))
-            for height, block in zip(heights, blocks, strict=False):
-                if block is None or int(block.get("confirmations", -1)) < 0:
-                    return self._rewound(transfers, height, tip)
-                if previous is not None and block.get("previousblockhash") != previous:
-                    return self._rewound(transfers, height, tip)
-                transfers.extend(await self._transfers_in_block(block, wanted, height, tip))
-                previous = str(block["hash"])
-            if len(blocks) < len(heights):
-                # The chain got shorter while we read it: continue from the gap next time.
-                return self._result(transfers, heights[len(blocks)], previous, tip)
-        if end == tip:
-            transfers.extend(await self._scan_mempool(wanted))
-        return self._result(transfers, end + 1, previous, tip)
-
-    def _wanted(self, watched: Sequence[str]) -> set[str]:
-        """The canonical forms of ``watched``, without decoding the mixer's own addresses.
+    def canonical_addresses(self, watched: Sequence[str]) -> set[str]:
+        """The canonical forms of ``watched`` (what a scan compares outputs with), without
+        decoding the mixer's own addresses.
 
         Decoding a bech32 address costs about 0.25 ms here: 25 s per scan at 100,000 watched
         mixes. The mixer's deposit addresses are stored as :meth:`deposit_address` made them,
@@ -410,97 +349,6 @@ class BitcoinAdapter(UtxoChainAdapter):
             wanted.add(canonical)
         self._canonical_watched = remembered
         return wanted
-
-    async def _start(self, cursor: str | None, tip: int) -> tuple[int, str | None]:
-        """First height to read and the hash its parent must have (``None``: unchecked)."""
-        if cursor is None:
-            return max(0, tip - self.confirmations_required - FIRST_SCAN_SLACK), None
-        height_text, _sep, parent = cursor.partition(":")
-        if not height_text.isdigit() or (parent and len(parent) != 64):
-            raise ValueError(f"a Bitcoin scan cursor is '<height>:<block hash>', got {cursor!r}")
-        start = int(height_text)
-        step_back = max(0, start - 1 - self.confirmations_required)
-        if start > tip + 1:
-            return max(0, tip + 1 - self.confirmations_required), None
-        if parent and start >= 1 and await self._rpc.getblockhash(start - 1) != parent:
-            return step_back, None  # reorganised while we were away
-        return start, parent or None
-
-    @staticmethod
-    def _cursor(height: int, parent: str | None) -> str:
-        return f"{height}:{parent}" if parent else str(height)
-
-    @classmethod
-    def _result(cls, transfers: Sequence[Transfer], height: int, parent: str | None, tip: int) -> ScanResult:
-        """A scan's result whose next scan starts at ``height`` (its parent ``parent``);
-        ``tip`` is the ``getblockcount`` this scan read, so the scan is ``tip - (height - 1)``
-        blocks behind."""
-        return ScanResult(tuple(transfers), cls._cursor(height, parent), tip=tip, scanned=height - 1)
-
-    def _rewound(self, transfers: list[Transfer], height: int, tip: int) -> ScanResult:
-        """Result of a scan that met a reorg at ``height``: keep what was found and restart
-        ``confirmations`` blocks lower, without a parent hash to check."""
-        return self._result(transfers, max(0, height - 1 - self.confirmations_required), None, tip)
-
-    async def _transfers_in_block(
-        self, block: dict[str, Any], wanted: set[str], height: int, tip: int
-    ) -> list[Transfer]:
-        found: list[Transfer] = []
-        for tx in block.get("tx", []):
-            if not isinstance(tx, dict):
-                raise ChainError(f"block {height} came without decoded transactions")
-            found.extend(await self._match(tx, self._outputs(tx), wanted, height, tip - height + 1))
-        return found
-
-    async def _match(
-        self,
-        tx: dict[str, Any],
-        outputs: tuple[_Output, ...],
-        wanted: set[str],
-        height: int | None,
-        confirmations: int,
-    ) -> list[Transfer]:
-        hits = [(n, address, value) for n, address, value in outputs if address in wanted and value > 0]
-        if not hits:
-            return []
-        senders = await self._senders(tx)
-        txid = str(tx["txid"])
-        return [
-            Transfer(
-                to_address=str(address),
-                from_addresses=senders,
-                amount=value,
-                ref=f"{txid}:{n}",
-                block_number=height,
-                confirmations=confirmations,
-            )
-            for n, address, value in hits
-        ]
-
-    async def _scan_mempool(self, wanted: set[str]) -> list[Transfer]:
-        """Transfers to ``wanted`` in mempool transactions. Decoded outputs are cached by
-        txid (the mempool can be large), and the cache follows the mempool."""
-        if not wanted:
-            return []
-        txids = await self._rpc.getrawmempool()
-        current = set(txids)
-        for stale in set(self._mempool_outputs) - current:
-            del self._mempool_outputs[stale]
-        found: list[Transfer] = []
-        fresh = [txid for txid in txids if txid not in self._mempool_outputs]
-        for offset in range(0, len(fresh), FETCH_CONCURRENCY):
-            batch = fresh[offset : offset + FETCH_CONCURRENCY]
-            txs = await asyncio.gather(*(self._rpc.gettransaction_verbose(txid) for txid in batch))
-            for txid, tx in zip(batch, txs, strict=True):
-                if tx is not None:  # else: mined or evicted meanwhile
-                    self._mempool_outputs[txid] = self._outputs(tx)
-        for txid in txids:
-            outputs = self._mempool_outputs.get(txid, ())
-            if any(address in wanted for _n, address, _v in outputs):
-                tx = await self._rpc.gettransaction_verbose(txid)
-                if tx is not None and not tx.get("blockhash"):
-                    found.extend(await self._match(tx, outputs, wanted, None, 0))
-        return found
 
     async def transfer_confirmations(self, transfer: Transfer) -> int | None:
         """Current confirmations of a transfer, by the txid in its ``ref``.

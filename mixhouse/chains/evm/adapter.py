@@ -23,9 +23,9 @@ The price is that the block producer receives the whole ``P - base_fee`` as a ti
 what a wallet would pay; the doubled base fee keeps the transaction includable while the base
 fee rises (at most 12.5 % per block, EIP-1559), for about six full blocks.
 
-Deposits are seen by reading whole blocks (``eth_getBlockByNumber(n, true)``): only top-level
-transactions are found, not ETH moved by a contract's internal call (exchanges that pay out
-from smart-contract wallets). A transfer counts only if its receipt has ``status == 1``.
+Deposits are found by the scanning engine (:mod:`mixhouse.watch.deposits`), which reads whole
+blocks: only top-level transactions are found, not ETH moved by a contract's internal call.
+:meth:`EvmAdapter.transfer_confirmations` follows a deposit it found (receipt ``status == 1``).
 
 Errors: every failure of the node or of the connection leaves as
 :class:`~mixhouse.errors.ChainError` or one of its subclasses, never as a raw web3 or aiohttp
@@ -34,7 +34,6 @@ exception.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -63,7 +62,6 @@ from mixhouse.chains.base import (
     ChainAdapter,
     FeeQuote,
     PreparedSend,
-    ScanResult,
     SendCheck,
     SendState,
     Transfer,
@@ -76,15 +74,8 @@ from mixhouse.money import Asset
 
 # Gas of a plain ETH transfer to an externally owned account (Yellow Paper G_transaction).
 GAS_LIMIT = 21_000
-# Blocks read by one scan at most, so one call stays bounded after a long pause.
-MAX_BLOCKS_PER_SCAN = 500
-# Blocks (and receipts) requested at once: enough to hide round trips, few enough not to
-# trip rate limits of hosted nodes.
-FETCH_CONCURRENCY = 16
 # Used when the node lacks eth_maxPriorityFeePerGas (it is not in the execution-API spec).
 FALLBACK_PRIORITY_FEE = 10**9  # 1 gwei
-# A first scan (no cursor) starts this many blocks below head - confirmations: see scan().
-FIRST_SCAN_SLACK = 2
 
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 _ZERO_ADDRESS = "0x" + "0" * 40
@@ -206,6 +197,7 @@ class EvmAdapter(ChainAdapter):
         self.uses_nonces = True
         self.chain_id = chain_id
         self.max_fee_per_gas_cap = max_fee_per_gas_cap
+        self.rpc_url = rpc_url
         self._signer = signer
         # The async paths sign here, never on the event loop (a token may be slow or hang).
         self._signing = SigningThread(f"signer-{self.asset}", timeout=sign_timeout)
@@ -336,103 +328,6 @@ class EvmAdapter(ChainAdapter):
         head = await self._head()
         return receipt, max(1, head - int(receipt["blockNumber"]) + 1)
 
-    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
-        """Find ETH transfers to ``watched`` in blocks ``cursor..head`` (at most 500 blocks).
-
-        Args:
-            watched: addresses to look for, in any case (compared case-insensitively).
-            cursor: ``"<next block>:<hash of the block below it>"`` from an earlier scan (a
-                bare ``"<next block>"`` is accepted: nothing checked, as cursors stored before
-                the hash was added). ``None`` on the very first scan: start at
-                ``max(0, head - confirmations - 2)``. A deposit address exists only from the
-                moment a mix is created and the caller keeps the cursor from then on, so on
-                first start only blocks that may still be unconfirmed matter; the 2 extra
-                blocks cover blocks mined while the caller started up.
-
-        Returns:
-            The transfers found (receipt status 1 and value > 0 only; each with
-            ``ref`` = txid in lowercase ``0x`` hex) and the cursor of the next scan. Within one
-            scan each block's ``parentHash`` must equal the hash of the block read before it:
-            if not, the chain reorganised under the scan, so it stops there and the returned
-            cursor goes back ``confirmations`` blocks to re-read the new branch. If the cursor
-            is above ``head + 1`` (the chain got shorter), or the block below it no longer has
-            the cursor's hash (the chain was replaced between scans, perhaps by a branch as
-            long or longer), the scan likewise re-reads from ``confirmations`` blocks lower.
-            Transfers may then repeat; the caller deduplicates by ``ref``, and
-            :meth:`transfer_confirmations` detects those a reorg removed. ``tip`` is the head
-            read at the start, ``scanned`` the last block read (the next cursor minus one).
-
-        Raises:
-            ValueError: ``cursor`` is neither ``"<number>"`` nor ``"<number>:<0x hash>"``.
-            ChainError: the node failed.
-        """
-        head = await self._head()
-        if cursor is None:
-            start, parent = max(0, head - self.confirmations_required - FIRST_SCAN_SLACK), None
-        else:
-            start, parent = await self.scan_start(cursor, head)
-        wanted = {address.lower() for address in watched}
-        if start > head:
-            return self._result([], start, head, parent)
-        end = min(head, start + MAX_BLOCKS_PER_SCAN - 1)
-        if not wanted:
-            # Nothing to look for: a deposit cannot predate the address it is sent to.
-            return self._result([], end + 1, head)
-
-        transfers: list[Transfer] = []
-        previous_hash: HexBytes | None = parent
-        for chunk_start in range(start, end + 1, FETCH_CONCURRENCY):
-            numbers = range(chunk_start, min(end, chunk_start + FETCH_CONCURRENCY - 1) + 1)
-            blocks = await asyncio.gather(*(self._block(n) for n in numbers))
-            for number, block in zip(numbers, blocks, strict=True):
-                if block is None:
-                    # The chain got shorter while we read it: continue from here next time.
-                    return self._result(transfers, number, head, previous_hash)
-                if previous_hash is not None and HexBytes(block["parentHash"]) != previous_hash:
-                    return self._rewound(transfers, number, head)
-                previous_hash = HexBytes(block["hash"])
-                found = await self._transfers_in_block(block, wanted, head)
-                if found is None:
-                    return self._rewound(transfers, number, head)
-                transfers.extend(found)
-        return self._result(transfers, end + 1, head, previous_hash)
-
-    async def scan_start(self, cursor: str, head: int) -> tuple[int, HexBytes | None]:
-        """The block a scan from ``cursor`` starts at and the hash the block below it must have
-        (``None``: unchecked), as :meth:`scan` describes; shared with the token adapter.
-
-        Raises:
-            ValueError: ``cursor`` is neither ``"<number>"`` nor ``"<number>:<0x hash>"``.
-            ChainError: the node failed.
-        """
-        height_text, sep, parent_hex = cursor.partition(":")
-        if not height_text.isdigit() or (sep and len(parent_hex) != 66):
-            raise ValueError(f"an EVM scan cursor is '<block number>:<0x block hash>', got {cursor!r}")
-        start = int(height_text)
-        parent = HexBytes(parent_hex) if parent_hex else None
-        if start > head + 1:
-            return max(0, head + 1 - self.confirmations_required), None
-        if parent is not None and start >= 1 and await self.block_hash(start - 1) != parent:
-            # Replaced while we were away: a branch no shorter than the old one would otherwise
-            # go unread below the cursor.
-            return max(0, start - 1 - self.confirmations_required), None
-        return start, parent
-
-    @staticmethod
-    def scan_cursor(next_block: int, parent: HexBytes | None) -> str:
-        """The cursor of a scan that goes on at ``next_block``, the block below it having hash
-        ``parent`` (``None``: unknown, nothing is checked)."""
-        return f"{next_block}:{parent.to_0x_hex()}" if parent is not None else str(next_block)
-
-    @classmethod
-    def _result(
-        cls, transfers: list[Transfer], next_block: int, head: int, parent: HexBytes | None = None
-    ) -> ScanResult:
-        """A scan's result whose next scan starts at ``next_block`` (the block below it having
-        hash ``parent``, if known); ``head`` is the ``eth_blockNumber`` this scan read, so the
-        scan is ``head - (next_block - 1)`` behind."""
-        return ScanResult(tuple(transfers), cls.scan_cursor(next_block, parent), tip=head, scanned=next_block - 1)
-
     async def block_hash(self, number: int) -> HexBytes | None:
         """Hash of main-chain block ``number``, ``None`` if the node has no such block.
 
@@ -446,47 +341,8 @@ class EvmAdapter(ChainAdapter):
                 return None
         return HexBytes(block["hash"])
 
-    def _rewound(self, transfers: list[Transfer], number: int, head: int) -> ScanResult:
-        """Result of a scan that met a reorg at block ``number``: keep what was found and
-        restart ``confirmations`` blocks lower, where the new branch may differ."""
-        return self._result(transfers, max(0, number - 1 - self.confirmations_required), head)
-
-    async def _transfers_in_block(self, block: BlockData, wanted: set[str], head: int) -> list[Transfer] | None:
-        """Successful value transfers to ``wanted`` in ``block``; ``None`` if a receipt no
-        longer belongs to this block (a reorg happened while we read it)."""
-        number = int(block["number"])
-        block_hash = HexBytes(block["hash"])
-        candidates: list[TxData] = []
-        for entry in block["transactions"]:
-            if not isinstance(entry, dict):
-                raise ChainError(f"block {number} came without full transactions")
-            tx = entry
-            to = tx.get("to")
-            if to is not None and int(tx.get("value", 0)) > 0 and str(to).lower() in wanted:
-                candidates.append(tx)
-        found: list[Transfer] = []
-        for offset in range(0, len(candidates), FETCH_CONCURRENCY):
-            batch = candidates[offset : offset + FETCH_CONCURRENCY]
-            receipts = await asyncio.gather(*(self._receipt(_hex_txid(tx["hash"])) for tx in batch))
-            for tx, receipt in zip(batch, receipts, strict=True):
-                if receipt is None or HexBytes(receipt["blockHash"]) != block_hash:
-                    return None
-                if int(receipt["status"]) != 1:
-                    continue  # reverted: the value did not move
-                found.append(
-                    Transfer(
-                        to_address=str(to_checksum_address(tx["to"])),
-                        from_addresses=(str(to_checksum_address(tx["from"])),),
-                        amount=int(tx["value"]),
-                        ref=_hex_txid(tx["hash"]),
-                        block_number=number,
-                        confirmations=head - number + 1,
-                    )
-                )
-        return found
-
     async def transfer_confirmations(self, transfer: Transfer) -> int | None:
-        """Confirmations of a transfer seen by :meth:`scan`, looked up by its txid (``ref``).
+        """Confirmations of a transfer the scanning engine found, looked up by its txid (``ref``).
 
         Returns:
             ``head - block + 1`` if mined in the current chain with status 1; ``0`` if back

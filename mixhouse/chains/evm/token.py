@@ -5,7 +5,8 @@ signing through :mod:`mixhouse.keys.signer`, broadcast and receipts) and adds wh
 changes:
 
 * **Deposits** are ``Transfer(address,address,uint256)`` logs of the token contract whose
-  ``to`` topic is a watched address (``eth_getLogs``), not value transfers. A log is only emitted
+  ``to`` topic is a watched address, not value transfers; the scanning engine finds them
+  (:mod:`mixhouse.watch.tokens`). A log is only emitted
   by a successful call, and its ``value`` is what the receiver got: with a fee-on-transfer
   token (USDT's ``basisPointsRate``) the deposit counts what arrived, never what was sent.
   ``ref`` is ``"<txid>/<n>"``, ``n`` the log's position in its transaction's receipt: unlike
@@ -38,8 +39,6 @@ Amounts are ``int`` in the token's base unit; gas amounts are ``int`` wei.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
-from typing import Any
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
@@ -53,7 +52,6 @@ from mixhouse.chains.base import (
     ChainAdapter,
     FeeQuote,
     PreparedSend,
-    ScanResult,
     SendCheck,
     SendState,
     Transfer,
@@ -68,8 +66,6 @@ _BALANCE_OF = keccak(text="balanceOf(address)")[:4]
 _IS_BLACKLISTED = keccak(text="isBlackListed(address)")[:4]
 _BASIS_POINTS_RATE = keccak(text="basisPointsRate()")[:4]
 _MAXIMUM_FEE = keccak(text="maximumFee()")[:4]
-MAX_BLOCKS_PER_SCAN = 500
-FIRST_SCAN_SLACK = 2
 # Gas limit margin over eth_estimateGas: none. The estimate of a plain token transfer is what it
 # uses, and a limit above it is ETH the gas top-up strands in the deposit address.
 GAS_MARGIN = 0
@@ -171,74 +167,8 @@ class Erc20Adapter(ChainAdapter):
 
     # -- reading the chain -----------------------------------------------------------------
 
-    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
-        """``Transfer`` logs of the token to ``watched`` in blocks ``cursor..head`` (at most 500).
-
-        ``cursor`` as for ETH (:meth:`EvmAdapter.scan`): ``"<next block>:<hash below it>"``, a
-        replaced block below it making the scan step back; ``None`` on the first scan
-        (``head - confirmations - 2``). Each log's block hash is checked against the receipt
-        of its transaction: a log whose transaction is no longer in that block (a reorg under
-        the scan) makes the scan restart ``confirmations`` blocks lower, like ETH's.
-        Logs flagged ``removed`` are skipped. Transfers of value 0 are ignored.
-
-        Raises:
-            ValueError: ``cursor`` is neither ``"<number>"`` nor ``"<number>:<0x hash>"``.
-            ChainError: the node failed.
-        """
-        head = int(await self.evm._head())
-        if cursor is None:
-            start, parent = max(0, head - self.confirmations_required - FIRST_SCAN_SLACK), None
-        else:
-            start, parent = await self.evm.scan_start(cursor, head)
-        if start > head:
-            return ScanResult((), self.evm.scan_cursor(start, parent), tip=head, scanned=start - 1)
-        end = min(head, start + MAX_BLOCKS_PER_SCAN - 1)
-        wanted = sorted({_topic_address(a) for a in watched})
-        if not wanted:
-            return ScanResult((), str(end + 1), tip=head, scanned=end)
-        # Read before the logs: if the chain changes in between, the next scan sees a hash that
-        # no longer matches and reads the new branch again (the other order could miss it).
-        end_hash = await self.evm.block_hash(end)
-        logs = await self.evm.logs(
-            address=self.contract, topics=[TRANSFER_TOPIC, None, wanted], from_block=start, to_block=end
-        )
-        transfers: list[Transfer] = []
-        receipts: dict[str, TxReceipt | None] = {}
-        for entry in logs:
-            if entry.get("removed"):
-                continue
-            txid = "0x" + bytes(entry["transactionHash"]).hex()
-            if txid not in receipts:
-                receipts[txid] = await self.evm.receipt(txid)
-            receipt = receipts[txid]
-            number = int(entry["blockNumber"])
-            if receipt is None or HexBytes(receipt["blockHash"]) != HexBytes(entry["blockHash"]):
-                restart = max(0, number - 1 - self.confirmations_required)
-                return ScanResult(tuple(transfers), str(restart), tip=head, scanned=restart - 1)
-            transfer = self._transfer_of(entry, receipt, head)
-            if transfer is not None:
-                transfers.append(transfer)
-        return ScanResult(tuple(transfers), self.evm.scan_cursor(end + 1, end_hash), tip=head, scanned=end)
-
-    def _transfer_of(self, entry: Any, receipt: TxReceipt, head: int) -> Transfer | None:
-        """The deposit a ``Transfer`` log records (``None`` for a zero value)."""
-        value = int.from_bytes(bytes(entry["data"])[:32], "big")
-        if value == 0:
-            return None
-        position = next(n for n, log in enumerate(receipt["logs"]) if int(log["logIndex"]) == int(entry["logIndex"]))
-        number = int(entry["blockNumber"])
-        topics = entry["topics"]
-        return Transfer(
-            to_address=_address_of_topic(topics[2]),
-            from_addresses=(_address_of_topic(topics[1]),),
-            amount=value,
-            ref=f"0x{bytes(entry['transactionHash']).hex()}/{position}",
-            block_number=number,
-            confirmations=head - number + 1,
-        )
-
     async def transfer_confirmations(self, transfer: Transfer) -> int | None:
-        """Confirmations of a deposit seen by :meth:`scan`, by its ``ref``'s txid and log.
+        """Confirmations of a deposit the scanning engine found, by its ``ref``'s txid and log.
 
         Returns:
             ``head - block + 1`` while the receipt (status 1) still holds, at the same position,

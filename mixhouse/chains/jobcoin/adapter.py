@@ -32,7 +32,6 @@ from mixhouse.chains.base import (
     ChainAdapter,
     FeeQuote,
     PreparedSend,
-    ScanResult,
     SendCheck,
     SendState,
     Transfer,
@@ -49,9 +48,9 @@ from mixhouse.money import Asset, asset_info, format_amount
 
 DECIMALS = asset_info(Asset.JOBCOIN).decimals
 SCAN_CONCURRENCY = 16
-# History cursor pages: a scan reads at most this many (then resumes at the next scan).
-_PAGE_SIZE = 5000
-_MAX_PAGES_PER_SCAN = 20
+# History cursor pages: ids per page, pages per scan (then the scan resumes at the next one).
+PAGE_SIZE = 5000
+MAX_PAGES_PER_SCAN = 20
 # Sends per batch request (the ledger takes at most 1,000).
 _BATCH_SIZE = 500
 # Addresses per incoming-transfers request (the ledger takes at most 1,000).
@@ -117,28 +116,6 @@ def _parse_history(body: Any) -> tuple[int, list[_LedgerTx]]:
             raise ChainError(f"the ledger sent a transaction with unreadable addresses: {item!r}")
         txs.append(_LedgerTx(from_address, to_address, _parse_wire_amount(item.get("amount"))))
     return balance, txs
-
-
-@dataclass(frozen=True, slots=True)
-class _HistoryRead:
-    """What a scan read of the ledger's history: the watched addresses it pays, the next
-    cursor, the id read through and the highest id (the tip)."""
-
-    touched: set[str]
-    next_cursor: str
-    reached: int
-    tip: int
-
-
-def _parse_cursor(cursor: str | None) -> tuple[int, int]:
-    """``(after, previous_head)`` of a scan cursor; ``(0, 0)`` (the whole history) for none or
-    one this version cannot read."""
-    if cursor is None:
-        return 0, 0
-    first, _, second = cursor.partition(":")
-    if not (first.isascii() and first.isdigit() and second.isascii() and second.isdigit()):
-        return 0, 0
-    return int(first), int(second)
 
 
 def _address_path(address: str) -> str:
@@ -245,76 +222,51 @@ class JobcoinAdapter(ChainAdapter):
         _, txs = await self._history(address)
         return [tx for tx in txs if tx.to_address == address]
 
-    async def scan(self, watched: Sequence[str], cursor: str | None) -> ScanResult:
-        """Every incoming transfer of the watched addresses that received something new.
+    # The ledger's history is read by the scanning engine (mixhouse.watch.jobcoin): these are
+    # the reads it is made of.
 
-        On a ledger with the history cursor (ours: ``GET /transactions?after=<id>``) the new
-        part of the ledger's history is read, and only the watched addresses it pays have their
-        incoming transfers read (their refs are positions in their own history), up to 1,000
-        addresses per request (``POST /incoming``, ours; one ``GET /addresses/{a}`` each
-        elsewhere); the cost is per new transfer, not per watched address. On a ledger without
-        it (the original API: the answer has no ``id``) every watched address is read on every
-        scan and the cursor stays ``None``.
-
-        The cursor is ``"<a>:<b>"``: this scan reads after ``a``, the head the scan before last
-        reached, so every part of the history is read by two consecutive scans. That covers a
-        mix created while a scan runs: its deposit address is not in that scan's ``watched``,
-        but its first deposit comes after the mix was created, hence after the head the
-        previous scan read, and the next scan (which watches it) reads from there.
-
-        The "height" of a ledger is its highest transfer id (the count of transfers it ever
-        made, give or take ids its database sequence skipped): ``tip`` is that id when the
-        scan looked, ``scanned`` the id the scan read through, so ``tip - scanned`` is how
-        many transfers the scan is behind. Both are ``None`` on a ledger without the history
-        cursor (every scan reads everything: never behind, no height to show).
+    async def history_page(self, after: int, *, limit: int | None = None) -> list[tuple[int, str]] | None:
+        """``(id, toAddress)`` of up to ``limit`` (default :data:`PAGE_SIZE`) transfers after id
+        ``after``, in id order (our ledger's history cursor,
+        ``GET /transactions?after=<id>&limit=<n>``); ``None`` on a ledger without it (the
+        original API), remembered for :meth:`wait_for_transfers`.
 
         Raises:
-            ChainError: the API failed (no partial result).
+            ChainError: the API failed, or the page is not in id order or unreadable.
         """
-        addresses = list(dict.fromkeys(watched))
-        if self._cursor_api is not False:
-            read = await self._touched_since(set(addresses), cursor)
-            if read is not None:
-                paid = [a for a in addresses if a in read.touched]
-                return ScanResult(
-                    transfers=await self._incoming_transfers(paid, batched=True),
-                    cursor=read.next_cursor,
-                    tip=read.tip,
-                    scanned=read.reached,
-                )
-        return ScanResult(transfers=await self._incoming_transfers(addresses, batched=False), cursor=None)
+        page = await self._page(after, limit=limit)
+        self._cursor_api = page is not None
+        previous = after
+        for transfer_id, _ in page or []:
+            if transfer_id <= previous:
+                raise ChainError(f"the ledger's page after {after} is not in id order")
+            previous = transfer_id
+        return page
 
-    async def _touched_since(self, watched: set[str], cursor: str | None) -> _HistoryRead | None:
-        """The watched addresses paid in the history after the cursor, the next cursor and
-        the heights; ``None`` if the ledger has no history cursor (remembered for this
-        adapter).
+    @property
+    def history_cursor(self) -> bool | None:
+        """Whether the ledger has the history cursor: ``None`` until a page was asked."""
+        return self._cursor_api
+
+    async def last_history_id(self, known: int) -> int:
+        """The ledger's highest transfer id, ``known`` being one it has (or 0). Raises ChainError."""
+        return await self._last_id(known)
+
+    def saw_history(self, transfer_id: int) -> None:
+        """Note that the history has been read through ``transfer_id``: what
+        :meth:`wait_for_transfers` waits to see exceeded."""
+        self._head = transfer_id
+
+    async def incoming_transfers(self, addresses: Sequence[str], *, batched: bool) -> tuple[Transfer, ...]:
+        """Every incoming transfer of ``addresses``, ``ref`` ``"<address>#<n>"`` (the n-th, 0-based,
+        incoming transfer of the address in ledger order), ``confirmations`` 1, no block.
+        ``batched``: ``POST /incoming`` (ours), 1,000 addresses a request, where the ledger has
+        it; else one ``GET /addresses/{a}`` each, 16 at once.
 
         Raises:
-            ChainError: the API failed or sent a page we cannot read.
+            ChainError: the API failed or sent an answer we cannot read.
         """
-        after, previous_head = _parse_cursor(cursor)
-        position = after
-        touched: set[str] = set()
-        for _ in range(_MAX_PAGES_PER_SCAN):
-            page = await self._page(position)
-            if page is None:
-                self._cursor_api = False
-                return None
-            self._cursor_api = True
-            for transfer_id, to_address in page:
-                if transfer_id <= position:
-                    raise ChainError(f"the ledger's page after {position} is not in id order")
-                position = transfer_id
-                if to_address in watched:
-                    touched.add(to_address)
-            if len(page) < _PAGE_SIZE:
-                tip = position  # a short page: nothing after it, the scan is at the tip
-                break
-        else:
-            tip = await self._last_id(position)
-        reached = max(position, previous_head)
-        self._head = position
-        return _HistoryRead(touched, f"{previous_head}:{reached}", reached, max(tip, reached))
+        return await self._incoming_transfers(list(dict.fromkeys(addresses)), batched=batched)
 
     async def wait_for_transfers(self, wait_seconds: float) -> bool:
         """Wait up to ``wait_seconds`` for a transfer after the history this adapter's last
@@ -391,7 +343,7 @@ class JobcoinAdapter(ChainAdapter):
             ChainError: network failure, 5xx, or an unreadable body.
         """
         url = f"{self._api_url}/transactions"
-        size = _PAGE_SIZE if limit is None else limit
+        size = PAGE_SIZE if limit is None else limit
         try:
             response = await self._client.get(url, params={"after": str(after), "limit": str(size)})
         except httpx.HTTPError as exc:
