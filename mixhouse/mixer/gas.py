@@ -231,4 +231,3 @@ async def record_gas_tank(rt: Runtime, adapter: Erc20Adapter) -> GasTank:
             sends_left=balance // cost if cost else None,
         )
     return GasTank(str(adapter.asset), pool, balance, cost)
-
