@@ -312,11 +312,27 @@ def _unfinished_of(asset: str, address: str) -> Any:
     )
 
 
-async def _retire(engine: AsyncEngine, adapter: EvmAdapter, draining: PoolGeneration) -> bool:
-    """Retire ``draining`` if, under its row lock, no send from or into it is unfinished and
-    its balance is 0. The lock orders this against the sends trigger (migration 0020): a send
-    inserted meanwhile is either counted here or refused."""
+async def _retire(engine: AsyncEngine, adapter: EvmAdapter | BitcoinAdapter, draining: PoolGeneration) -> bool:
+    """Retire ``draining`` if, under its row lock, nothing of it is left in the books, no move is
+    in flight and its address holds nothing on chain.
+
+    "Left in the books": on Ethereum an unfinished send from or into its address; on Bitcoin a
+    coin of its chain not yet ``spent`` (a top-up the scan has not recorded yet shows as the
+    address's balance and waits for it). The lock orders this against the sends trigger
+    (migration 0020): a send inserted meanwhile is either counted here or refused."""
     asset = draining.asset
+    if isinstance(adapter, BitcoinAdapter):
+        held: Any = (
+            select(func.count())
+            .select_from(utxos)
+            .where(
+                utxos.c.asset == asset,
+                utxos.c.key_chain == pool_key_chain(draining.generation),
+                utxos.c.state != "spent",
+            )
+        )
+    else:
+        held = _unfinished_of(asset, draining.address)
     async with unit(engine) as work:
         state = (
             await work.conn.execute(
@@ -327,7 +343,7 @@ async def _retire(engine: AsyncEngine, adapter: EvmAdapter, draining: PoolGenera
         ).scalar_one()
         if state != "draining":
             return bool(state == "retired")
-        if (await work.conn.execute(_unfinished_of(asset, draining.address))).scalar_one():
+        if (await work.conn.execute(held)).scalar_one():
             return False
         if await _move_in_flight(work.conn, asset, draining.generation) is not None:
             return False
@@ -452,50 +468,6 @@ async def _busy_coins(conn: AsyncConnection, asset: str, key_chain: int) -> int:
     )
 
 
-async def _retire_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, draining: PoolGeneration) -> bool:
-    """Retire Bitcoin generation ``draining`` if, under its row lock, no coin of its chain is
-    left in the books (every one ``spent``), no move is in flight and its top-up address holds
-    nothing on chain (a top-up the scan has not recorded yet waits for it)."""
-    asset = draining.asset
-    chain = pool_key_chain(draining.generation)
-    async with unit(engine) as work:
-        state = (
-            await work.conn.execute(
-                select(pool_generations.c.state)
-                .where(pool_generations.c.asset == asset, pool_generations.c.generation == draining.generation)
-                .with_for_update()
-            )
-        ).scalar_one()
-        if state != "draining":
-            return bool(state == "retired")
-        left = (
-            await work.conn.execute(
-                select(func.count())
-                .select_from(utxos)
-                .where(utxos.c.asset == asset, utxos.c.key_chain == chain, utxos.c.state != "spent")
-            )
-        ).scalar_one()
-        if left or await _move_in_flight(work.conn, asset, draining.generation) is not None:
-            return False
-        if await adapter.balance(draining.address) != 0:
-            return False
-        await work.conn.execute(
-            update(pool_generations)
-            .where(pool_generations.c.asset == asset, pool_generations.c.generation == draining.generation)
-            .values(state="retired", retired_at=func.now())
-        )
-        work.audit(
-            AuditEntry(
-                "pool.retired",
-                "pool_generation",
-                f"{asset}/{draining.generation}",
-                asset=asset,
-                details={"address": draining.address, "key_ref": draining.key_ref},
-            )
-        )
-    return True
-
-
 async def drain_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, guard: RetiredKeyGuard | None = None) -> str:
     """One step of draining the draining Bitcoin pool generation into the active one.
 
@@ -536,7 +508,7 @@ async def drain_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, guard: Ret
     if busy:
         return "waiting"
     if not available:
-        retired = await _retire_bitcoin(engine, adapter, draining)
+        retired = await _retire(engine, adapter, draining)
         if retired and guard is not None:
             async with engine.connect() as conn:
                 guard.set_retired(await retired_key_refs(conn))
