@@ -52,14 +52,14 @@ from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.db.tables import pool_generations, pool_moves, sends, utxos
 from mixhouse.errors import ChainError, IllegalTransition, InvalidAmount
-from mixhouse.keys.audited import KeyRetired, RetiredKeyGuard, key_use_entries, recording_key_uses
+from mixhouse.keys.audited import KeyRetired, KeyUse, RetiredKeyGuard, key_use_entries, recording_key_uses
 from mixhouse.keys.bip84 import pool_key_chain
 from mixhouse.keys.hd import POOL_PATH
 from mixhouse.keys.signer import SignerError
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import allocate_nonce, coin_of
 from mixhouse.money import Asset
-from mixhouse.unit import unit
+from mixhouse.unit import Unit, unit
 
 __all__ = [
     "ROTATABLE",
@@ -279,6 +279,43 @@ async def _follow_move(engine: AsyncEngine, adapter: ChainAdapter, move: Any) ->
     return "confirmed"
 
 
+async def _store_move(
+    work: Unit,
+    draining: PoolGeneration,
+    active: PoolGeneration,
+    *,
+    uses: list[KeyUse],
+    **columns: Any,
+) -> Any:
+    """Insert a signed pool move from ``draining`` to ``active`` (``columns``: addresses, amount
+    and fee cap in base units, nonce, raw bytes, txid; extra keys go to the audit details only)
+    with its ``pool.move_signed`` entry and a ``key.used`` entry per key that signed it, in
+    ``work``: the move is stored before anything is broadcast. Returns the ``pool_moves`` row."""
+    stored = {k: columns.pop(k) for k in _MOVE_COLUMNS}
+    row = (
+        await work.conn.execute(
+            insert(pool_moves)
+            .values(
+                asset=draining.asset,
+                from_generation=draining.generation,
+                to_generation=active.generation,
+                state="signed",
+                **stored,
+            )
+            .returning(pool_moves)
+        )
+    ).one()
+    work.audit(_move_entry("pool.move_signed", row, **columns))
+    for entry in key_use_entries(
+        uses, entity_type="pool_move", entity_id=str(row.id), purpose="pool_move", asset=draining.asset
+    ):
+        work.audit(entry)
+    return row
+
+
+_MOVE_COLUMNS: Final = ("from_address", "to_address", "amount", "network_fee_max", "nonce", "raw_tx", "txid")
+
+
 def _move_entry(action: str, move: Any, **extra: Any) -> AuditEntry:
     return AuditEntry(
         action,
@@ -422,30 +459,19 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
                 fee=fee,
                 nonce=nonce,
             )
-        row = (
-            await work.conn.execute(
-                insert(pool_moves)
-                .values(
-                    asset=asset,
-                    from_generation=draining.generation,
-                    to_generation=active.generation,
-                    from_address=prepared.from_address,
-                    to_address=prepared.to_address,
-                    amount=prepared.amount,
-                    network_fee_max=prepared.network_fee_max,
-                    nonce=prepared.nonce,
-                    raw_tx=prepared.raw_tx,
-                    txid=prepared.txid,
-                    state="signed",
-                )
-                .returning(pool_moves)
-            )
-        ).one()
-        work.audit(_move_entry("pool.move_signed", row))
-        for entry in key_use_entries(
-            uses, entity_type="pool_move", entity_id=str(row.id), purpose="pool_move", asset=asset
-        ):
-            work.audit(entry)
+        row = await _store_move(
+            work,
+            draining,
+            active,
+            from_address=prepared.from_address,
+            to_address=prepared.to_address,
+            amount=prepared.amount,
+            network_fee_max=prepared.network_fee_max,
+            nonce=prepared.nonce,
+            raw_tx=prepared.raw_tx,
+            txid=prepared.txid,
+            uses=uses,
+        )
     return await _follow_move(engine, adapter, row)
 
 
@@ -544,25 +570,21 @@ async def drain_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, guard: Ret
         prepared = spend.prepared
         if prepared.raw_tx is None or prepared.txid is None:  # pragma: no cover - a UTXO move is signed
             raise IllegalTransition("a pool move needs signed bytes and a txid")
-        row = (
-            await work.conn.execute(
-                insert(pool_moves)
-                .values(
-                    asset=asset,
-                    from_generation=draining.generation,
-                    to_generation=active.generation,
-                    from_address=draining.address,
-                    to_address=active.address,
-                    amount=spend.change_amount,
-                    network_fee_max=spend.fee,
-                    nonce=None,
-                    raw_tx=prepared.raw_tx,
-                    txid=prepared.txid,
-                    state="signed",
-                )
-                .returning(pool_moves)
-            )
-        ).one()
+        row = await _store_move(
+            work,
+            draining,
+            active,
+            from_address=draining.address,
+            to_address=active.address,
+            amount=spend.change_amount,
+            network_fee_max=spend.fee,
+            nonce=None,
+            raw_tx=prepared.raw_tx,
+            txid=prepared.txid,
+            uses=uses,
+            inputs=[f"{c.txid}:{c.vout}" for c in spend.inputs],
+            fee_rate=fee_rate,
+        )
         for coin in spend.inputs:
             await work.conn.execute(
                 update(utxos)
@@ -587,18 +609,6 @@ async def drain_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, guard: Ret
                 state="unconfirmed",
             )
         )
-        work.audit(
-            _move_entry(
-                "pool.move_signed",
-                row,
-                inputs=[f"{c.txid}:{c.vout}" for c in spend.inputs],
-                fee_rate=fee_rate,
-            )
-        )
-        for entry in key_use_entries(
-            uses, entity_type="pool_move", entity_id=str(row.id), purpose="pool_move", asset=asset
-        ):
-            work.audit(entry)
     return await _follow_move(engine, adapter, row)
 
 
