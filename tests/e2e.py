@@ -142,6 +142,37 @@ def evm_worker_env(database_url: str, rpc_url: str, chain_id: int, mnemonic: str
     return env
 
 
+def bitcoin_worker_env(database_url: str, bcoin: Any, mnemonic: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``mixhouse worker`` subprocess on the bcoin regtest node (``bcoin``:
+    the :class:`tests.fixtures.bcoin.Bcoin` fixture) for the crash tests: as
+    :func:`evm_worker_env`, with 2 confirmations; ``extra`` adds or overrides variables."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "MIXHOUSE_DATABASE_URL": database_url,
+            "MIXHOUSE_JOBCOIN_ENABLED": "false",
+            "MIXHOUSE_EVM_ENABLED": "false",
+            "MIXHOUSE_BITCOIN_ENABLED": "true",
+            "MIXHOUSE_BITCOIN_RPC_URL": bcoin.node.rpc_url,
+            "MIXHOUSE_BITCOIN_RPC_USER": bcoin.node.rpc_user,
+            "MIXHOUSE_BITCOIN_RPC_PASSWORD": bcoin.node.rpc_password,
+            "MIXHOUSE_BITCOIN_NETWORK": "regtest",
+            "MIXHOUSE_BITCOIN_MNEMONIC": mnemonic,
+            "MIXHOUSE_BITCOIN_CONFIRMATIONS": "2",
+            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
+            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
+            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
+            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
+            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
+            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
+            # The gate off: a handful of mixes would wait for their maximum.
+            "MIXHOUSE_PRIVACY_GATE_K": "1",
+            **extra,
+        }
+    )
+    return env
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``mixhouse worker`` in a process of its own (4 job slots), output discarded: the crash
     tests SIGKILL it and start it again."""

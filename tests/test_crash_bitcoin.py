@@ -29,7 +29,7 @@ from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
-from tests.e2e import start_worker, unfinished_sends
+from tests.e2e import bitcoin_worker_env, start_worker, unfinished_sends
 from tests.fixtures.bcoin import Bcoin
 from tests.test_e2e_bitcoin import bitcoin_settings, mining
 
@@ -62,28 +62,7 @@ async def test_bitcoin_worker_killed_at_random_moments_pays_every_payout_exactly
     adapter = rt.adapter("BTC")
     Account.enable_unaudited_hdwallet_features()
     user = Bip84Keyring(Account.create_with_mnemonic()[1], "regtest")
-    env = dict(os.environ)
-    env.update(
-        {
-            "MIXHOUSE_DATABASE_URL": database_url,
-            "MIXHOUSE_JOBCOIN_ENABLED": "false",
-            "MIXHOUSE_EVM_ENABLED": "false",
-            "MIXHOUSE_BITCOIN_ENABLED": "true",
-            "MIXHOUSE_BITCOIN_RPC_URL": bcoin.node.rpc_url,
-            "MIXHOUSE_BITCOIN_RPC_USER": bcoin.node.rpc_user,
-            "MIXHOUSE_BITCOIN_RPC_PASSWORD": bcoin.node.rpc_password,
-            "MIXHOUSE_BITCOIN_NETWORK": "regtest",
-            "MIXHOUSE_BITCOIN_MNEMONIC": settings.bitcoin_mnemonic.get_secret_value(),
-            "MIXHOUSE_BITCOIN_CONFIRMATIONS": "2",
-            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
-            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
-            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
-            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
-            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
-            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
-            "MIXHOUSE_PRIVACY_GATE_K": "1",  # the gate off: a handful of mixes would wait for their maximum
-        }
-    )
+    env = bitcoin_worker_env(database_url, bcoin, settings.bitcoin_mnemonic.get_secret_value())
     try:
         mixes = []
         for i in range(4):

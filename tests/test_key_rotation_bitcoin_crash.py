@@ -30,7 +30,7 @@ from mixhouse.db.tables import payout_batches, pool_moves
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.money import Asset
-from tests.e2e import start_worker
+from tests.e2e import bitcoin_worker_env, start_worker
 from tests.fixtures.bcoin import Bcoin
 from tests.test_e2e_bitcoin import bitcoin_settings, mining
 from tests.test_key_rotation_bitcoin import (
@@ -48,30 +48,7 @@ DEADLINE = 150.0  # seconds for the whole run: a loaded 2-core machine
 
 
 def _worker_env(database_url: str, bcoin: Bcoin, mnemonic: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "MIXHOUSE_DATABASE_URL": database_url,
-            "MIXHOUSE_JOBCOIN_ENABLED": "false",
-            "MIXHOUSE_EVM_ENABLED": "false",
-            "MIXHOUSE_BITCOIN_ENABLED": "true",
-            "MIXHOUSE_BITCOIN_RPC_URL": bcoin.node.rpc_url,
-            "MIXHOUSE_BITCOIN_RPC_USER": bcoin.node.rpc_user,
-            "MIXHOUSE_BITCOIN_RPC_PASSWORD": bcoin.node.rpc_password,
-            "MIXHOUSE_BITCOIN_NETWORK": "regtest",
-            "MIXHOUSE_BITCOIN_MNEMONIC": mnemonic,
-            "MIXHOUSE_BITCOIN_CONFIRMATIONS": "2",
-            "MIXHOUSE_BITCOIN_MIN_DEPOSIT": "100000",
-            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
-            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
-            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
-            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
-            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
-            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
-            "MIXHOUSE_PRIVACY_GATE_K": "1",  # the gate off: a handful of mixes would wait for their maximum
-        }
-    )
-    return env
+    return bitcoin_worker_env(database_url, bcoin, mnemonic, MIXHOUSE_BITCOIN_MIN_DEPOSIT="100000")
 
 
 async def _in_flight(engine: AsyncEngine) -> str:
