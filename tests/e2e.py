@@ -173,6 +173,27 @@ def bitcoin_worker_env(database_url: str, bcoin: Any, mnemonic: str, **extra: st
     return env
 
 
+async def run_mixhouse(env: dict[str, str], *args: str, within: float = 120.0) -> tuple[int, str, str]:
+    """``python -m mixhouse ARGS`` in a process of its own with ``env``: its exit code, stdout
+    and stderr (the CLI tests run the real command, not the Typer app in process).
+
+    Raises:
+        TimeoutError: it did not finish within ``within`` seconds.
+    """
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mixhouse",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), within)
+    assert child.returncode is not None
+    return child.returncode, out.decode(), err.decode()
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``mixhouse worker`` in a process of its own (4 job slots), output discarded: the crash
     tests SIGKILL it and start it again."""

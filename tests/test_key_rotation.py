@@ -35,6 +35,7 @@ from mixhouse.mixer.pool_rotation import (
     generations,
     rotate,
 )
+from tests.e2e import run_mixhouse
 from tests.fixtures.anvil import Anvil
 
 FUNDS = 3 * 10**18
@@ -270,19 +271,7 @@ async def test_keys_rotate_command(database_url: str, engine: AsyncEngine, anvil
     }
 
     async def run(*args: str) -> tuple[int, str, str]:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mixhouse",
-            "keys",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(child.communicate(), DEADLINE)
-        assert child.returncode is not None
-        return child.returncode, out.decode(), err.decode()
+        return await run_mixhouse(env, "keys", *args, within=DEADLINE)
 
     code, out, err = await run("rotate", "ETH", "--json")
     assert code == 0, err

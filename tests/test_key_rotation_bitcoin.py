@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -38,6 +37,7 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.money import Asset
 from mixhouse.servers import background
+from tests.e2e import run_mixhouse
 from tests.fixtures.bcoin import Bcoin
 from tests.test_e2e_bitcoin import bitcoin_settings, mining
 
@@ -280,20 +280,7 @@ async def test_keys_rotate_btc_command(database_url: str, engine: AsyncEngine, b
     }
 
     async def run(*args: str) -> tuple[int, str, str]:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mixhouse",
-            "keys",
-            "rotate",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(child.communicate(), 120)
-        assert child.returncode is not None
-        return child.returncode, out.decode(), err.decode()
+        return await run_mixhouse(env, "keys", "rotate", *args)
 
     rt = build_runtime(settings, database_url)
     try:

@@ -8,10 +8,8 @@ builds itself, and that view against the public ledger.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,7 +39,7 @@ from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.sends import execute_send
 from mixhouse.money import Asset, asset_info
-from tests.e2e import fast_settings, local_ledger
+from tests.e2e import fast_settings, local_ledger, run_mixhouse
 from tests.test_api import assert_problem
 
 ADMIN_KEY = "test-admin-key-privacy-0123"
@@ -224,18 +222,9 @@ def _assert_same_figures(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 async def _cli(env: dict[str, str], *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mixhouse",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode == 0, stderr.decode()
-    return stdout.decode()
+    code, out, err = await run_mixhouse(env, *args)
+    assert code == 0, err
+    return out
 
 
 # -- the admin endpoint and the CLI's refusals ------------------------------------------------

@@ -4,31 +4,20 @@ listed, resumed from the command line (in its own process, on the real database)
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.db.tables import audit_log
 from mixhouse.watch import store
+from tests.e2e import run_mixhouse
 
 
 async def _cli(database_url: str, *args: str) -> tuple[int, str]:
     env = {**os.environ, "MIXHOUSE_DATABASE_URL": database_url, "COLUMNS": "250"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mixhouse",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, stdout.decode()
+    code, out, err = await run_mixhouse(env, *args)
+    return code, out + err
 
 
 async def test_status_lists_a_stopped_watcher_and_resume_clears_it(database_url: str, engine: AsyncEngine) -> None:
