@@ -115,6 +115,19 @@ async def unfinished_sends(engine: AsyncEngine) -> int:
         )
 
 
+# The crash tests' worker: fast ticks and heartbeats, and the release gate off (a handful of
+# mixes would otherwise wait for their maximum; payouts fall due all through the kills).
+FAST_WORKER: dict[str, str] = {
+    "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
+    "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
+    "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
+    "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
+    "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
+    "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
+    "MIXHOUSE_PRIVACY_GATE_K": "1",
+}
+
+
 def evm_worker_env(database_url: str, rpc_url: str, chain_id: int, mnemonic: str, **extra: str) -> dict[str, str]:
     """The environment of a ``mixhouse worker`` subprocess on an EVM node for the crash tests:
     fast ticks and heartbeats, 3 confirmations, the release gate off (payouts fall due all
@@ -129,13 +142,7 @@ def evm_worker_env(database_url: str, rpc_url: str, chain_id: int, mnemonic: str
             "MIXHOUSE_EVM_CHAIN_ID": str(chain_id),
             "MIXHOUSE_EVM_MNEMONIC": mnemonic,
             "MIXHOUSE_EVM_CONFIRMATIONS": "3",
-            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
-            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
-            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
-            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
-            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
-            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
-            "MIXHOUSE_PRIVACY_GATE_K": "1",
+            **FAST_WORKER,
             **extra,
         }
     )
@@ -159,14 +166,7 @@ def bitcoin_worker_env(database_url: str, bcoin: Any, mnemonic: str, **extra: st
             "MIXHOUSE_BITCOIN_NETWORK": "regtest",
             "MIXHOUSE_BITCOIN_MNEMONIC": mnemonic,
             "MIXHOUSE_BITCOIN_CONFIRMATIONS": "2",
-            "MIXHOUSE_SCAN_INTERVAL_SECONDS": "1",
-            "MIXHOUSE_JOB_POLLING_INTERVAL_SECONDS": "0.1",
-            "MIXHOUSE_WORKER_HEARTBEAT_SECONDS": "0.5",
-            "MIXHOUSE_WORKER_STALLED_AFTER_SECONDS": "2",
-            "MIXHOUSE_RECONCILE_INTERVAL_SECONDS": "2",
-            "MIXHOUSE_PAYOUT_ROUND_SECONDS": "1",
-            # The gate off: a handful of mixes would wait for their maximum.
-            "MIXHOUSE_PRIVACY_GATE_K": "1",
+            **FAST_WORKER,
             **extra,
         }
     )
