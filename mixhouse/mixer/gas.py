@@ -29,6 +29,7 @@ from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.db.tables import gas_tanks, sends
 from mixhouse.errors import BroadcastRejected, SendOutcomeUnknown
+from mixhouse.keys.audited import key_use_entries, recording_key_uses
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import SendState, now, transition
 from mixhouse.unit import unit
@@ -79,7 +80,8 @@ async def sweep_gas_ready(rt: Runtime, adapter: Erc20Adapter, sweep: Row[Any]) -
         async with unit(rt.engine) as work:
             nonce = await allocate_nonce(work, adapter, adapter.pool_address)
             assert nonce is not None  # an EVM address always has one
-            prepared = await adapter.prepare_gas_topup(to_address=sweep.from_address, wei=need, nonce=nonce)
+            with recording_key_uses() as uses:
+                prepared = await adapter.prepare_gas_topup(to_address=sweep.from_address, wei=need, nonce=nonce)
             gas = (
                 await work.conn.execute(
                     sends.insert()
@@ -107,6 +109,11 @@ async def sweep_gas_ready(rt: Runtime, adapter: Erc20Adapter, sweep: Row[Any]) -
             from mixhouse.mixer.sends import send_entry  # noqa: PLC0415 - see above
 
             work.audit(send_entry("send.signed", gas, for_sweep=sweep.id))
+            # The pool key signed it: a key use like any send's (issue 12: every key use audited).
+            for entry in key_use_entries(
+                uses, entity_type="send", entity_id=str(gas.id), purpose=GAS_KIND, asset=gas.asset
+            ):
+                work.audit(entry)
     if gas.state == SendState.CONFIRMED:
         return True
     prepared = prepared_of(gas)
