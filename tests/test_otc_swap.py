@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -38,7 +39,7 @@ from mixhouse.chains.htlc import secret_hash
 from mixhouse.db.engine import make_engine, with_database
 from mixhouse.db.tables import otc_orders, otc_trades
 from mixhouse.keys.hd import HdKeyring
-from mixhouse.keys.signer import SoftwareSigner
+from mixhouse.keys.signer import Signer, SoftwareSigner
 from mixhouse.otc.devnet import Grapes
 from mixhouse.otc.node import NewOrder
 from mixhouse.otc.runtime import RunningNode
@@ -796,3 +797,118 @@ async def test_participant_offline_after_the_secret_is_out(world: World, back: s
     else:
         assert bob_btc == 0
         assert "refunded" in b.data["error"]
+
+
+class GatedSigner:
+    """A signer whose ``sign_digest`` waits until the test opens its gate: an HSM that is slow
+    (or hung, while the gate stays shut) exactly where a token's ``C_Sign`` blocks its thread."""
+
+    kind = "software"
+
+    def __init__(self, inner: Signer) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def public_key(self, key_ref: str) -> bytes:
+        return self.inner.public_key(key_ref)
+
+    def sign_digest(self, key_ref: str, digest: bytes, *, low_r: bool = False) -> tuple[int, int]:
+        self.entered.set()
+        self.gate.wait(60)  # bounded: a signature on the loop fails the test instead of hanging it
+        return self.inner.sign_digest(key_ref, digest, low_r=low_r)
+
+
+async def _pass_through_gate(node: Node, gated: GatedSigner, api_url: str) -> bool:
+    """One pass of ``node``'s engine. If it signs, the OTC node's API must answer while the
+    signature waits behind the gate (the pass still pending); then the gate opens. Returns
+    whether the pass signed."""
+    task = asyncio.create_task(node.engine.run_once())
+    await wait_until(lambda: _async_true(task.done() or gated.entered.is_set()), what="the pass to end or to sign")
+    signed = gated.entered.is_set()
+    if signed and not gated.gate.is_set():
+        async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
+            for _ in range(3):
+                assert (await client.get(api_url + "/health")).status_code == 200
+        assert not task.done(), "the pass ended while its signature was held"
+        gated.gate.set()
+    await task
+    return signed
+
+
+async def _async_true(value: bool) -> bool:
+    return value
+
+
+async def test_a_slow_signer_leaves_the_node_serving_and_a_hung_one_is_retried(
+    world: World, grapes: Grapes, pg_server_url: str, template_db: str, tmp_path: Path, evm_keyring: HdKeyring
+) -> None:
+    """Issue 12 for the swaps: every swap signature runs in a signing thread. While Alice's
+    Bitcoin lock and Bob's token approval and lock wait on a slow token, the OTC node on the
+    same loop answers its /health; a token that does not answer within the deadline leaves
+    the swap as it was (no error recorded), and the next pass signs; the swap completes."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    btc_signer = alice.btc.signer
+
+    def gated_btc_leg(timeout: float) -> tuple[GatedSigner, BitcoinLeg]:
+        gated = GatedSigner(btc_signer)
+        leg = BitcoinLeg(
+            world.rpc,
+            signer=gated,
+            key_ref="swap",
+            network="regtest",
+            block_seconds=SETTINGS.btc_block_seconds,
+            sign_timeout=timeout,
+        )
+        return gated, leg
+
+    hung, alice.btc = gated_btc_leg(0.5)
+    alice.restart()
+    trade = _trade(world, "erc20")
+    swap_id = await alice.engine.open_swap(trade)
+    assert await bob.engine.open_swap(trade) == swap_id
+    try:
+        for _ in range(MAX_ROUNDS):
+            await alice.engine.run_once()  # the lock's signature times out in it: no hang
+            await bob.engine.run_once()
+            if hung.entered.is_set():
+                break
+        assert hung.entered.is_set(), await world.states()
+        await alice.engine.run_once()  # queued behind the hung call: dropped at its deadline
+        ((_, state, error),) = (await world.states())["alice"]
+        assert (state, error) == ("agreed", None)
+    finally:
+        hung.gate.set()  # the hung call returns in its thread; its signature is dropped
+        alice.btc.close()
+
+    evm_gated = GatedSigner(SoftwareSigner.for_evm(evm_keyring))
+    bob_adapter = EvmAdapter(
+        world.anvil.rpc_url,
+        chain_id=world.anvil.chain_id,
+        signer=evm_gated,
+        confirmations=SETTINGS.evm_confirmations,
+        max_fee_per_gas_cap=500 * 10**9,
+    )
+    slow, alice.btc = gated_btc_leg(60.0)
+    alice.restart()
+    bob.evm = EvmLeg(EvmHtlc(bob_adapter, world.htlc.address), key_ref=bob.evm.key_ref)
+    bob.restart()
+    try:
+        with fresh_databases(pg_server_url, template_db, 1) as urls:
+            async with AsyncExitStack() as stack:
+                (running,) = await start_nodes(stack, grapes.urls, urls, tmp_path, api=True)
+                assert running.api_url is not None
+                assert await _pass_through_gate(alice, slow, running.api_url)
+                assert await alice.state(swap_id) in ("lock_signed", "locked")
+                for _ in range(MAX_ROUNDS):
+                    await alice.engine.run_once()
+                    if await _pass_through_gate(bob, evm_gated, running.api_url):
+                        break
+                    await world.mine()
+                assert await bob.state(swap_id) in ("lock_signed", "locked")
+        await world.drive(_both(world, swap_id, "completed", "completed"))
+    finally:
+        slow.gate.set()
+        alice.btc.close()
+        await bob_adapter.aclose()

@@ -36,11 +36,19 @@ class Runtime:
     screener: Screener
     rng: random.Random = field(default_factory=random.SystemRandom)
     signers: dict[Asset, Signer] = field(default_factory=dict)
+    # (the Settings it was built from, the registry): every amount check and every listing
+    # asks for the assets, and building the registry re-validates every configured token.
+    _assets: tuple[Settings, AssetRegistry] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def assets(self) -> AssetRegistry:
-        """The assets of this deployment (built-in and configured tokens) and their facts."""
-        return self.settings.assets()
+        """The assets of this deployment (built-in and configured tokens) and their facts,
+        built once per :class:`Settings` object (rebuilt if a test swaps ``settings``)."""
+        cached = self._assets
+        if cached is None or cached[0] is not self.settings:
+            cached = (self.settings, self.settings.assets())
+            self._assets = cached
+        return cached[1]
 
     def adapter(self, asset: Asset | str) -> ChainAdapter:
         """The adapter of ``asset``.
