@@ -29,7 +29,7 @@ from mixhouse.keys.hsm import Pkcs11Signer
 from mixhouse.mixer.mixes import MixRequest, create_mix, next_key_index
 from mixhouse.money import Asset
 from mixhouse.unit import unit
-from tests.fixtures.softhsm import SoftHsm
+from tests.fixtures.softhsm import SoftHsm, hung_token
 
 MNEMONIC = "legal winner thank year wave sausage worth useful legal winner thank yellow"
 
@@ -216,23 +216,14 @@ async def test_an_empty_buffer_and_a_hung_token_answer_503_and_create_nothing(
     adapter = rt.adapter("ETH")
     token = unwrap(rt.signers[Asset.ETH])
     assert isinstance(token, Pkcs11Signer)
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_token() -> None:
-        with token._lock:
-            held.set()
-            release.wait(60)  # bounded: a request that hangs fails the test instead of freezing it
-
-    holder = threading.Thread(target=hold_the_token, daemon=True)
     body = {"asset": "ETH", "withdrawal_addresses": ["0x" + "ab" * 20]}
     transport = httpx.ASGITransport(app=create_app(rt))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            holder.start()
-            assert await asyncio.to_thread(held.wait, 10)
-            started = time.monotonic()
-            refused = await client.post("/api/v1/mixes", json=body)
-            waited = time.monotonic() - started
+            async with hung_token(token):
+                started = time.monotonic()
+                refused = await client.post("/api/v1/mixes", json=body)
+                waited = time.monotonic() - started
             assert refused.status_code == 503, refused.text
             assert refused.json()["type"] == "urn:mixhouse:problem:keys-busy"
             assert refused.headers["retry-after"] == str(math.ceil(2.0 + 0.5))
@@ -244,14 +235,10 @@ async def test_an_empty_buffer_and_a_hung_token_answer_503_and_create_nothing(
                     await conn.execute(select(key_counters.c.next_index).where(key_counters.c.asset == "ETH"))
                 ).scalar()
                 assert counter in (None, 0)  # the counter's increment rolled back with the mix
-            release.set()
-            holder.join(10)
             created = await client.post("/api/v1/mixes", json=body)
             assert created.status_code == 201, created.text
             assert created.json()["deposit_address"] == adapter.deposit_address(0)
     finally:
-        release.set()
-        holder.join(10)
         await rt.aclose()
         await rt.engine.dispose()
         token.close()

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -26,14 +25,12 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
-from eth_abi.abi import encode as abi_encode
-from eth_utils.crypto import keccak
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mixhouse.chains.base import PreparedSend
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm import EvmAdapter
+from mixhouse.chains.evm.deploy import deploy_contract
 from mixhouse.chains.evm.htlc import EvmHtlc, htlc_artifact
 from mixhouse.chains.htlc import secret_hash
 from mixhouse.db.engine import make_engine, with_database
@@ -48,14 +45,10 @@ from mixhouse.otc.swaps.engine import SwapEngine, SwapTrade, swap_rows
 from mixhouse.otc.swaps.hook import NodeSwapTransport, serve_swaps, swap_trade_of
 from mixhouse.otc.swaps.legs import BitcoinLeg, EvmLeg, LockSpec, StoredTx
 from mixhouse.otc.swaps.transport import LocalTransport
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import Anvil, deploy_test_token, make_evm_adapter
 from tests.fixtures.bcoin import Bcoin
 from tests.otc_support import PRICE, fresh_databases, start_nodes, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TOKENS_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "test_tokens_artifact.json"
-# OpenZeppelin Contracts' ERC20 (npm @openzeppelin/contracts, tests/data/contracts/OzToken.sol).
-OZ_TOKEN_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "oz_token_artifact.json"
 ETH = 10**18
 BTC_SAT = 1_000_000
 EVM_AMOUNT = {"eth": ETH // 10, "erc20": 2_500 * 10**6, "usdt": 2_500 * 10**6, "oz": 2_500 * 10**6}
@@ -184,49 +177,6 @@ class World:
         return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
 
 
-async def _mined(adapter: EvmAdapter, prepared: PreparedSend) -> Any:
-    """Broadcast and wait (deadline, not a fixed sleep) for the successful receipt."""
-    await adapter.broadcast(prepared)
-    assert prepared.txid is not None
-    deadline = time.monotonic() + RECEIPT_TIMEOUT_SECONDS
-    while (receipt := await adapter.receipt(prepared.txid)) is None:
-        assert time.monotonic() < deadline, f"{prepared.txid} not mined"
-        await asyncio.sleep(0.02)
-    assert receipt["status"] == 1
-    return receipt
-
-
-async def _deploy(adapter: EvmAdapter, key_ref: str, bytecode: str) -> str:
-    data = bytes.fromhex(bytecode.removeprefix("0x"))
-    sender = adapter.key_address(key_ref)
-    gas = await adapter.estimate_gas(from_address=sender, to=None, data=data)
-    prepared = adapter.prepare_contract_call(
-        key_ref=key_ref,
-        to=None,
-        data=data,
-        value=0,
-        gas=gas * 2,
-        max_fee_per_gas=await adapter.gas_price(),
-        nonce=await adapter.next_nonce(sender),
-    )
-    receipt = await _mined(adapter, prepared)
-    return str(receipt["contractAddress"])
-
-
-async def _call(adapter: EvmAdapter, key_ref: str, to: str, data: bytes) -> None:
-    sender = adapter.key_address(key_ref)
-    prepared = adapter.prepare_contract_call(
-        key_ref=key_ref,
-        to=to,
-        data=data,
-        value=0,
-        gas=200_000,
-        max_fee_per_gas=await adapter.gas_price(),
-        nonce=await adapter.next_nonce(sender),
-    )
-    await _mined(adapter, prepared)
-
-
 @pytest_asyncio.fixture
 async def world(
     bcoin: Bcoin, anvil: Anvil, evm_keyring: HdKeyring, database_url: str, bob_database_url: str
@@ -249,29 +199,17 @@ async def make_world(
     """The :func:`world` of the tests (the benchmark builds one too)."""
     account = int.from_bytes(hashlib.sha256(database_url.encode()).digest()[:3], "big") % 100_000 + 1_000
     deployer, alice_evm, bob_evm = (f"m/44'/60'/{account}'/0/{i}" for i in range(3))
-    adapter = EvmAdapter(
-        anvil.rpc_url,
-        chain_id=anvil.chain_id,
-        signer=SoftwareSigner.for_evm(evm_keyring),
-        confirmations=settings.evm_confirmations,
-        max_fee_per_gas_cap=500 * 10**9,
-    )
+    adapter = make_evm_adapter(anvil, evm_keyring, confirmations=settings.evm_confirmations)
     rpc = bcoin.client(timeout=30.0)
     dbs = [make_engine(database_url, pool_size=3), make_engine(bob_database_url, pool_size=3)]
     try:
         for key_ref in (deployer, alice_evm, bob_evm):
             await anvil.fund(adapter.key_address(key_ref), 10 * ETH)
-        htlc = EvmHtlc(adapter, await _deploy(adapter, deployer, htlc_artifact()["bytecode"]))
+        htlc = EvmHtlc(adapter, await deploy_contract(adapter, deployer, htlc_artifact()["bytecode"]))
         tokens: dict[str, str] = {}
-        artifacts = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
-        artifacts.update(json.loads(OZ_TOKEN_ARTIFACT.read_text())["contracts"])
         for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken"), ("oz", "OzToken")):
-            tokens[asset] = await _deploy(adapter, deployer, artifacts[name]["bytecode"])
-            for holder in (alice_evm, bob_evm):
-                mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
-                    ["address", "uint256"], [adapter.key_address(holder), 100 * EVM_AMOUNT[asset]]
-                )
-                await _call(adapter, deployer, tokens[asset], mint)
+            holders = {adapter.key_address(h): 100 * EVM_AMOUNT[asset] for h in (alice_evm, bob_evm)}
+            tokens[asset] = await deploy_test_token(adapter, deployer, name, holders=holders)
         transport = LocalTransport()
         nodes = []
         for name, db, evm_key in (("alice", dbs[0], alice_evm), ("bob", dbs[1], bob_evm)):
@@ -883,13 +821,7 @@ async def test_a_slow_signer_leaves_the_node_serving_and_a_hung_one_is_retried(
         alice.btc.close()
 
     evm_gated = GatedSigner(SoftwareSigner.for_evm(evm_keyring))
-    bob_adapter = EvmAdapter(
-        world.anvil.rpc_url,
-        chain_id=world.anvil.chain_id,
-        signer=evm_gated,
-        confirmations=SETTINGS.evm_confirmations,
-        max_fee_per_gas_cap=500 * 10**9,
-    )
+    bob_adapter = make_evm_adapter(world.anvil, evm_keyring, confirmations=SETTINGS.evm_confirmations, signer=evm_gated)
     slow, alice.btc = gated_btc_leg(60.0)
     alice.restart()
     bob.evm = EvmLeg(EvmHtlc(bob_adapter, world.htlc.address), key_ref=bob.evm.key_ref)

@@ -32,7 +32,7 @@ from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.signer import SoftwareSigner
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import Anvil, make_evm_adapter
 from tests.fixtures.bcoin import Bcoin
 
 # Deposit indexes of this suite: far above the other adapter tests' (which share the session's
@@ -236,14 +236,7 @@ class EvmHarness(ChainHarness):
         self.adapter = self.adapter_at(anvil.rpc_url, timeout=10.0)
 
     def adapter_at(self, url: str, *, timeout: float) -> ChainAdapter:
-        return EvmAdapter(
-            url,
-            chain_id=self.anvil.chain_id,
-            signer=SoftwareSigner.for_evm(self.keyring),
-            confirmations=3,
-            max_fee_per_gas_cap=500 * 10**9,
-            request_timeout=timeout,
-        )
+        return make_evm_adapter(self.anvil, self.keyring, url=url, request_timeout=timeout)
 
     def respell(self, address: str) -> str:
         return address.lower()

@@ -24,6 +24,7 @@ Amounts are base units (satoshi, wei or token units).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -45,7 +46,7 @@ from mixhouse.chains.bitcoin.htlc import (
 )
 from mixhouse.chains.bitcoin.networks import address_of_script
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
-from mixhouse.chains.bitcoin.txbuild import sign_tx
+from mixhouse.chains.bitcoin.txbuild import SignedTx, sign_tx
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.chains.evm.htlc import EvmHtlc, SwapTerms
 from mixhouse.chains.htlc import HtlcMismatch
@@ -309,13 +310,13 @@ class BitcoinLeg(Leg):
         *,
         signer: Signer,
         key_ref: str,
-        network: str,
-        block_seconds: int = 600,
-        fee_rate: int = 2,
-        max_fee_sat: int = 50_000,
         sign_timeout: float = SIGN_TIMEOUT_SECONDS,
+        **options: Any,
     ) -> BitcoinLeg:
         """The leg, its swap key's public key read in its signing thread (not on the loop).
+
+        Args:
+            options: ``network`` and the other arguments of the constructor.
 
         Raises:
             SignerError: the signer has no ``key_ref``, failed, or did not answer within
@@ -327,17 +328,7 @@ class BitcoinLeg(Leg):
         except BaseException:
             signing.close()
             raise
-        return cls(
-            rpc,
-            signer=signer,
-            key_ref=key_ref,
-            network=network,
-            block_seconds=block_seconds,
-            fee_rate=fee_rate,
-            max_fee_sat=max_fee_sat,
-            signing=signing,
-            public_key=public,
-        )
+        return cls(rpc, signer=signer, key_ref=key_ref, signing=signing, public_key=public, **options)
 
     def close(self) -> None:
         """Stop the signing thread (after the call in progress); later signing steps raise
@@ -433,37 +424,33 @@ class BitcoinLeg(Leg):
     def _coin(self, spec: LockSpec, ref: dict[str, Any]) -> HtlcCoin:
         return HtlcCoin(str(ref["txid"]), int(ref["vout"]), spec.amount, bytes.fromhex(str(ref["script"])))
 
-    async def prepare_claim(self, spec: LockSpec, ref: dict[str, Any], secret: bytes) -> StoredTx:
-        """Sign the claim to the swap key's address (RBF-enabled, fee from the estimator, capped)."""
+    async def _sign_spend(
+        self, sign: Callable[..., SignedTx], spec: LockSpec, ref: dict[str, Any], **extra: Any
+    ) -> SignedTx:
+        """``sign`` (:func:`sign_claim`, :func:`sign_refund`) of the lock ``ref`` whole to the
+        swap key's address at the estimator's fee rate (capped), in the signing thread."""
         coin, rate = self._coin(spec, ref), await self._fee_rate()
-        signed = await self._signing.run(
-            lambda: sign_claim(
+        return await self._signing.run(
+            lambda: sign(
                 coin=coin,
-                secret=secret,
                 signer=self.signer,
                 key_ref=self.key_ref,
                 to_address=self.address,
                 network=self.network,
                 fee_rate=rate,
                 max_fee_sat=self.max_fee_sat,
+                **extra,
             )
         )
+
+    async def prepare_claim(self, spec: LockSpec, ref: dict[str, Any], secret: bytes) -> StoredTx:
+        """Sign the claim to the swap key's address (RBF-enabled, fee from the estimator, capped)."""
+        signed = await self._sign_spend(sign_claim, spec, ref, secret=secret)
         return StoredTx("claim", signed.txid, signed.raw.hex(), signed.fee)
 
     async def prepare_refund(self, spec: LockSpec, ref: dict[str, Any]) -> StoredTx:
         """Sign the refund to the swap key's address (valid from the lock height on)."""
-        coin, rate = self._coin(spec, ref), await self._fee_rate()
-        signed = await self._signing.run(
-            lambda: sign_refund(
-                coin=coin,
-                signer=self.signer,
-                key_ref=self.key_ref,
-                to_address=self.address,
-                network=self.network,
-                fee_rate=rate,
-                max_fee_sat=self.max_fee_sat,
-            )
-        )
+        signed = await self._sign_spend(sign_refund, spec, ref)
         return StoredTx("refund", signed.txid, signed.raw.hex(), signed.fee)
 
     async def find_secret(self, spec: LockSpec, ref: dict[str, Any]) -> bytes | None:
