@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,9 +27,15 @@ from mixhouse.chains.evm.htlc import ARTIFACT_PATH, EvmHtlc, SwapState, SwapTerm
 from mixhouse.chains.htlc import HtlcMismatch, new_secret, secret_hash
 from mixhouse.errors import InvalidInput
 from mixhouse.keys.hd import HdKeyring
-from tests.fixtures.anvil import CONTRACTS, Anvil, deploy_test_token, make_evm_adapter, token_bytecode
+from tests.fixtures.anvil import (
+    CONTRACTS,
+    Anvil,
+    compile_contracts,
+    deploy_test_token,
+    make_evm_adapter,
+    token_bytecode,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKENS_ARTIFACT = CONTRACTS / "test_tokens_artifact.json"
 # OpenZeppelin Contracts' ERC20 (npm @openzeppelin/contracts, tests/data/contracts/OzToken.sol).
 OZ_TOKEN_ARTIFACT = CONTRACTS / "oz_token_artifact.json"
@@ -47,13 +52,7 @@ GAS_USED: dict[str, int] = {}
 
 
 def test_committed_artifacts_are_what_the_sources_compile_to(tmp_path: Path) -> None:
-    subprocess.run(
-        ["node", "contracts/compile.js", "--out-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    compile_contracts(tmp_path)
     for committed in (ARTIFACT_PATH, TOKENS_ARTIFACT, OZ_TOKEN_ARTIFACT):
         rebuilt = tmp_path / committed.name
         assert rebuilt.read_bytes() == committed.read_bytes(), f"run `make contracts`: {committed.name} is stale"

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import pytest_asyncio
 from sqlalchemy import select, text
@@ -33,7 +32,7 @@ from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.deploy import deploy_contract
 from mixhouse.chains.evm.htlc import EvmHtlc, htlc_artifact
 from mixhouse.chains.htlc import secret_hash
-from mixhouse.db.engine import make_engine, with_database
+from mixhouse.db.engine import make_engine
 from mixhouse.db.tables import otc_orders, otc_trades
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.signer import Signer, SoftwareSigner
@@ -68,19 +67,11 @@ MAX_ROUNDS = 120
 RECEIPT_TIMEOUT_SECONDS = 60.0
 
 
-def _second_db(pg_server_url: str, template_db: str) -> Iterator[str]:
-    name = f"mh_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield with_database(pg_server_url, name)
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
 def bob_database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     """A second fresh migrated database: Bob's node."""
-    yield from _second_db(pg_server_url, template_db)
+    with fresh_databases(pg_server_url, template_db, 1) as (url,):
+        yield url
 
 
 @dataclass

@@ -8,7 +8,6 @@ deposit; USDT's blacklist and fee switch are refused before signing.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +17,17 @@ import pytest_asyncio
 from mixhouse.chains.base import FeeQuote, PreparedSend, SendState
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.token import TokenBlacklisted, TokenFeeActive, token_account
-from tests.fixtures.anvil import CONTRACTS, ETH, TOKEN_OWNER, TOKEN_PAYER, USDT, Anvil, TokenWorld, deploy_token
+from tests.fixtures.anvil import (
+    CONTRACTS,
+    ETH,
+    TOKEN_OWNER,
+    TOKEN_PAYER,
+    USDT,
+    Anvil,
+    TokenWorld,
+    compile_contracts,
+    deploy_token,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TETHER_ARTIFACT = CONTRACTS / "tether_token_artifact.json"
@@ -38,13 +47,7 @@ async def world(request: pytest.FixtureRequest, anvil: Anvil, evm_adapter: EvmAd
 
 
 def test_tether_artifact_is_what_the_source_compiles_to(tmp_path: Path) -> None:
-    subprocess.run(
-        ["node", "contracts/compile.js", "--out-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    compile_contracts(tmp_path)
     assert (tmp_path / TETHER_ARTIFACT.name).read_bytes() == TETHER_ARTIFACT.read_bytes(), "run `make contracts`"
     artifact = json.loads(TETHER_ARTIFACT.read_text())
     assert artifact["compiler"].startswith("0.4.18+")
