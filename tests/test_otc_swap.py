@@ -505,14 +505,7 @@ async def test_early_announcements_are_not_trusted(world: World) -> None:
     swap_id = await alice.engine.open_swap(trade)
     await bob.engine.open_swap(trade)
     await world.drive(lambda: _is(alice, swap_id, "locked"))
-    a = await alice.row(swap_id)
-    early = {
-        "swap_id": swap_id,
-        "kind": "locked",
-        "payload": {"spec": a.data["lock_spec"], "ref": a.data["lock_ref"]},
-        "from": "alice",
-    }
-    assert (await bob.engine.handle(early))["ok"]
+    assert (await bob.engine.handle(await _locked_message(alice, swap_id)))["ok"]
     for blocks in (0, SETTINGS.btc_confirmations - 1):
         if blocks:
             await world.bcoin.mine(blocks)
@@ -522,20 +515,24 @@ async def test_early_announcements_are_not_trusted(world: World) -> None:
         assert b.state == "offered"
         assert "lock_txs" not in b.data
     await world.drive(lambda: _is(bob, swap_id, "locked"))
-    b = await bob.row(swap_id)
-    early = {
-        "swap_id": swap_id,
-        "kind": "locked",
-        "payload": {"spec": b.data["lock_spec"], "ref": b.data["lock_ref"]},
-        "from": "bob",
-    }
-    assert (await alice.engine.handle(early))["ok"]
+    assert (await alice.engine.handle(await _locked_message(bob, swap_id)))["ok"]
     for _ in range(3):
         await alice.engine.run_once()
     a = await alice.row(swap_id)
     assert a.state == "lock_confirmed"
     assert "claim_tx" not in a.data
     await world.drive(_both(world, swap_id, "completed", "completed"))
+
+
+async def _locked_message(node: Node, swap_id: str) -> dict[str, Any]:
+    """The ``locked`` announcement of ``node``'s stored lock, as the other side receives it."""
+    row = await node.row(swap_id)
+    return {
+        "swap_id": swap_id,
+        "kind": "locked",
+        "payload": {"spec": row.data["lock_spec"], "ref": row.data["lock_ref"]},
+        "from": node.name,
+    }
 
 
 async def test_an_agreed_otc_trade_settles_over_the_otc_network(
