@@ -282,6 +282,10 @@ class Settings(BaseSettings):
     # checked every key_buffer_interval_seconds; 0 turns the buffer off (keys made at issue).
     key_buffer_size: int = Field(default=100, ge=0, le=100_000)
     key_buffer_interval_seconds: float = Field(default=5.0, gt=0)
+    # With the buffer empty, a new mix's key is made at issue: the token gets this long before
+    # the mix is refused with a 503 and Retry-After (nothing created), instead of the request
+    # hanging on a slow or hung token with the asset's key counter row-locked.
+    key_issue_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     # Workers
     scan_interval_seconds: int = Field(default=5, ge=1)

@@ -50,6 +50,20 @@ class KeysExhausted(MixhouseError):
     (``2**31`` of them); the operator must move the asset to a new account or seed."""
 
 
+class KeysBusy(MixhouseError):
+    """No deposit key could be issued right now: the key buffer was empty and the key holder
+    (an HSM) did not make one within its deadline, or answered that it is locked or gone.
+    Nothing was created; the client may retry after :attr:`retry_after_seconds`.
+
+    Attributes:
+        retry_after_seconds: whole seconds, ``>= 1`` (the API's ``Retry-After``).
+    """
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+
 class ChainError(MixhouseError):
     """A chain node or ledger API failed or answered something we cannot use."""
 

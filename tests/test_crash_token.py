@@ -34,9 +34,8 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from tests.e2e import evm_worker_env, start_worker, unfinished_sends
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import USDT, Anvil, deploy_token
 from tests.test_e2e_token import NETWORK_FEE, token_settings
-from tests.test_token_adapter import USDT, deploy_token
 
 ETHER = 10**18
 MIXES = 6

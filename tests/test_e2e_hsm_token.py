@@ -26,11 +26,10 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from tests.e2e import wait_for_payouts
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import USDT, Anvil, deploy_token
 from tests.fixtures.softhsm import SoftHsm
 from tests.test_e2e_hsm import _audited
 from tests.test_e2e_token import _keep_mining, token_settings
-from tests.test_token_adapter import USDT, deploy_token
 
 ETHER = 10**18
 NOT_A_MNEMONIC = "no software keys in this run"

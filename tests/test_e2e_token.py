@@ -32,8 +32,9 @@ from mixhouse.mixer.tasks import requeue_orphan_sends
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from tests.e2e import anvil_settings, wait_for_payouts
-from tests.fixtures.anvil import Anvil
-from tests.test_token_adapter import PAYER, USDT, World, deploy_token
+from tests.fixtures.anvil import TOKEN_PAYER as PAYER
+from tests.fixtures.anvil import USDT, Anvil, deploy_token
+from tests.fixtures.anvil import TokenWorld as World
 
 ETHER = 10**18
 NETWORK_FEE = 50_000  # 0.05 token per send, charged to the user for the gas the pool pays

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,17 +22,23 @@ from web3.types import TxReceipt
 from mixhouse.chains.base import PreparedSend
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.chains.evm.adapter import CallReverted
+from mixhouse.chains.evm.deploy import deploy_contract, send_call
 from mixhouse.chains.evm.htlc import ARTIFACT_PATH, EvmHtlc, SwapState, SwapTerms, htlc_artifact
 from mixhouse.chains.htlc import HtlcMismatch, new_secret, secret_hash
 from mixhouse.errors import InvalidInput
 from mixhouse.keys.hd import HdKeyring
-from mixhouse.keys.signer import SoftwareSigner
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import (
+    CONTRACTS,
+    Anvil,
+    compile_contracts,
+    deploy_test_token,
+    make_evm_adapter,
+    token_bytecode,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TOKENS_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "test_tokens_artifact.json"
+TOKENS_ARTIFACT = CONTRACTS / "test_tokens_artifact.json"
 # OpenZeppelin Contracts' ERC20 (npm @openzeppelin/contracts, tests/data/contracts/OzToken.sol).
-OZ_TOKEN_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "oz_token_artifact.json"
+OZ_TOKEN_ARTIFACT = CONTRACTS / "oz_token_artifact.json"
 # Keys of these tests only (BIP-44 account 7), so no other test's nonces or balances move.
 DEPLOYER, ALICE, BOB, CAROL = (f"m/44'/60'/7'/0/{i}" for i in range(4))
 ETH = 10**18
@@ -47,13 +52,7 @@ GAS_USED: dict[str, int] = {}
 
 
 def test_committed_artifacts_are_what_the_sources_compile_to(tmp_path: Path) -> None:
-    subprocess.run(
-        ["node", "contracts/compile.js", "--out-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    compile_contracts(tmp_path)
     for committed in (ARTIFACT_PATH, TOKENS_ARTIFACT, OZ_TOKEN_ARTIFACT):
         rebuilt = tmp_path / committed.name
         assert rebuilt.read_bytes() == committed.read_bytes(), f"run `make contracts`: {committed.name} is stale"
@@ -85,17 +84,9 @@ class Env:
     async def nonce(self, key_ref: str) -> int:
         return await self.adapter.next_nonce(self.address(key_ref))
 
-    async def call_tx(self, key_ref: str, to: str, data: bytes, *, gas: int = FORCED_GAS) -> TxReceipt:
-        prepared = self.adapter.prepare_contract_call(
-            key_ref=key_ref,
-            to=to,
-            data=data,
-            value=0,
-            gas=gas,
-            max_fee_per_gas=await self.adapter.gas_price(),
-            nonce=await self.nonce(key_ref),
-        )
-        return await self.send(prepared)
+    async def call_tx(self, key_ref: str, to: str, data: bytes, *, gas: int = FORCED_GAS) -> dict[str, Any]:
+        """A call mined even if it reverts (a fixed gas limit: no estimate refuses it)."""
+        return await send_call(self.adapter, key_ref, to=to, data=data, gas=gas, check=False)
 
     async def timestamp(self) -> int:
         block: dict[str, Any] = await self.anvil.rpc("eth_getBlockByNumber", ["latest", False])
@@ -110,49 +101,21 @@ class Env:
             return await self.anvil.balance(owner)
         return await self.htlc.token_balance(self.tokens[asset], owner)
 
-    async def deploy(self, bytecode: str) -> str:
-        data = bytes.fromhex(bytecode.removeprefix("0x"))
-        deployer = self.address(DEPLOYER)
-        gas = await self.adapter.estimate_gas(from_address=deployer, to=None, data=data)
-        prepared = self.adapter.prepare_contract_call(
-            key_ref=DEPLOYER,
-            to=None,
-            data=data,
-            value=0,
-            gas=gas * 2,
-            max_fee_per_gas=await self.adapter.gas_price(),
-            nonce=await self.nonce(DEPLOYER),
-        )
-        receipt = await self.send(prepared)
-        assert receipt["status"] == 1
-        return str(receipt["contractAddress"])
-
 
 @pytest_asyncio.fixture
 async def env(anvil: Anvil, evm_keyring: HdKeyring) -> AsyncIterator[Env]:
     """A fresh HTLC and the test tokens (ours and OpenZeppelin's ERC20) on the session's anvil;
     Alice (the locker), Bob (the recipient) and Carol (a third party who sends claims and refunds)
     with ETH, Alice with tokens."""
-    adapter = EvmAdapter(
-        anvil.rpc_url,
-        chain_id=anvil.chain_id,
-        signer=SoftwareSigner.for_evm(evm_keyring),
-        confirmations=1,
-        max_fee_per_gas_cap=500 * 10**9,
-    )
+    adapter = make_evm_adapter(anvil, evm_keyring, confirmations=1)
     try:
         env = Env(anvil, adapter, EvmHtlc(adapter, "0x" + "11" * 20), {})
         for key_ref in (DEPLOYER, ALICE, BOB, CAROL):
             await anvil.fund(env.address(key_ref), 10 * ETH)
-        env.htlc = EvmHtlc(adapter, await env.deploy(htlc_artifact()["bytecode"]))
-        tokens = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
-        tokens.update(json.loads(OZ_TOKEN_ARTIFACT.read_text())["contracts"])
+        env.htlc = EvmHtlc(adapter, await deploy_contract(adapter, DEPLOYER, htlc_artifact()["bytecode"]))
+        holders = {env.address(ALICE): 100 * TOKEN_AMOUNT}
         for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken"), ("fee", "FeeToken"), ("oz", "OzToken")):
-            env.tokens[asset] = await env.deploy(tokens[name]["bytecode"])
-            mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
-                ["address", "uint256"], [env.address(ALICE), 100 * TOKEN_AMOUNT]
-            )
-            assert (await env.call_tx(DEPLOYER, env.tokens[asset], mint))["status"] == 1
+            env.tokens[asset] = await deploy_test_token(adapter, DEPLOYER, name, holders=holders)
         yield env
     finally:
         await adapter.aclose()
@@ -322,8 +285,7 @@ async def test_bad_locks_are_refused(env: Env) -> None:
 
 
 async def test_a_recipient_that_reenters_gets_paid_once(env: Env) -> None:
-    tokens = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
-    attacker = await env.deploy(tokens["ReentrantRecipient"]["bytecode"])
+    attacker = await deploy_contract(env.adapter, DEPLOYER, token_bytecode("ReentrantRecipient"))
     secret = new_secret()
     now = await env.timestamp()
     alice = env.address(ALICE)

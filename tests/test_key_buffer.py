@@ -6,23 +6,30 @@ mix creation issuing a buffered key made in a SoftHSM2 token."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
+import uuid
 
+import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.api.app import create_app
 from mixhouse.api.serving import api_app
 from mixhouse.app.build import build_runtime
 from mixhouse.config import Settings
 from mixhouse.db.engine import make_engine
-from mixhouse.db.tables import key_buffer, key_counters
+from mixhouse.db.tables import audit_log, key_buffer, key_counters, mixes
 from mixhouse.keys.audited import unwrap
 from mixhouse.keys.buffer import buffered, run_key_buffer, take_key, top_up
 from mixhouse.keys.hd import HdKeyring
+from mixhouse.keys.hsm import Pkcs11Signer
 from mixhouse.mixer.mixes import MixRequest, create_mix, next_key_index
+from mixhouse.money import Asset
 from mixhouse.unit import unit
-from tests.fixtures.softhsm import SoftHsm
+from tests.fixtures.softhsm import SoftHsm, hung_token
 
 MNEMONIC = "legal winner thank year wave sausage worth useful legal winner thank yellow"
 
@@ -188,3 +195,50 @@ async def test_an_api_process_keeps_the_buffer_filled(database_url: str, softhsm
     btc = fast.rt.adapter("BTC")
     assert {r.address for r in rows if r.asset == "BTC"} == {btc.deposit_address(i) for i in range(3)}
     unwrap(fast.rt.signers[next(iter(fast.rt.signers))]).close()  # type: ignore[attr-defined]
+
+
+async def test_an_empty_buffer_and_a_hung_token_answer_503_and_create_nothing(
+    database_url: str, softhsm: SoftHsm
+) -> None:
+    """The buffer is empty and the token hangs (a thread holds its session lock, as a C_GenerateKeyPair
+    that never returns would): POST /mixes answers 503 keys-busy with Retry-After once the
+    issue deadline passes, with no mix, no audit entry and no index used; the token answers
+    again: the next POST gets the key of that very index."""
+    settings = Settings(
+        database_url=database_url,
+        jobcoin_enabled=False,
+        evm_enabled=True,
+        **softhsm.settings(f"test-busy-{uuid.uuid4().hex[:8]}/"),
+        key_issue_timeout_seconds=0.5,
+        key_buffer_interval_seconds=2.0,
+    )
+    rt = build_runtime(settings, database_url)
+    adapter = rt.adapter("ETH")
+    token = unwrap(rt.signers[Asset.ETH])
+    assert isinstance(token, Pkcs11Signer)
+    body = {"asset": "ETH", "withdrawal_addresses": ["0x" + "ab" * 20]}
+    transport = httpx.ASGITransport(app=create_app(rt))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with hung_token(token):
+                started = time.monotonic()
+                refused = await client.post("/api/v1/mixes", json=body)
+                waited = time.monotonic() - started
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["type"] == "urn:mixhouse:problem:keys-busy"
+            assert refused.headers["retry-after"] == str(math.ceil(2.0 + 0.5))
+            assert waited < 30, f"the refusal took {waited:.1f} s"  # the deadline, not the token
+            async with rt.engine.connect() as conn:
+                assert (await conn.execute(select(func.count()).select_from(mixes))).scalar_one() == 0
+                assert (await conn.execute(select(func.count()).select_from(audit_log))).scalar_one() == 0
+                counter = (
+                    await conn.execute(select(key_counters.c.next_index).where(key_counters.c.asset == "ETH"))
+                ).scalar()
+                assert counter in (None, 0)  # the counter's increment rolled back with the mix
+            created = await client.post("/api/v1/mixes", json=body)
+            assert created.status_code == 201, created.text
+            assert created.json()["deposit_address"] == adapter.deposit_address(0)
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()
+        token.close()

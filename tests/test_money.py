@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from mixhouse.config import Settings, TokenSettings
 from mixhouse.errors import ConfigError, InvalidAmount, InvalidInput
+from mixhouse.mixer.runtime import Runtime
 from mixhouse.money import (
     ASSETS,
     MAX_BASE_UNITS,
@@ -249,3 +250,13 @@ def test_percent_of_rounds_down(amount: int, bps: int) -> None:
 def test_percent_of_rejects_negative(amount: int, bps: int) -> None:
     with pytest.raises(InvalidAmount):
         percent_of(amount, bps)
+
+
+def test_the_runtime_builds_its_asset_registry_once_per_settings() -> None:
+    settings = Settings(evm_enabled=True, evm_tokens=[_usdt()])
+    rt = Runtime(settings, engine=None, adapters={}, screener=None)  # type: ignore[arg-type]
+    first = rt.assets
+    assert rt.assets is first  # cached, not rebuilt per call
+    assert first.info("USDT").decimals == 6
+    rt.settings = Settings(evm_enabled=False)
+    assert rt.assets is not first  # other settings: their own registry

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,23 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import pytest_asyncio
-from eth_abi.abi import encode as abi_encode
-from eth_utils.crypto import keccak
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mixhouse.chains.base import PreparedSend
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm import EvmAdapter
+from mixhouse.chains.evm.deploy import deploy_contract
 from mixhouse.chains.evm.htlc import EvmHtlc, htlc_artifact
 from mixhouse.chains.htlc import secret_hash
-from mixhouse.db.engine import make_engine, with_database
+from mixhouse.db.engine import make_engine
 from mixhouse.db.tables import otc_orders, otc_trades
 from mixhouse.keys.hd import HdKeyring
-from mixhouse.keys.signer import SoftwareSigner
+from mixhouse.keys.signer import Signer, SoftwareSigner
 from mixhouse.otc.devnet import Grapes
 from mixhouse.otc.node import NewOrder
 from mixhouse.otc.runtime import RunningNode
@@ -47,14 +44,10 @@ from mixhouse.otc.swaps.engine import SwapEngine, SwapTrade, swap_rows
 from mixhouse.otc.swaps.hook import NodeSwapTransport, serve_swaps, swap_trade_of
 from mixhouse.otc.swaps.legs import BitcoinLeg, EvmLeg, LockSpec, StoredTx
 from mixhouse.otc.swaps.transport import LocalTransport
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import Anvil, deploy_test_token, make_evm_adapter
 from tests.fixtures.bcoin import Bcoin
 from tests.otc_support import PRICE, fresh_databases, start_nodes, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TOKENS_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "test_tokens_artifact.json"
-# OpenZeppelin Contracts' ERC20 (npm @openzeppelin/contracts, tests/data/contracts/OzToken.sol).
-OZ_TOKEN_ARTIFACT = REPO_ROOT / "tests" / "data" / "contracts" / "oz_token_artifact.json"
 ETH = 10**18
 BTC_SAT = 1_000_000
 EVM_AMOUNT = {"eth": ETH // 10, "erc20": 2_500 * 10**6, "usdt": 2_500 * 10**6, "oz": 2_500 * 10**6}
@@ -74,19 +67,11 @@ MAX_ROUNDS = 120
 RECEIPT_TIMEOUT_SECONDS = 60.0
 
 
-def _second_db(pg_server_url: str, template_db: str) -> Iterator[str]:
-    name = f"mh_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield with_database(pg_server_url, name)
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
 def bob_database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     """A second fresh migrated database: Bob's node."""
-    yield from _second_db(pg_server_url, template_db)
+    with fresh_databases(pg_server_url, template_db, 1) as (url,):
+        yield url
 
 
 @dataclass
@@ -183,49 +168,6 @@ class World:
         return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
 
 
-async def _mined(adapter: EvmAdapter, prepared: PreparedSend) -> Any:
-    """Broadcast and wait (deadline, not a fixed sleep) for the successful receipt."""
-    await adapter.broadcast(prepared)
-    assert prepared.txid is not None
-    deadline = time.monotonic() + RECEIPT_TIMEOUT_SECONDS
-    while (receipt := await adapter.receipt(prepared.txid)) is None:
-        assert time.monotonic() < deadline, f"{prepared.txid} not mined"
-        await asyncio.sleep(0.02)
-    assert receipt["status"] == 1
-    return receipt
-
-
-async def _deploy(adapter: EvmAdapter, key_ref: str, bytecode: str) -> str:
-    data = bytes.fromhex(bytecode.removeprefix("0x"))
-    sender = adapter.key_address(key_ref)
-    gas = await adapter.estimate_gas(from_address=sender, to=None, data=data)
-    prepared = adapter.prepare_contract_call(
-        key_ref=key_ref,
-        to=None,
-        data=data,
-        value=0,
-        gas=gas * 2,
-        max_fee_per_gas=await adapter.gas_price(),
-        nonce=await adapter.next_nonce(sender),
-    )
-    receipt = await _mined(adapter, prepared)
-    return str(receipt["contractAddress"])
-
-
-async def _call(adapter: EvmAdapter, key_ref: str, to: str, data: bytes) -> None:
-    sender = adapter.key_address(key_ref)
-    prepared = adapter.prepare_contract_call(
-        key_ref=key_ref,
-        to=to,
-        data=data,
-        value=0,
-        gas=200_000,
-        max_fee_per_gas=await adapter.gas_price(),
-        nonce=await adapter.next_nonce(sender),
-    )
-    await _mined(adapter, prepared)
-
-
 @pytest_asyncio.fixture
 async def world(
     bcoin: Bcoin, anvil: Anvil, evm_keyring: HdKeyring, database_url: str, bob_database_url: str
@@ -248,29 +190,17 @@ async def make_world(
     """The :func:`world` of the tests (the benchmark builds one too)."""
     account = int.from_bytes(hashlib.sha256(database_url.encode()).digest()[:3], "big") % 100_000 + 1_000
     deployer, alice_evm, bob_evm = (f"m/44'/60'/{account}'/0/{i}" for i in range(3))
-    adapter = EvmAdapter(
-        anvil.rpc_url,
-        chain_id=anvil.chain_id,
-        signer=SoftwareSigner.for_evm(evm_keyring),
-        confirmations=settings.evm_confirmations,
-        max_fee_per_gas_cap=500 * 10**9,
-    )
+    adapter = make_evm_adapter(anvil, evm_keyring, confirmations=settings.evm_confirmations)
     rpc = bcoin.client(timeout=30.0)
     dbs = [make_engine(database_url, pool_size=3), make_engine(bob_database_url, pool_size=3)]
     try:
         for key_ref in (deployer, alice_evm, bob_evm):
             await anvil.fund(adapter.key_address(key_ref), 10 * ETH)
-        htlc = EvmHtlc(adapter, await _deploy(adapter, deployer, htlc_artifact()["bytecode"]))
+        htlc = EvmHtlc(adapter, await deploy_contract(adapter, deployer, htlc_artifact()["bytecode"]))
         tokens: dict[str, str] = {}
-        artifacts = json.loads(TOKENS_ARTIFACT.read_text())["contracts"]
-        artifacts.update(json.loads(OZ_TOKEN_ARTIFACT.read_text())["contracts"])
         for asset, name in (("erc20", "TestToken"), ("usdt", "NoReturnToken"), ("oz", "OzToken")):
-            tokens[asset] = await _deploy(adapter, deployer, artifacts[name]["bytecode"])
-            for holder in (alice_evm, bob_evm):
-                mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
-                    ["address", "uint256"], [adapter.key_address(holder), 100 * EVM_AMOUNT[asset]]
-                )
-                await _call(adapter, deployer, tokens[asset], mint)
+            holders = {adapter.key_address(h): 100 * EVM_AMOUNT[asset] for h in (alice_evm, bob_evm)}
+            tokens[asset] = await deploy_test_token(adapter, deployer, name, holders=holders)
         transport = LocalTransport()
         nodes = []
         for name, db, evm_key in (("alice", dbs[0], alice_evm), ("bob", dbs[1], bob_evm)):
@@ -575,14 +505,7 @@ async def test_early_announcements_are_not_trusted(world: World) -> None:
     swap_id = await alice.engine.open_swap(trade)
     await bob.engine.open_swap(trade)
     await world.drive(lambda: _is(alice, swap_id, "locked"))
-    a = await alice.row(swap_id)
-    early = {
-        "swap_id": swap_id,
-        "kind": "locked",
-        "payload": {"spec": a.data["lock_spec"], "ref": a.data["lock_ref"]},
-        "from": "alice",
-    }
-    assert (await bob.engine.handle(early))["ok"]
+    assert (await bob.engine.handle(await _locked_message(alice, swap_id)))["ok"]
     for blocks in (0, SETTINGS.btc_confirmations - 1):
         if blocks:
             await world.bcoin.mine(blocks)
@@ -592,20 +515,24 @@ async def test_early_announcements_are_not_trusted(world: World) -> None:
         assert b.state == "offered"
         assert "lock_txs" not in b.data
     await world.drive(lambda: _is(bob, swap_id, "locked"))
-    b = await bob.row(swap_id)
-    early = {
-        "swap_id": swap_id,
-        "kind": "locked",
-        "payload": {"spec": b.data["lock_spec"], "ref": b.data["lock_ref"]},
-        "from": "bob",
-    }
-    assert (await alice.engine.handle(early))["ok"]
+    assert (await alice.engine.handle(await _locked_message(bob, swap_id)))["ok"]
     for _ in range(3):
         await alice.engine.run_once()
     a = await alice.row(swap_id)
     assert a.state == "lock_confirmed"
     assert "claim_tx" not in a.data
     await world.drive(_both(world, swap_id, "completed", "completed"))
+
+
+async def _locked_message(node: Node, swap_id: str) -> dict[str, Any]:
+    """The ``locked`` announcement of ``node``'s stored lock, as the other side receives it."""
+    row = await node.row(swap_id)
+    return {
+        "swap_id": swap_id,
+        "kind": "locked",
+        "payload": {"spec": row.data["lock_spec"], "ref": row.data["lock_ref"]},
+        "from": node.name,
+    }
 
 
 async def test_an_agreed_otc_trade_settles_over_the_otc_network(
@@ -796,3 +723,112 @@ async def test_participant_offline_after_the_secret_is_out(world: World, back: s
     else:
         assert bob_btc == 0
         assert "refunded" in b.data["error"]
+
+
+class GatedSigner:
+    """A signer whose ``sign_digest`` waits until the test opens its gate: an HSM that is slow
+    (or hung, while the gate stays shut) exactly where a token's ``C_Sign`` blocks its thread."""
+
+    kind = "software"
+
+    def __init__(self, inner: Signer) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def public_key(self, key_ref: str) -> bytes:
+        return self.inner.public_key(key_ref)
+
+    def sign_digest(self, key_ref: str, digest: bytes, *, low_r: bool = False) -> tuple[int, int]:
+        self.entered.set()
+        self.gate.wait(60)  # bounded: a signature on the loop fails the test instead of hanging it
+        return self.inner.sign_digest(key_ref, digest, low_r=low_r)
+
+
+async def _pass_through_gate(node: Node, gated: GatedSigner, api_url: str) -> bool:
+    """One pass of ``node``'s engine. If it signs, the OTC node's API must answer while the
+    signature waits behind the gate (the pass still pending); then the gate opens. Returns
+    whether the pass signed."""
+    task = asyncio.create_task(node.engine.run_once())
+    await wait_until(lambda: _async_true(task.done() or gated.entered.is_set()), what="the pass to end or to sign")
+    signed = gated.entered.is_set()
+    if signed and not gated.gate.is_set():
+        async with httpx.AsyncClient(trust_env=False, timeout=10.0) as client:
+            for _ in range(3):
+                assert (await client.get(api_url + "/health")).status_code == 200
+        assert not task.done(), "the pass ended while its signature was held"
+        gated.gate.set()
+    await task
+    return signed
+
+
+async def _async_true(value: bool) -> bool:
+    return value
+
+
+async def test_a_slow_signer_leaves_the_node_serving_and_a_hung_one_is_retried(
+    world: World, grapes: Grapes, pg_server_url: str, template_db: str, tmp_path: Path, evm_keyring: HdKeyring
+) -> None:
+    """Issue 12 for the swaps: every swap signature runs in a signing thread. While Alice's
+    Bitcoin lock and Bob's token approval and lock wait on a slow token, the OTC node on the
+    same loop answers its /health; a token that does not answer within the deadline leaves
+    the swap as it was (no error recorded), and the next pass signs; the swap completes."""
+    alice, bob = world.alice, world.bob
+    await _fund_btc(world, alice, 3 * BTC_SAT)
+    btc_signer = alice.btc.signer
+
+    def gated_btc_leg(timeout: float) -> tuple[GatedSigner, BitcoinLeg]:
+        gated = GatedSigner(btc_signer)
+        leg = BitcoinLeg(
+            world.rpc,
+            signer=gated,
+            key_ref="swap",
+            network="regtest",
+            block_seconds=SETTINGS.btc_block_seconds,
+            sign_timeout=timeout,
+        )
+        return gated, leg
+
+    hung, alice.btc = gated_btc_leg(0.5)
+    alice.restart()
+    trade = _trade(world, "erc20")
+    swap_id = await alice.engine.open_swap(trade)
+    assert await bob.engine.open_swap(trade) == swap_id
+    try:
+        for _ in range(MAX_ROUNDS):
+            await alice.engine.run_once()  # the lock's signature times out in it: no hang
+            await bob.engine.run_once()
+            if hung.entered.is_set():
+                break
+        assert hung.entered.is_set(), await world.states()
+        await alice.engine.run_once()  # queued behind the hung call: dropped at its deadline
+        ((_, state, error),) = (await world.states())["alice"]
+        assert (state, error) == ("agreed", None)
+    finally:
+        hung.gate.set()  # the hung call returns in its thread; its signature is dropped
+        alice.btc.close()
+
+    evm_gated = GatedSigner(SoftwareSigner.for_evm(evm_keyring))
+    bob_adapter = make_evm_adapter(world.anvil, evm_keyring, confirmations=SETTINGS.evm_confirmations, signer=evm_gated)
+    slow, alice.btc = gated_btc_leg(60.0)
+    alice.restart()
+    bob.evm = EvmLeg(EvmHtlc(bob_adapter, world.htlc.address), key_ref=bob.evm.key_ref)
+    bob.restart()
+    try:
+        with fresh_databases(pg_server_url, template_db, 1) as urls:
+            async with AsyncExitStack() as stack:
+                (running,) = await start_nodes(stack, grapes.urls, urls, tmp_path, api=True)
+                assert running.api_url is not None
+                assert await _pass_through_gate(alice, slow, running.api_url)
+                assert await alice.state(swap_id) in ("lock_signed", "locked")
+                for _ in range(MAX_ROUNDS):
+                    await alice.engine.run_once()
+                    if await _pass_through_gate(bob, evm_gated, running.api_url):
+                        break
+                    await world.mine()
+                assert await bob.state(swap_id) in ("lock_signed", "locked")
+        await world.drive(_both(world, swap_id, "completed", "completed"))
+    finally:
+        slow.gate.set()
+        alice.btc.close()
+        await bob_adapter.aclose()

@@ -9,6 +9,7 @@ every call into the token). Signing on the loop, that wait would freeze the whol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -28,7 +29,7 @@ from mixhouse.mixer.mixes import MixRequest, create_mix, get_mix
 from mixhouse.servers import background
 from tests.e2e import anvil_settings, wait_for_payouts
 from tests.fixtures.anvil import Anvil
-from tests.fixtures.softhsm import SoftHsm
+from tests.fixtures.softhsm import SoftHsm, hung_token
 
 T = TypeVar("T")
 ETHER = 10**18
@@ -152,21 +153,12 @@ async def test_a_hung_token_delays_the_sweep_while_scans_and_the_loop_go_on(
     adapter._signing.close()  # type: ignore[attr-defined]
     adapter._signing = counting  # type: ignore[attr-defined]
     withdrawal = adapter.normalize_address("0x" + f"{random.Random(11).getrandbits(160):040x}")
-    hung = threading.Event()
-    answer = threading.Event()
-
-    def hold_the_token() -> None:
-        with key_holder._lock:
-            hung.set()
-            answer.wait(60)  # bounded, so a loop blocked by a signature cannot hang the run
-
-    holder = threading.Thread(target=hold_the_token, daemon=True)
     ticker = _Ticker()
+    hang = contextlib.AsyncExitStack()
     try:
         mix = await create_mix(rt, MixRequest("ETH", [withdrawal], 0, 3))
         assert key_holder.public_key(POOL_PATH)  # the pool key exists before the token hangs
-        holder.start()
-        await asyncio.to_thread(hung.wait, 5)
+        await hang.enter_async_context(hung_token(key_holder))
         await anvil.fund(mix["deposit_address"], ETHER // 2)
         async with (
             background(_keep_mining(anvil)),
@@ -188,13 +180,12 @@ async def test_a_hung_token_delays_the_sweep_while_scans_and_the_loop_go_on(
             view = await get_mix(rt, mix["id"])
             assert [s["state"] for s in view["sends"] if s["state"] in ("failed", "signed", "confirmed")] == []
             assert view["deposits"][0]["state"] in ("seen", "sweeping")
-            answer.set()
+            await hang.aclose()  # the token answers again
             view = await wait_for_payouts(rt, mix["id"], within=120)
         assert all(s["state"] == "confirmed" for s in view["sends"])
         assert await anvil.balance(withdrawal) == view["deposits"][0]["payout_total"]
     finally:
-        answer.set()
-        holder.join(5)
+        await hang.aclose()
         await rt.aclose()
         await rt.engine.dispose()
         key_holder.close()

@@ -7,89 +7,32 @@ deposit; USDT's blacklist and fee switch are refused before signing.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-import subprocess
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from eth_abi.abi import encode as abi_encode
-from eth_utils.crypto import keccak
 
 from mixhouse.chains.base import FeeQuote, PreparedSend, SendState
 from mixhouse.chains.evm import EvmAdapter
-from mixhouse.chains.evm.token import Erc20Adapter, TokenBlacklisted, TokenFeeActive, token_account
-from mixhouse.money import Asset
-from tests.fixtures.anvil import Anvil
+from mixhouse.chains.evm.token import TokenBlacklisted, TokenFeeActive, token_account
+from tests.fixtures.anvil import (
+    CONTRACTS,
+    ETH,
+    TOKEN_OWNER,
+    TOKEN_PAYER,
+    USDT,
+    Anvil,
+    TokenWorld,
+    compile_contracts,
+    deploy_token,
+)
 from tests.scanning import engine_scan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONTRACTS = REPO_ROOT / "tests" / "data" / "contracts"
 TETHER_ARTIFACT = CONTRACTS / "tether_token_artifact.json"
-OZ_ARTIFACT = CONTRACTS / "oz_token_artifact.json"
-OWNER = "m/44'/60'/9'/0/0"  # the token's deployer and owner (USDT: may blacklist, set fees)
-PAYER = "m/44'/60'/9'/0/1"  # a user who deposits tokens
-ETH = 10**18
-USDT = 10**6
-# A fresh asset code per test: each has its own BIP-44 account, so deposit addresses (and
-# their ETH residue) never carry over between tests on the session's anvil.
-_codes = (f"TK{n}" for n in itertools.count())
-
-
-def _call(signature: str, types: list[str], values: list[object]) -> bytes:
-    return keccak(text=signature)[:4] + abi_encode(types, values)
-
-
-@dataclass
-class World:
-    anvil: Anvil
-    evm: EvmAdapter
-    token: Erc20Adapter
-    kind: str
-
-    async def tx(self, key_ref: str, to: str | None, data: bytes) -> dict[str, object]:
-        sender = self.evm.key_address(key_ref)
-        gas = await self.evm.estimate_gas(from_address=sender, to=to, data=data)
-        prepared = self.evm.prepare_contract_call(
-            key_ref=key_ref,
-            to=to,
-            data=data,
-            value=0,
-            gas=gas + gas // 4,
-            max_fee_per_gas=await self.evm.gas_price(),
-            nonce=await self.evm.next_nonce(sender),
-        )
-        return await self.mined(prepared)
-
-    async def mined(self, prepared: PreparedSend) -> dict[str, object]:
-        return await self.mined_by(self.evm, prepared)
-
-    @staticmethod
-    async def mined_by(evm: EvmAdapter, prepared: PreparedSend) -> dict[str, object]:
-        """Broadcast ``prepared`` and wait (a condition, 10 s at most) for its receipt."""
-        assert prepared.txid is not None
-        await evm.broadcast(prepared)
-        deadline = time.monotonic() + 10
-        while (receipt := await evm.receipt(prepared.txid)) is None:
-            assert time.monotonic() < deadline, f"{prepared.txid} not mined"
-            await asyncio.sleep(0.02)
-        return dict(receipt)
-
-    async def pay(self, to: str, amount: int) -> str:
-        """The payer sends ``amount`` tokens to ``to``; returns the txid."""
-        receipt = await self.tx(
-            PAYER, self.token.contract, _call("transfer(address,uint256)", ["address", "uint256"], [to, amount])
-        )
-        assert receipt["status"] == 1
-        return str(await_txid(receipt))
-
-    async def owner(self, signature: str, types: list[str], values: list[object]) -> None:
-        assert (await self.tx(OWNER, self.token.contract, _call(signature, types, values)))["status"] == 1
+OWNER, PAYER = TOKEN_OWNER, TOKEN_PAYER
 
 
 def await_txid(receipt: dict[str, object]) -> str:
@@ -99,60 +42,13 @@ def await_txid(receipt: dict[str, object]) -> str:
     return "0x" + value.hex()
 
 
-async def _deploy(evm: EvmAdapter, bytecode: str, key_ref: str) -> str:
-    data = bytes.fromhex(bytecode.removeprefix("0x"))
-    sender = evm.key_address(key_ref)
-    gas = await evm.estimate_gas(from_address=sender, to=None, data=data)
-    prepared = evm.prepare_contract_call(
-        key_ref=key_ref,
-        to=None,
-        data=data,
-        value=0,
-        gas=gas * 2,
-        max_fee_per_gas=await evm.gas_price(),
-        nonce=await evm.next_nonce(sender),
-    )
-    receipt = await World.mined_by(evm, prepared)
-    assert receipt["status"] == 1
-    return str(receipt["contractAddress"])
-
-
-async def deploy_token(anvil: Anvil, evm: EvmAdapter, kind: str, *, network_fee: int = 0) -> World:
-    """A fresh token (``"usdt"``: TetherToken, ``"oz"``: OzToken) with 1,000,000 of it at the
-    payer, ETH for the owner and the payer, and an adapter on it under a fresh asset code."""
-    for key_ref in (OWNER, PAYER):
-        await anvil.fund(evm.key_address(key_ref), 10 * ETH)
-    payer = evm.key_address(PAYER)
-    if kind == "usdt":
-        contract = json.loads(TETHER_ARTIFACT.read_text())["contracts"]["TetherToken"]
-        args = abi_encode(["uint256", "string", "string", "uint256"], [10**12 * USDT, "Tether USD", "USDT", 6])
-        address = await _deploy(evm, contract["bytecode"] + args.hex(), OWNER)
-    else:
-        contract = json.loads(OZ_ARTIFACT.read_text())["contracts"]["OzToken"]
-        address = await _deploy(evm, contract["bytecode"], OWNER)
-    world = World(
-        anvil, evm, Erc20Adapter(evm, asset=Asset(next(_codes)), contract=address, network_fee=network_fee), kind
-    )
-    if kind == "usdt":
-        await world.owner("transfer(address,uint256)", ["address", "uint256"], [payer, 10**6 * USDT])
-    else:
-        await world.owner("mint(address,uint256)", ["address", "uint256"], [payer, 10**6 * USDT])
-    return world
-
-
 @pytest_asyncio.fixture(params=["usdt", "oz"])
-async def world(request: pytest.FixtureRequest, anvil: Anvil, evm_adapter: EvmAdapter) -> AsyncIterator[World]:
+async def world(request: pytest.FixtureRequest, anvil: Anvil, evm_adapter: EvmAdapter) -> AsyncIterator[TokenWorld]:
     yield await deploy_token(anvil, evm_adapter, request.param)
 
 
 def test_tether_artifact_is_what_the_source_compiles_to(tmp_path: Path) -> None:
-    subprocess.run(
-        ["node", "contracts/compile.js", "--out-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    compile_contracts(tmp_path)
     assert (tmp_path / TETHER_ARTIFACT.name).read_bytes() == TETHER_ARTIFACT.read_bytes(), "run `make contracts`"
     artifact = json.loads(TETHER_ARTIFACT.read_text())
     assert artifact["compiler"].startswith("0.4.18+")
@@ -165,7 +61,7 @@ def test_token_keys_are_apart_from_eth_keys() -> None:
     assert not accounts & {0, 1}
 
 
-async def test_deposit_is_found_confirmed_and_lost_on_reorg(world: World) -> None:
+async def test_deposit_is_found_confirmed_and_lost_on_reorg(world: TokenWorld) -> None:
     token = world.token
     deposit = token.deposit_address(0)
     assert deposit != world.evm.deposit_address(0)
@@ -189,7 +85,7 @@ async def test_deposit_is_found_confirmed_and_lost_on_reorg(world: World) -> Non
     assert await token.balance(deposit) == 0
 
 
-async def test_sweep_is_funded_with_its_exact_gas(world: World) -> None:
+async def test_sweep_is_funded_with_its_exact_gas(world: TokenWorld) -> None:
     token = world.token
     deposit, pool = token.deposit_address(1), token.pool_address
     await world.anvil.fund(pool, ETH)
@@ -241,7 +137,7 @@ async def test_sweep_is_funded_with_its_exact_gas(world: World) -> None:
     assert await token.balance(payee) == 40 * USDT
 
 
-async def test_a_transfer_that_moves_nothing_is_failed(world: World) -> None:
+async def test_a_transfer_that_moves_nothing_is_failed(world: TokenWorld) -> None:
     token = world.token
     pool = token.pool_address
     await world.anvil.fund(pool, ETH)

@@ -17,9 +17,8 @@ from mixhouse.watch.deposits import EvmDeposits
 from mixhouse.watch.engine import ChainWatch
 from mixhouse.watch.scans import DepositScanner
 from mixhouse.watch.tokens import Erc20Deposits
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import USDT, Anvil, deploy_token
 from tests.scanning import CountingBlocks, position_at
-from tests.test_token_adapter import USDT, deploy_token
 
 MAX_DEPTH = 6
 ETHER = 10**18

@@ -12,6 +12,7 @@ exception                                   status  ``type``
 :class:`~mixhouse.errors.IllegalTransition`  409    ``urn:mixhouse:problem:conflict``
 :class:`~mixhouse.errors.PayoutsPaused`      503    ``urn:mixhouse:problem:payouts-paused``
 :class:`~mixhouse.errors.KeysExhausted`      503    ``urn:mixhouse:problem:keys-exhausted``
+:class:`~mixhouse.errors.KeysBusy`           503    ``urn:mixhouse:problem:keys-busy``
 :class:`~mixhouse.errors.ChainError`         502    ``urn:mixhouse:problem:chain-unavailable``
 :class:`~mixhouse.errors.RateLimited`        429    ``urn:mixhouse:problem:rate-limited``
 :class:`~mixhouse.errors.OpenMixesCapped`    429    ``urn:mixhouse:problem:too-many-open-mixes``
@@ -31,7 +32,7 @@ A body is ``{"type", "title", "status", "detail", "instance"}`` plus, for valida
 that is logged with the traceback; the body carries nothing else about the failure).
 ``instance`` is the request path. Chain errors are logged in full but answered with a fixed
 detail, since node messages can name internal URLs. A 503 for the database carries
-``Retry-After``, and so does a 429 (whole seconds, repeated as ``retry_after_seconds`` in the
+``Retry-After``, and so do a 503 ``keys-busy`` and a 429 (whole seconds, repeated as ``retry_after_seconds`` in the
 body); a 405 lists in ``Allow`` every method served on the path, not only those of
 the first route that matched. The three refusals of :mod:`mixhouse.http_guard` (NUL, size,
 depth) are answered before routing, by :func:`guard_refusal`. Logged paths go through
@@ -62,6 +63,7 @@ from mixhouse.errors import (
     InvalidAddress,
     InvalidAmount,
     InvalidInput,
+    KeysBusy,
     KeysExhausted,
     MixhouseError,
     NotFound,
@@ -102,6 +104,7 @@ _DOMAIN_KINDS: dict[type[MixhouseError], _Kind] = {
     IllegalTransition: _Kind(409, "conflict", "Conflict"),
     PayoutsPaused: _Kind(503, "payouts-paused", "Payouts paused"),
     KeysExhausted: _Kind(503, "keys-exhausted", "No deposit addresses left"),
+    KeysBusy: _Kind(503, "keys-busy", "Deposit addresses unavailable"),
     ChainError: _Kind(502, "chain-unavailable", "Chain unavailable"),
     RateLimited: _Kind(429, "rate-limited", "Too many requests"),
     OpenMixesCapped: _Kind(429, "too-many-open-mixes", "Too many open mixes"),
@@ -165,7 +168,7 @@ async def _mixhouse_error(request: Request, exc: Exception) -> ProblemResponse:
             "chain error answered 502", path=redact_path(request.url.path), error=str(exc), kind=type(exc).__name__
         )
         detail = _CHAIN_DETAIL
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | KeysBusy):
         return problem(
             kind.status,
             kind.title,

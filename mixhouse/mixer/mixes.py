@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,8 +15,9 @@ from sqlalchemy.dialects.postgresql import insert
 
 from mixhouse.audit import AuditEntry
 from mixhouse.db.tables import deposits, key_counters, mixes, sends
-from mixhouse.errors import InvalidAddress, InvalidInput, KeysExhausted, NotFound
+from mixhouse.errors import InvalidAddress, InvalidInput, KeysBusy, KeysExhausted, NotFound
 from mixhouse.keys.buffer import take_key
+from mixhouse.keys.signer import SignerError
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import MixState, now, transition
 from mixhouse.mixer.withdrawals import IS_DEPOSIT, check_withdrawals
@@ -53,6 +55,9 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
             long delay window.
         InvalidAddress: an address is invalid for the chain, or is one of ours (the pool or a
             deposit address).
+        KeysBusy: the key buffer is empty and the token did not make a key within
+            ``settings.key_issue_timeout_seconds`` (or is locked or gone); nothing was created.
+        KeysExhausted: the asset's BIP-32 account has no index left.
     """
     settings = rt.settings
     adapter = rt.adapter(request.asset)
@@ -88,8 +93,9 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
             else:
                 index = await next_key_index(work, asset.value)
                 if settings.signer == "pkcs11" and asset in rt.signers:
-                    # The token makes the key (tens to hundreds of ms): off the event loop.
-                    deposit_address = await asyncio.to_thread(adapter.deposit_address, index)
+                    # The token makes the key (tens to hundreds of ms): off the event loop, and
+                    # within a deadline, since this unit holds the asset's counter row lock.
+                    deposit_address = await _key_from_token(rt, asset, adapter.deposit_address, index)
                 else:
                     deposit_address = adapter.deposit_address(index)
         except ValueError as exc:
@@ -145,6 +151,26 @@ async def create_mix(rt: Runtime, request: MixRequest, *, actor: str = "api") ->
 
 def _limits(rt: Runtime, asset: Asset) -> tuple[int, int]:
     return rt.settings.deposit_limits(asset)
+
+
+async def _key_from_token(rt: Runtime, asset: Asset, address_of: Callable[[int], str], index: int) -> str:
+    """``address_of(index)`` in the asset's key thread (:meth:`Runtime.key_thread`).
+
+    Raises:
+        KeysBusy: no answer within the deadline, or the token failed (``SignerError``); the
+            caller's unit rolls back, so the counter's increment and the mix are undone.
+        ValueError: as ``address_of`` (an index past the account's soft range).
+    """
+    try:
+        return await rt.key_thread(asset).run(address_of, index)
+    except SignerError as exc:
+        # The class only: a token's message may name its slot or label.
+        log.warning("deposit key not made in time; mix refused", asset=asset.value, error=type(exc).__name__)
+        # By the next filler round the buffer may hold keys again.
+        retry = math.ceil(rt.settings.key_buffer_interval_seconds + rt.settings.key_issue_timeout_seconds)
+        raise KeysBusy(
+            f"no {asset.value} deposit address can be issued right now; try again later", retry_after_seconds=retry
+        ) from exc
 
 
 async def next_key_index(work: Unit, counter: str) -> int:

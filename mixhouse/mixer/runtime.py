@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mixhouse.chains.base import ChainAdapter
 from mixhouse.config import Settings
 from mixhouse.errors import InvalidInput
+from mixhouse.keys.offload import SigningThread
 from mixhouse.keys.signer import Signer
 from mixhouse.mixer.screening import Screener
 from mixhouse.money import Asset, AssetRegistry
@@ -40,11 +41,31 @@ class Runtime:
     rng: random.Random = field(default_factory=random.SystemRandom)
     signers: dict[Asset, Signer] = field(default_factory=dict)
     scanner: DepositScanner | None = None
+    # (the Settings it was built from, the registry): every amount check and every listing
+    # asks for the assets, and building the registry re-validates every configured token.
+    _assets: tuple[Settings, AssetRegistry] | None = field(default=None, init=False, repr=False, compare=False)
+    # Asset -> the thread deposit keys are made in when the buffer is empty (one per asset, so
+    # a hung token holds one thread, and the calls queued behind it are dropped at their deadline).
+    _key_threads: dict[Asset, SigningThread] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def assets(self) -> AssetRegistry:
-        """The assets of this deployment (built-in and configured tokens) and their facts."""
-        return self.settings.assets()
+        """The assets of this deployment (built-in and configured tokens) and their facts,
+        built once per :class:`Settings` object (rebuilt if a test swaps ``settings``)."""
+        cached = self._assets
+        if cached is None or cached[0] is not self.settings:
+            cached = (self.settings, self.settings.assets())
+            self._assets = cached
+        return cached[1]
+
+    def key_thread(self, asset: Asset) -> SigningThread:
+        """The thread that makes ``asset``'s deposit keys at issue, with the deadline
+        ``settings.key_issue_timeout_seconds`` (:mod:`mixhouse.keys.offload`)."""
+        thread = self._key_threads.get(asset)
+        if thread is None:
+            thread = SigningThread(f"keys-{asset}", timeout=self.settings.key_issue_timeout_seconds)
+            self._key_threads[asset] = thread
+        return thread
 
     def adapter(self, asset: Asset | str) -> ChainAdapter:
         """The adapter of ``asset``.
@@ -66,7 +87,9 @@ class Runtime:
         return self.scanner
 
     async def aclose(self) -> None:
-        """Close the adapters' and the deposit scanner's network clients."""
+        """Close the adapters' and the deposit scanner's network clients, and stop the key threads."""
+        for thread in self._key_threads.values():
+            thread.close()
         if self.scanner is not None:
             await self.scanner.aclose()
         for adapter in self.adapters.values():

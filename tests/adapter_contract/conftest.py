@@ -17,7 +17,7 @@ import pytest
 
 from tests.adapter_contract.harnesses import BitcoinHarness, ChainHarness, Erc20Harness, EvmHarness, JobcoinHarness
 from tests.e2e import local_ledger
-from tests.test_token_adapter import deploy_token
+from tests.fixtures.anvil import deploy_token
 
 Builder = Callable[[dict[str, Any], AsyncExitStack], Awaitable[ChainHarness | str]]
 

@@ -32,7 +32,7 @@ from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
 from mixhouse.keys.bip84 import Bip84Keyring
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.signer import SoftwareSigner
-from tests.fixtures.anvil import Anvil
+from tests.fixtures.anvil import Anvil, make_evm_adapter
 from tests.fixtures.bcoin import Bcoin
 
 # Deposit indexes of this suite: far above the other adapter tests' (which share the session's
@@ -117,11 +117,32 @@ class ChainHarness(abc.ABC):
         raise NotImplementedError(self.no_mempool_reason)
         yield  # pragma: no cover
 
-    @abc.abstractmethod
     async def payment(self, to_address: str, amount: int, *, funded: bool) -> PreparedSend:
         """A signed (or described) send of ``amount`` to ``to_address`` from a fresh source
         of ours; the source is paid enough for it and its fee first if ``funded``, else it
-        holds nothing (the send must be refused)."""
+        holds nothing (the send must be refused).
+
+        The default is an account chain's: a fresh deposit key, paid ``amount`` plus the
+        quoted fee through :meth:`fund` (after :meth:`prepare_source`), sent from with its
+        next nonce. UTXO chains override it."""
+        index = self.fresh_index()
+        source = self.adapter.deposit_address(index)
+        fee = await self.adapter.quote_network_fee()
+        await self.prepare_source(source)
+        if funded:
+            await self.fund(source, amount + fee.per_send)
+        return await self.adapter.prepare_send(
+            from_address=source,
+            from_key_index=index,
+            to_address=to_address,
+            amount=amount,
+            fee=fee,
+            nonce=await self.adapter.next_nonce(source),
+        )
+
+    async def prepare_source(self, address: str) -> None:
+        """What a payment's source needs whether or not it is funded (default: nothing)."""
+        del address
 
     @abc.abstractmethod
     def adapter_at(self, url: str, *, timeout: float) -> ChainAdapter:
@@ -197,20 +218,6 @@ class JobcoinHarness(ChainHarness):
     async def fund(self, address: str, amount: int) -> None:
         await ledger.mint(self.engine, address, amount)
 
-    async def payment(self, to_address: str, amount: int, *, funded: bool) -> PreparedSend:
-        index = self.fresh_index()
-        source = self.adapter.deposit_address(index)
-        if funded:
-            await self.fund(source, amount)
-        return await self.adapter.prepare_send(
-            from_address=source,
-            from_key_index=index,
-            to_address=to_address,
-            amount=amount,
-            fee=await self.adapter.quote_network_fee(),
-            nonce=None,
-        )
-
 
 # -- EVM: anvil ------------------------------------------------------------------------------
 
@@ -236,14 +243,7 @@ class EvmHarness(ChainHarness):
         self.adapter = self.adapter_at(anvil.rpc_url, timeout=10.0)
 
     def adapter_at(self, url: str, *, timeout: float) -> ChainAdapter:
-        return EvmAdapter(
-            url,
-            chain_id=self.anvil.chain_id,
-            signer=SoftwareSigner.for_evm(self.keyring),
-            confirmations=3,
-            max_fee_per_gas_cap=500 * 10**9,
-            request_timeout=timeout,
-        )
+        return make_evm_adapter(self.anvil, self.keyring, url=url, request_timeout=timeout)
 
     def respell(self, address: str) -> str:
         return address.lower()
@@ -269,21 +269,6 @@ class EvmHarness(ChainHarness):
             yield
         finally:
             await self.anvil.rpc("evm_setAutomine", [True])
-
-    async def payment(self, to_address: str, amount: int, *, funded: bool) -> PreparedSend:
-        index = self.fresh_index()
-        source = self.adapter.deposit_address(index)
-        fee = await self.adapter.quote_network_fee()
-        if funded:
-            await self.fund(source, amount + fee.per_send)
-        return await self.adapter.prepare_send(
-            from_address=source,
-            from_key_index=index,
-            to_address=to_address,
-            amount=amount,
-            fee=fee,
-            nonce=await self.adapter.next_nonce(source),
-        )
 
 
 # -- ERC-20: anvil + a token contract --------------------------------------------------------
@@ -325,20 +310,8 @@ class Erc20Harness(EvmHarness):
     async def fund(self, address: str, amount: int) -> None:
         await self.world.pay(address, amount)
 
-    async def payment(self, to_address: str, amount: int, *, funded: bool) -> PreparedSend:
-        index = self.fresh_index()
-        source = self.adapter.deposit_address(index)
-        await self.anvil.fund(source, 10**16)  # its gas, whether or not it has the tokens
-        if funded:
-            await self.fund(source, amount)
-        return await self.adapter.prepare_send(
-            from_address=source,
-            from_key_index=index,
-            to_address=to_address,
-            amount=amount,
-            fee=await self.adapter.quote_network_fee(),
-            nonce=await self.adapter.next_nonce(source),
-        )
+    async def prepare_source(self, address: str) -> None:
+        await self.anvil.fund(address, 10**16)  # its gas, whether or not it has the tokens
 
 
 # -- Bitcoin: bcoin regtest ------------------------------------------------------------------

@@ -27,7 +27,10 @@ Spending (BIP-143 signatures over the witness script as scriptCode, ``SIGHASH_AL
 The selector is exactly ``01`` or empty: witness v0 scripts enforce MINIMALIF as policy. Heights
 only, no timestamps: time locks compare with the median time past, which lags and is easy to
 move on regtest. Signing goes through a :class:`~mixhouse.keys.signer.Signer` by key
-reference; this module never holds a private key. Amounts are satoshi, fee rates sat/vB.
+reference; this module never holds a private key. The signing functions are synchronous (a
+token call blocks its thread): a coroutine runs them in a
+:class:`~mixhouse.keys.offload.SigningThread`, as :class:`mixhouse.otc.swaps.legs.BitcoinLeg`
+does, never on the event loop. Amounts are satoshi, fee rates sat/vB.
 """
 
 from __future__ import annotations

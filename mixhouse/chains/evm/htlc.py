@@ -13,12 +13,15 @@ The contract is ``contracts/HTLC.sol`` (solc 0.8.28, evmVersion cancun), compile
 * ``refund(id)``: anyone, from ``block.timestamp >= expiry`` on; pays the sender back.
 
 This module encodes those calls (web3.py's ABI codec) and has them signed by the
-:class:`~mixhouse.chains.evm.adapter.EvmAdapter` (its :class:`~mixhouse.keys.signer.Signer`,
-by key reference: no private key here), as :class:`~mixhouse.chains.base.PreparedSend` values
-that are stored, then broadcast and followed with the adapter's ``broadcast`` and
-``check_send`` like any send. It reads a swap's state for the side that locks second
-(:meth:`EvmHtlc.verify_lock`) and finds the secret in a ``Claimed`` event
-(:meth:`EvmHtlc.find_secret`). Amounts are base units (wei, token units); expiries unix seconds.
+:class:`~mixhouse.chains.evm.adapter.EvmAdapter` (its :class:`~mixhouse.keys.signer.Signer`, by
+key reference: no private key here) in the adapter's signing thread, never on the event loop
+(:mod:`mixhouse.keys.offload`: a slow or hung token raises ``SignerError``, a ``ChainError``,
+after the adapter's deadline, and the caller retries), as
+:class:`~mixhouse.chains.base.PreparedSend` values that are stored, then broadcast and followed
+with the adapter's ``broadcast`` and ``check_send`` like any send. It reads a swap's state for
+the side that locks second (:meth:`EvmHtlc.verify_lock`) and finds the secret in a ``Claimed``
+event (:meth:`EvmHtlc.find_secret`). Amounts are base units (wei, token units); expiries unix
+seconds.
 
 The contract address is configuration (a deployment the operator trusts), never something
 the counterparty sends: a look-alike contract at another address would pass any state check.
@@ -199,11 +202,12 @@ class EvmHtlc:
         max_fee_per_gas: int | None,
     ) -> PreparedSend:
         if gas is None:
-            sender = self.adapter.key_address(key_ref)
+            sender = await self.adapter.key_address_async(key_ref)
             estimate = await self.adapter.estimate_gas(from_address=sender, to=to, data=data, value=value)
             gas = estimate * GAS_MARGIN_PERCENT // 100
         price = max_fee_per_gas if max_fee_per_gas is not None else await self.adapter.gas_price()
-        return self.adapter.prepare_contract_call(
+        # In the adapter's signing thread: the loop (the node's peer and API) keeps serving.
+        return await self.adapter.prepare_contract_call_async(
             key_ref=key_ref, to=to, data=data, value=value, gas=gas, max_fee_per_gas=price, nonce=nonce
         )
 
@@ -229,9 +233,11 @@ class EvmHtlc:
         Raises:
             InvalidInput: ``key_ref`` is not the key of ``terms.sender``.
             CallReverted: the estimate says the lock would revert (expiry past, no allowance...).
-            ChainError: the node failed, the gas price is above the cap, or signing failed.
+            ChainError: the node failed, the gas price is above the cap, or signing failed
+                (``SignerError``: the token failed or did not answer within the adapter's
+                ``sign_timeout``; nothing was signed that the caller knows of, retry later).
         """
-        if self.adapter.key_address(key_ref) != to_checksum_address(terms.sender):
+        if await self.adapter.key_address_async(key_ref) != to_checksum_address(terms.sender):
             raise InvalidInput(f"the key {key_ref!r} is not the swap's sender {terms.sender}")
         recipient = self.adapter.normalize_address(terms.recipient)
         if terms.token is None:

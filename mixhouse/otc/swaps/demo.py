@@ -30,12 +30,11 @@ from typing import Any
 
 import httpx
 from embit.bip39 import mnemonic_from_bytes  # type: ignore[import-untyped]
-from eth_abi.abi import encode as abi_encode
-from eth_utils.crypto import keccak
 
 from mixhouse.chains.bitcoin.devnet import RegtestNode
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm import EvmAdapter
+from mixhouse.chains.evm.deploy import deploy_contract, deploy_token
 from mixhouse.chains.evm.htlc import EvmHtlc, htlc_artifact
 from mixhouse.keys.hd import HdKeyring
 from mixhouse.keys.signer import SoftwareSigner
@@ -109,33 +108,6 @@ async def _wait(check: Callable[[], Any], what: str, deadline: float) -> None:
     raise DemoFailed(f"timed out waiting for {what}")
 
 
-async def _send(adapter: EvmAdapter, key_ref: str, to: str | None, data: bytes, deadline: float) -> Any:
-    sender = adapter.key_address(key_ref)
-    gas = await adapter.estimate_gas(from_address=sender, to=to, data=data)
-    prepared = adapter.prepare_contract_call(
-        key_ref=key_ref,
-        to=to,
-        data=data,
-        value=0,
-        gas=gas * 2,
-        max_fee_per_gas=await adapter.gas_price(),
-        nonce=await adapter.next_nonce(sender),
-    )
-    await adapter.broadcast(prepared)
-    found: dict[str, Any] = {}
-
-    async def mined() -> bool:
-        receipt = await adapter.receipt(str(prepared.txid))
-        if receipt is not None:
-            found["r"] = receipt
-        return receipt is not None
-
-    await _wait(mined, f"transaction {prepared.txid}", deadline)
-    if found["r"]["status"] != 1:
-        raise DemoFailed(f"{prepared.txid} reverted")
-    return found["r"]
-
-
 @contextlib.asynccontextmanager
 async def _miner(node: RegtestNode, evm_url: str, address: str) -> AsyncIterator[None]:
     async def mine() -> None:
@@ -178,20 +150,11 @@ async def run_swap_demo(*, database_server_url: str | None, give_up_after: float
                     for key in (deployer, alice_evm, bob_evm):
                         tx = {"from": ANVIL_DEV_ACCOUNT, "to": adapter.key_address(key), "value": hex(10**19)}
                         await _rpc(evm_url, "eth_sendTransaction", [tx])
-                    bytecode = htlc_artifact()["bytecode"]
-                    htlc_address = str(
-                        (await _send(adapter, deployer, None, bytes.fromhex(bytecode[2:]), deadline))["contractAddress"]
-                    )
+                    htlc_address = await deploy_contract(adapter, deployer, htlc_artifact()["bytecode"])
                     token_code = json.loads(TOKENS.read_text())["contracts"]["NoReturnToken"]["bytecode"]
-                    usdt = str(
-                        (await _send(adapter, deployer, None, bytes.fromhex(token_code[2:]), deadline))[
-                            "contractAddress"
-                        ]
+                    usdt = await deploy_token(
+                        adapter, deployer, token_code, holders={adapter.key_address(bob_evm): 10_000 * 10**6}
                     )
-                    mint = keccak(text="mint(address,uint256)")[:4] + abi_encode(
-                        ["address", "uint256"], [adapter.key_address(bob_evm), 10_000 * 10**6]
-                    )
-                    await _send(adapter, deployer, usdt, mint, deadline)
                     echo(f"anvil {evm_url}: HTLC {htlc_address}, USDT-like token {usdt}")
 
                     configs = {}

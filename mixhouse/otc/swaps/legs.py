@@ -1,11 +1,17 @@
 """The two chains of a swap behind one interface: lock, check the other side's lock with its
 confirmations, claim, refund, and watch for the secret (issue 10, part 3).
 
-A leg signs through its chain's :class:`~mixhouse.keys.signer.Signer` by key reference and
-returns transactions as :class:`StoredTx` (signed bytes and txid), which the engine writes
-to its database before :meth:`Leg.broadcast` sends them: a restart sends the same bytes
-again. Locks are described on the wire and in the database as a :class:`LockSpec` plus the
-chain's reference (``ref``: the Bitcoin txid, vout and script; the EVM swap id).
+A leg signs through its chain's :class:`~mixhouse.keys.signer.Signer` by key reference, in a
+:class:`~mixhouse.keys.offload.SigningThread` (the EVM adapter's, or the Bitcoin leg's own) and
+never on the event loop: an HSM that is slow or hangs would otherwise stall the whole OTC node
+(its Grenache peer, its API, every other swap). Past the deadline the step raises
+``SignerError`` (a ``ChainError``): the engine retries it on its next pass, the swap's state
+unchanged. Build legs with :meth:`BitcoinLeg.open` / :meth:`EvmLeg.open` on a running loop (the
+swap key's public key is a token call too). A leg returns transactions as :class:`StoredTx`
+(signed bytes and txid), which the engine writes to its database before :meth:`Leg.broadcast`
+sends them: a restart sends the same bytes again. Locks are described on the wire and in the
+database as a :class:`LockSpec` plus the chain's reference (``ref``: the Bitcoin txid, vout and
+script; the EVM swap id).
 
 * :class:`BitcoinLeg`: the P2WSH HTLC of :mod:`mixhouse.chains.bitcoin.htlc`, funded from the
   node's own P2WPKH swap key (coins found with ``scantxoutset``), timeouts as heights.
@@ -18,6 +24,7 @@ Amounts are base units (satoshi, wei or token units).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -39,11 +46,12 @@ from mixhouse.chains.bitcoin.htlc import (
 )
 from mixhouse.chains.bitcoin.networks import address_of_script
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
-from mixhouse.chains.bitcoin.txbuild import sign_tx
+from mixhouse.chains.bitcoin.txbuild import SignedTx, sign_tx
 from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.chains.evm.htlc import EvmHtlc, SwapTerms
 from mixhouse.chains.htlc import HtlcMismatch
 from mixhouse.errors import ChainError, InsufficientFunds, InvalidInput
+from mixhouse.keys.offload import SIGN_TIMEOUT_SECONDS, SigningThread
 from mixhouse.keys.signer import Signer
 
 # vbytes of a P2WPKH input, of the P2WSH HTLC output, of a P2WPKH output and of the rest of
@@ -240,6 +248,9 @@ class Leg(abc.ABC):
     async def tx_confirmations(self, tx: StoredTx) -> int | None:
         """Depth of ``tx``: ``None`` if not found, ``-1`` if it was mined and reverted (EVM)."""
 
+    def close(self) -> None:  # noqa: B027 - a hook with a default: most legs own nothing to stop
+        """Stop what the leg owns (its signing thread); the default owns nothing. Idempotent."""
+
 
 class BitcoinLeg(Leg):
     """The Bitcoin leg: P2WSH HTLCs funded from one P2WPKH key of this node.
@@ -252,6 +263,14 @@ class BitcoinLeg(Leg):
         block_seconds: nominal block interval (heights <-> seconds).
         fee_rate: sat/vB when the node has no estimate.
         max_fee_sat: the most one swap transaction may pay in fee, satoshi.
+        sign_timeout: seconds a signing step may take (:class:`SigningThread`), ``> 0``.
+        signing: the thread to sign in (:meth:`open` passes the one it made); a new one if
+            ``None``. The leg owns it: :meth:`close` stops it.
+        public_key: the swap key's compressed public key if already known (:meth:`open`);
+            ``None``: asked of ``signer`` here, synchronously (for callers off the loop).
+
+    Raises:
+        SignerError: (``public_key`` not given) the signer has no ``key_ref`` or failed.
     """
 
     chain = "btc"
@@ -266,6 +285,9 @@ class BitcoinLeg(Leg):
         block_seconds: int = 600,
         fee_rate: int = 2,
         max_fee_sat: int = 50_000,
+        sign_timeout: float = SIGN_TIMEOUT_SECONDS,
+        signing: SigningThread | None = None,
+        public_key: bytes | None = None,
     ) -> None:
         self.rpc = rpc
         self.signer = signer
@@ -274,11 +296,44 @@ class BitcoinLeg(Leg):
         self.block_seconds = block_seconds
         self.fallback_fee_rate = fee_rate
         self.max_fee_sat = max_fee_sat
-        self.pkh = pubkey_hash(signer.public_key(key_ref))
+        self._signing = signing if signing is not None else SigningThread("signer-swap-btc", timeout=sign_timeout)
+        self.pkh = pubkey_hash(public_key if public_key is not None else signer.public_key(key_ref))
         address = address_of_script(b"\x00\x14" + self.pkh, network)
         if address is None:  # pragma: no cover - a P2WPKH always has an address
             raise InvalidInput("no P2WPKH address for the swap key")
         self.address: str = address
+
+    @classmethod
+    async def open(
+        cls,
+        rpc: BitcoinRpc,
+        *,
+        signer: Signer,
+        key_ref: str,
+        sign_timeout: float = SIGN_TIMEOUT_SECONDS,
+        **options: Any,
+    ) -> BitcoinLeg:
+        """The leg, its swap key's public key read in its signing thread (not on the loop).
+
+        Args:
+            options: ``network`` and the other arguments of the constructor.
+
+        Raises:
+            SignerError: the signer has no ``key_ref``, failed, or did not answer within
+                ``sign_timeout`` seconds (the thread is stopped again).
+        """
+        signing = SigningThread("signer-swap-btc", timeout=sign_timeout)
+        try:
+            public = await signing.run(signer.public_key, key_ref)
+        except BaseException:
+            signing.close()
+            raise
+        return cls(rpc, signer=signer, key_ref=key_ref, signing=signing, public_key=public, **options)
+
+    def close(self) -> None:
+        """Stop the signing thread (after the call in progress); later signing steps raise
+        ``SignerError``."""
+        self._signing.close()
 
     def identity(self) -> str:
         """The HASH160 of the swap key, hex."""
@@ -342,8 +397,9 @@ class BitcoinLeg(Leg):
         change = total - spec.amount - fee
         if change >= dust_threshold(b"\x00\x14" + self.pkh):
             outputs.append((self.address, change))
-        signed = sign_tx(
-            inputs=[(c, self.key_ref) for c in chosen], signer=self.signer, outputs=outputs, network=self.network
+        inputs = [(c, self.key_ref) for c in chosen]
+        signed = await self._signing.run(
+            lambda: sign_tx(inputs=inputs, signer=self.signer, outputs=outputs, network=self.network)
         )
         tx = StoredTx(
             "lock", signed.txid, signed.raw.hex(), signed.fee, {"inputs": [f"{c.txid}:{c.vout}" for c in chosen]}
@@ -368,31 +424,33 @@ class BitcoinLeg(Leg):
     def _coin(self, spec: LockSpec, ref: dict[str, Any]) -> HtlcCoin:
         return HtlcCoin(str(ref["txid"]), int(ref["vout"]), spec.amount, bytes.fromhex(str(ref["script"])))
 
+    async def _sign_spend(
+        self, sign: Callable[..., SignedTx], spec: LockSpec, ref: dict[str, Any], **extra: Any
+    ) -> SignedTx:
+        """``sign`` (:func:`sign_claim`, :func:`sign_refund`) of the lock ``ref`` whole to the
+        swap key's address at the estimator's fee rate (capped), in the signing thread."""
+        coin, rate = self._coin(spec, ref), await self._fee_rate()
+        return await self._signing.run(
+            lambda: sign(
+                coin=coin,
+                signer=self.signer,
+                key_ref=self.key_ref,
+                to_address=self.address,
+                network=self.network,
+                fee_rate=rate,
+                max_fee_sat=self.max_fee_sat,
+                **extra,
+            )
+        )
+
     async def prepare_claim(self, spec: LockSpec, ref: dict[str, Any], secret: bytes) -> StoredTx:
         """Sign the claim to the swap key's address (RBF-enabled, fee from the estimator, capped)."""
-        signed = sign_claim(
-            coin=self._coin(spec, ref),
-            secret=secret,
-            signer=self.signer,
-            key_ref=self.key_ref,
-            to_address=self.address,
-            network=self.network,
-            fee_rate=await self._fee_rate(),
-            max_fee_sat=self.max_fee_sat,
-        )
+        signed = await self._sign_spend(sign_claim, spec, ref, secret=secret)
         return StoredTx("claim", signed.txid, signed.raw.hex(), signed.fee)
 
     async def prepare_refund(self, spec: LockSpec, ref: dict[str, Any]) -> StoredTx:
         """Sign the refund to the swap key's address (valid from the lock height on)."""
-        signed = sign_refund(
-            coin=self._coin(spec, ref),
-            signer=self.signer,
-            key_ref=self.key_ref,
-            to_address=self.address,
-            network=self.network,
-            fee_rate=await self._fee_rate(),
-            max_fee_sat=self.max_fee_sat,
-        )
+        signed = await self._sign_spend(sign_refund, spec, ref)
         return StoredTx("refund", signed.txid, signed.raw.hex(), signed.fee)
 
     async def find_secret(self, spec: LockSpec, ref: dict[str, Any]) -> bytes | None:
@@ -445,17 +503,31 @@ class EvmLeg(Leg):
     """The Ethereum leg: the trusted HTLC deployment, ETH or ERC-20, signed by ``key_ref``.
 
     Args:
-        htlc: the deployment (its adapter signs and reads).
+        htlc: the deployment (its adapter signs, in its signing thread, and reads).
         key_ref: this node's key (BIP-32 path): sends locks, claims and refunds, receives claims.
+        address: the key's checksummed address if already known (:meth:`open`); ``None``:
+            asked of the adapter here, synchronously.
+
+    Raises:
+        SignerError: (``address`` not given) the signer has no such key or failed.
     """
 
     chain = "evm"
 
-    def __init__(self, htlc: EvmHtlc, *, key_ref: str) -> None:
+    def __init__(self, htlc: EvmHtlc, *, key_ref: str, address: str | None = None) -> None:
         self.htlc = htlc
         self.adapter: EvmAdapter = htlc.adapter
         self.key_ref = key_ref
-        self.address = self.adapter.key_address(key_ref)
+        self.address = address if address is not None else self.adapter.key_address(key_ref)
+
+    @classmethod
+    async def open(cls, htlc: EvmHtlc, *, key_ref: str) -> EvmLeg:
+        """The leg, its key's address read in the adapter's signing thread (not on the loop).
+
+        Raises:
+            SignerError: the signer has no such key, failed, or did not answer in time.
+        """
+        return cls(htlc, key_ref=key_ref, address=await htlc.adapter.key_address_async(key_ref))
 
     def identity(self) -> str:
         """Our checksummed address."""

@@ -50,7 +50,7 @@ from mixhouse.otc.runtime import NodeConfig, RunningNode, running_node
 from mixhouse.otc.swaps import plan, store
 from mixhouse.otc.swaps.engine import SwapEngine
 from mixhouse.otc.swaps.hook import NodeSwapTransport, serve_swaps, swap_trade_of
-from mixhouse.otc.swaps.legs import BitcoinLeg, EvmLeg
+from mixhouse.otc.swaps.legs import BitcoinLeg, EvmLeg, Leg
 
 log = logging.getLogger(__name__)
 ENV = "MIXHOUSE_SWAP_"
@@ -174,16 +174,21 @@ async def running_swaps(running: RunningNode, config: SwapServiceConfig) -> Asyn
         max_fee_per_gas_cap=500 * 10**9,
     )
     btc_key = load_or_create_btc_key(config.btc_key_file)
-    legs = {
-        "btc": BitcoinLeg(
+    try:
+        # Each leg reads its key in a signing thread: the node's peer and API are serving.
+        btc_leg = await BitcoinLeg.open(
             rpc,
             signer=SoftwareSigner.from_keys({"swap": btc_key}),
             key_ref="swap",
             network=config.btc_network,
             block_seconds=config.settings.btc_block_seconds,
-        ),
-        "evm": EvmLeg(EvmHtlc(adapter, config.htlc_address), key_ref=config.evm_key_path),
-    }
+        )
+        evm_leg = await EvmLeg.open(EvmHtlc(adapter, config.htlc_address), key_ref=config.evm_key_path)
+    except BaseException:
+        await rpc.aclose()
+        await adapter.aclose()
+        raise
+    legs: dict[str, Leg] = {"btc": btc_leg, "evm": evm_leg}
     engine = SwapEngine(
         running.node.engine,
         node=running.node.node_id,
@@ -209,6 +214,7 @@ async def running_swaps(running: RunningNode, config: SwapServiceConfig) -> Asyn
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        btc_leg.close()
         await rpc.aclose()
         await adapter.aclose()
 
