@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from mixhouse.errors import BroadcastRejected, ChainError, ConfigError, InvalidA
 from mixhouse.keys.hd import POOL_PATH, HdKeyring, deposit_path
 from mixhouse.keys.signer import SoftwareSigner
 from mixhouse.watch.evm import EvmBlocks
+from mixhouse.watch.scans import EVM_FIRST_SCAN_SLACK, DepositScanner
 from mixhouse.watch.scans import EVM_MAX_BLOCKS_PER_SCAN as MAX_BLOCKS_PER_SCAN
 from tests.fixtures.anvil import FUNDER_ADDRESS, FUNDER_KEY, Anvil
 from tests.scanning import engine_scan
@@ -170,6 +172,52 @@ async def test_first_scan_without_cursor_sees_recent_blocks(anvil: Anvil, evm_ad
     assert [t.ref for t in result.transfers] == [txid]
     assert result.transfers[0].confirmations == 3
     assert (result.cursor or "").partition(":")[0] == str(await anvil.block_number())
+
+
+async def test_first_scan_starts_at_the_oldest_watched_mix(anvil: Anvil, evm_adapter: EvmAdapter) -> None:
+    """A worker that first scans long after the first mix was created (no cursor yet) still
+    finds its deposit: the scan starts at the blocks mined since the mix's creation, not a few
+    blocks below the head (found by the rotation crash test)."""
+    address = evm_adapter.deposit_address(_fresh_index())
+    txid = await anvil.fund(address, ETH // 100)
+    funded = await anvil.rpc("eth_getBlockByNumber", [hex(await anvil.block_number()), False])
+    created = datetime.fromtimestamp(int(funded["timestamp"], 16), UTC)
+    await anvil.mine(evm_adapter.confirmations_required + EVM_FIRST_SCAN_SLACK + 30)
+
+    # As before: a few blocks below the head only, so the deposit is missed.
+    assert (await engine_scan(evm_adapter, [address], None)).transfers == ()
+
+    scanner = DepositScanner()
+    found: list[str] = []
+    try:
+        result = await scanner.scan(evm_adapter, [address], None, since=created)
+        found += [t.ref for t in result.transfers]
+        # A first scan reads at most EVM_MAX_BLOCKS_PER_SCAN blocks; the scans after it go on.
+        while result.scanned is not None and result.tip is not None and result.scanned < result.tip:
+            result = await scanner.scan(evm_adapter, [address], result.cursor)
+            found += [t.ref for t in result.transfers]
+    finally:
+        await scanner.aclose()
+    assert found == [txid]
+
+
+async def test_first_height_since_is_the_first_block_at_or_after(anvil: Anvil) -> None:
+    reader = EvmBlocks(anvil.rpc_url)
+    try:
+        head = await anvil.block_number()
+        block = await anvil.rpc("eth_getBlockByNumber", [hex(head), False])
+        stamp = int(block["timestamp"], 16)
+        first = await reader.first_height_since(stamp)
+        assert first <= head
+        at = await anvil.rpc("eth_getBlockByNumber", [hex(first), False])
+        assert int(at["timestamp"], 16) >= stamp
+        if first > 0:
+            below = await anvil.rpc("eth_getBlockByNumber", [hex(first - 1), False])
+            assert int(below["timestamp"], 16) < stamp
+        assert await reader.first_height_since(stamp + 10**9) == head + 1
+        assert await reader.first_height_since(0) == 0
+    finally:
+        await reader.aclose()
 
 
 async def test_scan_is_bounded_per_call(anvil: Anvil, evm_adapter: EvmAdapter) -> None:

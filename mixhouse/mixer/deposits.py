@@ -14,11 +14,12 @@ are converted on first use (:mod:`mixhouse.watch.scans`).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
 
 import psycopg
 import structlog
-from sqlalchemy import Row, exists, select, text
+from sqlalchemy import Row, exists, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -84,7 +85,8 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
     watched = list(mix_by_address) + list(pool_chains)
     # A too-deep reorg raises ReorgTooDeep / WatcherStopped here: this asset's deposit watching
     # is stopped (audited, alerted) and the scan job fails until the operator resumes it.
-    result = await rt.deposit_scanner().scan(adapter, watched, cursor)
+    since = None if cursor is not None else await oldest_watched_mix(rt, asset)
+    result = await rt.deposit_scanner().scan(adapter, watched, cursor, since=since)
     if utxo_chain:
         await record_pool_topups(rt, asset, [t for t in result.transfers if t.to_address in pool_chains])
         await advance_pool_coins(rt, asset)
@@ -158,6 +160,18 @@ async def watched_mixes(conn: AsyncConnection, asset: Asset) -> dict[str, str]:
             "SELECT deposit_address, id FROM mixes WHERE asset = %s AND watch_until > %s", (asset.value, now())
         )
         return dict(await cur.fetchall())
+
+
+async def oldest_watched_mix(rt: Runtime, asset: Asset) -> datetime | None:
+    """The creation time of the oldest still-watched mix of ``asset`` (``None``: none), where a
+    first scan with no cursor must start (:mod:`mixhouse.watch.scans`)."""
+    async with rt.engine.connect() as conn:
+        oldest: datetime | None = (
+            await conn.execute(
+                select(func.min(mixes.c.created_at)).where(mixes.c.asset == asset.value, mixes.c.watch_until > now())
+            )
+        ).scalar_one()
+    return oldest
 
 
 async def advance_seen_deposits(rt: Runtime, asset: Asset, fresh: dict[str, Transfer]) -> None:

@@ -82,6 +82,26 @@ class EvmBlocks:
         block = await self.call("eth_getBlockByNumber", hex(height), False)
         return None if block is None else str(block["hash"])
 
+    async def first_height_since(self, when: int) -> int:
+        """The lowest height whose block timestamp is at or after ``when`` (Unix seconds), the
+        tip's height + 1 if none is yet: a binary search over ``eth_getBlockByNumber`` headers
+        (about log2(tip) requests). Block timestamps never decrease (the Ethereum yellow paper's
+        header validity: a block's timestamp exceeds its parent's).
+
+        Raises:
+            ChainError: the node failed.
+        """
+        low, high = 0, await self.tip() + 1
+        while low < high:
+            middle = (low + high) // 2
+            block = await self.call("eth_getBlockByNumber", hex(middle), False)
+            # None: the chain shortened under the search; taken as "not yet" (a lower start).
+            if block is None or hex_int(block["timestamp"]) >= when:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
     async def blocks(self, start: int, end: int) -> AsyncGenerator[Block | None, None]:
         """Blocks ``start..end`` with full transactions; ``None`` for one gone since the tip was read.
 

@@ -11,7 +11,10 @@ Cursors are the engine's positions ``"<height>:<hash>"`` of the last block taken
 on tokens and on Jobcoin prefixed ``@`` (the adapters' own cursors, stored before, had the same
 shape and mean something else: ``"<next height>:<hash below it>"``, Jobcoin's ``"<a>:<b>"``).
 An old cursor is converted on first use to the position of the block below it; none (a first
-scan) starts ``confirmations + slack`` blocks below the tip, as the adapters did. Native ETH's
+scan) starts ``confirmations + slack`` blocks below the tip, as the adapters did, or, on an EVM
+node given ``since`` (the creation time of the oldest watched mix), at the first block mined
+after ``since`` less :data:`FIRST_SCAN_CLOCK_MARGIN_SECONDS`, if that is lower: a worker first
+started long after the first mixes were created still finds their deposits. Native ETH's
 positions carry no prefix: they were stored so since the engine first scanned ETH.
 
 Per chain kind:
@@ -33,6 +36,7 @@ Per chain kind:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -54,6 +58,10 @@ EVM_MAX_BLOCKS_PER_SCAN = 500
 # A first EVM scan starts this many blocks below the confirmation depth: blocks mined while
 # the caller started up (a deposit address exists only from its mix's creation on).
 EVM_FIRST_SCAN_SLACK = 2
+# A first EVM scan given the oldest watched mix's creation time starts at the blocks mined this
+# long before it: the database's clock and the block producers' may disagree (Ethereum allows
+# a proposer's clock some drift; a test chain may have its time moved).
+FIRST_SCAN_CLOCK_MARGIN_SECONDS = 600
 # Blocks one Bitcoin scan reads at most.
 BTC_MAX_BLOCKS_PER_SCAN = 200
 # A first Bitcoin scan reads a day of mainnet blocks below the confirmation depth, so deposits
@@ -114,7 +122,13 @@ class DepositScanner:
         self._watches.clear()
 
     async def scan(
-        self, adapter: ChainAdapter, watched: Sequence[str], cursor: str | None, *, consumer: str | None = None
+        self,
+        adapter: ChainAdapter,
+        watched: Sequence[str],
+        cursor: str | None,
+        *,
+        consumer: str | None = None,
+        since: datetime | None = None,
     ) -> ScanResult:
         """One pass of ``adapter``'s asset's deposit watching after ``cursor`` (see the module).
 
@@ -124,6 +138,9 @@ class DepositScanner:
             cursor: from the previous scan, an adapter cursor stored before, or ``None``.
             consumer: whose position it is (what a too-deep reorg stops), default
                 ``"deposits:<asset>"``.
+            since: for a first scan (``cursor`` None) on an EVM node: the creation time of the
+                oldest watched mix; the scan then starts no later than the blocks mined from
+                then on (see the module). Ignored with a cursor and on other chains.
 
         Returns:
             The transfers (``confirmations`` at the tip read, ``tip - block + 1``; mempool ones 0;
@@ -156,7 +173,7 @@ class DepositScanner:
             assert isinstance(reader, EvmBlocks)
             watcher = EvmDeposits(reader, watched)
             prefix, slack, most = "", EVM_FIRST_SCAN_SLACK, EVM_MAX_BLOCKS_PER_SCAN
-        position = await self._position(watch, adapter, cursor, prefix, slack)
+        position = await self._position(watch, adapter, cursor, prefix, slack, since=since)
         read = await watch.advance(who, position, [watcher], max_blocks=most)
         if isinstance(watcher, Erc20Deposits):
             await watcher.settle()
@@ -173,7 +190,14 @@ class DepositScanner:
         return mempool
 
     async def _position(
-        self, watch: ChainWatch, adapter: ChainAdapter, cursor: str | None, prefix: str, slack: int
+        self,
+        watch: ChainWatch,
+        adapter: ChainAdapter,
+        cursor: str | None,
+        prefix: str,
+        slack: int,
+        *,
+        since: datetime | None = None,
     ) -> str | None:
         """The engine position of ``cursor`` (converting an adapter cursor or none)."""
         if cursor is not None and ":" in cursor and cursor.startswith(prefix):
@@ -181,6 +205,9 @@ class DepositScanner:
         head, _, parent = (cursor or "").partition(":")
         if cursor is None:
             start = max(0, await watch.reader.tip() - adapter.confirmations_required - slack)
+            if since is not None and isinstance(watch.reader, EvmBlocks):
+                first = await watch.reader.first_height_since(int(since.timestamp()) - FIRST_SCAN_CLOCK_MARGIN_SECONDS)
+                start = min(start, first)
         elif head.isdigit():
             start = int(head)
         else:
