@@ -2,18 +2,24 @@
 of ETH and of a token and a wallet-sync pass over the same blocks fetch each block from the node
 once (the engine's block cache serves the others); a cached block that a reorg orphaned is never
 handed on as main chain (one ``hash_at`` at the top of a cached run proves it, or the run is
-read again from the node); the cache keeps the highest heights, at most its size."""
+read again from the node); the cache keeps the highest heights, at most its size. On a bcoin
+regtest node, the Bitcoin deposit scan and wallet sync share one engine the same way."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from eth_account import Account
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
+from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm import EvmAdapter
 from mixhouse.db.tables import address_txs
 from mixhouse.wallets import service
+from mixhouse.wallets.sources.bitcoin_node import BitcoinNodeSource
 from mixhouse.wallets.sources.ethereum_node import EthereumNodeSource
 from mixhouse.wallets.sync import sync_addresses
 from mixhouse.watch import registry
@@ -22,6 +28,7 @@ from mixhouse.watch.engine import Block, BlockCache, ChainWatch
 from mixhouse.watch.registry import ChainWatches
 from mixhouse.watch.scans import DepositScanner
 from tests.fixtures.anvil import USDT, Anvil, deploy_token
+from tests.fixtures.bcoin import Bcoin
 from tests.scanning import CountingBlocks, position_at
 
 MAX_DEPTH = 6
@@ -177,3 +184,42 @@ def test_the_block_cache_keeps_the_highest_heights_within_its_size() -> None:
     assert len(empty) == 0
     with pytest.raises(ValueError, match="at least 0"):
         BlockCache(-1)
+
+
+async def test_bitcoin_deposit_scan_and_wallet_sync_fetch_each_block_once(
+    bcoin: Bcoin, btc_adapter: BitcoinAdapter, btc_rpc: BitcoinRpc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetched: list[str] = []
+    for rpc in (btc_adapter.rpc, btc_rpc):
+        original = rpc.getblock_verbose
+
+        async def counting(block_hash: str, original: Any = original) -> Any:
+            fetched.append(block_hash)
+            return await original(block_hash)
+
+        monkeypatch.setattr(rpc, "getblock_verbose", counting)
+    deposit, wallet_address = btc_adapter.deposit_address(900), btc_adapter.deposit_address(901)
+    watches = ChainWatches(max_depth=MAX_DEPTH)
+    scanner = DepositScanner(watches=watches)
+    # Its own client on the same node, as wallet sync's settings build it: the same engine.
+    source = BitcoinNodeSource(btc_rpc, network="regtest", watch=watches.bitcoin(btc_rpc))
+    try:
+        first = await bcoin.tip() + 1
+        start = f"{first - 1}:{await bcoin.rpc('getblockhash', first - 1)}"
+        deposit_txid = await bcoin.fund(deposit, 400_000)
+        wallet_txid = await bcoin.fund(wallet_address, 300_000)
+        await bcoin.mine(3)
+        tip = await bcoin.tip()
+
+        scan = await scanner.scan(btc_adapter, [deposit], "@" + start)
+        page = await source.fetch([wallet_address], start)
+
+        assert watches.bitcoin(btc_adapter.rpc) is watches.bitcoin(btc_rpc) is scanner.watch_of(btc_adapter)
+        assert len(fetched) == len(set(fetched)) == tip - first + 1
+        assert [t.ref.split(":")[0] for t in scan.transfers] == [deposit_txid]
+        assert [tx.txid for tx in page.txs] == [wallet_txid]
+        assert scan.cursor is not None
+        assert page.checkpoint == scan.cursor.removeprefix("@") == f"{tip}:{await bcoin.rpc('getblockhash', tip)}"
+    finally:
+        await scanner.aclose()
+        await watches.aclose()
