@@ -51,7 +51,9 @@ def create_job_app(rt: Runtime, conninfo: str, *, scan_between_ticks: bool = Tru
     """
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
     register_mixer_tasks(app, rt, scan_between_ticks=scan_between_ticks)
-    register_wallet_tasks(app, rt.engine, rt.settings)
+    # One scanning engine per node for both features: a block the deposit scans read is not
+    # fetched again by wallet sync (and the other way round).
+    register_wallet_tasks(app, rt.engine, rt.settings, watches=rt.chain_watches())
 
     # Chains the audit entries committed since the last tick. If another sealer holds the lock
     # (a second worker, `mixhouse audit verify`), this tick does nothing: that one seals them.

@@ -14,6 +14,7 @@ from mixhouse.keys.offload import SigningThread
 from mixhouse.keys.signer import Signer
 from mixhouse.mixer.screening import Screener
 from mixhouse.money import Asset, AssetRegistry
+from mixhouse.watch.registry import ChainWatches
 from mixhouse.watch.scans import DepositScanner
 
 
@@ -32,6 +33,8 @@ class Runtime:
             (for health checks; the adapters alone sign).
         scanner: the deposit scans on the scanning engine, one ChainWatch per node, made on
             first use (:meth:`deposit_scanner`) and kept for the process.
+        watches: the process's scanning engines, one per node (:meth:`chain_watches`), which
+            the deposit scans and, in a worker, wallet sync read blocks through.
     """
 
     settings: Settings
@@ -41,6 +44,7 @@ class Runtime:
     rng: random.Random = field(default_factory=random.SystemRandom)
     signers: dict[Asset, Signer] = field(default_factory=dict)
     scanner: DepositScanner | None = None
+    watches: ChainWatches | None = None
     # (the Settings it was built from, the registry): every amount check and every listing
     # asks for the assets, and building the registry re-validates every configured token.
     _assets: tuple[Settings, AssetRegistry] | None = field(default=None, init=False, repr=False, compare=False)
@@ -83,8 +87,18 @@ class Runtime:
         """The process's :class:`DepositScanner` (its reorg depth ``reorg_max_depth``, its block
         windows and stops in this engine's database)."""
         if self.scanner is None:
-            self.scanner = DepositScanner(max_depth=self.settings.reorg_max_depth, engine=self.engine)
+            self.scanner = DepositScanner(
+                max_depth=self.settings.reorg_max_depth, engine=self.engine, watches=self.chain_watches()
+            )
         return self.scanner
+
+    def chain_watches(self) -> ChainWatches:
+        """The process's :class:`ChainWatches` (reorg depth ``reorg_max_depth``, windows and
+        stops in this engine's database), made on first use: one engine per node for every
+        consumer of the process, so each block is fetched once."""
+        if self.watches is None:
+            self.watches = ChainWatches(max_depth=self.settings.reorg_max_depth, engine=self.engine)
+        return self.watches
 
     async def aclose(self) -> None:
         """Close the adapters' and the deposit scanner's network clients, and stop the key threads."""
@@ -92,5 +106,7 @@ class Runtime:
             thread.close()
         if self.scanner is not None:
             await self.scanner.aclose()
+        if self.watches is not None:
+            await self.watches.aclose()
         for adapter in self.adapters.values():
             await adapter.aclose()

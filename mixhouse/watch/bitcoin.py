@@ -44,6 +44,9 @@ class BitcoinBlocks:
     """
 
     chain = "BTC"
+    # Blocks its ChainWatch keeps for the other consumers (engine.BlockCache): a mainnet block
+    # at verbosity 3 is several MB decoded, and consumers at the tip meet within a block or two.
+    cache_blocks = 8
 
     def __init__(self, rpc: BitcoinRpc, *, concurrency: int = 4) -> None:
         if concurrency < 1:

@@ -25,6 +25,17 @@ policy (``MIXHOUSE_REORG_MAX_DEPTH``):
 Within a pass each block must extend the one before it; one that does not (the chain changed
 while the pass read it) or a height that vanished ends the pass early, ``complete=False``: the
 next pass starts from the last block taken in and notices the reorg there.
+
+Blocks read once serve every consumer (issue 8 part 1): a ChainWatch keeps the blocks it last
+took in (:class:`BlockCache`, the highest ``cache_blocks`` heights, in memory only), and a pass
+of another consumer over those heights takes them from there instead of the node. A cached run
+is served only if it extends the consumer's position block by block (each block's parent is the
+hash of the one before) and the node still has the run's last block at its height (one
+``hash_at`` call): hash linkage then proves every block below it is main chain too. If the node
+has another block there, the cached blocks from the run's first height up are dropped and read
+again from the node, so a block orphaned by a reorg is never handed on as main chain. One
+ChainWatch per node and process is shared by the mixer's deposit scans and wallet sync through
+:class:`mixhouse.watch.registry.ChainWatches`.
 """
 
 from __future__ import annotations
@@ -41,6 +52,8 @@ from mixhouse.watch import store
 
 # The default of Settings.reorg_max_depth: Bitcoin's 6 and Ethereum's 12 confirmations, twice.
 DEFAULT_REORG_MAX_DEPTH = 24
+# Blocks a ChainWatch keeps for its other consumers when its reader names no ``cache_blocks``.
+DEFAULT_CACHE_BLOCKS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +76,9 @@ class Block:
 
 class BlockReader(Protocol):
     """A chain kind's node, as the engine reads it. A reader may say ``reorgs = False`` (a
-    ledger): its block window is then not kept in the database."""
+    ledger): its block window is then not kept in the database; and ``cache_blocks = <n>``: how
+    many of its blocks a :class:`ChainWatch` keeps in memory for its other consumers (default
+    :data:`DEFAULT_CACHE_BLOCKS`; 0: none)."""
 
     chain: str
 
@@ -174,6 +189,62 @@ class BlockWindow:
             await store.save_window(self._engine, self._chain, fresh, floor)
 
 
+class BlockCache:
+    """The blocks a ChainWatch last took in, by height: at most ``size`` of them, the highest
+    heights (where consumers that caught up meet), one block per height (the latest read).
+    In memory only. Memory is ``size`` decoded blocks: on Ethereum mainnet a block with its
+    transactions is ~0.5-2 MB of Python objects, a Bitcoin block at verbosity 3 several MB,
+    hence each reader's own ``cache_blocks``.
+
+    Args:
+        size: the most blocks kept, ``>= 0`` (0: nothing is kept).
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError("a block cache size is at least 0")
+        self.size = size
+        self._blocks: dict[int, Block] = {}
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def put(self, block: Block) -> None:
+        """Keep ``block`` (replacing what was kept at its height); beyond ``size``, the lowest
+        height goes (``block`` itself if it is the lowest)."""
+        if self.size == 0:
+            return
+        self._blocks[block.height] = block
+        if len(self._blocks) > self.size:
+            del self._blocks[min(self._blocks)]
+
+    def run(self, start: int, end: int, parent: str | None) -> list[Block]:
+        """The kept blocks ``start, start + 1, ...`` (at most to ``end``) each extending the one
+        before, the first extending ``parent``; ``[]`` if none does. Not yet checked against
+        the node."""
+        found: list[Block] = []
+        for height in range(start, end + 1):
+            block = self._blocks.get(height)
+            if block is None or block.parent != parent:
+                break
+            found.append(block)
+            parent = block.hash
+        return found
+
+    def has(self, height: int) -> bool:
+        """Whether a block is kept at ``height``."""
+        return height in self._blocks
+
+    def first_above(self, height: int) -> int | None:
+        """The lowest kept height above ``height``, ``None`` if none."""
+        return min((h for h in self._blocks if h > height), default=None)
+
+    def drop_from(self, height: int) -> None:
+        """Forget the blocks at ``height`` and above (another branch, or not proven main chain)."""
+        for stale in [h for h in self._blocks if h >= height]:
+            del self._blocks[stale]
+
+
 def parse_position(position: str) -> tuple[int, str]:
     """``(height, hash)`` of a ``"<height>:<hash>"`` position.
 
@@ -194,16 +265,31 @@ class ChainWatch:
         max_depth: the reorg policy's depth (``Settings.reorg_max_depth``), ``>= 1``.
         engine: where the block window and the stops are kept; ``None``: in memory only (no
             stop outlives the process, and a fresh process rewinds the full depth).
+        cache_blocks: blocks kept in memory for the other consumers (:class:`BlockCache`);
+            ``None``: the reader's ``cache_blocks``, else :data:`DEFAULT_CACHE_BLOCKS`.
+
+    Attributes:
+        blocks_from_node, blocks_from_cache: blocks handed on, by where they came from (for
+            tests and benchmarks).
 
     Raises:
-        ValueError: ``max_depth`` below 1.
+        ValueError: ``max_depth`` below 1, ``cache_blocks`` below 0.
     """
 
     def __init__(
-        self, reader: BlockReader, *, max_depth: int = DEFAULT_REORG_MAX_DEPTH, engine: AsyncEngine | None = None
+        self,
+        reader: BlockReader,
+        *,
+        max_depth: int = DEFAULT_REORG_MAX_DEPTH,
+        engine: AsyncEngine | None = None,
+        cache_blocks: int | None = None,
     ) -> None:
         if max_depth < 1:
             raise ValueError("max_depth must be at least 1")
+        size = getattr(reader, "cache_blocks", DEFAULT_CACHE_BLOCKS) if cache_blocks is None else cache_blocks
+        self._cache = BlockCache(int(size))
+        self.blocks_from_node = 0
+        self.blocks_from_cache = 0
         self.reader = reader
         self.chain = reader.chain
         self.max_depth = max_depth
@@ -240,7 +326,7 @@ class ChainWatch:
         last_height = start - 1
         complete = True
         # Closed on an early stop too, so the reader cancels the blocks it has in flight.
-        async with aclosing(self.reader.blocks(start, end)) as blocks:
+        async with aclosing(self._blocks(start, end, previous)) as blocks:
             async for block in blocks:
                 # A parent is absent at height 0 only; where it is there it must name the
                 # block taken in before, or the chain changed under this pass.
@@ -250,11 +336,40 @@ class ChainWatch:
                 for watcher in watchers:
                     await watcher.on_block(block)
                 self._window.record(block)
+                self._cache.put(block)
                 last = f"{block.height}:{block.hash}"
                 last_height = block.height
                 previous = block.hash
         await self._window.save()
         return Pass(last, start, last_height, tip, rewound, done=complete and end >= tip)
+
+    async def _blocks(self, start: int, end: int, previous: str | None) -> AsyncGenerator[Block | None, None]:
+        """Blocks ``start..end`` extending ``previous``: runs of the cache proven main chain
+        (see the module), the rest from the reader; ``None`` where one vanished."""
+        height = start
+        while height <= end:
+            run = self._cache.run(height, end, previous)
+            if run and await self.reader.hash_at(run[-1].height) == run[-1].hash:
+                for kept in run:
+                    self.blocks_from_cache += 1
+                    yield kept
+                previous, height = run[-1].hash, run[-1].height + 1
+                continue
+            if run or self._cache.has(height):
+                # Kept blocks of another branch, or not the node's any more: never served.
+                self._cache.drop_from(height)
+            above = self._cache.first_above(height)
+            upto = end if above is None else min(end, above - 1)
+            async with aclosing(self.reader.blocks(height, upto)) as blocks:
+                async for read in blocks:
+                    yield read
+                    if read is None:
+                        return
+                    self.blocks_from_node += 1
+                    previous, height = read.hash, read.height + 1
+            if height <= upto:
+                yield None  # the reader ended early without saying why: as a vanished block
+                return
 
     async def _check_running(self, consumer: str) -> None:
         # With a database its row is the truth: a ChainWatch lives as long as its process

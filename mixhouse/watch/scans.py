@@ -3,7 +3,10 @@
 :class:`DepositScanner` holds one :class:`~mixhouse.watch.engine.ChainWatch` per chain (per node:
 native ETH and every ERC-20 token of one EVM node share one, as do all Bitcoin watchers of a
 node), built on first use and kept for the life of the process (a ChainWatch made per scan
-cost 10 to 15 ms: its HTTP client, and its block window loaded again from PostgreSQL). Its
+cost 10 to 15 ms: its HTTP client, and its block window loaded again from PostgreSQL). They
+come from a :class:`~mixhouse.watch.registry.ChainWatches`, the process's (shared with wallet
+sync, so a block either reads is fetched once) or its own: the scan of a token after ETH's
+takes the blocks ETH's scan read from the engine's cache. Its
 :meth:`DepositScanner.scan` is what ``ChainAdapter.scan`` was, on the engine: the transfers to
 the watched addresses after a cursor, the next cursor and the heights.
 
@@ -46,11 +49,12 @@ from mixhouse.chains.evm.adapter import EvmAdapter
 from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.chains.jobcoin import adapter as jobcoin
 from mixhouse.chains.jobcoin.adapter import JobcoinAdapter
-from mixhouse.watch.bitcoin import BitcoinBlocks, BitcoinMempool
+from mixhouse.watch.bitcoin import BitcoinMempool
 from mixhouse.watch.deposits import BitcoinDeposits, EvmDeposits
 from mixhouse.watch.engine import DEFAULT_REORG_MAX_DEPTH, ChainWatch
 from mixhouse.watch.evm import EvmBlocks
 from mixhouse.watch.jobcoin import JobcoinDeposits, LedgerPages, NoHistoryCursor
+from mixhouse.watch.registry import ChainWatches
 from mixhouse.watch.tokens import Erc20Deposits
 
 # Blocks one EVM scan reads at most, so one call stays bounded after a long pause.
@@ -75,13 +79,22 @@ class DepositScanner:
     Args:
         max_depth: the reorg policy's depth (``Settings.reorg_max_depth``), ``>= 1``.
         engine: where the engines keep their block windows and stops; ``None``: in memory.
+        watches: the process's engines, shared with its other consumers (not closed here);
+            ``None``: its own, with ``max_depth`` and ``engine`` (closed by :meth:`aclose`).
     """
 
-    def __init__(self, *, max_depth: int = DEFAULT_REORG_MAX_DEPTH, engine: AsyncEngine | None = None) -> None:
-        self.max_depth = max_depth
+    def __init__(
+        self,
+        *,
+        max_depth: int = DEFAULT_REORG_MAX_DEPTH,
+        engine: AsyncEngine | None = None,
+        watches: ChainWatches | None = None,
+    ) -> None:
+        self._owns_watches = watches is None
+        self._chains = ChainWatches(max_depth=max_depth, engine=engine) if watches is None else watches
+        self.max_depth = self._chains.max_depth
         self._engine = engine
-        self._watches: dict[tuple[str, int | str], ChainWatch] = {}
-        self._owned: list[EvmBlocks] = []
+        self._ledgers: dict[int, ChainWatch] = {}
         self._mempools: dict[int, BitcoinMempool] = {}
 
     def watch_of(self, adapter: ChainAdapter) -> ChainWatch:
@@ -91,35 +104,25 @@ class DepositScanner:
             TypeError: an adapter of a kind the engine has no reader for.
         """
         evm = adapter.evm if isinstance(adapter, Erc20Adapter) else adapter
-        key: tuple[str, int | str]
         if isinstance(evm, EvmAdapter):
-            key = ("ETH", evm.rpc_url)
-        elif isinstance(adapter, BitcoinAdapter):
-            key = ("BTC", id(adapter.rpc))
-        elif isinstance(adapter, JobcoinAdapter):
-            key = ("JOBCOIN", id(adapter))
-        else:
+            return self._chains.evm(evm.rpc_url)
+        if isinstance(adapter, BitcoinAdapter):
+            return self._chains.bitcoin(adapter.rpc)
+        if not isinstance(adapter, JobcoinAdapter):
             raise TypeError(f"no block reader for {type(adapter).__name__}")
-        watch = self._watches.get(key)
+        # A ledger has one consumer, the deposit scan: its watch is not shared.
+        watch = self._ledgers.get(id(adapter))
         if watch is None:
-            if isinstance(evm, EvmAdapter):
-                reader = EvmBlocks(evm.rpc_url)
-                self._owned.append(reader)
-                watch = ChainWatch(reader, max_depth=self.max_depth, engine=self._engine)
-            elif isinstance(adapter, BitcoinAdapter):
-                watch = ChainWatch(BitcoinBlocks(adapter.rpc), max_depth=self.max_depth, engine=self._engine)
-            else:
-                assert isinstance(adapter, JobcoinAdapter)
-                watch = ChainWatch(LedgerPages(adapter), max_depth=self.max_depth, engine=self._engine)
-            self._watches[key] = watch
+            watch = ChainWatch(LedgerPages(adapter), max_depth=self.max_depth, engine=self._engine)
+            self._ledgers[id(adapter)] = watch
         return watch
 
     async def aclose(self) -> None:
-        """Close the HTTP clients of the readers made here (not the adapters' own)."""
-        for reader in self._owned:
-            await reader.aclose()
-        self._owned.clear()
-        self._watches.clear()
+        """Close the HTTP clients of the readers made here (not the adapters' own, nor those of
+        a ChainWatches given)."""
+        if self._owns_watches:
+            await self._chains.aclose()
+        self._ledgers.clear()
 
     async def scan(
         self,
