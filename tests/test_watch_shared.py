@@ -14,15 +14,23 @@ from eth_account import Account
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mixhouse.app.worker import create_job_app
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.bitcoin.rpc import BitcoinRpc
 from mixhouse.chains.evm import EvmAdapter
+from mixhouse.config import Settings
 from mixhouse.db.tables import address_txs
+from mixhouse.mixer.runtime import Runtime
+from mixhouse.mixer.screening import Screener
 from mixhouse.wallets import service
+from mixhouse.wallets import tasks as wallet_tasks
+from mixhouse.wallets.records import HistorySource
+from mixhouse.wallets.sources import configured
 from mixhouse.wallets.sources.bitcoin_node import BitcoinNodeSource
 from mixhouse.wallets.sources.ethereum_node import EthereumNodeSource
 from mixhouse.wallets.sync import sync_addresses
 from mixhouse.watch import registry
+from mixhouse.watch.bitcoin import BitcoinBlocks
 from mixhouse.watch.deposits import EvmDeposits
 from mixhouse.watch.engine import Block, BlockCache, ChainWatch
 from mixhouse.watch.registry import ChainWatches
@@ -223,3 +231,35 @@ async def test_bitcoin_deposit_scan_and_wallet_sync_fetch_each_block_once(
     finally:
         await scanner.aclose()
         await watches.aclose()
+
+
+async def test_a_worker_hands_one_engine_per_node_to_the_deposit_scans_and_wallet_sync(
+    engine: AsyncEngine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[dict[str, HistorySource]] = []
+    real = configured.sources_from_settings
+
+    def recording(settings: Settings, eng: AsyncEngine | None = None, *, watches: ChainWatches | None = None) -> Any:
+        made.append(real(settings, eng, watches=watches))
+        return made[-1]
+
+    monkeypatch.setattr(wallet_tasks, "sources_from_settings", recording)
+    rt = Runtime(
+        settings=Settings(bitcoin_enabled=True, evm_enabled=True), engine=engine, adapters={}, screener=Screener([])
+    )
+    try:
+        create_job_app(rt, database_url)
+        [sources] = made
+        watches = rt.chain_watches()
+        # The engines the deposit scans and the wallet sources read through (private attributes:
+        # nothing public says which engine an object reads through) are the runtime's ones.
+        assert rt.deposit_scanner()._chains is watches
+        eth, btc = sources["ETH"], sources["BTC"]
+        assert isinstance(eth, EthereumNodeSource)
+        assert isinstance(btc, BitcoinNodeSource)
+        assert eth._watch is watches.evm(rt.settings.evm_rpc_url)
+        reader = btc._watch.reader
+        assert isinstance(reader, BitcoinBlocks)
+        assert btc._watch is watches.bitcoin(reader.rpc)
+    finally:
+        await rt.aclose()

@@ -49,6 +49,10 @@ class LedgerPages:
 
     chain = "JOBCOIN"
     reorgs = False  # one ledger database: nothing it listed is taken back
+    # No block cache (engine.BlockCache): the deposit scan is a ledger's one consumer, and its
+    # second read of a page (the two-scan cursor of mixhouse.watch.scans) must reach the ledger,
+    # not a copy of the first read.
+    cache_blocks = 0
 
     def __init__(self, adapter: JobcoinAdapter, *, page_size: int | None = None) -> None:
         if page_size is not None and not 1 <= page_size <= jobcoin.PAGE_SIZE:
