@@ -76,6 +76,7 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
         cursor = (
             await conn.execute(select(chain_cursors.c.cursor).where(chain_cursors.c.asset == asset.value))
         ).scalar_one_or_none()
+        since = await oldest_watched_mix(conn, asset) if cursor is None and mix_by_address else None
     utxo_chain = isinstance(adapter, UtxoChainAdapter)
     if not mix_by_address and not utxo_chain:
         return 0
@@ -85,7 +86,6 @@ async def _scan_locked(rt: Runtime, asset: Asset) -> int:
     watched = list(mix_by_address) + list(pool_chains)
     # A too-deep reorg raises ReorgTooDeep / WatcherStopped here: this asset's deposit watching
     # is stopped (audited, alerted) and the scan job fails until the operator resumes it.
-    since = None if cursor is not None else await oldest_watched_mix(rt, asset)
     result = await rt.deposit_scanner().scan(adapter, watched, cursor, since=since)
     if utxo_chain:
         await record_pool_topups(rt, asset, [t for t in result.transfers if t.to_address in pool_chains])
@@ -162,15 +162,14 @@ async def watched_mixes(conn: AsyncConnection, asset: Asset) -> dict[str, str]:
         return dict(await cur.fetchall())
 
 
-async def oldest_watched_mix(rt: Runtime, asset: Asset) -> datetime | None:
+async def oldest_watched_mix(conn: AsyncConnection, asset: Asset) -> datetime | None:
     """The creation time of the oldest still-watched mix of ``asset`` (``None``: none), where a
-    first scan with no cursor must start (:mod:`mixhouse.watch.scans`)."""
-    async with rt.engine.connect() as conn:
-        oldest: datetime | None = (
-            await conn.execute(
-                select(func.min(mixes.c.created_at)).where(mixes.c.asset == asset.value, mixes.c.watch_until > now())
-            )
-        ).scalar_one()
+    first scan with no cursor must start (:mod:`mixhouse.watch.scans`); read on ``conn``."""
+    oldest: datetime | None = (
+        await conn.execute(
+            select(func.min(mixes.c.created_at)).where(mixes.c.asset == asset.value, mixes.c.watch_until > now())
+        )
+    ).scalar_one()
     return oldest
 
 
