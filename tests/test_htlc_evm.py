@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from tests.fixtures.anvil import (
     compile_contracts,
     deploy_test_token,
     make_evm_adapter,
+    running_anvil,
     token_bytecode,
 )
 
@@ -48,6 +49,16 @@ RECEIPT_TIMEOUT_SECONDS = 60.0
 # A limit high enough for any HTLC call, for transactions that must reach the chain and revert
 # there (the default gas estimate would refuse to sign them).
 FORCED_GAS = 300_000
+
+
+@pytest.fixture(scope="module")
+def anvil() -> Iterator[Anvil]:
+    """This module's own anvil: its timelock tests move the chain's time on
+    (``evm_increaseTime``), which must not reach the session's node (see its fixture)."""
+    with running_anvil() as node:
+        yield node
+
+
 GAS_USED: dict[str, int] = {}
 
 

@@ -44,7 +44,7 @@ from mixhouse.otc.swaps.engine import SwapEngine, SwapTrade, swap_rows
 from mixhouse.otc.swaps.hook import NodeSwapTransport, serve_swaps, swap_trade_of
 from mixhouse.otc.swaps.legs import BitcoinLeg, EvmLeg, LockSpec, StoredTx
 from mixhouse.otc.swaps.transport import LocalTransport
-from tests.fixtures.anvil import Anvil, deploy_test_token, make_evm_adapter
+from tests.fixtures.anvil import Anvil, deploy_test_token, make_evm_adapter, running_anvil
 from tests.fixtures.bcoin import Bcoin
 from tests.otc_support import PRICE, fresh_databases, start_nodes, wait_until
 
@@ -65,6 +65,14 @@ SETTINGS = plan.SwapSettings(
 )
 MAX_ROUNDS = 120
 RECEIPT_TIMEOUT_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def anvil() -> Iterator[Anvil]:
+    """This module's own anvil: its timelock tests move the chain's time on
+    (``evm_increaseTime``), which must not reach the session's node (see its fixture)."""
+    with running_anvil() as node:
+        yield node
 
 
 @pytest.fixture

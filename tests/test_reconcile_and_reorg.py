@@ -18,6 +18,8 @@ from tests.e2e import fast_settings, local_ledger
 from tests.fixtures.anvil import Anvil
 
 COIN = 10**8
+# A mnemonic of this test's own (named, so a failure's traceback never prints it).
+REORG_MNEMONIC = "legal winner thank year wave sausage worth useful legal winner thank yellow"
 
 
 async def test_a_pool_deficit_pauses_payouts_until_the_books_agree(database_url: str, engine: AsyncEngine) -> None:
@@ -71,7 +73,7 @@ async def test_a_deposit_removed_by_a_reorg_is_dropped_and_never_paid(
         evm_enabled=True,
         evm_rpc_url=anvil.rpc_url,
         evm_chain_id=anvil.chain_id,
-        evm_mnemonic="legal winner thank year wave sausage worth useful legal winner thank yellow",
+        evm_mnemonic=REORG_MNEMONIC,
         evm_confirmations=5,
     )
     rt = build_runtime(settings, database_url)
