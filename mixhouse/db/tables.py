@@ -732,7 +732,10 @@ pool_moves = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("broadcast_at", DateTime(timezone=True), nullable=True),
     Column("confirmed_at", DateTime(timezone=True), nullable=True),
+    # 'pool': the asset's base units; 'gas': an ERC-20 pool's ETH gas tank, in wei (migration 0026).
+    Column("kind", Text, nullable=False, server_default=text("'pool'")),
     CheckConstraint("amount > 0", name="pool_moves_amount_check"),
+    CheckConstraint("kind IN ('pool', 'gas')", name="pool_moves_kind_check"),
     CheckConstraint("state IN ('signed', 'broadcast', 'confirmed')", name="pool_moves_state_check"),
     ForeignKeyConstraint(
         ["asset", "from_generation"],

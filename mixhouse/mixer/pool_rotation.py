@@ -33,11 +33,23 @@ the active generation's address; stored with its inputs ``spent`` and its output
 ``unconfirmed`` coin of the active generation in the same transaction, before the broadcast; the
 output becomes ``available`` when the move confirms. Retired once no coin of the chain is left,
 no move is in flight and the top-up address holds nothing on chain.
+
+ERC-20 tokens (USDT...): generation ``g`` of a token's pool key is ``m/44'/60'/{a}'/1/{g}``
+(``a`` the token's BIP-44 account, :func:`mixhouse.chains.evm.token.token_account`; generation 0
+is the token's first pool key). Its address holds two balances: the tokens and the ETH gas tank
+that pays the gas of the token's sweeps, refunds and payouts. :func:`drain_token`, once no send
+from or into the old address is unfinished, makes two moves one after the other, each stored
+before its broadcast with its audit entries: the whole token balance (its gas paid by the old
+address's ETH; ``kind = 'pool'``, token base units), then the ETH left less one transfer's fee
+(``kind = 'gas'``, wei: never counted in the token's books). ETH that does not pay its own
+move's fee (at most ``21000 * P`` wei) stays on the retired address and is recorded in the
+``pool.retired`` entry (``gas_left_wei``). Tokens are never dust: any balance is moved. Until
+the gas move lands, the new generation's sends wait for gas (retried, nothing lost).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -47,9 +59,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mixhouse.audit import AuditEntry
-from mixhouse.chains.base import ChainAdapter, PreparedSend, SendState
+from mixhouse.chains.base import ChainAdapter, FeeQuote, PreparedSend, SendState
 from mixhouse.chains.bitcoin.adapter import BitcoinAdapter
 from mixhouse.chains.evm.adapter import EvmAdapter
+from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.db.tables import pool_generations, pool_moves, sends, utxos
 from mixhouse.errors import ChainError, IllegalTransition, InvalidAmount
 from mixhouse.keys.audited import KeyRetired, KeyUse, RetiredKeyGuard, key_use_entries, recording_key_uses
@@ -62,13 +75,14 @@ from mixhouse.money import Asset
 from mixhouse.unit import Unit, unit
 
 __all__ = [
-    "ROTATABLE",
+    "UNROTATABLE",
     "KeyRetired",
     "PoolGeneration",
     "RetiredKeyGuard",
     "RotationError",
     "drain_bitcoin",
     "drain_evm",
+    "drain_token",
     "ensure_first_generation",
     "evm_pool_key_ref",
     "follow_pool_generations",
@@ -80,7 +94,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-ROTATABLE: Final = frozenset({"ETH", "BTC"})
+# Assets without a pool key: the Jobcoin pool is an account of a ledger we run.
+UNROTATABLE: Final = frozenset({"JOBCOIN"})
 # Send states after which a send no longer moves the pool's money.
 _FINISHED: Final = ("confirmed",)
 
@@ -156,11 +171,11 @@ async def rotate(
     transaction with a ``pool.rotated`` audit entry.
 
     Args:
-        asset: ``"ETH"`` or ``"BTC"``.
-        address_of: the address of a key reference (``EvmAdapter.key_address``;
-            ``BitcoinAdapter.generation_ref_address``).
+        asset: ``"ETH"``, ``"BTC"`` or an ERC-20 token's (``"USDT"``).
+        address_of: the address of a key reference (``EvmAdapter.key_address``, also for a
+            token; ``BitcoinAdapter.generation_ref_address``).
         key_ref_of: the key reference of a generation number (:func:`evm_pool_key_ref`;
-            ``BitcoinAdapter.generation_key_ref``).
+            ``BitcoinAdapter.generation_key_ref``; ``Erc20Adapter.generation_key_ref``).
 
     Returns:
         The new active generation.
@@ -171,8 +186,8 @@ async def rotate(
             rotation at a time: each move has one target).
         SignerError: the signer has no key for the new generation.
     """
-    if asset not in ROTATABLE:
-        raise RotationError(f"rotating the {asset} pool key is not implemented (only {sorted(ROTATABLE)})")
+    if asset in UNROTATABLE:
+        raise RotationError(f"rotating the {asset} pool key is not implemented: its pool is a ledger account")
     async with unit(engine) as work:
         rows = (
             await work.conn.execute(select(pool_generations).where(pool_generations.c.asset == asset).with_for_update())
@@ -285,6 +300,7 @@ async def _store_move(
     active: PoolGeneration,
     *,
     uses: list[KeyUse],
+    kind: str = "pool",
     **columns: Any,
 ) -> Any:
     """Insert a signed pool move from ``draining`` to ``active`` (``columns``: addresses, amount
@@ -300,6 +316,7 @@ async def _store_move(
                 from_generation=draining.generation,
                 to_generation=active.generation,
                 state="signed",
+                kind=kind,
                 **stored,
             )
             .returning(pool_moves)
@@ -330,6 +347,7 @@ def _move_entry(action: str, move: Any, **extra: Any) -> AuditEntry:
             "to_address": move.to_address,
             "txid": move.txid,
             "network_fee_max": int(move.network_fee_max),
+            "kind": move.kind,
             **extra,
         },
     )
@@ -349,13 +367,19 @@ def _unfinished_of(asset: str, address: str) -> Any:
     )
 
 
-async def _retire(engine: AsyncEngine, adapter: EvmAdapter | BitcoinAdapter, draining: PoolGeneration) -> bool:
+async def _retire(
+    engine: AsyncEngine,
+    adapter: EvmAdapter | BitcoinAdapter | Erc20Adapter,
+    draining: PoolGeneration,
+    **details: Any,
+) -> bool:
     """Retire ``draining`` if, under its row lock, nothing of it is left in the books, no move is
     in flight and its address holds nothing on chain.
 
     "Left in the books": on Ethereum an unfinished send from or into its address; on Bitcoin a
     coin of its chain not yet ``spent`` (a top-up the scan has not recorded yet shows as the
-    address's balance and waits for it). The lock orders this against the sends trigger
+    address's balance and waits for it); on a token, its token balance (``details``, e.g. the
+    ETH left behind, go to the ``pool.retired`` entry). The lock orders this against the sends trigger
     (migration 0020): a send inserted meanwhile is either counted here or refused."""
     asset = draining.asset
     if isinstance(adapter, BitcoinAdapter):
@@ -398,7 +422,7 @@ async def _retire(engine: AsyncEngine, adapter: EvmAdapter | BitcoinAdapter, dra
                 "pool_generation",
                 f"{asset}/{draining.generation}",
                 asset=asset,
-                details={"address": draining.address, "key_ref": draining.key_ref},
+                details={"address": draining.address, "key_ref": draining.key_ref, **details},
             )
         )
     return True
@@ -435,34 +459,88 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
         return "waiting"
     balance = await adapter.balance(draining.address)
     if balance == 0:
-        retired = await _retire(engine, adapter, draining)
-        if retired and guard is not None:
-            async with engine.connect() as conn:
-                guard.set_retired(await retired_key_refs(conn))
-        return "retired" if retired else "waiting"
+        return await _retire_and_guard(engine, adapter, draining, guard)
     fee = await adapter.quote_network_fee()
-    price = fee.per_send // 21_000
-    cost = 21_000 * price
-    if balance <= cost:
+    if balance <= fee.per_send:
         return "dust"
+    row = await _sign_account_move(
+        engine, adapter, draining, active, _eth_move(adapter, draining, active, balance, fee)
+    )
+    return await _follow_move(engine, adapter, row)
+
+
+def _eth_move(
+    evm: EvmAdapter, draining: PoolGeneration, active: PoolGeneration, balance: int, fee: FeeQuote
+) -> Callable[[int], Awaitable[PreparedSend]]:
+    """The signing of an ETH move of ``balance`` wei less ``fee`` from ``draining``'s key to
+    ``active``'s address, at ``fee``'s price (so the two add up to the balance exactly)."""
+
+    async def sign(nonce: int) -> PreparedSend:
+        return await evm.prepare_send(
+            from_address=draining.address,
+            from_key_index=None,
+            from_key_ref=draining.key_ref,
+            to_address=active.address,
+            amount=balance - fee.per_send,
+            fee=fee,
+            nonce=nonce,
+        )
+
+    return sign
+
+
+async def _retire_and_guard(
+    engine: AsyncEngine,
+    adapter: EvmAdapter | BitcoinAdapter | Erc20Adapter,
+    draining: PoolGeneration,
+    guard: RetiredKeyGuard | None,
+    **details: Any,
+) -> str:
+    """:func:`_retire`, then ``guard`` refuses the retired key: ``"retired"``, else ``"waiting"``."""
+    retired = await _retire(engine, adapter, draining, **details)
+    if retired and guard is not None:
+        async with engine.connect() as conn:
+            guard.set_retired(await retired_key_refs(conn))
+    return "retired" if retired else "waiting"
+
+
+class _ShortOfGas(Exception):
+    """The draining address's ETH does not pay a token move's gas (rolls the nonce back)."""
+
+
+async def _sign_account_move(
+    engine: AsyncEngine,
+    nonces: EvmAdapter | Erc20Adapter,
+    draining: PoolGeneration,
+    active: PoolGeneration,
+    sign: Callable[[int], Awaitable[PreparedSend]],
+    *,
+    kind: str = "pool",
+    gas_available: int | None = None,
+) -> Any:
+    """Allocate the draining address's next nonce (``nonces``: the adapter whose asset keys the
+    counter), sign by ``sign(nonce)`` and store the move, in one transaction: stored before
+    anything is broadcast. Returns the ``pool_moves`` row.
+
+    Raises:
+        _ShortOfGas: ``gas_available`` (wei) is given and below the signed transaction's most
+            gas cost; nothing is stored and the nonce is not used.
+        ChainError, SignerError: the node or the signer failed; nothing is stored.
+    """
     async with unit(engine) as work:
-        nonce = await allocate_nonce(work, adapter, draining.address)
+        nonce = await allocate_nonce(work, nonces, draining.address)
         if nonce is None:
             raise SignerError("no nonce for the pool move")  # pragma: no cover - EVM always has one
         with recording_key_uses() as uses:
-            prepared = await adapter.prepare_send(
-                from_address=draining.address,
-                from_key_index=None,
-                from_key_ref=draining.key_ref,
-                to_address=active.address,
-                amount=balance - cost,
-                fee=fee,
-                nonce=nonce,
-            )
-        row = await _store_move(
+            prepared = await sign(nonce)
+        needed = nonces.gas_needed(prepared) if isinstance(nonces, Erc20Adapter) else 0
+        if gas_available is not None and needed > gas_available:
+            raise _ShortOfGas(needed)
+        return await _store_move(
             work,
             draining,
             active,
+            kind=kind,
             from_address=prepared.from_address,
             to_address=prepared.to_address,
             amount=prepared.amount,
@@ -472,7 +550,76 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
             txid=prepared.txid,
             uses=uses,
         )
-    return await _follow_move(engine, adapter, row)
+
+
+async def drain_token(engine: AsyncEngine, adapter: Erc20Adapter, guard: RetiredKeyGuard | None = None) -> str:
+    """One step of draining the draining pool generation of an ERC-20 token into the active one
+    (see the module: the tokens first, then the gas tank's ETH).
+
+    Safe to call again at any point (and after a crash at any point): every step is a
+    conditional transition of the stored state; a move is stored (with its nonce, raw bytes,
+    ``key.used`` and ``pool.move_signed`` entries) before its broadcast and rebroadcast as the
+    same bytes after a crash.
+
+    Returns:
+        ``"idle"`` (nothing draining), ``"waiting"`` (a send from or into the old address is
+        unfinished), ``"signed"``/``"broadcast"``/``"confirmed"`` (the state of the move in
+        flight after this step), ``"no-gas"`` (tokens are left but the old address's ETH does
+        not pay their move's gas: fund it), or ``"retired"`` (no token left, ETH below one
+        transfer's fee left behind and recorded; ``guard`` refuses the key).
+
+    Raises:
+        ChainError: the node failed (``TokenBlacklisted``: the token refuses transfers from the
+            old address); retry later, nothing is lost.
+        SignerError: the signer failed.
+    """
+    asset = adapter.asset.value
+    async with engine.connect() as conn:
+        gens = await generations(conn, asset)
+        draining = next((g for g in gens if g.state == "draining"), None)
+        if draining is None:
+            return "idle"
+        active = next(g for g in gens if g.state == "active")
+        move = await _move_in_flight(conn, asset, draining.generation)
+        unfinished = (await conn.execute(_unfinished_of(asset, draining.address))).scalar_one()
+    if move is not None:
+        # A gas move is a plain ETH transfer: checked as one, not for a token Transfer log.
+        return await _follow_move(engine, adapter.evm if move.kind == "gas" else adapter, move)
+    if unfinished:
+        return "waiting"
+    tokens = await adapter.balance(draining.address)
+    wei = await adapter.gas_balance(draining.address)
+    if tokens > 0:
+
+        async def sign_tokens(nonce: int) -> PreparedSend:
+            return await adapter.prepare_send(
+                from_address=draining.address,
+                from_key_index=None,
+                to_address=active.address,
+                amount=tokens,
+                fee=FeeQuote(per_send=0, detail="a pool move: the gas is the old address's ETH"),
+                nonce=nonce,
+            )
+
+        try:
+            row = await _sign_account_move(engine, adapter, draining, active, sign_tokens, gas_available=wei)
+        except _ShortOfGas as short:
+            log.warning(
+                "the draining token pool's ETH does not pay its move's gas: fund its address",
+                asset=asset,
+                address=draining.address,
+                balance_wei=wei,
+                needed_wei=short.args[0],
+            )
+            return "no-gas"
+        return await _follow_move(engine, adapter, row)
+    fee = await adapter.evm.quote_network_fee()
+    if wei <= fee.per_send:
+        return await _retire_and_guard(engine, adapter, draining, guard, gas_left_wei=wei)
+
+    sign_gas = _eth_move(adapter.evm, draining, active, wei, fee)
+    row = await _sign_account_move(engine, adapter, draining, active, sign_gas, kind="gas")
+    return await _follow_move(engine, adapter.evm, row)
 
 
 def _coins_of(asset: str, key_chain: int) -> Any:
@@ -534,11 +681,7 @@ async def drain_bitcoin(engine: AsyncEngine, adapter: BitcoinAdapter, guard: Ret
     if busy:
         return "waiting"
     if not available:
-        retired = await _retire(engine, adapter, draining)
-        if retired and guard is not None:
-            async with engine.connect() as conn:
-                guard.set_retired(await retired_key_refs(conn))
-        return "retired" if retired else "waiting"
+        return await _retire_and_guard(engine, adapter, draining, guard)
     fee_rate = await adapter.fee_rate()
     async with unit(engine) as work:
         # The generation's row first (as sends take it, shared): no send signs meanwhile.
@@ -632,12 +775,18 @@ async def _point_bitcoin(rt: Runtime, adapter: BitcoinAdapter) -> RetiredKeyGuar
     return guard
 
 
-async def _point_evm(rt: Runtime, adapter: EvmAdapter) -> RetiredKeyGuard | None:
+async def _point_evm(rt: Runtime, adapter: EvmAdapter | Erc20Adapter) -> RetiredKeyGuard | None:
+    """Record generation 0 of ETH or of a token the first time, refuse retired keys, and point
+    the adapter at the active generation (its draining ones still sign their stored sends)."""
+    evm = adapter.evm if isinstance(adapter, Erc20Adapter) else adapter
+    asset = adapter.asset.value
+    # A token signs with the chain's signer, so ETH's guard refuses a token's retired keys too.
     guard = rt.signers.get(Asset.ETH)
     guard = guard if isinstance(guard, RetiredKeyGuard) else None
-    await ensure_first_generation(rt.engine, "ETH", key_ref=POOL_PATH, address=adapter.key_address(POOL_PATH))
+    first = adapter.generation_key_ref(0) if isinstance(adapter, Erc20Adapter) else POOL_PATH
+    await ensure_first_generation(rt.engine, asset, key_ref=first, address=evm.key_address(first))
     async with rt.engine.connect() as conn:
-        gens = await generations(conn, "ETH")
+        gens = await generations(conn, asset)
         if guard is not None:
             guard.set_retired(await retired_key_refs(conn))
     active = next(g for g in gens if g.state == "active")
@@ -645,7 +794,7 @@ async def _point_evm(rt: Runtime, adapter: EvmAdapter) -> RetiredKeyGuard | None
         if g.state in ("draining", "active"):
             # A new generation's key is a token round trip the first time: made in the
             # adapter's signing thread, so a slow token does not stall the worker's loop.
-            await adapter.key_address_async(g.key_ref)
+            await evm.key_address_async(g.key_ref)
     for g in gens:
         if g.state == "draining":
             adapter.use_pool_key(g.key_ref)  # known to the adapter: its stored sends still sign
@@ -653,8 +802,12 @@ async def _point_evm(rt: Runtime, adapter: EvmAdapter) -> RetiredKeyGuard | None
     return guard
 
 
+def _token_adapters(rt: Runtime) -> list[Erc20Adapter]:
+    return [a for a in rt.adapters.values() if isinstance(a, Erc20Adapter)]
+
+
 async def follow_pool_generations(rt: Runtime) -> None:
-    """Point the ETH and BTC adapters at their active pool generation and refuse retired keys,
+    """Point the ETH, ERC-20 and BTC adapters at their active pool generation and refuse retired keys,
     without a drain step (the worker at start, before its first job: a process started after a
     rotation never plans a send from the old pool). A node or signer error is logged; the
     next :func:`follow_rotation` retries."""
@@ -665,19 +818,22 @@ async def follow_pool_generations(rt: Runtime) -> None:
         eth = rt.adapters.get(Asset.ETH)
         if isinstance(eth, EvmAdapter):
             await _point_evm(rt, eth)
+        for token in _token_adapters(rt):
+            await _point_evm(rt, token)
     except ChainError as exc:
         log.warning("pool generations not followed yet; retried next tick", error=str(exc))
 
 
 async def follow_rotation(rt: Runtime) -> str | None:
-    """The worker's rotation step (each reconcile tick): for BTC and ETH, record generation 0
-    the first time, point the adapter at the active generation (new change, sweeps and
-    payouts use it), refuse retired keys, and take one :func:`drain_bitcoin` /
-    :func:`drain_evm` step.
+    """The worker's rotation step (each reconcile tick): for BTC, ETH and every ERC-20 token,
+    record generation 0 the first time, point the adapter at the active generation (new change,
+    sweeps and payouts use it), refuse retired keys, and take one :func:`drain_bitcoin` /
+    :func:`drain_evm` / :func:`drain_token` step.
 
     Returns:
-        The ETH drain step's answer, else the BTC one's; ``None`` without either adapter. A
-        node error is logged and answered ``"error"``: the next tick retries, nothing is lost.
+        The ETH drain step's answer, else the BTC one's; ``None`` without either adapter (a
+        token's answer is logged, not returned). A node error is logged and answered
+        ``"error"``: the next tick retries, nothing is lost.
     """
     answer: str | None = None
     btc = rt.adapters.get(Asset.BTC)
@@ -696,4 +852,13 @@ async def follow_rotation(rt: Runtime) -> str | None:
         except ChainError as exc:
             log.warning("pool rotation step failed; retried next tick", error=str(exc))
             answer = "error"
+    for token in _token_adapters(rt):
+        try:
+            guard = await _point_evm(rt, token)
+            step = await drain_token(rt.engine, token, guard)
+        except ChainError as exc:
+            log.warning("token pool rotation step failed; retried next tick", asset=str(token.asset), error=str(exc))
+            continue
+        if step not in ("idle", "retired"):
+            log.info("token pool rotation step", asset=str(token.asset), step=step)
     return answer

@@ -192,8 +192,9 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
 
 
 async def _move_fees(conn: Any, asset: Asset) -> tuple[int, int, int]:
-    """Pool moves of ``asset`` (mixer/pool_rotation.py): fees paid by the confirmed ones, the most
-    the in-flight ones can cost, and the most all of them can cost (base units)."""
+    """Pool moves of ``asset``'s own units (mixer/pool_rotation.py; not a token's gas moves):
+    fees paid by the confirmed ones, the most the in-flight ones can cost, and the most all of
+    them can cost (base units)."""
     row = (
         await conn.execute(
             select(
@@ -204,7 +205,8 @@ async def _move_fees(conn: Any, asset: Asset) -> tuple[int, int, int]:
                     func.sum(case((pool_moves.c.state != "confirmed", pool_moves.c.network_fee_max), else_=0)), 0
                 ).label("in_flight"),
                 func.coalesce(func.sum(pool_moves.c.network_fee_max), 0).label("all_max"),
-            ).where(pool_moves.c.asset == asset.value)
+                # A token's gas move carries wei, not the token: never in the token's books.
+            ).where(pool_moves.c.asset == asset.value, pool_moves.c.kind == "pool")
         )
     ).one()
     return int(row.paid), int(row.in_flight), int(row.all_max)

@@ -108,8 +108,9 @@ class Erc20Adapter(ChainAdapter):
             payout) for the gas the pool pays in ETH, ``>= 0``.
 
     Attributes:
-        asset, confirmations_required (the chain's), pool_address (the token pool's key
-        ``m/44'/60'/a'/1/0``), has_idempotent_send and uses_nonces (``True``: EVM transactions).
+        asset, confirmations_required (the chain's), pool_key and pool_address (the token
+        pool's active key generation ``m/44'/60'/a'/1/g``, :meth:`use_pool_key`),
+        has_idempotent_send and uses_nonces (``True``: EVM transactions).
 
     Raises:
         ValueError: ``network_fee < 0``.
@@ -128,8 +129,37 @@ class Erc20Adapter(ChainAdapter):
         self.uses_nonces = True
         self.sweep_fee_in_pool = True
         self.account = token_account(str(asset))
-        self.pool_key = f"m/44'/60'/{self.account}'/1/0"
+        self.pool_key = self.generation_key_ref(0)
         self.pool_address = evm.key_address(self.pool_key)
+        # Every pool key this process was pointed at, by address: a stored send from an
+        # earlier generation's address is still signed by its own key (mixer/pool_rotation.py).
+        self._pool_keys: dict[str, str] = {self.pool_address: self.pool_key}
+
+    def generation_key_ref(self, generation: int) -> str:
+        """The BIP-32 path of pool key generation ``generation`` of this token:
+        ``m/44'/60'/{account}'/1/{generation}`` (generation 0 is the token's first pool key;
+        ``account`` is :func:`token_account` of the symbol). Rotated by ``mixhouse keys rotate``.
+
+        Raises:
+            ValueError: ``generation`` outside ``[0, 2**31)`` (BIP-32 non-hardened index).
+        """
+        if not 0 <= generation < 2**31:
+            raise ValueError("a generation is in [0, 2**31)")
+        return f"m/44'/60'/{self.account}'/1/{generation}"
+
+    def use_pool_key(self, key_ref: str) -> str:
+        """Make the key at ``key_ref`` this token's pool key: new sweeps, payouts and gas
+        top-ups use its address (:attr:`pool_address`); a send from an earlier pool key's
+        address is still signed by that key (the signer refuses it once retired). Returns the
+        checksummed address.
+
+        Raises:
+            SignerError: the signer has no such key.
+        """
+        address = self.evm.key_address(key_ref)
+        self._pool_keys[address] = key_ref
+        self.pool_key, self.pool_address = key_ref, address
+        return address
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -277,8 +307,10 @@ class Erc20Adapter(ChainAdapter):
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _key_of(self, from_key_index: int | None) -> str:
-        return self.pool_key if from_key_index is None else self.deposit_path(from_key_index)
+    def _key_of(self, sender: str, from_key_index: int | None) -> str:
+        if from_key_index is not None:
+            return self.deposit_path(from_key_index)
+        return self._pool_keys.get(sender, self.pool_key)
 
     def transfer_data(self, to_address: str, amount: int) -> bytes:
         """Calldata of ``transfer(to_address, amount)`` (EIP-20)."""
@@ -322,7 +354,7 @@ class Erc20Adapter(ChainAdapter):
         gas = await self.transfer_gas(sender, data)
         price = await self.evm.gas_price()
         prepared = await self.evm.prepare_contract_call_async(
-            key_ref=self._key_of(from_key_index),
+            key_ref=self._key_of(sender, from_key_index),
             to=self.contract,
             data=data,
             value=0,
