@@ -13,8 +13,10 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import pytest_asyncio
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -39,6 +41,7 @@ from tests.e2e import run_mixhouse
 from tests.fixtures.anvil import Anvil
 
 FUNDS = 3 * 10**18
+ADMIN_KEY = "rotation-test-admin-key-0123456789"
 DEADLINE = 120.0  # seconds: generous, a loaded 2-core machine
 
 
@@ -218,6 +221,7 @@ async def test_a_worker_killed_between_storing_and_broadcasting_the_move_sends_t
 async def test_reconciliation_counts_every_generation_and_the_move_fee(
     database_url: str, engine: AsyncEngine, anvil: Anvil, mnemonic: str
 ) -> None:
+    from mixhouse.api.app import create_app  # noqa: PLC0415
     from mixhouse.app.build import build_runtime  # noqa: PLC0415
     from mixhouse.mixer.reconcile import reconcile  # noqa: PLC0415 - the runtime's imports are slow
     from mixhouse.money import Asset  # noqa: PLC0415
@@ -231,6 +235,7 @@ async def test_reconciliation_counts_every_generation_and_the_move_fee(
         evm_chain_id=anvil.chain_id,
         evm_mnemonic=mnemonic,
         evm_confirmations=3,
+        admin_api_key=SecretStr(ADMIN_KEY),
     )
     rt = build_runtime(settings, database_url)
     try:
@@ -254,6 +259,11 @@ async def test_reconciliation_counts_every_generation_and_the_move_fee(
         # The new key's balance is counted and the move's fee is in the books: the same surplus.
         assert (after.books, after.actual) == (-fee, FUNDS - fee)
         assert (after.low, after.high) == (-fee, -fee)
+        # The admin API's books agree, and name the new generation's address as the pool.
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url="http://t") as http:
+            answer = await http.get("/api/v1/admin/pool", headers={"X-API-Key": ADMIN_KEY})
+        (pool,) = answer.json()["pools"]
+        assert (pool["books"], pool["pool_address"]) == (str(-fee), chain.key_address(evm_pool_key_ref(1)))
     finally:
         await rt.aclose()
         await rt.engine.dispose()

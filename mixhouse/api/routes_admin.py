@@ -44,7 +44,7 @@ from mixhouse.api.schemas import (
     RefundRequestOut,
 )
 from mixhouse.chains.base import UtxoChainAdapter
-from mixhouse.db.tables import audit_log, deposits, mixes, pool_generations, reconciliations, sends, utxos
+from mixhouse.db.tables import audit_log, deposits, mixes, pool_generations, pool_moves, reconciliations, sends, utxos
 from mixhouse.errors import InvalidInput
 from mixhouse.mixer.acknowledgements import Acknowledgement, acknowledge
 from mixhouse.mixer.privacy.live import MAX_HOURS, MAX_PAYOUTS, MIN_HOURS, privacy_report
@@ -174,15 +174,26 @@ async def pool(rt: RuntimeDep) -> PoolReport:
     """Per enabled asset: the pool's books, fees earned, payouts due, the last reconciliation.
 
     Read from the database only (no chain call): ``books`` is confirmed sweeps into the pool
-    minus confirmed payouts and the network fees paid for them (account chains), or the pool's
-    unspent coins (UTXO chains); the chain's view is in the reconciliation, checked by the worker.
+    minus confirmed payouts and the network fees paid for them, over every pool key generation's
+    address, less the fees of the moves between them (account chains), or the pool's unspent
+    coins (UTXO chains); the chain's view is in the reconciliation, checked by the worker.
     """
     pools: list[PoolOut] = []
     async with rt.engine.connect() as conn:
         for asset, adapter in sorted(rt.adapters.items()):
-            pool_address = adapter.pool_address
-            into_pool = and_(sends.c.kind == "sweep", sends.c.to_address == pool_address)
-            out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address == pool_address)
+            # After a key rotation (mixer/pool_rotation.py) the pool is every generation's
+            # address, the active one first; this process's adapter may not have followed it.
+            generation_rows = (
+                await conn.execute(
+                    select(pool_generations.c.address, pool_generations.c.state).where(
+                        pool_generations.c.asset == asset.value
+                    )
+                )
+            ).all()
+            pool_address = next((g.address for g in generation_rows if g.state == "active"), adapter.pool_address)
+            addresses = sorted({adapter.pool_address, *(g.address for g in generation_rows)})
+            into_pool = and_(sends.c.kind == "sweep", sends.c.to_address.in_(addresses))
+            out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address.in_(addresses))
             confirmed = sends.c.state == SendState.CONFIRMED
             payout = sends.c.kind == "payout"
             scheduled = sends.c.state == SendState.SCHEDULED
@@ -207,18 +218,18 @@ async def pool(rt: RuntimeDep) -> PoolReport:
                     )
                 )
             ).scalar_one()
-            books = int(sums.credits) - int(sums.debits)
-            if isinstance(adapter, UtxoChainAdapter):
-                # After a key rotation (mixer/pool_rotation.py) top-ups go to the active
-                # generation's address; this process's adapter may not have followed it.
-                active = (
-                    await conn.execute(
-                        select(pool_generations.c.address).where(
-                            pool_generations.c.asset == asset.value, pool_generations.c.state == "active"
-                        )
+            # A move between generations costs its fee in the asset (a token's gas move: none).
+            move_fees = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(pool_moves.c.network_fee_paid), 0)).where(
+                        pool_moves.c.asset == asset.value,
+                        pool_moves.c.kind == "pool",
+                        pool_moves.c.state == "confirmed",
                     )
-                ).scalar_one_or_none()
-                pool_address = active or pool_address
+                )
+            ).scalar_one()
+            books = int(sums.credits) - int(sums.debits) - int(move_fees)
+            if isinstance(adapter, UtxoChainAdapter):
                 # A UTXO pool's books are its coins: deposits, top-ups and change not yet spent;
                 # not a held deposit's output its refund spends (it never joined the pool).
                 refunding = exists().where(sends.c.id == utxos.c.reserved_by_send, sends.c.kind == "refund")
