@@ -191,6 +191,7 @@ async def test_reconciliation_keeps_the_gas_move_out_of_the_token_books(
     database_url: str, engine: AsyncEngine, anvil: Anvil, world: TokenWorld, mnemonic: str
 ) -> None:
     from mixhouse.app.build import build_runtime  # noqa: PLC0415
+    from mixhouse.mixer.gas import record_gas_tank  # noqa: PLC0415
     from mixhouse.mixer.reconcile import reconcile  # noqa: PLC0415 - the runtime's imports are slow
     from mixhouse.money import Asset  # noqa: PLC0415
     from tests.e2e import anvil_settings  # noqa: PLC0415
@@ -210,6 +211,8 @@ async def test_reconciliation_keeps_the_gas_move_out_of_the_token_books(
         assert (before.books, before.actual) == (0, TOKENS)
 
         await _rotated(engine, token)
+        # Rotated, not yet drained: the gas tank is still all at the old address, and counted.
+        assert (await record_gas_tank(rt, token)).balance_wei == GAS_TANK
         await _drain_until(engine, token, anvil, guard, "retired")
         after = await reconcile(rt, token.asset)
         # Both generations counted; the token move cost no token and the gas move's wei are not

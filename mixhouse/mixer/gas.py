@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from mixhouse.chains.base import SendState as ChainSendState
 from mixhouse.chains.evm.token import Erc20Adapter
-from mixhouse.db.tables import gas_tanks, sends
+from mixhouse.db.tables import gas_tanks, pool_generations, sends
 from mixhouse.errors import BroadcastRejected, SendOutcomeUnknown
 from mixhouse.keys.audited import key_use_entries, recording_key_uses
 from mixhouse.mixer.runtime import Runtime
@@ -202,7 +202,8 @@ class GasTank:
 
 
 async def record_gas_tank(rt: Runtime, adapter: Erc20Adapter) -> GasTank:
-    """Read the token pool's ETH balance and store it (table ``gas_tanks``, one row per token,
+    """Read the token pool's ETH balance (summed over its pool key generations not yet retired:
+    during a rotation's drain the tank is split) and store it (table ``gas_tanks``, one row per token,
     overwritten), with the recent cost per send; /metrics exports both
     (``mixhouse_gas_tank_wei``, ``mixhouse_gas_send_cost_wei``; alert ``MixhouseGasTankLow``).
 
@@ -213,7 +214,18 @@ async def record_gas_tank(rt: Runtime, adapter: Erc20Adapter) -> GasTank:
         ChainError: the node failed; nothing is stored.
     """
     pool = adapter.pool_address
-    balance = await adapter.gas_balance(pool)
+    # While a rotation drains (mixer/pool_rotation.py) the tank is split over the generations not
+    # yet retired: the old one's ETH moves to the new one, so their sum is what the pool has.
+    async with rt.engine.connect() as conn:
+        live = (
+            await conn.execute(
+                select(pool_generations.c.address).where(
+                    pool_generations.c.asset == str(adapter.asset), pool_generations.c.state != "retired"
+                )
+            )
+        ).scalars()
+        addresses = sorted({pool, *live})
+    balance = sum([await adapter.gas_balance(address) for address in addresses])
     recent = (
         select((sends.c.amount + func.coalesce(sends.c.network_fee_paid, 0)).label("cost"))
         .where(sends.c.kind == GAS_KIND, sends.c.asset == adapter.asset, sends.c.state == SendState.CONFIRMED)
