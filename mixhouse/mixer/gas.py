@@ -77,11 +77,23 @@ async def sweep_gas_ready(rt: Runtime, adapter: Erc20Adapter, sweep: Row[Any]) -
         need = adapter.gas_needed(prepared_of(sweep)) - await adapter.gas_balance(sweep.from_address)
         if need <= 0:
             return True
+        # The tank of the pool generation a sweep pays into pays its gas (mixer/pool_rotation.py).
+        # A sweep stored into a generation that has since been rotated out must not be topped
+        # up by the active one: the active tank is empty until the draining generation's gas
+        # move lands, and that move waits for every send into the draining address, this sweep
+        # included, to finish (a deadlock, seen by tests/test_key_rotation_token_crash.py). The
+        # draining tank still holds its ETH then, and this top-up is one more send from it that
+        # its drain waits for. A refund (to the user) is paid by the active tank.
+        source = adapter.pool_address
+        if sweep.kind == "sweep" and adapter.pool_key_of(sweep.to_address) is not None:
+            source = sweep.to_address
         async with unit(rt.engine) as work:
-            nonce = await allocate_nonce(work, adapter, adapter.pool_address)
+            nonce = await allocate_nonce(work, adapter, source)
             assert nonce is not None  # an EVM address always has one
             with recording_key_uses() as uses:
-                prepared = await adapter.prepare_gas_topup(to_address=sweep.from_address, wei=need, nonce=nonce)
+                prepared = await adapter.prepare_gas_topup(
+                    to_address=sweep.from_address, wei=need, nonce=nonce, from_address=source
+                )
             gas = (
                 await work.conn.execute(
                     sends.insert()
@@ -90,7 +102,7 @@ async def sweep_gas_ready(rt: Runtime, adapter: Erc20Adapter, sweep: Row[Any]) -
                         asset=sweep.asset,
                         mix_id=sweep.mix_id,
                         deposit_id=sweep.deposit_id,
-                        from_address=adapter.pool_address,
+                        from_address=source,
                         from_key_index=None,
                         to_address=sweep.from_address,
                         amount=need,

@@ -44,7 +44,9 @@ address's ETH; ``kind = 'pool'``, token base units), then the ETH left less one 
 (``kind = 'gas'``, wei: never counted in the token's books). ETH that does not pay its own
 move's fee (at most ``21000 * P`` wei) stays on the retired address and is recorded in the
 ``pool.retired`` entry (``gas_left_wei``). Tokens are never dust: any balance is moved. Until
-the gas move lands, the new generation's sends wait for gas (retried, nothing lost).
+the gas move lands, the new generation's sends wait for gas (retried, nothing lost); a sweep
+stored into the old generation before the rotation gets its gas top-up from the old tank
+(:func:`mixhouse.mixer.gas.sweep_gas_ready`), since the drain waits for it.
 """
 
 from __future__ import annotations

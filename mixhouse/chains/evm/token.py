@@ -407,27 +407,41 @@ class Erc20Adapter(ChainAdapter):
         fields = TypedTransaction.from_bytes(HexBytes(prepared.raw_tx)).as_dict()
         return int(fields["gas"]) * int(fields["maxFeePerGas"])
 
-    async def prepare_gas_topup(self, *, to_address: str, wei: int, nonce: int) -> PreparedSend:
+    def pool_key_of(self, address: str) -> str | None:
+        """The key reference of ``address`` if it is a pool key generation this adapter was
+        pointed at (:meth:`use_pool_key`), else ``None``."""
+        return self._pool_keys.get(address)
+
+    async def prepare_gas_topup(
+        self, *, to_address: str, wei: int, nonce: int, from_address: str | None = None
+    ) -> PreparedSend:
         """Sign the pool's ETH send of ``wei`` to a deposit address (the gas of its sweep).
+
+        ``from_address``: the pool key generation whose tank pays (:meth:`pool_key_of` must
+        know it); by default the active one (:attr:`pool_address`).
 
         Returns:
             ``PreparedSend`` with ``amount = wei`` and ``network_fee_max = 21000 * P`` wei.
 
         Raises:
-            ValueError: ``wei <= 0`` or a negative nonce.
+            ValueError: ``wei <= 0``, a negative nonce, or ``from_address`` is no known pool key.
             ChainError: the node or the signer failed, or the price is above the cap.
         """
         if wei <= 0:
             raise ValueError("a gas top-up is positive")
+        sender = self.pool_address if from_address is None else from_address
+        key_ref = self.pool_key_of(sender)
+        if key_ref is None:
+            raise ValueError(f"{sender} is not a pool key of {self.asset}")
         price = await self.evm.gas_price()
         return await self.evm.prepare_send(
-            from_address=self.pool_address,
+            from_address=sender,
             from_key_index=None,
             to_address=to_address,
             amount=wei,
             fee=FeeQuote(per_send=GAS_LIMIT * price, detail="gas top-up"),
             nonce=nonce,
-            from_key_ref=self.pool_key,
+            from_key_ref=key_ref,
         )
 
     async def broadcast(self, prepared: PreparedSend) -> None:
