@@ -230,3 +230,46 @@ async def test_a_batch_whose_input_is_spent_elsewhere_is_replanned_and_pays_once
     finally:
         await rt.aclose()
         await rt.engine.dispose()
+
+
+async def test_a_batch_change_is_confirmed_by_its_batch_only_and_never_made_spendable_twice(
+    database_url: str, engine: AsyncEngine, bcoin: Bcoin
+) -> None:
+    """A batch's change coin waits for its batch, not for the scan's top-up path, and a late
+    batch confirmation never turns a change coin already reserved again back into
+    ``available`` (it was: spent twice, a false reconciliation deficit, and a pool move stuck
+    on a spent input, seen under load by tests/test_key_rotation_bitcoin.py)."""
+    rt = build_runtime(bitcoin_settings(database_url, bcoin, utxo_batch_max_outputs=50), database_url)
+    adapter = rt.adapter("BTC")
+    assert isinstance(adapter, UtxoChainAdapter)
+    Account.enable_unaudited_hdwallet_features()
+    user = Bip84Keyring(Account.create_with_mnemonic()[1], "regtest")
+    try:
+        mixes = await _mixes(rt, bcoin, user, [1, 2])
+        await bcoin.fund(adapter.pool_address, 2 * BTC)
+        await _pooled(rt, bcoin, len(mixes), topups=1)
+        await run_round(rt, Asset.BTC)  # signs and broadcasts the first batch
+        async with engine.connect() as conn:
+            batch = (await conn.execute(select(payout_batches).order_by(payout_batches.c.id))).first()
+        assert batch is not None
+        assert batch.change_amount > 0
+
+        def change_state() -> Any:
+            return select(utxos.c.state).where(utxos.c.created_by_batch == batch.id)
+
+        # Deep enough, scanned, but the batch not yet advanced: the change is still its batch's.
+        await bcoin.mine(adapter.confirmations_required + 1)
+        await scan_asset(rt, Asset.BTC)
+        async with engine.connect() as conn:
+            assert (await conn.execute(change_state())).scalar_one() == "unconfirmed"
+
+        # Stand-in for a spend that took the coin before this batch's confirmation was recorded
+        # (the race the top-up path opened): the confirmation must not make it available again.
+        async with engine.begin() as conn:
+            await conn.execute(utxos.update().where(utxos.c.created_by_batch == batch.id).values(state="reserved"))
+        assert await advance_batch(rt, adapter, batch.id) == "confirmed"
+        async with engine.connect() as conn:
+            assert (await conn.execute(change_state())).scalar_one() == "reserved"
+    finally:
+        await rt.aclose()
+        await rt.engine.dispose()

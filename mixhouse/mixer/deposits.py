@@ -556,7 +556,11 @@ async def record_pool_topups(rt: Runtime, asset: Asset, transfers: list[Transfer
 async def advance_pool_coins(rt: Runtime, asset: Asset) -> None:
     """Make operator top-ups spendable once they have the required confirmations; forget
     those a reorg removed. The output of a pool move (key rotation) is the drain's to confirm
-    (mixer/pool_rotation.py): it is stored before its transaction is broadcast."""
+    (mixer/pool_rotation.py): it is stored before its transaction is broadcast; the change of a
+    payout or of a payout batch is its send's (made ``available`` when that send confirms).
+    Taking a batch's change here too let a late batch confirmation turn a change coin another
+    batch had already reserved back into ``available``: spent twice, a false deficit, and a
+    pool move stuck on a spent input (seen under load by tests/test_key_rotation_bitcoin.py)."""
     adapter = rt.adapter(asset)
     async with rt.engine.connect() as conn:
         pending = (
@@ -564,7 +568,9 @@ async def advance_pool_coins(rt: Runtime, asset: Asset) -> None:
                 select(utxos).where(
                     utxos.c.asset == asset.value,
                     utxos.c.state == "unconfirmed",
+                    # A payout's or a batch's change is its own to confirm, with its send.
                     utxos.c.created_by_send.is_(None),
+                    utxos.c.created_by_batch.is_(None),
                     ~exists().where(pool_moves.c.asset == utxos.c.asset, pool_moves.c.txid == utxos.c.txid),
                 )
             )

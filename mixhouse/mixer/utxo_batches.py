@@ -539,8 +539,12 @@ async def _confirm(rt: Runtime, batch_id: int, fee_on_chain: int | None) -> None
         await work.conn.execute(
             utxos.update().where(utxos.c.reserved_by_batch == batch_id).values(state="spent", updated_at=moment)
         )
+        # Only from `unconfirmed`: a change coin another batch or a pool move already reserved or
+        # spent must not come back as `available` (it would be spent twice and miscounted).
         await work.conn.execute(
-            utxos.update().where(utxos.c.created_by_batch == batch_id).values(state="available", updated_at=moment)
+            utxos.update()
+            .where(utxos.c.created_by_batch == batch_id, utxos.c.state == "unconfirmed")
+            .values(state="available", updated_at=moment)
         )
         await work.conn.execute(
             payout_batches.update()
