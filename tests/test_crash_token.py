@@ -20,21 +20,20 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-from eth_utils.address import to_checksum_address
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
 from mixhouse.app.build import build_runtime
 from mixhouse.chains.evm import EvmAdapter
-from mixhouse.chains.evm.token import TRANSFER_TOPIC, Erc20Adapter
+from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.db.tables import audit_log, chain_cursors, deposits, sends
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from tests.e2e import evm_worker_env, start_worker, unfinished_sends
-from tests.fixtures.anvil import USDT, Anvil, deploy_token
+from tests.fixtures.anvil import USDT, Anvil, deploy_token, token_transfers
 from tests.test_e2e_token import NETWORK_FEE, token_settings
 
 ETHER = 10**18
@@ -74,23 +73,6 @@ async def _in_flight(engine: AsyncEngine) -> int:
                 )
             ).scalar_one()
         )
-
-
-async def _transfers(token: Erc20Adapter, *, side: int, address: str, since: int) -> Counter[tuple[str, int]]:
-    """(other party, value) of every ``Transfer`` log of the token with ``address`` as ``from``
-    (``side`` 1) or ``to`` (``side`` 2), from block ``since``."""
-    topic = "0x" + "00" * 12 + address.lower().removeprefix("0x")
-    topics: list[str | None] = [TRANSFER_TOPIC, None, None]
-    topics[side] = topic
-    logs = await token.evm.logs(address=token.contract, topics=topics, from_block=since)
-    other = 3 - side
-    return Counter(
-        (
-            str(to_checksum_address("0x" + bytes(log["topics"][other])[-20:].hex())),
-            int.from_bytes(bytes(log["data"])[:32], "big"),
-        )
-        for log in logs
-    )
 
 
 @pytest.mark.timeout(600)
@@ -164,10 +146,10 @@ async def test_worker_killed_while_token_mixes_are_in_flight_pays_each_payout_on
         gas = [s for s in rows if s.kind == "gas"]
         assert len(sweeps) == len(gas) == MIXES
         # The chain's token logs are exactly the recorded payouts and sweeps: none doubled or lost.
-        assert await _transfers(token, side=1, address=pool, since=since) == Counter(
+        assert await token_transfers(token, side=1, address=pool, since=since) == Counter(
             (s.to_address, int(s.amount)) for s in payouts
         )
-        assert await _transfers(token, side=2, address=pool, since=since) == Counter(
+        assert await token_transfers(token, side=2, address=pool, since=since) == Counter(
             (s.from_address, int(s.amount)) for s in sweeps
         )
         # Every transaction the pool ever signed on chain is a recorded, confirmed send.

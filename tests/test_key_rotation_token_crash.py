@@ -26,14 +26,13 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-from eth_utils.address import to_checksum_address
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse import audit
 from mixhouse.app.build import build_runtime
 from mixhouse.chains.evm import EvmAdapter
-from mixhouse.chains.evm.token import TRANSFER_TOPIC, Erc20Adapter
+from mixhouse.chains.evm.token import Erc20Adapter
 from mixhouse.db.tables import audit_log, chain_cursors, deposits, mixes, pool_generations, pool_moves, sends
 from mixhouse.mixer.mixes import MixRequest, create_mix
 from mixhouse.mixer.pool_rotation import ensure_first_generation, rotate
@@ -41,7 +40,7 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.money import Asset
 from mixhouse.servers import background
 from tests.e2e import evm_worker_env, start_worker
-from tests.fixtures.anvil import USDT, Anvil, deploy_token
+from tests.fixtures.anvil import USDT, Anvil, deploy_token, token_transfers
 from tests.test_e2e_token import token_settings
 
 ETHER = 10**18
@@ -93,23 +92,6 @@ async def _moves_of(engine: AsyncEngine, kind: str) -> int:
                 await conn.execute(select(func.count()).select_from(pool_moves).where(pool_moves.c.kind == kind))
             ).scalar_one()
         )
-
-
-async def _transfers(token: Erc20Adapter, *, side: int, address: str, since: int) -> Counter[tuple[str, int]]:
-    """(other party, value) of every ``Transfer`` log of the token with ``address`` as ``from``
-    (``side`` 1) or ``to`` (``side`` 2), from block ``since``."""
-    topic = "0x" + "00" * 12 + address.lower().removeprefix("0x")
-    topics: list[str | None] = [TRANSFER_TOPIC, None, None]
-    topics[side] = topic
-    logs = await token.evm.logs(address=token.contract, topics=topics, from_block=since)
-    other = 3 - side
-    return Counter(
-        (
-            str(to_checksum_address("0x" + bytes(log["topics"][other])[-20:].hex())),
-            int.from_bytes(bytes(log["data"])[:32], "big"),
-        )
-        for log in logs
-    )
 
 
 @pytest.mark.timeout(600)
@@ -303,13 +285,13 @@ async def test_token_rotation_during_mixes_with_worker_kills(
         # The chain's token logs out of each pool are exactly its payouts (and the one move).
         from_old = Counter((p.to_address, int(p.amount)) for p in payouts if p.from_address == old)
         from_old[(new.address, int(token_move.amount))] += 1
-        assert await _transfers(token, side=1, address=old, since=since) == from_old
-        assert await _transfers(token, side=1, address=new.address, since=since) == Counter(
+        assert await token_transfers(token, side=1, address=old, since=since) == from_old
+        assert await token_transfers(token, side=1, address=new.address, since=since) == Counter(
             (p.to_address, int(p.amount)) for p in payouts if p.from_address == new.address
         )
         into_new = Counter((s.from_address, int(s.amount)) for s in sweeps if s.to_address == new.address)
         into_new[(old, int(token_move.amount))] += 1
-        assert await _transfers(token, side=2, address=new.address, since=since) == into_new
+        assert await token_transfers(token, side=2, address=new.address, since=since) == into_new
         # Each withdrawal address received exactly what its mix owed it.
         owed: Counter[str] = Counter()
         for p in payouts:

@@ -430,6 +430,20 @@ async def _retire(
     return True
 
 
+async def _account_drain(engine: AsyncEngine, asset: str) -> tuple[PoolGeneration, PoolGeneration, Any, int] | None:
+    """An account chain's drain as stored: (draining, active, the move in flight or ``None``,
+    how many sends from or into the draining address are unfinished); ``None``: nothing drains."""
+    async with engine.connect() as conn:
+        gens = await generations(conn, asset)
+        draining = next((g for g in gens if g.state == "draining"), None)
+        if draining is None:
+            return None
+        active = next(g for g in gens if g.state == "active")
+        move = await _move_in_flight(conn, asset, draining.generation)
+        unfinished = int((await conn.execute(_unfinished_of(asset, draining.address))).scalar_one())
+    return draining, active, move, unfinished
+
+
 async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyGuard | None = None) -> str:
     """One step of draining the draining generation of ``adapter.asset`` into the active one.
 
@@ -446,15 +460,10 @@ async def drain_evm(engine: AsyncEngine, adapter: EvmAdapter, guard: RetiredKeyG
         ChainError: the node failed; retry later, nothing is lost.
         SignerError: the signer failed.
     """
-    asset = adapter.asset.value
-    async with engine.connect() as conn:
-        gens = await generations(conn, asset)
-        draining = next((g for g in gens if g.state == "draining"), None)
-        if draining is None:
-            return "idle"
-        active = next(g for g in gens if g.state == "active")
-        move = await _move_in_flight(conn, asset, draining.generation)
-        unfinished = (await conn.execute(_unfinished_of(asset, draining.address))).scalar_one()
+    state = await _account_drain(engine, adapter.asset.value)
+    if state is None:
+        return "idle"
+    draining, active, move, unfinished = state
     if move is not None:
         return await _follow_move(engine, adapter, move)
     if unfinished:
@@ -575,15 +584,10 @@ async def drain_token(engine: AsyncEngine, adapter: Erc20Adapter, guard: Retired
             old address); retry later, nothing is lost.
         SignerError: the signer failed.
     """
-    asset = adapter.asset.value
-    async with engine.connect() as conn:
-        gens = await generations(conn, asset)
-        draining = next((g for g in gens if g.state == "draining"), None)
-        if draining is None:
-            return "idle"
-        active = next(g for g in gens if g.state == "active")
-        move = await _move_in_flight(conn, asset, draining.generation)
-        unfinished = (await conn.execute(_unfinished_of(asset, draining.address))).scalar_one()
+    state = await _account_drain(engine, adapter.asset.value)
+    if state is None:
+        return "idle"
+    draining, active, move, unfinished = state
     if move is not None:
         # A gas move is a plain ETH transfer: checked as one, not for a token Transfer log.
         return await _follow_move(engine, adapter.evm if move.kind == "gas" else adapter, move)
@@ -608,7 +612,7 @@ async def drain_token(engine: AsyncEngine, adapter: Erc20Adapter, guard: Retired
         except _ShortOfGas as short:
             log.warning(
                 "the draining token pool's ETH does not pay its move's gas: fund its address",
-                asset=asset,
+                asset=draining.asset,
                 address=draining.address,
                 balance_wei=wei,
                 needed_wei=short.args[0],
