@@ -17,9 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mixhouse.chains.jobcoin.ledger_app import ledger_server
 from mixhouse.config import Settings
-from mixhouse.db.tables import sends
+from mixhouse.db.tables import chain_cursors, sends
+from mixhouse.mixer.deposits import scan_asset
 from mixhouse.mixer.mixes import get_mix
 from mixhouse.mixer.runtime import Runtime
+from mixhouse.money import Asset
 from mixhouse.servers import free_port, running_server
 from tests.fixtures.anvil import Anvil
 
@@ -91,6 +93,28 @@ def anvil_settings(database_url: str, anvil: Anvil, mnemonic: str, **overrides: 
     }
     values.update(overrides)
     return fast_settings(database_url, **values)
+
+
+async def scan_caught_up(rt: Runtime, asset: Asset, *, passes: int = 20) -> None:
+    """Scan ``asset`` until a scan has reached the tip it saw (``chain_cursors``).
+
+    A first EVM scan starts at the blocks mined since the oldest watched mix was created less
+    the clock margin (mixer/deposits.py), and one scan reads at most
+    ``EVM_MAX_BLOCKS_PER_SCAN`` blocks: on the session's anvil, which the other tests mine by the
+    thousand, that window can take more than one scan, as it would on a busy chain."""
+    for _ in range(passes):
+        await scan_asset(rt, asset)
+        async with rt.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(chain_cursors.c.tip_height, chain_cursors.c.scanned_height).where(
+                        chain_cursors.c.asset == asset.value
+                    )
+                )
+            ).first()
+        if row is None or row.tip_height is None or row.scanned_height is None or row.scanned_height >= row.tip_height:
+            return
+    raise AssertionError(f"the {asset} scans did not reach the tip in {passes} passes")
 
 
 async def wait_for_payouts(rt: Runtime, mix_id: str, *, within: float) -> dict[str, Any]:

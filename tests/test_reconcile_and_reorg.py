@@ -14,7 +14,7 @@ from mixhouse.mixer.reconcile import reconcile
 from mixhouse.mixer.rounds import run_round
 from mixhouse.mixer.sends import execute_send, payouts_paused
 from mixhouse.money import Asset
-from tests.e2e import fast_settings, local_ledger
+from tests.e2e import fast_settings, local_ledger, scan_caught_up
 from tests.fixtures.anvil import Anvil
 
 COIN = 10**8
@@ -82,7 +82,7 @@ async def test_a_deposit_removed_by_a_reorg_is_dropped_and_never_paid(
         snapshot = await anvil.snapshot()
         await anvil.fund(mix["deposit_address"], 10**17)
         await anvil.mine(1)
-        await scan_asset(rt, Asset.ETH)
+        await scan_caught_up(rt, Asset.ETH)
         dep = (await get_mix(rt, mix["id"]))["deposits"][0]
         assert dep["state"] == "seen"
         assert 1 <= dep["confirmations"] < 5

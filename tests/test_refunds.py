@@ -31,7 +31,7 @@ from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.screening import store_list
 from mixhouse.mixer.sends import execute_send
 from mixhouse.money import Asset
-from tests.e2e import fast_settings, local_ledger
+from tests.e2e import fast_settings, local_ledger, scan_caught_up
 from tests.fixtures.anvil import Anvil
 from tests.fixtures.bcoin import Bcoin
 from tests.test_e2e_bitcoin import bitcoin_settings
@@ -254,7 +254,7 @@ async def test_eth_refund_pays_the_deposit_minus_gas(database_url: str, engine: 
             deposited = 10**15  # far below the ETH minimum: held
             await anvil.fund(mix["deposit_address"], deposited)
             await anvil.mine(2)
-            await scan_asset(rt, Asset.ETH)
+            await scan_caught_up(rt, Asset.ETH)
             dep = (await get_mix(rt, mix["id"]))["deposits"][0]
             assert dep["state"] == "held", dep
             target = "0x000000000000000000000000000000000000dEaD"

@@ -63,9 +63,12 @@ EVM_MAX_BLOCKS_PER_SCAN = 500
 # the caller started up (a deposit address exists only from its mix's creation on).
 EVM_FIRST_SCAN_SLACK = 2
 # A first EVM scan given the oldest watched mix's creation time starts at the blocks mined this
-# long before it: the database's clock and the block producers' may disagree (Ethereum allows
-# a proposer's clock some drift; a test chain may have its time moved).
-FIRST_SCAN_CLOCK_MARGIN_SECONDS = 600
+# long before it: the database's clock and the block producers' may disagree. Ethereum's block
+# timestamps are slot times (genesis + 12 s per slot) and an NTP-kept clock is within a second,
+# so two minutes covers a badly drifted database clock; more only re-reads blocks that cannot
+# hold a deposit (its address exists from the mix's creation on) and, on a chain that mines
+# fast, makes the first scan take several passes.
+FIRST_SCAN_CLOCK_MARGIN_SECONDS = 120
 # Blocks one Bitcoin scan reads at most.
 BTC_MAX_BLOCKS_PER_SCAN = 200
 # A first Bitcoin scan reads a day of mainnet blocks below the confirmation depth, so deposits
