@@ -44,10 +44,12 @@ from mixhouse.api.schemas import (
     RefundRequestOut,
 )
 from mixhouse.chains.base import UtxoChainAdapter
-from mixhouse.db.tables import audit_log, deposits, mixes, pool_generations, pool_moves, reconciliations, sends, utxos
+from mixhouse.db.tables import audit_log, deposits, mixes, reconciliations, sends, utxos
 from mixhouse.errors import InvalidInput
 from mixhouse.mixer.acknowledgements import Acknowledgement, acknowledge
+from mixhouse.mixer.pool_rotation import generations
 from mixhouse.mixer.privacy.live import MAX_HOURS, MAX_PAYOUTS, MIN_HOURS, privacy_report
+from mixhouse.mixer.reconcile import pool_move_fees
 from mixhouse.mixer.refunds import RefundRequest, request_refund
 from mixhouse.mixer.states import DepositState, MixState, SendState
 
@@ -183,13 +185,7 @@ async def pool(rt: RuntimeDep) -> PoolReport:
         for asset, adapter in sorted(rt.adapters.items()):
             # After a key rotation (mixer/pool_rotation.py) the pool is every generation's
             # address, the active one first; this process's adapter may not have followed it.
-            generation_rows = (
-                await conn.execute(
-                    select(pool_generations.c.address, pool_generations.c.state).where(
-                        pool_generations.c.asset == asset.value
-                    )
-                )
-            ).all()
+            generation_rows = await generations(conn, asset.value)
             pool_address = next((g.address for g in generation_rows if g.state == "active"), adapter.pool_address)
             addresses = sorted({adapter.pool_address, *(g.address for g in generation_rows)})
             into_pool = and_(sends.c.kind == "sweep", sends.c.to_address.in_(addresses))
@@ -218,18 +214,11 @@ async def pool(rt: RuntimeDep) -> PoolReport:
                     )
                 )
             ).scalar_one()
-            # A move between generations costs its fee in the asset (a token's gas move: none).
-            move_fees = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(pool_moves.c.network_fee_paid), 0)).where(
-                        pool_moves.c.asset == asset.value,
-                        pool_moves.c.kind == "pool",
-                        pool_moves.c.state == "confirmed",
-                    )
-                )
-            ).scalar_one()
-            books = int(sums.credits) - int(sums.debits) - int(move_fees)
-            if isinstance(adapter, UtxoChainAdapter):
+            if not isinstance(adapter, UtxoChainAdapter):
+                # A move between generations costs its fee in the asset (a token's gas move: none).
+                moves_paid, _, _ = await pool_move_fees(conn, asset)
+                books = int(sums.credits) - int(sums.debits) - moves_paid
+            else:
                 # A UTXO pool's books are its coins: deposits, top-ups and change not yet spent;
                 # not a held deposit's output its refund spends (it never joined the pool).
                 refunding = exists().where(sends.c.id == utxos.c.reserved_by_send, sends.c.kind == "refund")

@@ -45,9 +45,10 @@ from sqlalchemy.types import UserDefinedType
 from mixhouse.audit import AuditEntry
 from mixhouse.chains.base import UtxoChainAdapter
 from mixhouse.chains.evm.token import Erc20Adapter
-from mixhouse.db.tables import pool_generations, pool_moves, reconciliations, sends, utxos
+from mixhouse.db.tables import pool_moves, reconciliations, sends, utxos
 from mixhouse.mixer.acknowledgements import still_covered
 from mixhouse.mixer.gas import record_gas_tank
+from mixhouse.mixer.pool_rotation import generations
 from mixhouse.mixer.runtime import Runtime
 from mixhouse.mixer.states import SendState, now
 from mixhouse.money import Asset
@@ -116,11 +117,8 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
     # Every pool key generation (mixer/pool_rotation.py) holds part of the pool: the books and the
     # balance count them all; a move between two of them costs only its fee.
     async with rt.engine.connect() as conn:
-        generation_addresses = (
-            await conn.execute(select(pool_generations.c.address).where(pool_generations.c.asset == asset.value))
-        ).scalars()
-        pools = sorted({pool, *generation_addresses})
-        moves_before = await _move_fees(conn, asset)
+        pools = sorted({pool, *(g.address for g in await generations(conn, asset.value))})
+        moves_before = await pool_move_fees(conn, asset)
     into_pool = and_(sends.c.kind == "sweep", sends.c.to_address.in_(pools))
     out_of_pool = and_(sends.c.kind == "payout", sends.c.from_address.in_(pools))
     confirmed = sends.c.state == SendState.CONFIRMED
@@ -158,7 +156,7 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
         ).one()
     actual = sum([await adapter.balance(address) for address in pools])
     async with rt.engine.connect() as conn:
-        moves_after = await _move_fees(conn, asset)
+        moves_after = await pool_move_fees(conn, asset)
     snapshot = cast(books_row.snapshot, PG_SNAPSHOT)
     async with rt.engine.connect() as conn:
         late = (
@@ -191,10 +189,10 @@ async def reconcile(rt: Runtime, asset: Asset) -> Reconciliation:
     return await _record(rt, result)
 
 
-async def _move_fees(conn: Any, asset: Asset) -> tuple[int, int, int]:
+async def pool_move_fees(conn: Any, asset: Asset) -> tuple[int, int, int]:
     """Pool moves of ``asset``'s own units (mixer/pool_rotation.py; not a token's gas moves):
-    fees paid by the confirmed ones, the most the in-flight ones can cost, and the most all of
-    them can cost (base units)."""
+    ``(paid, in_flight, all_max)``, the fees paid by the confirmed ones, the most the in-flight
+    ones can cost, and the most all of them can cost, in the asset's base units."""
     row = (
         await conn.execute(
             select(

@@ -310,7 +310,7 @@ class Erc20Adapter(ChainAdapter):
     def _key_of(self, sender: str, from_key_index: int | None) -> str:
         if from_key_index is not None:
             return self.deposit_path(from_key_index)
-        return self._pool_keys.get(sender, self.pool_key)
+        return self.pool_key_of(sender) or self.pool_key
 
     def transfer_data(self, to_address: str, amount: int) -> bytes:
         """Calldata of ``transfer(to_address, amount)`` (EIP-20)."""
